@@ -1,0 +1,139 @@
+"""Shared CLI plumbing: console on stderr, rich progress, JSON output, error mapping."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import warnings
+from typing import Any, Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn, Progress as RichProgress, ProgressColumn, Task, TaskID, TaskProgressColumn,
+    TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+)
+from rich.text import Text
+
+from ..errors import BoomerangError
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def quiet_libraries() -> None:
+    """transformers/hub print their own bars and warnings; ours are enough."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _fmt_amount(x: float, unit: str) -> str:
+    if unit == "B":
+        for u, d in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+            if x >= d:
+                return f"{x / d:.1f} {u}"
+        return f"{x:.0f} B"
+    return f"{x:,.0f} {unit}" if x >= 100 or x == int(x) else f"{x:.1f} {unit}"
+
+
+class _AmountColumn(ProgressColumn):
+    """``done/total unit  rate unit/s`` in the task's own unit (steps, tokens, bytes)."""
+
+    def render(self, task: Task) -> Text:
+        unit = task.fields.get("unit", "it")
+        done = _fmt_amount(task.completed, unit)
+        total = _fmt_amount(task.total, unit) if task.total is not None else "?"
+        rate = f"  {_fmt_amount(task.speed, unit)}/s" if task.speed else ""
+        return Text(f"{done}/{total}{rate}")
+
+
+class _RichTask:
+    def __init__(self, bar: RichProgress, task_id: TaskID) -> None:
+        self.bar, self.id = bar, task_id
+
+    def advance(self, amount: float = 1) -> None:
+        self.bar.advance(self.id, amount)
+
+    def update(self, **fields: object) -> None:
+        desc = fields.pop("description", None)
+        if desc is not None:
+            self.bar.update(self.id, description=str(desc))
+        if fields:
+            info = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+            self.bar.update(self.id, info=info)
+
+
+class RichProgressReporter:
+    """The core's :class:`~boomerang_cli.progress.Progress`, drawn by rich on stderr."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.bar = RichProgress(
+            TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+            _AmountColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=err_console, disable=not enabled,
+        )
+        self.bar.start()
+
+    def task(self, description: str, total: float | None, unit: str = "it") -> _RichTask:
+        return _RichTask(self.bar, self.bar.add_task(description, total=total, unit=unit, info=""))
+
+    def finish(self, task: _RichTask) -> None:
+        total = self.bar.tasks[[t.id for t in self.bar.tasks].index(task.id)].total
+        if total is not None:
+            self.bar.update(task.id, completed=total)
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+@contextlib.contextmanager
+def progress(enabled: bool = True) -> Iterator[RichProgressReporter]:
+    forced = os.environ.get("BOOMERANG_PROGRESS")
+    show = forced == "1" if forced in {"0", "1"} else enabled and err_console.is_terminal
+    reporter = RichProgressReporter(show)
+    try:
+        yield reporter
+    finally:
+        reporter.stop()
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def handle_errors() -> Iterator[None]:
+    """Map core errors to a one-line message and exit code (2 for bad input)."""
+    try:
+        yield
+    except BoomerangError as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted; rerun the same command to resume where supported", 130)
+
+
+def human(n: float) -> str:
+    """1234567 -> 1.23M (parameter counts)."""
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(int(n))

@@ -1,0 +1,70 @@
+"""``boomerang init-student``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from . import app
+from .common import emit_json, handle_errors, human, out_console, progress
+from .options import (AllowPickle, Dtype, Every, Json, Keep, KeepFirst, KeepLast, MaxShardSize,
+                      Overwrite, TrustRemoteCode, make_plan, require_output)
+
+
+@app.command("init-student")
+def init_student_cmd(
+    teacher: str = typer.Argument(..., help="Teacher: local dir, hub id[@rev], .gguf file or builtin (smollm2-135m)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory to write the student to."),
+    keep_first: int = KeepFirst,
+    every: int = Every,
+    keep_last: int = KeepLast,
+    keep: Optional[str] = Keep,
+    dtype: Optional[str] = Dtype,
+    max_shard_size: str = MaxShardSize,
+    overwrite: bool = Overwrite,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write nothing."),
+    json_out: bool = Json,
+    allow_pickle: bool = AllowPickle,
+    trust_remote_code: bool = TrustRemoteCode,
+) -> None:
+    """Prune TEACHER to a student by keeping one layer of every block (SPEC section 2)."""
+    with handle_errors():
+        from ..arch import ModelInfo
+        from ..refs import resolve
+        from ..state import record
+        from ..student import init_student
+        from ..tensors import check_output_dir, parse_dtype, parse_size
+
+        require_output(output, dry_run)
+        if output is not None and not dry_run:
+            check_output_dir(output, overwrite)
+        shard = parse_size(max_shard_size)
+        torch_dtype = parse_dtype(dtype) if dtype else None
+        ref = resolve(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        info = ModelInfo.load(ref.path, trust_remote_code)
+        plan = make_plan(info.arch.num_layers, keep, keep_first, every, keep_last)
+        with progress(not json_out) as bar:
+            summary = init_student(ref, plan, output, dtype=torch_dtype, max_shard_size=shard,
+                                   overwrite=overwrite, dry_run=dry_run, teacher=info, progress=bar)
+        if not dry_run and output is not None:
+            record(student=output, teacher=teacher)
+    if json_out:
+        emit_json(summary.to_json())
+        return
+    t = Table(title=f"student of {teacher}" + (" (dry run)" if dry_run else ""))
+    t.add_column("student layer", justify="right")
+    t.add_column("teacher block", justify="left")
+    t.add_column("kind")
+    for b in plan.blocks:
+        t.add_row(str(b.index), f"{b.start}" if b.size == 1 else f"{b.start}-{b.end - 1}",
+                  "patchable" if b.patchable else "singleton")
+    out_console.print(t)
+    out_console.print(
+        f"{plan.num_student_layers} of {plan.num_teacher_layers} layers kept "
+        f"({len(plan.patchable_blocks)} patchable blocks); "
+        f"{human(summary.num_params)} of {human(summary.teacher_params)} parameters"
+        + ("" if dry_run else f"; written to {output}")
+    )

@@ -1,0 +1,33 @@
+"""Options several commands share, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import BoomerangError
+from ..plan import Plan
+
+Json = typer.Option(False, "--json", help="Print a machine-readable summary on stdout.")
+Overwrite = typer.Option(False, "--overwrite", help="Replace a non-empty output directory.")
+AllowPickle = typer.Option(False, "--allow-pickle", help="Allow loading pickle checkpoints (pytorch_model.bin); they can run code.")
+TrustRemoteCode = typer.Option(False, "--trust-remote-code", help="Allow running model code from the model's repository.")
+Dtype = typer.Option(None, "--dtype", help="Save weights as bf16, fp16 or fp32 (default: as stored).")
+MaxShardSize = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 2GB or 500MB.")
+KeepFirst = typer.Option(1, "--keep-first", help="Paper flag first_layers_to_keep.", min=1)
+Every = typer.Option(2, "--every", help="Paper flag alternate_every_n_layers: keep one layer of every N.", min=2)
+KeepLast = typer.Option(2, "--keep-last", help="Paper flag last_layers_to_keep.", min=0)
+Keep = typer.Option(None, "--keep", help="Explicit kept teacher layers, e.g. 0,2,4,7,9,11 (overrides the paper flags).")
+
+
+def make_plan(num_layers: int, keep: Optional[str], keep_first: int, every: int, keep_last: int) -> Plan:
+    if keep:
+        return Plan.from_keep(num_layers, Plan.parse_keep(keep))
+    return Plan.from_paper_flags(num_layers, keep_first, every, keep_last)
+
+
+def require_output(output: Optional[Path], dry_run: bool) -> None:
+    if output is None and not dry_run:
+        raise BoomerangError("no output directory; pass -o DIR (or --dry-run)")

@@ -1,0 +1,153 @@
+"""``init-student``: prune a teacher to the layers a plan keeps (SPEC section 2)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .arch import ModelInfo
+from .compose import LayerSource, compose, fingerprint, model_card, write_model_dir
+from .errors import BoomerangError
+from .plan import Plan
+from .progress import NULL, Progress
+from .refs import ModelRef
+from .tensors import atomic_dir, check_output_dir
+
+BOOMERANG_JSON = "boomerang.json"
+REFERENCE_JSON = "student_config.json"
+RECORD_VERSION = 1
+
+
+@dataclass
+class StudentRecord:
+    """What ``boomerang.json`` says about a student: how it relates to its teacher."""
+
+    plan: Plan
+    teacher_ref: str
+    teacher_fingerprint: str | None
+    tool_version: str = __version__
+    training: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "format": "boomerang-student", "version": RECORD_VERSION,
+            "tool_version": self.tool_version,
+            "teacher": {"ref": self.teacher_ref, "fingerprint": self.teacher_fingerprint},
+            "plan": self.plan.to_json(),
+        }
+        if self.training is not None:
+            data["training"] = self.training
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "StudentRecord":
+        return cls(
+            plan=Plan.from_json(data["plan"]),
+            teacher_ref=data["teacher"]["ref"],
+            teacher_fingerprint=data["teacher"].get("fingerprint"),
+            tool_version=data.get("tool_version", "?"),
+            training=data.get("training"),
+        )
+
+    @classmethod
+    def read(cls, directory: Path) -> "StudentRecord | None":
+        path = Path(directory) / BOOMERANG_JSON
+        if not path.exists():
+            return None
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BoomerangError(f"{path}: unreadable boomerang.json ({exc}); re-create the student") from None
+
+
+def student_plan(directory: Path, num_teacher_layers: int) -> tuple[Plan, StudentRecord | None]:
+    """The plan of a student from boomerang.json, else the reference student_config.json."""
+    rec = StudentRecord.read(directory)
+    if rec is not None:
+        return rec.plan, rec
+    ref = Path(directory) / REFERENCE_JSON
+    if ref.exists():
+        return Plan.from_reference_student_config(ref, num_teacher_layers), None
+    raise BoomerangError(
+        f"{directory}: no boomerang.json or student_config.json says which teacher layers it "
+        "keeps; pass --keep 0,2,4,... with the plan"
+    )
+
+
+@dataclass
+class StudentSummary:
+    output: str | None
+    teacher: str
+    plan: Plan
+    num_params: int
+    teacher_params: int
+    dry_run: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "output": self.output, "teacher": self.teacher, "dry_run": self.dry_run,
+            "kept": list(self.plan.kept), "pruned": list(self.plan.pruned),
+            "num_teacher_layers": self.plan.num_teacher_layers,
+            "num_student_layers": self.plan.num_student_layers,
+            "blocks": [[b.start, b.end] for b in self.plan.blocks],
+            "num_patchable_blocks": len(self.plan.patchable_blocks),
+            "num_params": self.num_params, "teacher_params": self.teacher_params,
+        }
+
+
+def init_student(
+    teacher_ref: ModelRef,
+    plan: Plan,
+    output: Path | None,
+    *,
+    dtype: torch.dtype | None = None,
+    max_shard_size: int = 5 * 10**9,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    teacher: ModelInfo | None = None,
+    progress: Progress = NULL,
+) -> StudentSummary:
+    """Stream the kept teacher layers, renumbered, into a standard HF directory."""
+    teacher = teacher or ModelInfo.load(teacher_ref.path)
+    if plan.num_teacher_layers != teacher.arch.num_layers:
+        raise BoomerangError(
+            f"plan is for {plan.num_teacher_layers} teacher layers but the teacher has "
+            f"{teacher.arch.num_layers}"
+        )
+    comp = compose({"teacher": teacher}, [LayerSource("teacher", k) for k in plan.kept],
+                   "teacher", "teacher", dtype=dtype)
+    t_params = compose({"teacher": teacher},
+                       [LayerSource("teacher", k) for k in range(plan.num_teacher_layers)],
+                       "teacher", "teacher").num_params
+    summary = StudentSummary(str(output) if output else None, teacher_ref.ref, plan,
+                             comp.num_params, t_params, dry_run)
+    if dry_run:
+        return summary
+    if output is None:
+        raise BoomerangError("no output directory; pass -o DIR")
+    check_output_dir(Path(output), overwrite)
+    record = StudentRecord(plan, teacher_ref.ref, fingerprint(teacher))
+    card = model_card(
+        f"{Path(output).name}: boomerang student of {teacher_ref.ref}",
+        [teacher_ref.ref],
+        f"Initialized by `boomerang init-student` (boomerang {__version__}) from "
+        f"{plan.num_student_layers} of the teacher's {plan.num_teacher_layers} layers "
+        f"(kept: {plan.describe()}). Each student layer stands for a block of teacher "
+        f"layers; distill it with `boomerang distill`, then build every intermediate size "
+        f"with `boomerang family`.\n\nParameters: {comp.num_params:,}.",
+    )
+    total = sum(t.out_nbytes for t in comp.tensors)
+    task = progress.task("writing student", total, unit="B")
+    with atomic_dir(Path(output), overwrite) as tmp:
+        write_model_dir(
+            tmp, comp, teacher.path, card,
+            {"boomerang.json": record.to_json(), REFERENCE_JSON: plan.reference_student_config()},
+            max_shard_size, task.advance,
+        )
+    progress.finish(task)
+    return summary

@@ -1,0 +1,361 @@
+"""Lazy safetensors reading and streaming sharded writing.
+
+Like mergekit's lazy loader, nothing here holds a whole model: the reader parses
+each file's header and reads one tensor's bytes on demand with ``pread`` (no
+mmap, so untouched weights never count towards resident memory); the writer
+lays out each shard's header from shapes alone and then streams tensor bytes
+straight from the source files (``os.copy_file_range`` when no dtype change is
+needed). Every output directory is written under a temporary name and renamed
+into place, so a crash never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from .errors import BoomerangError, OutputExistsError
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """``bf16``/``bfloat16``/``float32``... to a torch dtype."""
+    aliases = {
+        "fp32": torch.float32, "float32": torch.float32, "f32": torch.float32,
+        "fp16": torch.float16, "float16": torch.float16, "f16": torch.float16, "half": torch.float16,
+        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    }
+    try:
+        return aliases[name.lower()]
+    except KeyError:
+        raise BoomerangError(
+            f"unknown dtype {name!r}; use one of bf16, fp16, fp32"
+        ) from None
+
+
+def parse_size(text: str) -> int:
+    """``5GB``/``500MB``/``123`` to bytes (decimal units, as HF does)."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?i?B?)\s*", text, re.IGNORECASE)
+    if not m:
+        raise BoomerangError(f"cannot read size {text!r}; write it like 2GB or 500MB")
+    unit = m.group(2).upper().rstrip("B")
+    mult = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+            "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
+    return int(float(m.group(1)) * mult)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives on disk."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: Path
+    begin: int  # absolute byte offset in ``file``
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse one safetensors file's header into :class:`TensorInfo` entries."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise BoomerangError(f"{path}: not a safetensors file (truncated header)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > 100_000_000:
+            raise BoomerangError(f"{path}: not a safetensors file (header size {n})")
+        header = json.loads(f.read(n))
+    base = 8 + n
+    meta = header.pop("__metadata__", {}) or {}
+    out = {
+        name: TensorInfo(
+            name, e["dtype"], tuple(e["shape"]), path,
+            base + e["data_offsets"][0], base + e["data_offsets"][1],
+        )
+        for name, e in header.items()
+    }
+    return out, meta
+
+
+class ModelWeights:
+    """All tensors of an HF model directory (single file or sharded), read lazily."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory)
+        self.entries: dict[str, TensorInfo] = {}
+        index = self.directory / INDEX_FILE
+        if index.exists():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        elif (self.directory / SINGLE_FILE).exists():
+            files = [SINGLE_FILE]
+        else:
+            files = sorted(p.name for p in self.directory.glob("*.safetensors"))
+        if not files:
+            raise BoomerangError(f"{self.directory}: no safetensors weights found")
+        for name in files:
+            entries, _ = read_header(self.directory / name)
+            self.entries.update(entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def info(self, name: str) -> TensorInfo:
+        return self.entries[name]
+
+    def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor, read with ``pread`` into fresh memory (no mmap)."""
+        info = self.entries[name]
+        buf = bytearray(info.nbytes)
+        with open(info.file, "rb") as f:
+            f.seek(info.begin)
+            f.readinto(buf)
+        t = torch.frombuffer(buf, dtype=DTYPES[info.dtype]) if buf else torch.empty(0, dtype=DTYPES[info.dtype])
+        t = t.reshape(info.shape)
+        return t.to(dtype) if dtype is not None and t.dtype != dtype else t
+
+    def total_bytes(self) -> int:
+        return sum(e.nbytes for e in self.entries.values())
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    """A tensor to write: ``source``'s ``src_name`` saved as ``name``."""
+
+    name: str
+    source: ModelWeights
+    src_name: str
+    dtype: torch.dtype | None = None  # convert to this dtype, else keep as stored
+
+    @property
+    def info(self) -> TensorInfo:
+        return self.source.info(self.src_name)
+
+    @property
+    def out_dtype(self) -> str:
+        return DTYPE_NAMES[self.dtype] if self.dtype is not None else self.info.dtype
+
+    @property
+    def out_nbytes(self) -> int:
+        if self.dtype is None:
+            return self.info.nbytes
+        return self.info.numel * torch.empty(0, dtype=self.dtype).element_size()
+
+
+@dataclass
+class WriteResult:
+    files: list[str] = field(default_factory=list)
+    total_bytes: int = 0
+    num_params: int = 0
+
+
+def _shard(items: Sequence[OutTensor], max_shard_size: int) -> list[list[OutTensor]]:
+    shards: list[list[OutTensor]] = [[]]
+    size = 0
+    for it in items:
+        if shards[-1] and size + it.out_nbytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(it)
+        size += it.out_nbytes
+    return shards
+
+
+def _copy_range(src: Path, begin: int, n: int, out) -> None:
+    with open(src, "rb") as f:
+        if hasattr(os, "copy_file_range"):
+            off_in, off_out = begin, out.tell()
+            remaining = n
+            try:
+                while remaining:
+                    done = os.copy_file_range(f.fileno(), out.fileno(), remaining, off_in, off_out)
+                    if done == 0:
+                        break
+                    off_in += done
+                    off_out += done
+                    remaining -= done
+                out.seek(off_out)
+                if remaining == 0:
+                    return
+                begin, n = off_in, remaining
+            except OSError:
+                out.seek(off_out)
+                begin, n = off_in, remaining
+        f.seek(begin)
+        while n:
+            chunk = f.read(min(n, 64 << 20))
+            if not chunk:
+                raise BoomerangError(f"{src}: file ended early while copying weights")
+            out.write(chunk)
+            n -= len(chunk)
+
+
+def write_safetensors(
+    directory: Path,
+    items: Sequence[OutTensor],
+    max_shard_size: int = 5 * 10**9,
+    on_tensor: Callable[[int], None] | None = None,
+) -> WriteResult:
+    """Stream ``items`` into ``directory`` as (sharded) safetensors plus index.
+
+    Peak memory is one tensor when a dtype conversion is asked for, and a few
+    pages otherwise. ``on_tensor(nbytes)`` is called after each tensor (progress).
+    """
+    names = [it.name for it in items]
+    if len(set(names)) != len(names):
+        raise BoomerangError("internal: duplicate tensor names in output")
+    shards = _shard(items, max_shard_size)
+    n = len(shards)
+    result = WriteResult()
+    weight_map: dict[str, str] = {}
+    for i, shard in enumerate(shards):
+        fname = SINGLE_FILE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+        off = 0
+        for it in shard:
+            header[it.name] = {
+                "dtype": it.out_dtype,
+                "shape": list(it.info.shape),
+                "data_offsets": [off, off + it.out_nbytes],
+            }
+            off += it.out_nbytes
+        hbytes = json.dumps(header, separators=(",", ":")).encode()
+        hbytes += b" " * (-len(hbytes) % 8)
+        with open(directory / fname, "wb") as out:
+            out.write(struct.pack("<Q", len(hbytes)))
+            out.write(hbytes)
+            for it in shard:
+                info = it.info
+                if it.dtype is None or DTYPES[info.dtype] == it.dtype:
+                    _copy_range(info.file, info.begin, info.nbytes, out)
+                else:
+                    t = it.source.read(it.src_name, it.dtype).contiguous()
+                    out.write(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+                    del t
+                weight_map[it.name] = fname
+                result.num_params += info.numel
+                result.total_bytes += it.out_nbytes
+                if on_tensor is not None:
+                    on_tensor(it.out_nbytes)
+        result.files.append(fname)
+    if n > 1:
+        index = {"metadata": {"total_size": result.total_bytes}, "weight_map": weight_map}
+        (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        result.files.append(INDEX_FILE)
+    return result
+
+
+def write_state_dict(
+    directory: Path, tensors: dict[str, torch.Tensor], max_shard_size: int = 5 * 10**9
+) -> WriteResult:
+    """Write in-memory tensors (e.g. a trained student) with the same layout rules."""
+    from safetensors.torch import save_file
+
+    items = list(tensors.items())
+    shards: list[list[tuple[str, torch.Tensor]]] = [[]]
+    size = 0
+    for name, t in items:
+        nb = t.numel() * t.element_size()
+        if shards[-1] and size + nb > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, t))
+        size += nb
+    n = len(shards)
+    result = WriteResult()
+    weight_map: dict[str, str] = {}
+    for i, shard in enumerate(shards):
+        fname = SINGLE_FILE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        save_file({k: v.detach().contiguous().cpu() for k, v in shard}, str(directory / fname),
+                  metadata={"format": "pt"})
+        for k, v in shard:
+            weight_map[k] = fname
+            result.num_params += v.numel()
+            result.total_bytes += v.numel() * v.element_size()
+        result.files.append(fname)
+    if n > 1:
+        index = {"metadata": {"total_size": result.total_bytes}, "weight_map": weight_map}
+        (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        result.files.append(INDEX_FILE)
+    return result
+
+
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    """Refuse a non-empty existing output unless ``overwrite`` (checked before work)."""
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{path} exists and is not a directory; choose another -o")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise OutputExistsError(
+            f"{path} exists and is not empty; pass --overwrite or choose another -o"
+        )
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling directory; rename it to ``final`` on success.
+
+    On any error the temporary directory is removed and ``final`` is untouched.
+    """
+    final = Path(final)
+    check_output_dir(final, overwrite)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    trash = None
+    if final.exists():
+        trash = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, trash)
+    os.replace(tmp, final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a small file via a temporary sibling and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
