@@ -46,6 +46,10 @@ class Composition:
     layers: tuple[LayerSource, ...]
     embed_from: str
     head_from: str
+    rename: dict[str, str]  # output (checkpoint) name -> state-dict key, for in-memory loading
+
+    def state_dict_key(self, name: str) -> str:
+        return self.rename.get(name, name)
 
 
 def compose(
@@ -83,7 +87,8 @@ def compose(
     per_layer = [models[ls.model].arch.per_layer_config(models[ls.model].config)[ls.layer] for ls in layers]
     config = derived_config(naming.config, arch, per_layer, tied=tied, dtype=dtype)
     num_params = sum(t.info.numel for t in out)
-    return Composition(out, config, tied, num_params, tuple(layers), embed_from, head_from)
+    return Composition(out, config, tied, num_params, tuple(layers), embed_from, head_from,
+                       dict(arch.rename))
 
 
 def check_same_family(teacher: ModelInfo, student: ModelInfo) -> list[str]:

@@ -1,0 +1,73 @@
+"""Load a member in memory straight from teacher + student, without writing it.
+
+Used by evaluation, calibrated orders and serving: the same composition the
+writer streams to disk is materialized as a ``PreTrainedModel`` instead, so an
+in-memory member is by construction the model ``family`` would save.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .arch import ModelInfo
+from .compose import Composition
+from .manifest import FamilyManifest, MemberEntry
+from .member import Member
+
+
+def model_from_composition(
+    comp: Composition, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> Any:
+    """Instantiate the composed model with its weights (no disk writes)."""
+    from transformers import AutoModelForCausalLM
+
+    config = comp.config
+    config.dtype = dtype
+    try:  # skip random initialization: every parameter is overwritten below
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers.modeling_utils import no_init_weights
+    with no_init_weights(), torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    state = {comp.state_dict_key(t.name): t.source.read(t.src_name, dtype).to(device) for t in comp.tensors}
+    # A tied head is not stored: tie_weights() points it at the embeddings.
+    result = model.load_state_dict(state, strict=False, assign=True)
+    if result.unexpected_keys:
+        raise RuntimeError(f"member tensors the model does not have: {result.unexpected_keys[:3]}")
+    if comp.tied:
+        model.tie_weights()
+    params = dict(model.named_parameters())
+    missing = [k for k in result.missing_keys if k in params and not (comp.tied and params[k] is model.get_input_embeddings().weight)]
+    if missing:
+        raise RuntimeError(f"member weights missing: {missing[:3]}")
+    return model.eval()
+
+
+def load_member(
+    member: Member,
+    models: Mapping[str, ModelInfo],
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> Any:
+    """The member as a ready ``PreTrainedModel`` in eval mode."""
+    return model_from_composition(member.composition(models), dtype, device)
+
+
+def member_from_entry(manifest: FamilyManifest, entry: MemberEntry) -> Member:
+    return Member.of(manifest.plan, entry.teacher_blocks)
+
+
+def load_family_models(manifest: FamilyManifest, manifest_dir: Path) -> dict[str, ModelInfo]:
+    """Teacher and student of a manifest, resolved from their recorded paths."""
+    from .refs import resolve
+
+    out = {}
+    for role, entry in (("teacher", manifest.teacher), ("student", manifest.student)):
+        path = Path(entry.path)
+        if not path.is_absolute():
+            path = Path(manifest_dir) / path
+        out[role] = ModelInfo.load(path if path.exists() else resolve(entry.ref).path)
+    return out

@@ -1,0 +1,157 @@
+"""The family manifest (``family.json``): a stable, versioned description of a family.
+
+CI pipelines read this file, so its shape changes only with ``SCHEMA_VERSION``
+(documented in docs/manifest.md, JSON Schema in docs/manifest.schema.json).
+Paths of members are relative to the manifest's directory so a family can be
+moved or uploaded as a whole.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import BoomerangError
+from .plan import Plan
+from .tensors import atomic_write_text
+
+FORMAT = "boomerang-family"
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "family.json"
+
+
+@dataclass
+class ModelEntry:
+    """The teacher or the student of a family."""
+
+    ref: str
+    path: str
+    fingerprint: str | None
+    num_layers: int
+    num_params: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MemberEntry:
+    """One interpolated member: where it is, what it is made of, how it scored."""
+
+    name: str
+    path: str | None  # relative to the manifest; None for members not written
+    num_params: int
+    num_layers: int
+    teacher_blocks: list[int]
+    layers: list[list[Any]]  # [["student", 0], ["teacher", 2], ...] one per member layer
+    embed_from: str
+    head_from: str
+    tied: bool
+    targets: list[str] = field(default_factory=list)  # the --sizes that picked it
+    files: dict[str, str] = field(default_factory=dict)  # file name -> "sha256:<hex>"
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BaselineEntry:
+    """A training-free pruning baseline evaluated beside the members."""
+
+    name: str
+    method: str  # "shortgpt" | "plan-prune" | ...
+    num_layers: int
+    num_params: int
+    teacher_layers: list[int]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OrderInfo:
+    """How the members' blocks were chosen."""
+
+    method: str  # last-first | first-last | kl-greedy | beam
+    calibration: dict[str, Any] | None = None  # data reference, samples, seq_len
+    beam: int | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)  # per size: blocks, KL
+
+
+@dataclass
+class FamilyManifest:
+    teacher: ModelEntry
+    student: ModelEntry
+    plan: Plan
+    order: OrderInfo
+    members: list[MemberEntry]
+    baselines: list[BaselineEntry] = field(default_factory=list)
+    forced: bool = False
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    tool_version: str = __version__
+    schema_version: int = SCHEMA_VERSION
+
+    def member(self, name: str) -> MemberEntry:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise BoomerangError(
+            f"no member {name!r} in this family; members: {', '.join(m.name for m in self.members)}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "schema_version": self.schema_version,
+            "tool_version": self.tool_version,
+            "created": self.created,
+            "teacher": asdict(self.teacher),
+            "student": asdict(self.student),
+            "plan": self.plan.to_json(),
+            "order": asdict(self.order),
+            "forced": self.forced,
+            "members": [asdict(m) for m in self.members],
+            "baselines": [asdict(b) for b in self.baselines],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "manifest") -> "FamilyManifest":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise BoomerangError(f"{source}: not a boomerang family manifest (no \"format\": \"{FORMAT}\")")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BoomerangError(
+                f"{source}: manifest schema version {version} but this boomerang reads version "
+                f"{SCHEMA_VERSION}; rebuild the family with `boomerang family` (or use boomerang "
+                f"{data.get('tool_version', '?')})"
+            )
+        try:
+            return cls(
+                teacher=ModelEntry(**data["teacher"]),
+                student=ModelEntry(**data["student"]),
+                plan=Plan.from_json(data["plan"]),
+                order=OrderInfo(**data["order"]),
+                members=[MemberEntry(**m) for m in data["members"]],
+                baselines=[BaselineEntry(**b) for b in data.get("baselines", [])],
+                forced=bool(data.get("forced", False)),
+                created=data["created"],
+                tool_version=data["tool_version"],
+                schema_version=version,
+            )
+        except (KeyError, TypeError) as exc:
+            raise BoomerangError(f"{source}: malformed manifest ({exc}); rebuild it with `boomerang family`") from None
+
+    @classmethod
+    def read(cls, path: Path) -> "FamilyManifest":
+        path = Path(path)
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise BoomerangError(f"{path}: no such manifest; run `boomerang family` first") from None
+        except ValueError as exc:
+            raise BoomerangError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_json(data, str(path))
+
+    def write(self, path: Path) -> None:
+        """Atomically (re)write the manifest, e.g. after ``eval`` added metrics."""
+        atomic_write_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
