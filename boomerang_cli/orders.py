@@ -1,0 +1,136 @@
+"""Calibrated patch orders: choose which blocks to patch for each size from data.
+
+SPEC section 4 (follow-up work): the fixed last-first / first-last orders are
+hand-picked per model family. Here the blocks are chosen by their effect on the
+KL divergence to the teacher's next-token distribution on calibration data:
+
+- ``kl-greedy``: from the student, at each step patch the one remaining block
+  whose member has the lowest KL; continue to the teacher. One nested chain.
+- ``beam``: keep the ``W`` lowest-KL sets of patched blocks at every depth
+  instead of one; each size then gets its own best subset (not necessarily
+  nested). ``W=1`` is kl-greedy; ``W >= C(B, B//2)`` is exhaustive.
+
+The search only needs a *scorer* (members -> KL); :mod:`boomerang_cli.calibrate`
+provides the real one. Scores are memoized, so no member is evaluated twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from .errors import BoomerangError
+from .member import Member
+from .plan import Plan
+
+#: members -> KL divergence to the teacher of each, same order
+Scorer = Callable[[Sequence[Member]], list[float]]
+CALIBRATED_ORDERS = ("kl-greedy", "beam")
+
+
+@dataclass
+class SearchResult:
+    """The chosen member for every reachable layer count, plus the search trace."""
+
+    method: str
+    beam: int | None
+    best: dict[int, tuple[Member, float]]  # num_layers -> (member, KL)
+    steps: list[dict] = field(default_factory=list)
+    evaluated: int = 0
+
+    def members(self) -> list[Member]:
+        """Chosen members, smallest first (student first, teacher last)."""
+        return [self.best[n][0] for n in sorted(self.best)]
+
+    def kl(self, member: Member) -> float | None:
+        for m, kl in self.best.values():
+            if m == member:
+                return kl
+        return None
+
+
+class _Memo:
+    """Evaluate each distinct member at most once."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+        self.cache: dict[frozenset[int], float] = {}
+
+    def __call__(self, members: Sequence[Member]) -> list[float]:
+        todo = [m for m in dict.fromkeys(members) if m.teacher_blocks not in self.cache]
+        if todo:
+            for m, kl in zip(todo, self.scorer(todo)):
+                self.cache[m.teacher_blocks] = float(kl)
+        return [self.cache[m.teacher_blocks] for m in members]
+
+
+def _record(best: dict[int, tuple[Member, float]], member: Member, kl: float) -> None:
+    n = member.num_layers
+    if n not in best or kl < best[n][1]:
+        best[n] = (member, kl)
+
+
+def beam_search(plan: Plan, scorer: Scorer, width: int = 1, on_step: Callable[[int, int], None] | None = None) -> SearchResult:
+    """Patch blocks one at a time, keeping the ``width`` lowest-KL sets at each depth.
+
+    ``on_step(depth, total_depths)`` reports progress. Every block (patchable or
+    singleton) is a candidate at each step, so the search ends at the teacher.
+    """
+    if width < 1:
+        raise BoomerangError(f"--beam must be at least 1 (got {width})")
+    memo = _Memo(scorer)
+    n_blocks = plan.num_student_layers
+    start = Member(plan, frozenset())
+    best: dict[int, tuple[Member, float]] = {}
+    (kl0,) = memo([start])
+    _record(best, start, kl0)
+    frontier: list[tuple[float, Member]] = [(kl0, start)]
+    steps: list[dict] = []
+    for depth in range(1, n_blocks + 1):
+        children: dict[frozenset[int], Member] = {}
+        parent_of: dict[frozenset[int], tuple[Member, int]] = {}
+        for _, m in frontier:
+            for b in range(n_blocks):
+                if b in m.teacher_blocks:
+                    continue
+                child = Member(plan, m.teacher_blocks | {b})
+                if child.teacher_blocks not in children:
+                    children[child.teacher_blocks] = child
+                    parent_of[child.teacher_blocks] = (m, b)
+        cand = list(children.values())
+        kls = memo(cand)
+        ranked = sorted(zip(kls, cand), key=lambda x: (x[0], sorted(x[1].teacher_blocks)))
+        frontier = ranked[:width]
+        top_kl, top = frontier[0]
+        # Greedy keeps its one nested chain; a beam may use any member it scored.
+        for kl, m in (ranked if width > 1 else frontier):
+            _record(best, m, kl)
+        parent, block = parent_of[top.teacher_blocks]
+        steps.append({
+            "step": depth,
+            "block": block,
+            "teacher_blocks": sorted(top.teacher_blocks),
+            "num_layers": top.num_layers,
+            "kl": top_kl,
+            "candidates": [
+                {"teacher_blocks": sorted(m.teacher_blocks), "num_layers": m.num_layers, "kl": kl}
+                for kl, m in ranked[: max(width, 1) * 4]
+            ] if width > 1 else [
+                {"block": parent_of[m.teacher_blocks][1], "num_layers": m.num_layers, "kl": kl}
+                for kl, m in ranked
+            ],
+        })
+        if on_step is not None:
+            on_step(depth, n_blocks)
+    method = "kl-greedy" if width == 1 else "beam"
+    return SearchResult(method, None if width == 1 else width, best, steps, len(memo.cache))
+
+
+def kl_greedy(plan: Plan, scorer: Scorer, on_step: Callable[[int, int], None] | None = None) -> SearchResult:
+    """The nested greedy chain (a beam of width one)."""
+    return beam_search(plan, scorer, 1, on_step)
+
+
+def greedy_cost(num_blocks: int) -> int:
+    """Members kl-greedy evaluates: B + (B-1) + ... + 1, plus the student."""
+    return num_blocks * (num_blocks + 1) // 2 + 1
