@@ -61,6 +61,12 @@ PATTERN_FIELDS: dict[str, PatternField] = {
     "global_attn_every_n_layers": PatternField(lambda v, i: i % v == 0, lambda f: None),
 }
 
+#: Config lists that never describe layers, even when their length equals the layer count.
+NOT_PER_LAYER = frozenset({
+    "architectures", "bos_token_id", "eos_token_id", "pad_token_id", "suppress_tokens",
+    "begin_suppress_tokens", "bad_words_ids", "forced_decoder_ids",
+})
+
 #: Config keys that name the layer count, first found wins.
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
@@ -133,11 +139,37 @@ def load_config(path: Path, trust_remote_code: bool = False) -> Any:
         return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except ValueError as exc:
         msg = str(exc).splitlines()[0]
-        if "trust_remote_code" in msg:
+        if "trust_remote_code" in str(exc) or "custom code" in str(exc):
             raise UnsupportedArchitectureError(
                 f"{path}: this model needs its own code; pass --trust-remote-code if you trust it"
             ) from None
         raise UnsupportedArchitectureError(f"{path}: unreadable config ({msg})") from None
+
+
+def require_causal_lm(config: Any, trust_remote_code: bool = False) -> None:
+    """Refuse encoders and seq2seq models that AutoModelForCausalLM would still build.
+
+    transformers maps ``bert`` to ``BertLMHeadModel``, so a masked-LM checkpoint
+    would load "successfully"; the config's own ``architectures`` says what the
+    weights were trained as, and must name a class registered for causal LM.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", "?")
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedArchitectureError(
+            f"model type {model_type!r} is an encoder-decoder model; boomerang needs a decoder-only causal LM"
+        )
+    archs = list(getattr(config, "architectures", None) or [])
+    auto_map = getattr(config, "auto_map", None) or {}
+    if not archs or (trust_remote_code and "AutoModelForCausalLM" in auto_map):
+        return
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if not any(a in causal for a in archs):
+        raise UnsupportedArchitectureError(
+            f"{', '.join(archs)} (model type {model_type!r}) is not a causal language model; "
+            "boomerang needs a decoder-only LM (a *ForCausalLM checkpoint)"
+        )
 
 
 def meta_model(config: Any, trust_remote_code: bool = False) -> torch.nn.Module:
@@ -194,6 +226,7 @@ def build_arch_map(
         raise UnsupportedArchitectureError(
             f"config of type {getattr(config, 'model_type', '?')!r} has no num_hidden_layers"
         )
+    require_causal_lm(config, trust_remote_code)
     model = meta_model(config, trust_remote_code)
     layers_path = _find_layers(model, n)
     state_keys = list(model.state_dict().keys())
@@ -239,13 +272,27 @@ def build_arch_map(
         if k not in present:
             continue
         (post if seen_layer else pre).append(k)
+    per_layer: dict[int, set[str]] = {i: set() for i in range(n)}
+    for k in present:
+        m = layer_re.match(k)
+        if m and int(m.group(1)) < n:
+            per_layer[int(m.group(1))].add(m.group(2))
     for i in range(n):
-        missing = [k for k in layer_keys if f"{layer_prefix}{i}.{k}" not in present]
-        if missing:
+        missing = [k for k in layer_keys if k not in per_layer[i]]
+        extra = sorted(per_layer[i] - set(layer_keys))
+        if missing or extra:
+            what = f"lacks tensors {missing[:3]}" if missing else f"has extra tensors {extra[:3]}"
             raise UnsupportedArchitectureError(
-                f"layer {i} of {type(model).__name__} lacks tensors {missing[:3]}; "
+                f"layer {i} of {type(model).__name__} {what} compared with layer 0; "
                 "layers with different structure are not supported"
             )
+    absent = [k for k, _ in model.named_parameters() if k not in present]
+    if absent:
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__}: checkpoint lacks tensors "
+            + ", ".join(absent[:5]) + (" ..." if len(absent) > 5 else "")
+            + "; does config.json match the weights?"
+        )
 
     modules = {id(mod): name for name, mod in model.named_modules()}
     ie, oe = model.get_input_embeddings(), model.get_output_embeddings()
@@ -264,7 +311,7 @@ def build_arch_map(
 
     list_fields = tuple(
         k for k, v in tcfg.to_dict().items()
-        if isinstance(v, (list, tuple)) and len(v) == n and n > 1 and k not in {"architectures"}
+        if isinstance(v, (list, tuple)) and len(v) == n and n > 1 and k not in NOT_PER_LAYER
     )
     stored = tcfg.to_dict()
     pattern_fields = tuple(

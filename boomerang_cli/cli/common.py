@@ -13,8 +13,9 @@ import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn, Progress as RichProgress, ProgressColumn, Task, TaskID, TaskProgressColumn,
-    TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    TimeElapsedColumn, TimeRemainingColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 from ..errors import BoomerangError
@@ -49,14 +50,43 @@ def _fmt_amount(x: float, unit: str) -> str:
 
 
 class _AmountColumn(ProgressColumn):
-    """``done/total unit  rate unit/s`` in the task's own unit (steps, tokens, bytes)."""
+    """``done/total unit`` in the task's own unit (steps, tokens, bytes)."""
+
+    def __init__(self) -> None:
+        super().__init__(table_column=Column(no_wrap=True))
 
     def render(self, task: Task) -> Text:
         unit = task.fields.get("unit", "it")
         done = _fmt_amount(task.completed, unit)
         total = _fmt_amount(task.total, unit) if task.total is not None else "?"
-        rate = f"  {_fmt_amount(task.speed, unit)}/s" if task.speed else ""
-        return Text(f"{done}/{total}{rate}")
+        return Text(f"{done}/{total}", no_wrap=True)
+
+
+class _PlainColumn(ProgressColumn):
+    """Text shown verbatim: no rich markup (values and paths may hold ``[``), one
+    line, cut with an ellipsis beyond ``max_width`` or when the terminal is narrow."""
+
+    def __init__(self, style: str = "", max_width: int | None = None, min_width: int | None = None) -> None:
+        # A wrapable table column is what rich shrinks first on a narrow terminal;
+        # the Text itself never wraps, it is cut with an ellipsis.
+        super().__init__(table_column=Column(overflow="ellipsis", max_width=max_width,
+                                             min_width=min_width))
+        self.style = style
+
+    def text(self, task: Task) -> str:
+        return task.description
+
+    def render(self, task: Task) -> Text:
+        return Text(self.text(task), style=self.style, no_wrap=True, overflow="ellipsis")
+
+
+class _InfoColumn(_PlainColumn):
+    """``rate unit/s`` and the fields of the last ``Task.update`` (loss, lr, ...)."""
+
+    def text(self, task: Task) -> str:
+        unit = task.fields.get("unit", "it")
+        rate = f"{_fmt_amount(task.speed, unit)}/s" if task.speed and not task.finished else ""
+        return "  ".join(x for x in (rate, str(task.fields.get("info", ""))) if x)
 
 
 class _RichTask:
@@ -79,10 +109,13 @@ class RichProgressReporter:
     """The core's :class:`~boomerang_cli.progress.Progress`, drawn by rich on stderr."""
 
     def __init__(self, enabled: bool = True) -> None:
+        # One line per task even on an 80-column terminal: fixed-width columns
+        # first, the free-form info last and cut, never wrapped.
         self.bar = RichProgress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-            _AmountColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
+            _PlainColumn("bold", max_width=24, min_width=16), BarColumn(bar_width=12, table_column=Column(no_wrap=True)),
+            TaskProgressColumn(table_column=Column(no_wrap=True)), _AmountColumn(),
+            TimeElapsedColumn(table_column=Column(no_wrap=True)),
+            TimeRemainingColumn(table_column=Column(no_wrap=True)), _InfoColumn(),
             console=err_console, disable=not enabled,
         )
         self.bar.start()
@@ -91,9 +124,11 @@ class RichProgressReporter:
         return _RichTask(self.bar, self.bar.add_task(description, total=total, unit=unit, info=""))
 
     def finish(self, task: _RichTask) -> None:
-        total = self.bar.tasks[[t.id for t in self.bar.tasks].index(task.id)].total
-        if total is not None:
-            self.bar.update(task.id, completed=total)
+        state = next(t for t in self.bar.tasks if t.id == task.id)
+        if state.total is None:  # open-ended work: what was done is the total
+            self.bar.update(task.id, total=state.completed)
+        else:
+            self.bar.update(task.id, completed=state.total)
 
     def stop(self) -> None:
         self.bar.stop()

@@ -50,7 +50,7 @@ def init_student_cmd(
             summary = init_student(ref, plan, output, dtype=torch_dtype, max_shard_size=shard,
                                    overwrite=overwrite, dry_run=dry_run, teacher=info, progress=bar)
         if not dry_run and output is not None:
-            record(student=output, teacher=teacher)
+            record(student=output, teacher=ref.stable_ref)
     if json_out:
         emit_json(summary.to_json())
         return

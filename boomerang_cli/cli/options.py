@@ -16,9 +16,11 @@ AllowPickle = typer.Option(False, "--allow-pickle", help="Allow loading pickle c
 TrustRemoteCode = typer.Option(False, "--trust-remote-code", help="Allow running model code from the model's repository.")
 Dtype = typer.Option(None, "--dtype", help="Save weights as bf16, fp16 or fp32 (default: as stored).")
 MaxShardSize = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 2GB or 500MB.")
-KeepFirst = typer.Option(1, "--keep-first", help="Paper flag first_layers_to_keep.", min=1)
-Every = typer.Option(2, "--every", help="Paper flag alternate_every_n_layers: keep one layer of every N.", min=2)
-KeepLast = typer.Option(2, "--keep-last", help="Paper flag last_layers_to_keep.", min=0)
+# No typer ``min=``: out-of-range flags reach Plan.from_paper_flags, whose PlanError is
+# the one-line message every bad plan gets (typer's usage box is many lines).
+KeepFirst = typer.Option(1, "--keep-first", help="Paper flag first_layers_to_keep (>= 1).")
+Every = typer.Option(2, "--every", help="Paper flag alternate_every_n_layers: keep one layer of every N (>= 2).")
+KeepLast = typer.Option(2, "--keep-last", help="Paper flag last_layers_to_keep (>= 0).")
 Keep = typer.Option(None, "--keep", help="Explicit kept teacher layers, e.g. 0,2,4,7,9,11 (overrides the paper flags).")
 
 
