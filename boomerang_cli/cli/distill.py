@@ -1,0 +1,172 @@
+"""``boomerang distill``."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from . import app
+from .common import emit_json, err_console, handle_errors, human, out_console, progress
+from .options import (AllowPickle, Dtype, Every, Json, Keep, KeepFirst, KeepLast, MaxShardSize, Overwrite,
+                      TrustRemoteCode)
+
+_COUNT = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMbBgGtT]?)\s*")
+
+
+def parse_count(text: str) -> int:
+    """``2B``/``500M``/``10k``/``1000`` to an integer (B and G both mean billion)."""
+    from ..errors import BoomerangError
+
+    m = _COUNT.fullmatch(text)
+    if not m:
+        raise BoomerangError(f"cannot read {text!r} as a number of tokens; write it like 2B, 500M or 100000")
+    mult = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}[m.group(2).lower()]
+    return int(float(m.group(1)) * mult)
+
+
+def _name(ref: str) -> str:
+    base = ref.partition("@")[0].rstrip("/").split("/")[-1]
+    return re.sub(r"\.gguf$", "", base) or "student"
+
+
+def resolve_short_form(teacher: Optional[str], student: Optional[Path], output: Optional[Path]) -> tuple[str, Optional[Path], Path]:
+    """Fill in what the short forms leave out.
+
+    No TEACHER: the student is ``--student`` or the one the last step recorded
+    (``boomerang init-student``), and the teacher the one its boomerang.json
+    names. No ``-o``: ``<student dir>-distilled`` next to the student, or
+    ``./<teacher name>-distilled`` when the student is made here.
+    """
+    from ..errors import BoomerangError
+    from ..state import last
+    from ..student import StudentRecord
+
+    if teacher is None:
+        if student is None:
+            remembered = last("student")
+            student = Path(remembered) if remembered else None
+        if student is None:
+            raise BoomerangError("no TEACHER given and no student from an earlier step; run "
+                                 "`boomerang distill TEACHER` (e.g. smollm2-135m) or `boomerang init-student` first")
+        rec = StudentRecord.read(student) if student.is_dir() else None
+        if rec is None:
+            raise BoomerangError(f"{student}: no boomerang.json names its teacher; pass TEACHER")
+        teacher = rec.teacher_ref
+    if output is None:
+        output = (student.parent / f"{student.name}-distilled") if student is not None else Path(f"{_name(teacher)}-distilled")
+    return teacher, student, output
+
+
+@app.command("distill")
+def distill_cmd(
+    teacher: Optional[str] = typer.Argument(
+        None, help="Teacher: local dir, hub id (id@revision), .gguf or builtin (smollm2-135m). Optional when the "
+        "student's boomerang.json names it or `boomerang init-student` ran before."),
+    output: Optional[Path] = typer.Option(
+        None, "-o", "--output", help="Directory for the distilled student (default: <student>-distilled next to "
+        "the student, or ./<teacher>-distilled)."),
+    student: Optional[Path] = typer.Option(
+        None, "--student", help="Student directory to train (from init-student); without it one is "
+        "initialized from the teacher with the plan flags."),
+    keep_first: int = KeepFirst,
+    every: int = Every,
+    keep_last: int = KeepLast,
+    keep: Optional[str] = Keep,
+    data: List[str] = typer.Option(
+        ["stdlib"], "--data", help="Text files/directories, .jsonl, .parquet, a hub dataset (id, id:config, id@split) "
+        "or 'stdlib' (Python's standard library); repeat to mix."),
+    text_field: str = typer.Option("text", "--text-field", help="Field holding the text in .jsonl/.parquet/hub rows."),
+    seq_len: int = typer.Option(1024, "--seq-len", help="Tokens per packed sequence."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per process and micro-step."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-steps per optimizer step."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (default: 500, the paper's)."),
+    tokens: Optional[str] = typer.Option(None, "--tokens", help="Train on this many tokens instead of --steps, e.g. 50M."),
+    eval_every: int = typer.Option(0, "--eval-every", help="Evaluate on the held-out split every N steps and at the end (0: never)."),
+    eval_blocks: int = typer.Option(32, "--eval-blocks", help="Held-out sequences per evaluation."),
+    log_every: int = typer.Option(1, "--log-every", help="Write a metrics.jsonl row every N steps."),
+    lr: float = typer.Option(3e-4, "--lr", help="Peak learning rate (AdamW, cosine schedule)."),
+    weight_decay: float = typer.Option(0.1, "--weight-decay", help="AdamW weight decay (matrices only)."),
+    warmup: float = typer.Option(0.01, "--warmup", help="Warmup, as a fraction of the steps."),
+    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Clip the gradient norm to this (0: off)."),
+    ce_weight: float = typer.Option(1.0, "--ce-weight", help="Weight of the cross-entropy term (0: off)."),
+    kl_weight: float = typer.Option(0.1, "--kl-weight", help="Weight of the KL term (0: off)."),
+    cos_weight: float = typer.Option(2.0, "--cos-weight", help="Total weight of the cosine term, spread over the aligned pairs (0: off)."),
+    temperature: float = typer.Option(1.0, "--temperature", help="KL temperature T (the term is scaled by T^2)."),
+    no_ce: bool = typer.Option(False, "--no-ce", help="Switch the cross-entropy term off."),
+    no_kl: bool = typer.Option(False, "--no-kl", help="Switch the KL term off."),
+    no_cos: bool = typer.Option(False, "--no-cos", help="Switch the cosine term off."),
+    loss_chunk: Optional[int] = typer.Option(None, "--loss-chunk", help="Tokens per CE/KL chunk (default: about 64 MB of fp32 logits)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cuda or cpu."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on GPUs that support it), bf16 or fp32."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute student activations in backward (less memory)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the student's decoder layers."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    save_every: int = typer.Option(100, "--save-every", help="Checkpoint every N steps (0: never)."),
+    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Where checkpoints and live metrics go (default: <output>-checkpoints)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint (start fresh if there is none)."),
+    keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep the checkpoint directory after success."),
+    report_to: List[str] = typer.Option([], "--report-to", help="Also log to tensorboard or wandb (if installed)."),
+    logging_dir: Optional[Path] = typer.Option(None, "--logging-dir", help="TensorBoard/W&B directory (default: runs/<output name>)."),
+    dtype: Optional[str] = Dtype,
+    max_shard_size: str = MaxShardSize,
+    overwrite: bool = Overwrite,
+    json_out: bool = Json,
+    allow_pickle: bool = AllowPickle,
+    trust_remote_code: bool = TrustRemoteCode,
+) -> None:
+    """Distill a student from TEACHER: CE + KL + cosine on aligned hidden states (SPEC section 3).
+
+    Runs as is on one device; under `torchrun` or `accelerate launch` it trains
+    with DDP/FSDP across processes and nodes, rank 0 writing.
+    """
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if not main_rank:
+        err_console.quiet = True
+    with handle_errors():
+        from ..distill import DistillConfig, LossWeights, distill
+        from ..state import record
+
+        teacher, student, output = resolve_short_form(teacher, student, output)
+        weights = LossWeights(0.0 if no_ce else ce_weight, 0.0 if no_kl else kl_weight,
+                              0.0 if no_cos else cos_weight, temperature)
+        cfg = DistillConfig(
+            teacher=teacher, output=output, student=student, keep=keep, keep_first=keep_first, every=every,
+            keep_last=keep_last, data=list(data), text_field=text_field, seq_len=seq_len,
+            batch_size=batch_size, grad_accum=grad_accum, steps=steps,
+            tokens=parse_count(tokens) if tokens else None, eval_every=eval_every, eval_blocks=eval_blocks,
+            log_every=log_every, lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip,
+            weights=weights, loss_chunk=loss_chunk, device=device, precision=precision,
+            gradient_checkpointing=gradient_checkpointing, compile=compile_, seed=seed, save_every=save_every,
+            checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints,
+            report_to=list(report_to), logging_dir=logging_dir, dtype=dtype, max_shard_size=max_shard_size,
+            overwrite=overwrite, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        )
+        with progress(not json_out and main_rank) as bar:
+            result = distill(cfg, progress=bar)
+        if main_rank:
+            record(student=output, teacher=result.teacher)
+    if not main_rank:
+        return
+    for w in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if json_out:
+        emit_json(result.to_json())
+        return
+    t = Table(title=f"distilled {result.plan.num_student_layers}-layer student of {teacher}")
+    t.add_column("", style="bold")
+    t.add_column("")
+    t.add_row("output", str(output))
+    t.add_row("steps", f"{result.steps}" + (f" (resumed at {result.resumed_from})" if result.resumed_from else ""))
+    t.add_row("tokens", f"{human(result.tokens)}")
+    t.add_row("final loss", "  ".join(f"{k} {v:.4f}" for k, v in result.final.items()))
+    if result.eval:
+        t.add_row("held-out", "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items() if k != "eval_tokens"))
+    t.add_row("throughput", f"{result.tokens_per_s:,.0f} tokens/s on {result.world_size} x {result.device} "
+              f"({result.precision})")
+    t.add_row("time", f"{result.elapsed_s:.1f} s")
+    out_console.print(t)

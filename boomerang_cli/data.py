@@ -1,0 +1,435 @@
+"""Text data for distillation and evaluation: sources, splits, tokenization, packing.
+
+A *source* is what the user passes as ``--data``: a text file or directory
+(``.txt``, ``.md``, ``.py``, ...), a ``.jsonl`` file (one JSON object per line,
+text under ``--text-field``), a ``.parquet`` file (needs pyarrow), a Hugging
+Face dataset id (streamed through ``datasets``, an optional extra), or the
+builtin ``stdlib`` corpus (the running Python's standard library sources).
+
+**Split rule.** Every document has a stable *key* (its path relative to the
+source, ``path:line`` for a JSONL row, ``path:row`` for a Parquet row,
+``id:row`` for a hub row). A document belongs to ``validation`` when
+``sha256(key)``'s first 8 bytes, as a big-endian integer, modulo 10000 is
+below 200 (2%), else to ``train``. The rule depends on nothing but the key, so
+every process, run and machine sees the same split, and a file never moves
+between splits when others are added.
+
+**Packing.** Each document is tokenized with the model's tokenizer
+(``add_special_tokens=True``, so a BOS is added where the model expects one),
+followed by EOS, and documents are concatenated into one stream that is cut
+into blocks of ``seq_len`` tokens: no padding, and every token is an input
+exactly once. A block's labels are the next tokens of the stream (the first
+token of the next block for its last position); the label at each document's
+EOS is ``-100`` (ignored), because the next document does not follow from it.
+Only a final partial block (``pad_last=True``, for evaluation) has padding,
+marked in ``mask`` and ignored by every loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+
+from .errors import DataError
+
+SPLITS = ("train", "validation")
+VALIDATION_PER_10K = 200  # 2% of documents are held out
+IGNORE = -100
+
+#: Suffixes read as one plain-text document per file when a directory is given.
+TEXT_SUFFIXES = frozenset({
+    ".txt", ".md", ".markdown", ".rst", ".tex", ".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".hpp",
+    ".rs", ".go", ".java", ".js", ".ts", ".sh", ".html", ".css", ".toml", ".yaml", ".yml",
+    ".ini", ".cfg",
+})
+JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
+PARQUET_SUFFIXES = frozenset({".parquet"})
+STDLIB = "stdlib"
+#: Directory names left out of the stdlib corpus (third-party code and test suites).
+STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
+
+
+def split_of(key: str) -> str:
+    """``"validation"`` for 2% of document keys, chosen by hash, else ``"train"``."""
+    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+    return "validation" if h % 10_000 < VALIDATION_PER_10K else "train"
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; use train or validation")
+
+
+# -- sources -----------------------------------------------------------------------------
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_files() -> list[tuple[str, Path]]:
+    """(relative key, path) of every stdlib ``.py`` file, sorted by key."""
+    root = stdlib_root()
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in STDLIB_SKIP_DIRS and not d.startswith(".")]
+        for name in filenames:
+            if name.endswith(".py"):
+                p = Path(dirpath) / name
+                out.append((p.relative_to(root).as_posix(), p))
+    return sorted(out)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _iter_jsonl(path: Path, key_prefix: str, split: str, text_field: str) -> Iterator[str]:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if split_of(f"{key_prefix}:{lineno}") != split or not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: not valid JSON; each line of a .jsonl file must be one object") from None
+            yield _field(record, text_field, f"{path}:{lineno}")
+
+
+def _field(record: Any, text_field: str, where: str) -> str:
+    if not isinstance(record, dict) or text_field not in record:
+        raise DataError(f"{where}: no field {text_field!r}; pass --text-field with the name of the text column")
+    value = record[text_field]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {text_field!r} is not a string; pass --text-field with the text column")
+    return value
+
+
+def _iter_parquet(path: Path, key_prefix: str, split: str, text_field: str) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading .parquet needs pyarrow; run: pip install 'boomerang-cli[data]'") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises its own error types
+        raise DataError(f"{path}: not a readable Parquet file ({exc})".splitlines()[0]) from None
+    if text_field not in pf.schema_arrow.names:
+        raise DataError(f"{path}: no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names[:8])}); "
+                        "pass --text-field")
+    row = 0
+    for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
+        for value in batch.column(0).to_pylist():
+            if split_of(f"{key_prefix}:{row}") == split and isinstance(value, str):
+                yield value
+            row += 1
+
+
+def _iter_file(path: Path, key: str, split: str, text_field: str) -> Iterator[str]:
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        yield from _iter_jsonl(path, key, split, text_field)
+    elif suffix in PARQUET_SUFFIXES:
+        yield from _iter_parquet(path, key, split, text_field)
+    elif split_of(key) == split:
+        yield _read_text(path)
+
+
+def _dir_files(root: Path) -> list[tuple[str, Path]]:
+    known = TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
+        for name in filenames:
+            p = Path(dirpath) / name
+            if not name.startswith(".") and p.suffix.lower() in known:
+                out.append((p.relative_to(root).as_posix(), p))
+    return sorted(out)
+
+
+def _iter_hub(source: str, split: str, text_field: str) -> Iterator[str]:
+    """A hub dataset ``name[:config][@hub_split]``, streamed; our split by row hash."""
+    name, _, hub_split = source.removeprefix("hf:").partition("@")
+    name, _, config = name.partition(":")
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            f"{source}: Hugging Face datasets need the datasets package; run: pip install 'boomerang-cli[data]'"
+        ) from None
+    try:
+        ds = datasets.load_dataset(name, config or None, split=hub_split or "train", streaming=True)
+        rows = iter(ds)
+        first = next(rows, None)
+    except Exception as exc:  # datasets/hub raise many kinds (offline, not found, gated)
+        msg = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"{source}: cannot stream this dataset ({msg}); check the id and the network, or pass local files"
+        ) from None
+    if first is None:
+        return
+    row = 0
+    for record in _chain_one(first, rows):
+        if split_of(f"{name}:{config}:{row}") == split:
+            yield _field(record, text_field, f"{source} row {row}")
+        row += 1
+
+
+def _chain_one(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
+def _looks_like_path(source: str) -> bool:
+    suffix = Path(source).suffix.lower()
+    return (source.startswith((".", "/", "~")) or os.sep in source.replace("/", "", 1)
+            or suffix in TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES)
+
+
+def check_source(source: str) -> None:
+    """Fail early, with the fix, on a source that cannot be read (hub sources are checked on use)."""
+    if source == STDLIB or source.startswith("hf:"):
+        return
+    path = Path(source).expanduser()
+    if not path.exists():
+        if _looks_like_path(source):
+            raise DataError(f"{source}: no such file or directory; pass files, a directory, "
+                            "a hub dataset id or 'stdlib' to --data")
+        return
+    if path.is_dir() and not _dir_files(path):
+        raise DataError(f"{source}: no text, .jsonl or .parquet files in this directory")
+
+
+def load_documents(source: str, split: str = "train", text_field: str = "text") -> Iterator[str]:
+    """The documents of one source in one split, in a fixed order."""
+    _check_split(split)
+    check_source(source)
+    if source == STDLIB:
+        for key, path in stdlib_files():
+            if split_of(key) == split:
+                yield _read_text(path)
+        return
+    path = Path(source).expanduser()
+    if path.is_file():
+        yield from _iter_file(path, path.name, split, text_field)
+    elif path.is_dir():
+        for key, p in _dir_files(path):
+            yield from _iter_file(p, key, split, text_field)
+    else:
+        yield from _iter_hub(source, split, text_field)
+
+
+def load_all_documents(sources: Sequence[str], split: str = "train", text_field: str = "text") -> Iterator[str]:
+    """The documents of several sources, one after the other."""
+    for source in sources:
+        yield from load_documents(source, split, text_field)
+
+
+# -- tokenization and packing -------------------------------------------------------------
+
+
+def encode_document(tokenizer: Any, text: str, eos_id: int) -> list[int]:
+    """A document's tokens with the model's own special tokens, then EOS."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if not ids or ids[-1] != eos_id:
+        ids.append(eos_id)
+    return ids
+
+
+def eos_id_of(tokenizer: Any) -> int:
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise DataError("the tokenizer has no EOS token, which packing needs to separate documents")
+    return int(eos)
+
+
+@dataclass
+class Block:
+    """One packed sequence: inputs, next-token labels (``-100``: ignored) and a padding mask."""
+
+    input_ids: torch.Tensor  # (seq_len,) long
+    labels: torch.Tensor  # (seq_len,) long
+    mask: torch.Tensor  # (seq_len,) bool, False on padding
+
+
+@dataclass
+class StreamPosition:
+    """Where the next block starts: document ``doc`` of pass ``epoch``, token ``offset`` in it."""
+
+    epoch: int = 0
+    doc: int = 0
+    offset: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "doc": self.doc, "offset": self.offset}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "StreamPosition":
+        return cls(int(data["epoch"]), int(data["doc"]), int(data["offset"]))
+
+
+@dataclass
+class _Segment:
+    epoch: int
+    doc: int
+    tokens: list[int]
+    start: int  # first token not yet emitted as an input
+
+
+class BlockStream:
+    """Packed blocks from documents, resumable at any block boundary.
+
+    ``documents()`` is called once per pass over the data; with ``repeat`` the
+    stream starts another pass when one ends (training), else the last partial
+    block is padded (``pad_last``) or dropped. ``position`` after any block says
+    exactly where the next block starts, so a resumed run sees the same blocks.
+    """
+
+    def __init__(
+        self,
+        documents: Callable[[], Iterable[str]],
+        tokenizer: Any,
+        seq_len: int,
+        *,
+        repeat: bool = False,
+        pad_last: bool = False,
+        position: StreamPosition | None = None,
+        describe: str = "the data",
+    ) -> None:
+        if seq_len < 1:
+            raise DataError(f"--seq-len must be at least 1 (got {seq_len})")
+        self.documents, self.tokenizer, self.seq_len = documents, tokenizer, seq_len
+        self.repeat, self.pad_last, self.describe = repeat, pad_last, describe
+        self.eos_id = eos_id_of(tokenizer)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = int(pad) if pad is not None else self.eos_id
+        self.position = position or StreamPosition()
+        self.blocks_emitted = 0
+
+    def _segments(self) -> Iterator[_Segment]:
+        epoch, skip, offset = self.position.epoch, self.position.doc, self.position.offset
+        while True:
+            n_docs = 0
+            for i, text in enumerate(self.documents()):
+                n_docs += 1
+                if i < skip:
+                    continue
+                tokens = encode_document(self.tokenizer, text, self.eos_id)
+                start = offset if i == skip else 0
+                if start < len(tokens):
+                    yield _Segment(epoch, i, tokens, start)
+            if n_docs == 0:
+                raise DataError(f"{self.describe} has no documents; check --data and the split")
+            if skip >= n_docs:
+                raise DataError(f"{self.describe} has {n_docs} documents, fewer than the checkpoint "
+                                "had read; resume with the same --data")
+            if not self.repeat:
+                return
+            epoch, skip, offset = epoch + 1, 0, 0
+
+    def __iter__(self) -> Iterator[Block]:
+        T = self.seq_len
+        buf: list[_Segment] = []
+        have = 0  # tokens available in buf from each segment's start
+        segs = self._segments()
+        exhausted = False
+        while True:
+            while have < T + 1 and not exhausted:
+                seg = next(segs, None)
+                if seg is None:
+                    exhausted = True
+                    break
+                buf.append(seg)
+                have += len(seg.tokens) - seg.start
+            if have == 0:
+                return
+            if have < T + 1 and not self.pad_last:
+                if self.blocks_emitted == 0:
+                    raise DataError(f"{self.describe} has only {have} tokens; a block needs "
+                                    f"--seq-len + 1 = {T + 1}; add data or lower --seq-len")
+                return
+            ids: list[int] = []
+            ends: list[bool] = []
+            for seg in buf:
+                part = seg.tokens[seg.start:seg.start + T + 1 - len(ids)]
+                ids.extend(part)
+                last = len(seg.tokens) - 1
+                ends.extend(seg.start + j == last for j in range(len(part)))
+                if len(ids) == T + 1:
+                    break
+            n = min(len(ids), T)  # real inputs in this block
+            inputs = torch.full((T,), self.pad_id, dtype=torch.long)
+            labels = torch.full((T,), IGNORE, dtype=torch.long)
+            mask = torch.zeros(T, dtype=torch.bool)
+            inputs[:n] = torch.tensor(ids[:n], dtype=torch.long)
+            mask[:n] = True
+            nxt = torch.tensor(ids[1:n + 1], dtype=torch.long)
+            labels[:len(nxt)] = nxt
+            boundary = torch.tensor(ends[:len(nxt)], dtype=torch.bool)
+            labels[:len(nxt)][boundary] = IGNORE
+            # Advance by the n inputs emitted.
+            todo = n
+            while todo:
+                seg = buf[0]
+                take = min(todo, len(seg.tokens) - seg.start)
+                seg.start += take
+                todo -= take
+                have -= take
+                if seg.start == len(seg.tokens):
+                    buf.pop(0)
+            if buf:
+                self.position = StreamPosition(buf[0].epoch, buf[0].doc, buf[0].start)
+            else:
+                nxt_seg = next(segs, None)
+                if nxt_seg is None:
+                    exhausted = True
+                    self.position = StreamPosition(self.position.epoch + 1, 0, 0)
+                else:
+                    buf.append(nxt_seg)
+                    have += len(nxt_seg.tokens) - nxt_seg.start
+                    self.position = StreamPosition(nxt_seg.epoch, nxt_seg.doc, nxt_seg.start)
+            self.blocks_emitted += 1
+            yield Block(inputs, labels, mask)
+            if n < T:
+                return
+
+
+def iter_blocks(
+    sources: str | Sequence[str],
+    split: str,
+    tokenizer: Any,
+    seq_len: int,
+    *,
+    text_field: str = "text",
+    pad_last: bool = True,
+    max_blocks: int | None = None,
+) -> Iterator[Block]:
+    """Packed blocks of ``seq_len`` tokens from ``sources`` in ``split`` (one pass).
+
+    For evaluation: ``pad_last`` keeps the final partial block (padding masked),
+    so every token of the split is scored once.
+    """
+    srcs = [sources] if isinstance(sources, str) else list(sources)
+    stream = BlockStream(lambda: load_all_documents(srcs, split, text_field), tokenizer, seq_len,
+                         pad_last=pad_last, describe=f"{split} split of {', '.join(srcs)}")
+    for i, block in enumerate(stream):
+        if max_blocks is not None and i >= max_blocks:
+            return
+        yield block
+
+
+def collate(blocks: Sequence[Block]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack blocks into ``(input_ids, labels, mask)`` batches."""
+    return (torch.stack([b.input_ids for b in blocks]), torch.stack([b.labels for b in blocks]),
+            torch.stack([b.mask for b in blocks]))
+

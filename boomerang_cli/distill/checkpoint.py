@@ -1,0 +1,136 @@
+"""Training checkpoints: written atomically by rank 0, read back with ``weights_only``.
+
+A checkpoint is a directory ``step-0000100/`` holding ``state.pt`` (student
+weights, optimizer, scheduler and every rank's RNG states; loaded with
+``torch.load(weights_only=True)``, which runs no pickled code) and
+``trainer_state.json`` (step, tokens, data position, config). It is written
+under a temporary name and renamed into place; only then does the ``latest``
+file point at it and are older checkpoints removed, so a kill at any moment
+leaves the previous checkpoint intact.
+
+The state dicts go through ``torch.distributed.checkpoint.state_dict``, which
+gathers full tensors from DDP and FSDP alike (to rank 0, on CPU) and scatters
+them back on load, so one code path serves one process and many.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from ..errors import BoomerangError
+from ..tensors import atomic_write_text
+
+LATEST = "latest"
+STATE = "state.pt"
+TRAINER_STATE = "trainer_state.json"
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _gather_rng() -> list[dict[str, Any]]:
+    mine = rng_state()
+    if not _distributed():
+        return [mine]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, mine)
+    return out
+
+
+def latest(root: Path) -> Path | None:
+    """The newest complete checkpoint under ``root``, or None."""
+    pointer = Path(root) / LATEST
+    try:
+        path = Path(root) / pointer.read_text().strip()
+    except OSError:
+        return None
+    return path if (path / STATE).exists() and (path / TRAINER_STATE).exists() else None
+
+
+def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         scheduler: Any, trainer_state: dict[str, Any], is_main: bool) -> Path | None:
+    """Write checkpoint ``step`` (collective: every rank calls it; rank 0 writes)."""
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd = get_model_state_dict(model, options=opts)
+    optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
+    rngs = _gather_rng()
+    final = None
+    if is_main:
+        root = Path(root)
+        name = f"step-{step:07d}"
+        final = root / name
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+        try:
+            torch.save({"model": model_sd, "optimizer": optim_sd, "scheduler": scheduler.state_dict(),
+                        "rng": rngs}, tmp / STATE)
+            (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        atomic_write_text(root / LATEST, name + "\n")
+        for old in root.glob("step-*"):
+            if old.name != name and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+    if _distributed():
+        dist.barrier()
+    return final
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(path) / TRAINER_STATE).read_text())
+    except (OSError, ValueError) as exc:
+        raise BoomerangError(f"{path}: unreadable checkpoint ({exc}); delete it or start without --resume") from None
+
+
+def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+         rank: int, is_main: bool) -> None:
+    """Restore weights, optimizer, scheduler and this rank's RNG from checkpoint ``path`` (collective)."""
+    distributed = _distributed()
+    state: dict[str, Any] = {}
+    if is_main or not distributed:
+        try:
+            state = torch.load(Path(path) / STATE, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many kinds on a damaged file
+            raise BoomerangError(f"{path}: unreadable checkpoint ({type(exc).__name__}); "
+                                 "delete it or start without --resume") from None
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed)
+    set_model_state_dict(model, state.get("model", {}), options=opts)
+    set_optimizer_state_dict(model, optimizer, state.get("optimizer", {}), options=opts)
+    extra = [state.get("scheduler"), state.get("rng")]
+    if distributed:
+        dist.broadcast_object_list(extra, src=0)
+    scheduler.load_state_dict(extra[0])
+    rngs = extra[1]
+    set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
