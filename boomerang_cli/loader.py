@@ -14,7 +14,8 @@ import torch
 
 from .arch import ModelInfo
 from .compose import Composition
-from .manifest import FamilyManifest, MemberEntry
+from .errors import BoomerangError, PairMismatchError
+from .manifest import MANIFEST_NAME, FamilyManifest, MemberEntry
 from .member import Member
 
 
@@ -71,3 +72,56 @@ def load_family_models(manifest: FamilyManifest, manifest_dir: Path) -> dict[str
             path = Path(manifest_dir) / path
         out[role] = ModelInfo.load(path if path.exists() else resolve(entry.ref).path)
     return out
+
+
+def member_of(manifest: FamilyManifest, name: str) -> Member:
+    """The member called ``name`` in a manifest; ``teacher`` and ``student`` name the pair itself."""
+    n = manifest.plan.num_student_layers
+    if name == "teacher":
+        return Member(manifest.plan, frozenset(range(n)))
+    if name == "student":
+        return Member(manifest.plan, frozenset())
+    entry = manifest.member(name)
+    member = member_from_entry(manifest, entry)
+    if [ls.to_json() for ls in member.layers] != [list(x) for x in entry.layers]:
+        raise BoomerangError(
+            f"manifest entry {name!r} lists layers that its teacher_blocks do not give; rebuild the family"
+        )
+    return member
+
+
+def check_family_models(manifest: FamilyManifest, models: Mapping[str, ModelInfo]) -> None:
+    """The teacher and student found now are the ones the family was built from."""
+    from .compose import fingerprint
+
+    for role, entry in (("teacher", manifest.teacher), ("student", manifest.student)):
+        if entry.fingerprint and fingerprint(models[role]) != entry.fingerprint:
+            raise PairMismatchError(
+                f"the {role} at {models[role].path} is not the one this family was built from "
+                f"(fingerprint differs); restore it or rebuild the family with `boomerang family`"
+            )
+
+
+def load_member_from_manifest(
+    manifest_path: Path | str,
+    name: str,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    models: Mapping[str, ModelInfo] | None = None,
+) -> Any:
+    """Member ``name`` of a family, built in memory from teacher + student (nothing written).
+
+    ``manifest_path`` is ``family.json`` or its directory. Pass ``models`` (from
+    :func:`load_family_models`) to load many members without re-reading headers;
+    otherwise the recorded teacher and student are found and their fingerprints
+    checked against the manifest.
+    """
+    path = Path(manifest_path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    manifest = FamilyManifest.read(path)
+    member = member_of(manifest, name)
+    if models is None:
+        models = load_family_models(manifest, path.parent)
+        check_family_models(manifest, models)
+    return load_member(member, models, dtype, device)

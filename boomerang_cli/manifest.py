@@ -9,19 +9,29 @@ moved or uploaded as a whole.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import BoomerangError
+from .errors import BoomerangError, PlanError
 from .plan import Plan
 from .tensors import atomic_write_text
 
 FORMAT = "boomerang-family"
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "family.json"
+
+
+def _known(cls: type, data: dict[str, Any]) -> Any:
+    """Build ``cls`` from ``data``, ignoring fields a newer boomerang added (docs/manifest.md:
+    readers ignore unknown fields within one schema version)."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__} entry is not an object")
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass
@@ -84,7 +94,11 @@ class FamilyManifest:
     order: OrderInfo
     members: list[MemberEntry]
     baselines: list[BaselineEntry] = field(default_factory=list)
-    forced: bool = False
+    forced: bool = False  # built with --force despite a failed pair check
+    forced_reasons: list[str] = field(default_factory=list)  # the checks --force overrode
+    dtype: str | None = None  # members saved as this dtype (bf16/fp16/fp32...); None = as stored
+    plan_source: str | None = None  # boomerang.json | student_config.json | --keep
+    complete: bool = True  # False while `family` is still writing (or was interrupted)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     tool_version: str = __version__
     schema_version: int = SCHEMA_VERSION
@@ -108,6 +122,10 @@ class FamilyManifest:
             "plan": self.plan.to_json(),
             "order": asdict(self.order),
             "forced": self.forced,
+            "forced_reasons": list(self.forced_reasons),
+            "dtype": self.dtype,
+            "plan_source": self.plan_source,
+            "complete": self.complete,
             "members": [asdict(m) for m in self.members],
             "baselines": [asdict(b) for b in self.baselines],
         }
@@ -125,18 +143,24 @@ class FamilyManifest:
             )
         try:
             return cls(
-                teacher=ModelEntry(**data["teacher"]),
-                student=ModelEntry(**data["student"]),
+                teacher=_known(ModelEntry, data["teacher"]),
+                student=_known(ModelEntry, data["student"]),
                 plan=Plan.from_json(data["plan"]),
-                order=OrderInfo(**data["order"]),
-                members=[MemberEntry(**m) for m in data["members"]],
-                baselines=[BaselineEntry(**b) for b in data.get("baselines", [])],
+                order=_known(OrderInfo, data["order"]),
+                members=[_known(MemberEntry, m) for m in data["members"]],
+                baselines=[_known(BaselineEntry, b) for b in data.get("baselines", [])],
                 forced=bool(data.get("forced", False)),
+                forced_reasons=list(data.get("forced_reasons", [])),
+                dtype=data.get("dtype"),
+                plan_source=data.get("plan_source"),
+                complete=bool(data.get("complete", True)),
                 created=data["created"],
                 tool_version=data["tool_version"],
                 schema_version=version,
             )
-        except (KeyError, TypeError) as exc:
+        except PlanError as exc:
+            raise BoomerangError(f"{source}: invalid plan ({exc}); rebuild it with `boomerang family`") from None
+        except (KeyError, TypeError, ValueError) as exc:
             raise BoomerangError(f"{source}: malformed manifest ({exc}); rebuild it with `boomerang family`") from None
 
     @classmethod
@@ -153,5 +177,12 @@ class FamilyManifest:
         return cls.from_json(data, str(path))
 
     def write(self, path: Path) -> None:
-        """Atomically (re)write the manifest, e.g. after ``eval`` added metrics."""
+        """Atomically (re)write the manifest, e.g. after ``eval`` added metrics.
+
+        Readable like any file the user creates (the temporary file behind the
+        atomic rename is private), since CI jobs and other users read it.
+        """
         atomic_write_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(path, 0o666 & ~mask)

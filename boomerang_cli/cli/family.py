@@ -1,0 +1,229 @@
+"""``boomerang family``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from . import app
+from .common import emit_json, err_console, handle_errors, out_console, progress
+from .options import AllowPickle, Dtype, Json, MaxShardSize, Overwrite, TrustRemoteCode
+
+ORDER_HELP = ("last-first: patch the last blocks first (head from the teacher); first-last: the "
+              "first blocks first (embeddings from the teacher). SPEC section 4.")
+
+
+def default_output(student_ref: str) -> Path | None:
+    """``<student>-family`` next to a local student directory; None for hub ids and builtins."""
+    p = Path(student_ref).expanduser()
+    if not p.is_dir():
+        return None
+    p = p.resolve()
+    return p.parent / f"{p.name}-family"
+
+
+def _resolve_pair_refs(teacher: Optional[str], student: Optional[str]) -> tuple[str, str]:
+    """Fill in omitted TEACHER/STUDENT: a lone argument or the last step's student, and its teacher."""
+    from ..errors import BoomerangError
+    from ..state import last
+    from ..student import BOOMERANG_JSON, StudentRecord
+
+    if teacher is not None and student is not None:
+        return teacher, student
+    if teacher is not None:  # one positional: it must be a student that names its teacher
+        student, lone = teacher, True
+    else:
+        student, lone = last("student"), False
+        if student is None:
+            raise BoomerangError(
+                "no TEACHER STUDENT given and no earlier init-student/distill recorded a student here; "
+                "pass TEACHER STUDENT"
+            )
+    path = Path(student).expanduser()
+    rec = StudentRecord.read(path) if path.is_dir() else None
+    if rec is None:
+        if lone:
+            raise BoomerangError(
+                f"one model given ({student}) and it has no {BOOMERANG_JSON}; a lone argument must be a "
+                "student made by init-student/distill, otherwise pass TEACHER STUDENT"
+            )
+        raise BoomerangError(
+            f"the last recorded student {student} has no {BOOMERANG_JSON} naming its teacher; pass TEACHER STUDENT"
+        )
+    return rec.teacher_ref, student
+
+
+@app.command("family")
+def family_cmd(
+    teacher: Optional[str] = typer.Argument(
+        None, help="Teacher: local dir, hub id[@rev], .gguf or builtin. Omitted: the one the student's boomerang.json names."),
+    student: Optional[str] = typer.Argument(
+        None, help="Student (init-student/distill output, a reference-code student, or any model with --keep). "
+        "Omitted: the last student init-student/distill recorded here."),
+    output: Optional[Path] = typer.Option(
+        None, "-o", "--output", help="Family directory (members + family.json). Default: <student>-family next to the student."),
+    sizes: Optional[str] = typer.Option(
+        None, "--sizes", help="Target sizes, e.g. 2B,3.5B,500M (K/M/B/T): each picks the member with the closest parameter count."),
+    num: Optional[int] = typer.Option(None, "--num", help="N members evenly spaced along the order."),
+    all_members: bool = typer.Option(False, "--all", help="Every member between student and teacher."),
+    order: str = typer.Option("last-first", "--order", help=ORDER_HELP),
+    keep: Optional[str] = typer.Option(
+        None, "--keep", help="The plan (teacher layers the student kept, e.g. 0,2,4,7,9,11) for a student "
+        "with no boomerang.json or student_config.json, e.g. gpt2 + distilgpt2."),
+    force: bool = typer.Option(False, "--force", help="Build even if the pair check fails on identity (fingerprint, "
+                               "architecture name); recorded in the manifest. Shape mismatches cannot be forced."),
+    dtype: Optional[str] = Dtype,
+    max_shard_size: str = MaxShardSize,
+    overwrite: bool = Overwrite,
+    dry_run: bool = typer.Option(False, "--dry-run", help="List every achievable member; write nothing."),
+    json_out: bool = Json,
+    allow_pickle: bool = AllowPickle,
+    trust_remote_code: bool = TrustRemoteCode,
+) -> None:
+    """Write family members between STUDENT and TEACHER with no training (SPEC section 4).
+
+    Rerunning the same command resumes: members already written and verified are kept.
+    """
+    with handle_errors():
+        from ..errors import BoomerangError
+        from ..family import (achievable, build_family, check_selection_args, dry_run_json,
+                              open_pair, select)
+        from ..member import ORDERS
+        from ..plan import Plan
+        from ..refs import resolve
+        from ..state import record
+        from ..tensors import parse_dtype, parse_size
+
+        if order not in ORDERS:
+            raise BoomerangError(f"unknown --order {order!r}; use one of {', '.join(ORDERS)}")
+        targets = check_selection_args(sizes, num, all_members, dry_run)
+        shard = parse_size(max_shard_size)
+        torch_dtype = parse_dtype(dtype) if dtype else None
+        kept = Plan.parse_keep(keep) if keep else None
+        teacher, student = _resolve_pair_refs(teacher, student)
+        if output is None and not dry_run:
+            output = default_output(student)
+            if output is None:
+                raise BoomerangError(f"student {student} is not a local directory; pass -o DIR for the family")
+        t_ref = resolve(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        s_ref = resolve(student, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        pair = open_pair(t_ref, s_ref, keep=kept, force=force, dtype=torch_dtype,
+                         trust_remote_code=trust_remote_code)
+        every = achievable(pair, order)
+        middle = [c for c in every if not (c.member.is_student or c.member.is_teacher)]
+        ref_student, ref_teacher = every[0], every[-1]
+        picks = select(middle, sizes=targets, num=num, all_members=all_members,
+                       student_params=ref_student.num_params, teacher_params=ref_teacher.num_params)
+        if dry_run:
+            if json_out:
+                emit_json(dry_run_json(pair, order, every, picks))
+                for note in pair.notes:
+                    err_console.print(f"note: {note}", highlight=False)
+            else:
+                _dry_table(pair, order, every, picks, teacher, student)
+            return
+        assert output is not None
+        with progress(not json_out) as bar:
+            result = build_family(pair, picks, output, order=order, max_shard_size=shard,
+                                  overwrite=overwrite, progress=bar)
+        record(family=result.manifest_path)
+    if json_out:
+        emit_json(result.manifest.to_json())
+        for note in result.notes:
+            err_console.print(f"note: {note}", highlight=False)
+        return
+    _result_table(result, ref_student, ref_teacher, teacher, student, order)
+
+
+def _blocks(c) -> tuple[str, str]:
+    from ..family import describe_blocks
+
+    return describe_blocks(c.member)
+
+
+def _short(ref: str) -> str:
+    """A path's last component, for titles (the manifest keeps full references)."""
+    p = Path(ref)
+    return p.name if p.exists() and p.name else ref
+
+
+def _src(c) -> str:
+    return f"{c.member.embed_from[0].upper()}/{c.member.head_from[0].upper()}"
+
+
+LEGEND = ("blocks: student-layer indices of the plan; emb/head: where embeddings / final norm + head "
+          "come from (S student, T teacher), saved untied when they differ")
+
+
+def _table(title: str, columns: list[tuple[str, str]]) -> Table:
+    t = Table(title=title)
+    for i, (col, just) in enumerate(columns):
+        t.add_column(col, justify=just, no_wrap=i == 0)
+    return t
+
+
+def _dry_table(pair, order, every, picks, teacher: str, student: str) -> None:
+    from ..family import format_params
+
+    chosen = {p.name: p for p in picks}
+    t = _table(f"{order} family of {_short(teacher)} + {_short(student)} (dry run, nothing written)",
+               [("name", "left"), ("layers", "right"), ("params", "right"), ("teacher blocks", "left"),
+                ("student blocks", "left"), ("emb/head", "left"), ("chosen", "left")])
+    for c in every:
+        tb, sb = _blocks(c)
+        ref = c.member.is_student or c.member.is_teacher
+        if ref:
+            sel = "reference"
+        elif c.name in chosen:
+            sel = ", ".join(x.label for x in chosen[c.name].targets) or "yes"
+        else:
+            sel = ""
+        t.add_row(c.name, str(c.member.num_layers), format_params(c.num_params), tb, sb, _src(c), sel,
+                  style="dim" if ref else None)
+    out_console.print(t)
+    blocks = " ".join(f"{b.index}:{b.start}" if b.size == 1 else f"{b.index}:{b.start}-{b.end - 1}"
+                      for b in pair.plan.blocks)
+    out_console.print(f"plan ({pair.plan_source}), block:teacher layers: {blocks}", highlight=False)
+    out_console.print(LEGEND, highlight=False, style="dim")
+    out_console.print(f"{len(every) - 2} achievable members between student and teacher"
+                      + (f"; {len(picks)} chosen" if picks else ""), highlight=False)
+    for note in pair.notes:
+        err_console.print(f"note: {note}", highlight=False)
+
+
+def _result_table(result, ref_student, ref_teacher, teacher: str, student: str, order: str) -> None:
+    from ..family import format_params
+
+    t = _table(f"{order} family of {_short(teacher)} + {_short(student)}",
+               [("name", "left"), ("layers", "right"), ("params", "right"), ("asked", "right"),
+                ("blocks teacher | student", "left"), ("status", "left")])
+
+    def blocks(c) -> str:
+        tb, sb = _blocks(c)
+        return f"{tb} | {sb}"
+
+    def ref_row(c) -> None:
+        t.add_row(c.name, str(c.member.num_layers), format_params(c.num_params), "", blocks(c), "reference",
+                  style="dim")
+
+    ref_row(ref_student)
+    for p in result.picks:
+        c = p.candidate
+        asked = "\n".join(f"{x.label} ({(c.num_params - x.params) / x.params:+.1%})" for x in p.targets)
+        status = "written" if p.name in result.written else "reused"
+        t.add_row(c.name, str(c.member.num_layers), format_params(c.num_params), asked, blocks(c), status)
+    ref_row(ref_teacher)
+    out_console.print(t)
+    for note in result.notes:
+        out_console.print(f"note: {note}", highlight=False)
+    m = result.manifest
+    if result.reused:
+        out_console.print("reused: already written and verified against the manifest's checksums", style="dim")
+    out_console.print(
+        f"{len(result.picks)} member(s) in {result.manifest_path.parent} ({len(result.written)} written, "
+        f"{len(result.reused)} reused); manifest {result.manifest_path}"
+        + (" [forced]" if m.forced else ""), highlight=False, markup=False,
+    )
