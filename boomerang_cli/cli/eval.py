@@ -1,0 +1,205 @@
+"""``boomerang eval``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.table import Table
+
+from . import app
+from .common import emit_json, err_console, handle_errors, human, out_console, progress
+from .options import AllowPickle, Json, TrustRemoteCode
+
+
+def _split_list(values: List[str]) -> list[str]:
+    return [x.strip() for v in values for x in v.split(",") if x.strip()]
+
+
+def _targets(targets: List[str]) -> tuple[str, Any]:
+    """``("family", path)`` for one manifest (or the last family built here), else ``("models", refs)``."""
+    from ..errors import BoomerangError
+    from ..manifest import MANIFEST_NAME
+    from ..state import last
+
+    if not targets:
+        recorded = last("family")
+        if recorded is None:
+            raise BoomerangError(
+                "no TARGET given and no `boomerang family` recorded here; pass a family.json (or its "
+                "directory) or model references"
+            )
+        return "family", Path(recorded)
+    manifests = [t for t in targets if (Path(t).expanduser().is_file() and t.endswith(".json"))
+                 or (Path(t).expanduser() / MANIFEST_NAME).is_file()]
+    if manifests:
+        if len(targets) > 1:
+            raise BoomerangError(
+                f"{manifests[0]} is a family manifest; evaluate one family at a time, or give only model references"
+            )
+        return "family", Path(manifests[0]).expanduser()
+    return "models", list(targets)
+
+
+def _fmt(x: Optional[float], digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if x >= 1e4:
+        return f"{x:.3g}"
+    return f"{x:.{digits}f}" if x < 100 else f"{x:.1f}"
+
+
+@app.command("eval")
+def eval_cmd(
+    targets: List[str] = typer.Argument(
+        None, help="A family (family.json or its directory; default: the last `boomerang family` here) or "
+        "model references (local dirs, hub ids, .gguf, builtins)."),
+    members: Optional[str] = typer.Option(
+        None, "--members", help="Only these members of the family, e.g. member-18L,teacher (default: all, "
+        "teacher and student included)."),
+    data: List[str] = typer.Option(
+        ["stdlib"], "--data", help="Text files/directories, .jsonl, .parquet, a hub dataset id (name:config@split) "
+        "or stdlib (repeat for several); the same sources as distill."),
+    split: str = typer.Option("validation", "--split", help="validation (the held-out 2%, default) or train."),
+    text_field: str = typer.Option("text", "--text-field", help="Field holding the text in .jsonl/.parquet/hub rows."),
+    max_tokens: int = typer.Option(32768, "--max-tokens", help="Tokens to score (whole blocks: rounded up to --seq-len)."),
+    seq_len: int = typer.Option(512, "--seq-len", help="Tokens per block (at most the model's positions)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Blocks per forward pass (also lm-eval's batch size)."),
+    tasks: Optional[str] = typer.Option(
+        None, "--tasks", help="lm-evaluation-harness tasks, e.g. arc_easy,hellaswag (needs the eval extra)."),
+    task_dir: Optional[Path] = typer.Option(
+        None, "--task-dir", help="Directory of local lm-eval task YAML files (offline evaluation on local data)."),
+    limit: Optional[float] = typer.Option(
+        None, "--limit", help="lm-eval: at most this many examples per task (a fraction if below 1)."),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="lm-eval: few-shot examples per prompt."),
+    baseline: List[str] = typer.Option(
+        [], "--baseline", help="prune: also evaluate the teacher pruned without training to each member's layer "
+        "count (ShortGPT and the plan's layers); or just shortgpt / plan-prune."),
+    calibration_tokens: int = typer.Option(
+        8192, "--calibration-tokens", help="ShortGPT: train-split tokens its block influence is measured on."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw parameters against perplexity (and task scores) into FILE.png."),
+    no_trunk: bool = typer.Option(False, "--no-trunk", help="Evaluate every member on its own instead of sharing common layers."),
+    no_perplexity: bool = typer.Option(False, "--no-perplexity", help="Skip perplexity (only --tasks)."),
+    output: Optional[Path] = typer.Option(
+        None, "-o", "--output", help="Results JSON for plain model references (default: ./eval-results.json); "
+        "a family's results go into its manifest."),
+    dtype: str = typer.Option("fp32", "--dtype", help="Compute in fp32 (default), bf16 or fp16."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cuda or cpu."),
+    json_out: bool = Json,
+    allow_pickle: bool = AllowPickle,
+    trust_remote_code: bool = TrustRemoteCode,
+) -> None:
+    """Measure perplexity (and lm-eval tasks) of a family or of models; record, print and plot the results.
+
+    A family is evaluated as a prefix tree: members that share their leading
+    layers compute them once (results are identical to evaluating each member
+    on its own; --no-trunk does that).
+    """
+    with handle_errors():
+        from ..errors import BoomerangError
+        from ..evaluate.baselines import METHODS
+        from ..evaluate.lmeval import parse_tasks
+        from ..evaluate.runner import EvalOptions, evaluate_family, evaluate_models
+        from ..tensors import parse_dtype
+
+        methods: list[str] = []
+        for b in _split_list(baseline):
+            if b == "prune":
+                methods.extend(METHODS)
+            elif b in METHODS:
+                methods.append(b)
+            else:
+                raise BoomerangError(f"unknown --baseline {b!r}; use prune, {' or '.join(METHODS)}")
+        opts = EvalOptions(
+            sources=_split_list(data) or ["stdlib"], split=split, text_field=text_field, seq_len=seq_len,
+            max_tokens=max_tokens, batch_size=batch_size, dtype=parse_dtype(dtype), device=device,
+            trunk=not no_trunk, perplexity=not no_perplexity, tasks=parse_tasks(tasks), task_dir=task_dir,
+            limit=int(limit) if limit is not None and limit >= 1 else limit, num_fewshot=num_fewshot,
+            baselines=list(dict.fromkeys(methods)), calibration_tokens=calibration_tokens, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+        )
+        opts.check()
+        if task_dir is not None and not opts.tasks:
+            raise BoomerangError("--task-dir adds task files; name the tasks to run with --tasks")
+        if plot is not None:
+            from ..evaluate.plot import require_matplotlib
+
+            if plot.suffix.lower() != ".png":
+                raise BoomerangError(f"--plot {plot}: write a .png file")
+            require_matplotlib()  # before minutes of evaluation, not after
+        kind, target = _targets(targets or [])
+        if kind == "models" and members:
+            raise BoomerangError("--members selects members of a family; give a family manifest")
+        if kind == "family" and output is not None:
+            raise BoomerangError("a family's results go into its manifest; -o is for plain model references")
+        member_list = _split_list([members]) if members else None
+        if kind == "family" and members is not None and not member_list:
+            raise BoomerangError("--members is empty; name members like --members member-18L,teacher")
+        with progress(not json_out) as bar:
+            if kind == "family":
+                report = evaluate_family(target, opts, member_list, progress=bar)
+            else:
+                report = evaluate_models(target, opts, output, progress=bar)
+        if plot is not None:
+            from ..evaluate.plot import plot_results
+
+            title = (f"family {Path(report.target).parent.name}" if report.kind == "family"
+                     else "models") + f" ({report.dtype})"
+            plot_results([r.plot_point() for r in report.rows], plot, title=title,
+                         data_key=report.data["key"] if report.data else None, tasks=report.tasks)
+    if json_out:
+        out = report.to_json()
+        out["plot"] = str(plot) if plot is not None else None
+        emit_json(out)
+        return
+    _table(report)
+    if plot is not None:
+        out_console.print(f"plot: {plot}", highlight=False)
+
+
+def _table(report: Any) -> None:
+    from ..evaluate.lmeval import primary_metric
+
+    d = report.data
+    title = f"eval of {report.target}"
+    if d:
+        title += f" on {d['key']} ({d['tokens']:,} tokens, {d['seq_len']}-token blocks)"
+    t = Table(title=title)
+    t.add_column("name", no_wrap=True, min_width=max(len(r.name) for r in report.rows))
+    for col, just in (("kind", "left"), ("layers", "right"), ("params", "right"), ("ppl", "right"),
+                      ("Δ teacher", "right")):
+        t.add_column(col, justify=just, no_wrap=True)
+    metric_of: dict[str, str] = {}
+    for task in report.tasks:
+        names = {p[0] for r in report.rows if task in r.tasks for p in [primary_metric(r.tasks[task])] if p}
+        metric_of[task] = names.pop() if len(names) == 1 else "score"
+        t.add_column(f"{task} {metric_of[task]}", justify="right")
+    teacher = report.teacher_ppl
+    for r in report.rows:
+        delta = ""
+        if r.ppl is not None and teacher is not None and r.kind != "teacher":
+            delta = f"{r.ppl / teacher - 1:+.1%}"
+        kind = r.kind
+        cells = [r.name, kind, str(r.num_layers), human(r.num_params), _fmt(r.ppl), delta]
+        for task in report.tasks:
+            p = primary_metric(r.tasks.get(task, {}))
+            cells.append(_fmt(p[1]) if p else "-")
+        style = "italic dim" if r.kind == "baseline" else ("bold" if r.kind in ("teacher", "student") else None)
+        t.add_row(*cells, style=style)
+    out_console.print(t)
+    tr = report.trunk
+    if tr is not None and tr.used:
+        saved = tr.flat_layer_passes / tr.layer_passes if tr.layer_passes else 1.0
+        check = tr.check or {}
+        out_console.print(
+            f"shared trunk: {tr.layer_passes} decoder-layer passes per batch instead of {tr.flat_layer_passes} "
+            f"({saved:.2f}x fewer); checked against standalone {check.get('member')}: relative NLL difference "
+            f"{check.get('relative_difference', 0):.1e}", highlight=False)
+    elif tr is not None and report.kind == "family":
+        out_console.print(f"member by member: {tr.reason}", highlight=False)
+    for note in report.notes:
+        err_console.print(f"note: {note}", highlight=False)
+    secs = report.seconds
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in secs.items() if k != "total")
+    out_console.print(f"results written to {report.written} ({timing}; total {secs.get('total', 0):.1f}s)",
+                      highlight=False)

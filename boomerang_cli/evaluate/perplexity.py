@@ -1,0 +1,173 @@
+"""Perplexity: mean next-token negative log-likelihood over a fixed set of token blocks.
+
+The blocks come from :mod:`boomerang_cli.data` (packed, labels already shifted,
+``-100`` where nothing is predicted: document ends and padding), so every model
+of a comparison is scored on exactly the same tokens. Log-softmax runs in fp32
+in row chunks, whatever the model's dtype, so a large vocabulary never needs a
+second full-size copy of the logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..data import IGNORE, collate, iter_blocks
+from ..errors import DataError
+
+#: Rows of logits turned into fp32 log-probabilities at once (bounds the extra memory).
+CHUNK_ROWS = 1024
+
+
+@dataclass
+class NLL:
+    """A running sum of token NLLs (nats) and the number of tokens scored."""
+
+    total: float = 0.0
+    tokens: int = 0
+
+    def add(self, total: float, tokens: int) -> None:
+        self.total += float(total)
+        self.tokens += int(tokens)
+
+    @property
+    def nll(self) -> float:
+        return self.total / self.tokens if self.tokens else math.nan
+
+    @property
+    def ppl(self) -> float:
+        nll = self.nll
+        return math.exp(nll) if nll < 700 else math.inf
+
+    def to_json(self, **extra: Any) -> dict[str, Any]:
+        return {"nll": self.nll, "ppl": self.ppl, "tokens": self.tokens, **extra}
+
+
+def batch_nll(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> tuple[float, int]:
+    """Summed NLL of ``labels`` under ``logits`` (``[B, T, V]``, labels ``[B, T]``; ``-100`` ignored)."""
+    vocab = logits.shape[-1]
+    flat = logits.reshape(-1, vocab)
+    lab = labels.reshape(-1).to(flat.device)
+    total = torch.zeros((), dtype=torch.float64, device=flat.device)
+    for i in range(0, flat.shape[0], chunk_rows):
+        part = lab[i:i + chunk_rows]
+        if bool((part != IGNORE).any()):
+            total += F.cross_entropy(flat[i:i + chunk_rows].float(), part, ignore_index=IGNORE,
+                                     reduction="sum").double()
+    return float(total), int((lab != IGNORE).sum())
+
+
+def attention_mask(mask: torch.Tensor) -> torch.Tensor | None:
+    """The mask to pass a model: ``None`` when no position is padding (the common, fast case)."""
+    return None if bool(mask.all()) else mask.long()
+
+
+@dataclass
+class EvalData:
+    """The token blocks every model is scored on, and what they are."""
+
+    input_ids: torch.Tensor  # [N, T] long
+    labels: torch.Tensor  # [N, T] long, -100 = not scored
+    mask: torch.Tensor  # [N, T] bool, False on padding
+    key: str  # how the manifest names this data, e.g. "stdlib:validation"
+    sources: list[str] = field(default_factory=list)
+    split: str = "validation"
+    seq_len: int = 0
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens scored (labels that are not ignored)."""
+        return int((self.labels != IGNORE).sum())
+
+    def fingerprint(self) -> str:
+        """Identity of the exact tokens, so two runs can tell they scored the same text."""
+        h = hashlib.sha256()
+        for t in (self.input_ids, self.labels):
+            h.update(t.to(torch.int64).contiguous().numpy().tobytes())
+        return "sha256:" + h.hexdigest()[:16]
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for i in range(0, self.num_blocks, batch_size):
+            yield self.input_ids[i:i + batch_size], self.labels[i:i + batch_size], self.mask[i:i + batch_size]
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-self.num_blocks // batch_size)
+
+    def describe(self) -> dict[str, Any]:
+        return {"key": self.key, "sources": list(self.sources), "split": self.split, "seq_len": self.seq_len,
+                "blocks": self.num_blocks, "tokens": self.num_tokens, "fingerprint": self.fingerprint()}
+
+
+def data_key(sources: Sequence[str], split: str) -> str:
+    """``stdlib:validation``, ``corpus/+notes.jsonl:train``: the key metrics are stored under."""
+    return f"{'+'.join(sources)}:{split}"
+
+
+def load_eval_data(
+    sources: Sequence[str],
+    split: str,
+    tokenizer: Any,
+    seq_len: int,
+    max_tokens: int,
+    text_field: str = "text",
+) -> EvalData:
+    """The first ``max_tokens`` input tokens of ``split`` of ``sources``, packed into blocks.
+
+    Whole blocks are taken (the last one may be padded when the split runs out),
+    so the count is rounded up to a multiple of ``seq_len``.
+    """
+    if max_tokens < 1:
+        raise DataError(f"--max-tokens must be at least 1 (got {max_tokens})")
+    if not sources:
+        raise DataError("no evaluation data; pass --data (files, a directory, a hub dataset or stdlib)")
+    max_blocks = -(-max_tokens // seq_len)
+    blocks = list(iter_blocks(list(sources), split, tokenizer, seq_len, text_field=text_field,
+                              pad_last=True, max_blocks=max_blocks))
+    key = data_key(sources, split)
+    if not blocks:
+        raise DataError(f"{key}: no tokens to evaluate on; check --data and --split")
+    ids, labels, mask = collate(blocks)
+    data = EvalData(ids, labels, mask, key, list(sources), split, seq_len)
+    if data.num_tokens == 0:
+        raise DataError(f"{key}: the blocks hold no token to predict; add data or raise --max-tokens")
+    return data
+
+
+def model_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    device = next(model.parameters()).device
+    am = attention_mask(mask)
+    with torch.no_grad():
+        return model(input_ids=ids.to(device), attention_mask=None if am is None else am.to(device),
+                     use_cache=False).logits
+
+
+def model_nll(
+    model: Any,
+    data: EvalData,
+    batch_size: int,
+    on_batch: Callable[[], None] | None = None,
+) -> NLL:
+    """Perplexity of one ``PreTrainedModel`` on ``data`` (its own forward, no sharing)."""
+    out = NLL()
+    for ids, labels, mask in data.batches(batch_size):
+        logits = model_logits(model, ids, mask)
+        out.add(*batch_nll(logits, labels))
+        del logits
+        if on_batch is not None:
+            on_batch()
+    return out
+
+
+def relative_difference(a: float, b: float) -> float:
+    """|a - b| / max(|a|, |b|), 0 for two zeros (how trunk and per-member results are compared)."""
+    scale = max(abs(a), abs(b))
+    return abs(a - b) / scale if scale else 0.0

@@ -1,0 +1,58 @@
+"""Tiny families and data for the ``eval`` tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from boomerang_cli.plan import Plan
+
+from .common import TEXT, tiny_model_dir
+
+#: Text the tiny tokenizer knows, in many short documents (a local corpus for --data).
+DOC_LINES = [line for line in TEXT.splitlines() if line.strip()]
+
+
+def write_corpus(directory: Path, docs: int = 240) -> Path:
+    """A JSONL corpus big enough for both splits (2% of rows are validation)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "corpus.jsonl"
+    with open(path, "w") as f:
+        for i in range(docs):
+            text = " ".join(DOC_LINES[(i + j) % len(DOC_LINES)] for j in range(4 + i % 5))
+            f.write(json.dumps({"text": f"{i}: {text}"}) + "\n")
+    return path
+
+
+def perturb_weights(directory: Path, scale: float = 0.05, seed: int = 7) -> None:
+    """Stand-in for distillation: move every student weight a little away from the teacher's."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(directory) / "model.safetensors"
+    tensors = load_file(str(path))
+    g = torch.Generator().manual_seed(seed)
+    out = {k: (v + torch.randn(v.shape, generator=g, dtype=torch.float32).to(v.dtype) * scale).contiguous()
+           for k, v in tensors.items()}
+    save_file(out, str(path), metadata={"format": "pt"})
+
+
+def build_family(tmp: Path, arch: str = "llama", order: str = "last-first", keep: list[int] | None = None,
+                 layers: int = 6, **overrides) -> Path:
+    """teacher -> init-student -> perturbed student -> family with every member; returns family.json."""
+    from boomerang_cli.family import build_family as write_family, candidates, open_pair, select
+    from boomerang_cli.refs import resolve
+    from boomerang_cli.student import init_student
+
+    tmp = Path(tmp)
+    teacher = tiny_model_dir(tmp, arch, layers=layers, **overrides)
+    plan = Plan.from_keep(layers, keep) if keep else Plan.from_paper_flags(layers, 1, 2, 2)
+    student = tmp / f"{arch}-student"
+    init_student(resolve(str(teacher)), plan, student)
+    perturb_weights(student)
+    pair = open_pair(resolve(str(teacher)), resolve(str(student)))
+    cands = candidates(pair, order)
+    picks = select(cands, all_members=True, student_params=0, teacher_params=0)
+    result = write_family(pair, picks, tmp / f"{arch}-{order}-family", order=order)
+    return result.manifest_path
