@@ -11,7 +11,6 @@ what is missing.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -565,7 +564,6 @@ def build_family(
 
     total = sum(t.out_nbytes for p in todo for t in comps[p.name].tensors)
     task = progress.task("writing members", total, unit="B")
-    mask = _umask()
     written: list[str] = []
     # Checksums read each member back from the page cache. One helper thread does
     # that for member i while member i+1 is written (the copy is kernel work), so
@@ -589,7 +587,6 @@ def build_family(
             with atomic_dir(output / p.name, overwrite=True) as tmp:
                 write_model_dir(tmp, comp, pair.teacher.path, member_card(pair, p.candidate, comp, order),
                                 None, max_shard_size, task.advance)
-                os.chmod(tmp, 0o777 & ~mask)
             hashing.append((p, comp, pool.submit(checksums, output / p.name)))
             record(block=len(hashing) > 1)  # at most one member hashed behind the writer
         record(block=True)
@@ -610,12 +607,6 @@ def build_family(
         if len(p.targets) > 1:
             notes.append(f"sizes {', '.join(t.label for t in p.targets)} all chose {p.name}; written once")
     return FamilyResult(manifest, manifest_path, list(picks), written, reused, notes)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def dry_run_json(pair: Pair, order: str, cands: Sequence[Candidate], picks: Sequence[Pick]) -> dict[str, Any]:

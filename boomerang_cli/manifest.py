@@ -9,7 +9,6 @@ moved or uploaded as a whole.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -177,12 +176,5 @@ class FamilyManifest:
         return cls.from_json(data, str(path))
 
     def write(self, path: Path) -> None:
-        """Atomically (re)write the manifest, e.g. after ``eval`` added metrics.
-
-        Readable like any file the user creates (the temporary file behind the
-        atomic rename is private), since CI jobs and other users read it.
-        """
+        """Atomically (re)write the manifest, e.g. after ``eval`` added metrics."""
         atomic_write_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(path, 0o666 & ~mask)

@@ -247,3 +247,20 @@ def test_parse_dtype():
     assert parse_dtype("fp32") is torch.float32 and parse_dtype("float32") is torch.float32
     with pytest.raises(BoomerangError, match="bf16, fp16, fp32"):
         parse_dtype("int4")
+
+
+def test_atomic_outputs_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    from boomerang_cli.tensors import atomic_dir, atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "out") as d:
+            (d / "x").write_text("1")
+        atomic_write_text(tmp_path / "f.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o644
