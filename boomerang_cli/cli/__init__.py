@@ -39,3 +39,7 @@ def main(
 
 
 from . import init_student  # noqa: E402,F401  (registers the command)
+from . import family  # noqa: E402,F401  (registers the command)
+from . import distill  # noqa: E402,F401  (registers the command)
+from . import eval  # noqa: E402,F401  (registers the command)
+from . import demo  # noqa: E402,F401  (registers the command)

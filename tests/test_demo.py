@@ -1,0 +1,77 @@
+"""`boomerang demo` end to end on the real embedded teacher, with a very small budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from boomerang_cli.demo import Check, paper_checks
+
+pytestmark = []
+
+
+def _rows(ppls: dict[str, tuple[str, int, float]]) -> list[dict]:
+    return [{"name": n, "kind": k, "num_layers": l, "num_params": l, "ppl": p,
+             "method": n.split("-")[0] if k == "baseline" else None}
+            for n, (k, l, p) in ppls.items()]
+
+
+def test_paper_checks_pass_and_fail():
+    good = _rows({"student": ("student", 4, 30.0), "member-5L": ("member", 5, 20.0),
+                  "teacher": ("teacher", 6, 10.0), "shortgpt-4L": ("baseline", 4, 99.0),
+                  "shortgpt-5L": ("baseline", 5, 50.0)})
+    for r in good:
+        if r["name"].startswith("shortgpt"):
+            r["method"] = "shortgpt"
+    checks = {c.name: c for c in paper_checks(good)}
+    assert checks["perplexity never increases as members grow"].passed
+    assert checks["every member beats shortgpt at its layer count"].passed
+    assert not checks["every member beats plan-prune at its layer count"].passed  # nothing compared
+
+    bad = [dict(r) for r in good]
+    bad[1]["ppl"] = 60.0  # member worse than student and than shortgpt-5L
+    checks = {c.name: c for c in paper_checks(bad)}
+    assert not checks["perplexity never increases as members grow"].passed
+    assert "member-5L" in checks["every member beats shortgpt at its layer count"].detail
+    assert isinstance(next(iter(checks.values())), Check)
+
+
+@pytest.mark.integration
+def test_demo_tiny_budget_writes_a_loadable_family(tmp_path: Path):
+    out = tmp_path / "demo"
+    env = dict(os.environ, BOOMERANG_STATE=str(tmp_path / "state.json"))
+    cmd = [sys.executable, "-m", "boomerang_cli", "demo", "-o", str(out), "--steps", "2", "--seq-len", "32",
+           "--batch-size", "2", "--eval-tokens", "64", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    manifest = json.loads((out / "family" / "family.json").read_text())
+    assert manifest["complete"] and len(manifest["members"]) == 14  # SmolLM2: 14 patchable blocks, first-last
+    assert (out / "family.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["stages"] == {"distill": "ran", "family": "ran", "eval": "ran"}
+    names = {r["name"] for r in result["rows"]}
+    assert {"teacher", "student"} <= names and any(n.startswith("shortgpt-") for n in names)
+    assert all(m["metrics"]["perplexity"] for m in manifest["members"])
+
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    for m in manifest["members"]:
+        model = AutoModelForCausalLM.from_pretrained(out / "family" / m["path"], dtype=torch.float32)
+        assert model.config.num_hidden_layers == m["num_layers"]
+        with torch.no_grad():
+            assert torch.isfinite(model(ids).logits).all()
+        del model
+
+    # Rerunning resumes: every stage that finished is skipped, nothing is retrained.
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads(proc.stdout)
+    assert again["stages"]["distill"] == "skipped (done)"
+    assert again["stages"]["family"] == "skipped (done)"
