@@ -25,7 +25,7 @@ def demo_cmd(
 ) -> None:
     """Run the whole pipeline on the embedded teacher: distill, family, eval with baselines, plot.
 
-    Sized for about 15 minutes on a 2-core CPU. Rerun the same command to resume
+    The default budget is small (40 steps of 8 x 128 tokens). Rerun the same command to resume
     after an interruption: finished stages are skipped, distillation continues
     from its last checkpoint, members already written are kept.
     """
