@@ -25,9 +25,10 @@ def demo_cmd(
 ) -> None:
     """Run the whole pipeline on the embedded teacher: distill, family, eval with baselines, plot.
 
-    The default budget is small (40 steps of 8 x 128 tokens). Rerun the same command to resume
-    after an interruption: finished stages are skipped, distillation continues
-    from its last checkpoint, members already written are kept.
+    The default budget is small (40 steps of 8 x 128 tokens). Rerun the same
+    command to resume after an interruption: finished stages are skipped,
+    distillation continues from its last checkpoint, members already written
+    are kept.
     """
     with handle_errors():
         from ..demo import DemoConfig, run_demo
