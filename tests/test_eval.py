@@ -29,13 +29,7 @@ LAYERS = 8  # plan kept 0,2,4,6,7: 3 patchable blocks; last-first 2 members, fir
 SEQ = 32  # longer than the tiny sliding windows (8), so sliding layers differ from full ones
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is many times faster when other processes share the CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def opts_for(corpus: Path, **kw) -> EvalOptions:

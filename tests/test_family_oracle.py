@@ -30,13 +30,7 @@ EMBED_ATTRS = ("embed_tokens", "embed_in", "wte", "wpe")
 NORM_ATTRS = ("norm", "final_layer_norm", "ln_f")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is many times faster when other processes share the CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
