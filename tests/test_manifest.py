@@ -9,7 +9,6 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-import torch
 
 from boomerang_cli.errors import BoomerangError
 from boomerang_cli.family import achievable, build_family, dry_run_json, open_pair, select
