@@ -138,6 +138,7 @@ class DistillResult:
     device: str
     precision: str
     warnings: list[str]
+    peak_memory_bytes: int | None = None  # CUDA: the most memory torch allocated on this process's GPU
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -490,8 +491,9 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
     try:
         start_step, tokens_seen, position = 0, 0, StreamPosition()
         resumed_from = None
-        sink = MetricSink(cfg.ckpt_dir / METRICS, cfg.report_to, Path(cfg.logging_dir or Path("runs") / Path(cfg.output).name),
-                          Path(cfg.output).name, cfg.to_json(), is_main)
+        run_name = Path(cfg.output).name
+        sink = MetricSink(cfg.ckpt_dir / METRICS, cfg.report_to, Path(cfg.logging_dir or Path("runs") / run_name),
+                          run_name, cfg.to_json(), is_main)
         if resume_from is not None:
             state = checkpoint.read_trainer_state(resume_from)
             _check_resumable(cfg, state, world, steps)
@@ -562,6 +564,7 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
             elapsed_s=elapsed, resumed_from=resumed_from,
             checkpoint_dir=str(cfg.ckpt_dir) if cfg.keep_checkpoints else None, world_size=world,
             device=str(device.type), precision="bf16" if bf16 else "fp32", warnings=pair.warnings,
+            peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         )
         if is_main:
             _write_student(cfg, pair, acc.unwrap_model(model).model, state_dict, result)
@@ -590,25 +593,33 @@ def forward_backward(model: Any, teacher: Teacher, acc: Any, ids: torch.Tensor, 
     for m in range(grad_accum):
         lo = rank * per_rank + m * batch_size
         x, y, msk = (t[lo:lo + batch_size].to(device) for t in (ids, labels, mask))
-        attn = None if bool(msk.all()) else msk.long()
-        t_out = _teacher_forward(teacher, acc, x, attn) if need_teacher else None
         sync = m == grad_accum - 1
         with contextlib.nullcontext() if sync else acc.no_sync(model):
-            out = model(x, y, msk, attn, t_out.final if t_out else None,
-                        t_out.aligned if t_out else [], ce_denom, tok_denom)
+            out = _micro_batch(model, teacher, acc, x, y, msk, ce_denom, tok_denom, need_teacher)
             # DDP/FSDP average gradients over processes; our terms are already
             # global means split into per-process sums, so undo the average.
             acc.backward(out["loss"] * world)
-        totals += torch.stack([out[k].detach().double() for k in ("loss", "ce", "kl", "cosine")])
-        del out, t_out
+        totals += _terms(out)
+        del out
     if world > 1:
         torch.distributed.all_reduce(totals)
     return totals
 
 
-def _teacher_forward(teacher: Teacher, acc: Any, x: torch.Tensor, attn: torch.Tensor | None):
-    with acc.autocast():
-        return teacher(x, attn)
+def _micro_batch(model: Any, teacher: Teacher, acc: Any, x: torch.Tensor, y: torch.Tensor, msk: torch.Tensor,
+                 ce_denom: int, tok_denom: int, need_teacher: bool) -> dict[str, torch.Tensor]:
+    """Teacher forward (if a term needs it), then the student's forward and loss, on one micro-batch."""
+    attn = None if bool(msk.all()) else msk.long()  # None: no padding, the fast causal path
+    t_out = None
+    if need_teacher:
+        with acc.autocast():
+            t_out = teacher(x, attn)
+    return model(x, y, msk, attn, t_out.final if t_out else None, t_out.aligned if t_out else [],
+                 ce_denom, tok_denom)
+
+
+def _terms(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.stack([out[k].detach().double() for k in ("loss", "ce", "kl", "cosine")])
 
 
 def _diverged(what: str, step: int, last_good: Path | None, cfg: DistillConfig) -> TrainingDivergedError:
@@ -650,11 +661,7 @@ def evaluate(model: Any, teacher: Teacher, acc: Any, blocks: list[Block], batch_
             x = ids[sel].to(acc.device)
             msk = (mask[sel] & keep[s:s + batch_size].unsqueeze(1)).to(acc.device)
             y = torch.where(msk, labels[sel].to(acc.device), torch.full_like(x, -100))
-            attn = None if bool(msk.all()) else msk.long()
-            t_out = _teacher_forward(teacher, acc, x, attn) if need_teacher else None
-            out = model(x, y, msk, attn, t_out.final if t_out else None, t_out.aligned if t_out else [],
-                        ce_denom, tok_denom)
-            totals += torch.stack([out[k].detach().double() for k in ("loss", "ce", "kl", "cosine")])
+            totals += _terms(_micro_batch(model, teacher, acc, x, y, msk, ce_denom, tok_denom, need_teacher))
     if was_training:
         model.train()
     if world > 1:
@@ -676,6 +683,7 @@ def _write_student(cfg: DistillConfig, pair: Pair, hf_model: torch.nn.Module, st
         "final_losses": result.final, "final_eval": result.eval, "world_size": result.world_size,
         "device": result.device, "precision": result.precision, "elapsed_s": round(result.elapsed_s, 1),
         "tokens_per_s": result.tokens_per_s, "resumed_from": result.resumed_from,
+        "peak_memory_bytes": result.peak_memory_bytes,
     }
     record = StudentRecord(pair.plan, pair.teacher_ref.stable_ref, fingerprint(pair.teacher_info), training=training)
     name = Path(cfg.output).name
