@@ -83,8 +83,11 @@ def _trained(student: Path) -> bool:
 
 def paper_checks(rows: list[dict[str, Any]]) -> list[Check]:
     """Monotone perplexity along the family, and members against baselines at equal depth."""
-    fam = sorted((r for r in rows if r["kind"] in ("student", "member", "teacher") and r.get("ppl") is not None),
-                 key=lambda r: (r["num_layers"], r["num_params"]))
+    # Along the family: student, members by depth, teacher last (a member as deep as the
+    # teacher, first-last's last, comes before it, whatever its parameter count).
+    rank = {"student": 0, "member": 1, "teacher": 2}
+    fam = sorted((r for r in rows if r["kind"] in rank and r.get("ppl") is not None),
+                 key=lambda r: (rank[r["kind"]], r["num_layers"], r["num_params"]))
     bad = [f"{a['name']} {a['ppl']:.3g} -> {b['name']} {b['ppl']:.3g}"
            for a, b in zip(fam, fam[1:]) if b["ppl"] > a["ppl"]]
     checks = [Check("perplexity never increases as members grow", not bad,

@@ -41,6 +41,12 @@ def test_paper_checks_pass_and_fail():
     assert "member-5L" in checks["every member beats shortgpt at its layer count"].detail
     assert isinstance(next(iter(checks.values())), Check)
 
+    # A member as deep as the teacher but larger (untied head) comes before the teacher.
+    deep = [dict(r) for r in good] + [{"name": "member-6L", "kind": "member", "num_layers": 6, "num_params": 9,
+                                       "ppl": 11.0, "method": None}]
+    checks = {c.name: c for c in paper_checks(deep)}
+    assert checks["perplexity never increases as members grow"].passed, checks
+
 
 @pytest.mark.integration
 def test_demo_tiny_budget_writes_a_loadable_family(tmp_path: Path):

@@ -302,6 +302,11 @@ def test_plan_prune_takes_the_members_teacher_layers() -> None:
     assert {b.name for b in bs} == {"shortgpt-05L", "shortgpt-06L", "shortgpt-07L",
                                     "plan-prune-05L", "plan-prune-06L", "plan-prune-07L"}
     assert all(b.num_layers == int(b.name[-3:-1]) for b in bs)
+    # first-last's last member is as deep as the teacher (trailing singletons still the
+    # student's): pruning nothing would be the teacher itself, so no baseline there.
+    deep = Member(plan, frozenset({0, 1, 2}))
+    assert deep.num_layers == LAYERS and not deep.is_teacher
+    assert {b.num_layers for b in plan_baselines(["shortgpt", "plan-prune"], [deep], [0.5] * LAYERS)} == set()
 
 
 def test_baselines_are_evaluated_and_recorded(tmp_path: Path) -> None:

@@ -106,14 +106,18 @@ def plan_baselines(
     influence: Sequence[float] | None,
     calibration: dict[str, Any] | None = None,
 ) -> list[Baseline]:
-    """Baselines at each member's layer count (the teacher itself excluded), one per method and count."""
+    """Baselines at each member's layer count below the teacher's, one per method and count.
+
+    A member as deep as the teacher (first-last with the trailing singletons still
+    the student's) gets none: pruning nothing is the teacher itself, not a baseline.
+    """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise BoomerangError(f"unknown baseline method {unknown[0]!r}; use one of {', '.join(METHODS)}")
     out: list[Baseline] = []
     seen: set[str] = set()
     for member in sorted(members, key=lambda m: m.num_layers):
-        if member.is_teacher:
+        if member.is_teacher or member.num_layers >= member.plan.num_teacher_layers:
             continue
         n = member.num_layers
         for method in methods:
