@@ -9,20 +9,26 @@ differ in a single block, so they share most of their layers), nothing written.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from math import comb
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .arch import ModelInfo
+from .errors import BoomerangError, DataError
 from .evaluate.perplexity import EvalData, attention_mask, load_eval_data, model_logits
 from .evaluate.runner import load_model, load_tokenizer
 from .evaluate.trunk import LayerRunner, Stack, TrunkEvaluator
 from .member import Member
+from .orders import CALIBRATED_ORDERS, SearchResult, beam_search
+from .plan import Plan
 from .progress import NULL, Progress
 
 ROWS_PER_CHUNK = 1024  # token rows per softmax chunk: bounds the fp32 vocab-sized temporaries
+DEFAULT_BEAM = 4  # --order beam without --beam
 
 
 @dataclass(frozen=True)
@@ -37,15 +43,32 @@ class CalibrationSpec:
 
     def to_json(self) -> dict[str, Any]:
         return {"data": list(self.sources), "split": self.split, "samples": self.samples,
-                "seq_len": self.seq_len}
+                "seq_len": self.seq_len, "text_field": self.text_field}
+
+    def check(self) -> None:
+        if not self.sources:
+            raise DataError("no calibration data; pass --calib-data (files, a directory, a hub dataset or stdlib)")
+        if self.samples < 1:
+            raise DataError(f"--calib-samples must be at least 1 (got {self.samples})")
+        if self.seq_len < 2:
+            raise DataError(f"--calib-seq-len must be at least 2 (got {self.seq_len})")
+        if self.split not in ("train", "validation"):
+            raise DataError(f"unknown calibration split {self.split!r}; use train or validation")
+
+    def same_as(self, recorded: Mapping[str, Any] | None) -> bool:
+        """Whether a manifest's ``order.calibration`` was made with these settings."""
+        if not recorded:
+            return False
+        mine = self.to_json()
+        return all(recorded.get(k, "text" if k == "text_field" else None) == v for k, v in mine.items())
 
 
 def token_kl(teacher_logprobs: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
     """Sum over unmasked tokens of KL(p_teacher || p_member), and the token count."""
     t = teacher_logprobs.reshape(-1, teacher_logprobs.shape[-1])
     s = logits.reshape(-1, logits.shape[-1])
-    keep = mask.reshape(-1).bool()
-    total = torch.zeros((), dtype=torch.float64)
+    keep = mask.reshape(-1).bool().to(t.device)
+    total = torch.zeros((), dtype=torch.float64, device=t.device)
     for i in range(0, t.shape[0], ROWS_PER_CHUNK):
         rows = keep[i:i + ROWS_PER_CHUNK]
         if not rows.any():
@@ -67,15 +90,17 @@ class KLScorer:
         batch_size: int = 8,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
-        progress: Progress = NULL,
+        loaded: Mapping[str, Any] | None = None,
     ) -> None:
-        self.progress = progress
+        """``loaded``: teacher and student already in memory (``eval`` has them), else loaded here."""
+        spec.check()
         self.batch_size = batch_size
         device = torch.device(device)
         tokenizer = load_tokenizer(models["teacher"].path)
         self.data: EvalData = load_eval_data(list(spec.sources), spec.split, tokenizer, spec.seq_len,
                                              spec.samples * spec.seq_len, spec.text_field)
-        loaded = {role: load_model(info, dtype, device) for role, info in models.items()}
+        if loaded is None:
+            loaded = {role: load_model(info, dtype, device) for role, info in models.items()}
         self.runners = {role: LayerRunner(m, models[role].arch.layers_path) for role, m in loaded.items()}
         # A position counts when it is real input (mask) and predicts something.
         self.masks = [mask & (labels != -100) for _, labels, mask in self.data.batches(batch_size)]
@@ -85,13 +110,13 @@ class KLScorer:
             self.teacher_logprobs.append(F.log_softmax(logits.float(), dim=-1))
             del logits
         self.evaluated = 0
+        self.on_scored: Callable[[int], None] | None = None
 
     def __call__(self, members: Sequence[Member]) -> list[float]:
         stacks = {str(i): Stack.of_member(m) for i, m in enumerate(members)}
         ev = TrunkEvaluator(self.runners, stacks)
         sums = {k: 0.0 for k in stacks}
         count = 0
-        task = self.progress.task(f"calibration KL of {len(members)} members", self.data.num_batches(self.batch_size), unit="batches")
         for b, (ids, _, mask) in enumerate(self.data.batches(self.batch_size)):
             keep = self.masks[b]
 
@@ -101,7 +126,51 @@ class KLScorer:
 
             ev.run(ids, attention_mask(mask), on_leaf)
             count += int(keep.sum())
-            task.advance(1)
-        self.progress.finish(task)
         self.evaluated += len(members)
+        if self.on_scored is not None:
+            self.on_scored(len(members))
         return [sums[str(i)] / max(count, 1) for i in range(len(members))]
+
+
+def search(
+    models: Mapping[str, ModelInfo],
+    plan: Plan,
+    method: str,
+    spec: CalibrationSpec,
+    *,
+    beam: int | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 8,
+    progress: Progress = NULL,
+    loaded: Mapping[str, Any] | None = None,
+) -> SearchResult:
+    """Run ``kl-greedy`` (a beam of one) or ``beam`` (width ``beam``) with the real KL scorer.
+
+    The result's ``calibration`` is the spec plus what the data turned out to be
+    (key, tokens, fingerprint), so the manifest says exactly what was measured.
+    """
+    if method not in CALIBRATED_ORDERS:
+        raise BoomerangError(f"{method!r} is not a calibrated order; use one of {', '.join(CALIBRATED_ORDERS)}")
+    width = 1 if method == "kl-greedy" else (beam if beam is not None else DEFAULT_BEAM)
+    t0 = time.perf_counter()
+    scorer = KLScorer(models, spec, batch_size=batch_size, device=device, loaded=loaded)
+    task = progress.task(f"{method} search (calibration KL)", search_cost(plan.num_student_layers, width),
+                         unit="members")
+    scorer.on_scored = task.advance
+    result = beam_search(plan, scorer, width)
+    progress.finish(task)
+    d = scorer.data.describe()
+    result.calibration = spec.to_json() | {"key": d["key"], "tokens": d["tokens"], "fingerprint": d["fingerprint"]}
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def search_cost(num_blocks: int, width: int) -> int:
+    """Members a search scores at most: the student, then at each depth ``d`` the distinct children of
+    the beam, at most ``min(C(B, d), width * (B - d + 1))`` (greedy: exactly ``B(B+1)/2 + 1``)."""
+    total, frontier = 1, 1
+    for d in range(1, num_blocks + 1):
+        children = min(comb(num_blocks, d), frontier * (num_blocks - d + 1))
+        total += children
+        frontier = min(width, children)
+    return total

@@ -16,7 +16,7 @@ import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 
@@ -26,11 +26,15 @@ from .compose import Composition, check_same_family, fingerprint, model_card, wr
 from .errors import BoomerangError, OutputExistsError, PairMismatchError, PlanError
 from .manifest import MANIFEST_NAME, FamilyManifest, MemberEntry, ModelEntry, OrderInfo
 from .member import ORDERS, Member, sequential_members
+from .orders import CALIBRATED_ORDERS, SearchResult, order_info, result_from_order_info
 from .plan import Plan
 from .progress import NULL, Progress
 from .refs import ModelRef
 from .student import BOOMERANG_JSON, REFERENCE_JSON, StudentRecord, student_plan
 from .tensors import DTYPES, atomic_dir
+
+if TYPE_CHECKING:
+    from .calibrate import CalibrationSpec
 
 # -- sizes ------------------------------------------------------------------------------
 
@@ -239,20 +243,80 @@ class Candidate:
         return self.member.name
 
 
-def achievable(pair: Pair, order: str) -> list[Candidate]:
-    """Student, every member of ``order`` and the teacher, smallest first (SPEC section 4)."""
-    if order not in ORDERS:
-        raise BoomerangError(f"unknown order {order!r}; use one of {', '.join(ORDERS)}")
+ALL_ORDERS = ORDERS + CALIBRATED_ORDERS
+
+
+def check_order(order: str) -> None:
+    if order not in ALL_ORDERS:
+        raise BoomerangError(f"unknown --order {order!r}; use one of {', '.join(ALL_ORDERS)}")
+
+
+def achievable(pair: Pair, order: str, search: SearchResult | None = None) -> list[Candidate]:
+    """Student, every member of ``order`` and the teacher, smallest first (SPEC section 4).
+
+    A calibrated order's members are those its ``search`` chose, one per layer count.
+    """
+    check_order(order)
+    if order in CALIBRATED_ORDERS:
+        if search is None or search.method != order:
+            raise BoomerangError(f"--order {order} chooses members from calibration data; run its search first")
+        # The ends are always the student and the teacher; a member as deep as the
+        # student (a singleton block patched) may sit beside it if the search chose it.
+        ends = Member(pair.plan, frozenset()), Member(pair.plan, frozenset(range(pair.plan.num_student_layers)))
+        members = [ends[0]] + [m for m in search.members() if m not in ends] + [ends[1]]
+    else:
+        members = sequential_members(pair.plan, order)
     out = []
-    for step, m in enumerate(sequential_members(pair.plan, order)):
+    for step, m in enumerate(members):
         comp = m.composition(pair.models)
         out.append(Candidate(m, comp.num_params, comp.tied, step))
     return out
 
 
-def candidates(pair: Pair, order: str) -> list[Candidate]:
+def candidates(pair: Pair, order: str, search: SearchResult | None = None) -> list[Candidate]:
     """The members ``family`` can write: those strictly between student and teacher."""
-    return [c for c in achievable(pair, order) if not (c.member.is_student or c.member.is_teacher)]
+    return [c for c in achievable(pair, order, search) if not (c.member.is_student or c.member.is_teacher)]
+
+
+def calibrated_search(
+    pair: Pair,
+    method: str,
+    spec: CalibrationSpec,
+    *,
+    beam: int | None = None,
+    device: str = "auto",
+    output: Path | None = None,
+    progress: Progress = NULL,
+) -> tuple[SearchResult, bool]:
+    """The ``kl-greedy``/``beam`` search for this pair, and whether it was reused.
+
+    A family already in ``output`` built from the same teacher, student, method,
+    beam and calibration settings carries its search in the manifest: reused, so
+    a resumed or repeated ``family`` does not score every candidate again.
+    """
+    from .calibrate import DEFAULT_BEAM, search
+
+    if method not in CALIBRATED_ORDERS:
+        raise BoomerangError(f"{method!r} is not a calibrated order; use one of {', '.join(CALIBRATED_ORDERS)}")
+    width = 1 if method == "kl-greedy" else (beam or DEFAULT_BEAM)
+    spec.check()
+    if output is not None and (Path(output) / MANIFEST_NAME).is_file():
+        try:
+            prior = FamilyManifest.read(Path(output) / MANIFEST_NAME)
+        except BoomerangError:
+            prior = None
+        if (prior is not None and prior.order.method == method and prior.order.steps
+                and (prior.order.beam or 1) == width and spec.same_as(prior.order.calibration)
+                and prior.teacher.fingerprint == pair.teacher_fingerprint
+                and prior.student.fingerprint == pair.student_fingerprint and prior.plan == pair.plan):
+            return result_from_order_info(pair.plan, prior.order), True
+    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    try:
+        torch.device(dev)
+    except RuntimeError:
+        raise BoomerangError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    result = search(pair.models, pair.plan, method, spec, beam=width, device=dev, progress=progress)
+    return result, False
 
 
 @dataclass
@@ -373,8 +437,14 @@ def describe_blocks(member: Member) -> tuple[str, str]:
     return _ranges(t), _ranges(s)
 
 
-def member_card(pair: Pair, cand: Candidate, comp: Composition, order: str) -> str:
+def member_card(pair: Pair, cand: Candidate, comp: Composition, order: OrderInfo) -> str:
     m = cand.member
+    how = f"{order.method} order, step {cand.step}"
+    if order.method in CALIBRATED_ORDERS:
+        kl = next((s["kl"] for s in order.steps if s.get("num_layers") == m.num_layers), None)
+        cal = order.calibration or {}
+        how = (f"{order.method} order{f' (beam {order.beam})' if order.beam else ''}, blocks chosen by KL to the "
+               f"teacher on {cal.get('key', 'calibration data')}" + (f": KL {kl:.4f}" if kl is not None else ""))
     rows = ["| block | teacher layers | taken from | member layers |", "|---:|---|---|---|"]
     pos = 0
     for b in pair.plan.blocks:
@@ -388,7 +458,7 @@ def member_card(pair: Pair, cand: Candidate, comp: Composition, order: str) -> s
     body = (
         f"Built by `boomerang family` (boomerang {__version__}) with no training, from teacher "
         f"`{pair.teacher_ref.ref}` and student `{pair.student_ref.ref}` (boomerang distillation, "
-        f"{order} order, step {cand.step}).\n\n"
+        f"{how}).\n\n"
         f"- layers: {m.num_layers} (teacher {pair.plan.num_teacher_layers}, student {pair.plan.num_student_layers})\n"
         f"- parameters: {comp.num_params:,}\n"
         f"- embeddings from the {m.embed_from}; final norm and LM head from the {m.head_from}; "
@@ -492,23 +562,27 @@ def build_family(
     picks: Sequence[Pick],
     output: Path,
     *,
-    order: str = "last-first",
+    order: str | OrderInfo = "last-first",
     max_shard_size: int = 5 * 10**9,
     overwrite: bool = False,
     progress: Progress = NULL,
 ) -> FamilyResult:
     """Write the picked members and ``output/family.json``; resume an interrupted run.
 
+    ``order`` is a fixed order's name, or the :class:`OrderInfo` of a calibrated
+    search (see :func:`calibrated_search`), recorded as is in the manifest.
     Members already recorded in the manifest whose files verify are kept (with
     their metrics); any other member directory is rewritten atomically. The
     manifest is rewritten after each member, ``complete`` only at the end.
     """
     output = Path(output)
-    if order not in ORDERS:
-        raise BoomerangError(f"unknown order {order!r}; use one of {', '.join(ORDERS)}")
+    info = order if isinstance(order, OrderInfo) else OrderInfo(method=order)
+    check_order(info.method)
+    if info.method in CALIBRATED_ORDERS and not info.steps:
+        raise BoomerangError(f"order {info.method} needs its search's record (calibrated_search + order_info)")
     if not picks:
         raise BoomerangError("no members chosen; use --sizes, --num or --all")
-    prior = _prior_manifest(output, pair, order, overwrite)
+    prior = _prior_manifest(output, pair, info.method, overwrite)
     # Every check passed: from here on the output directory changes.
     if overwrite and output.exists():
         shutil.rmtree(output)
@@ -518,7 +592,7 @@ def build_family(
 
     manifest = FamilyManifest(
         teacher=pair.entry("teacher"), student=pair.entry("student"), plan=pair.plan,
-        order=OrderInfo(method=order), members=[], forced=pair.forced,
+        order=info, members=[], forced=pair.forced,
         forced_reasons=list(pair.forced_reasons), dtype=_dtype_name(pair.dtype),
         plan_source=pair.plan_source, complete=False,
     )
@@ -585,7 +659,7 @@ def build_family(
             comp = comps[p.name]
             task.update(description=f"writing {p.name}")
             with atomic_dir(output / p.name, overwrite=True) as tmp:
-                write_model_dir(tmp, comp, pair.teacher.path, member_card(pair, p.candidate, comp, order),
+                write_model_dir(tmp, comp, pair.teacher.path, member_card(pair, p.candidate, comp, info),
                                 None, max_shard_size, task.advance)
             hashing.append((p, comp, pool.submit(checksums, output / p.name)))
             record(block=len(hashing) > 1)  # at most one member hashed behind the writer
@@ -609,13 +683,14 @@ def build_family(
     return FamilyResult(manifest, manifest_path, list(picks), written, reused, notes)
 
 
-def dry_run_json(pair: Pair, order: str, cands: Sequence[Candidate], picks: Sequence[Pick]) -> dict[str, Any]:
+def dry_run_json(pair: Pair, order: str | OrderInfo, cands: Sequence[Candidate], picks: Sequence[Pick]) -> dict[str, Any]:
     """What ``--dry-run --json`` prints: the manifest this run would write, listing every achievable
     member between student and teacher (``path`` null), plus ``dry_run`` and the ``selected`` names."""
     chosen = {p.name: p for p in picks}
     manifest = FamilyManifest(
         teacher=pair.entry("teacher"), student=pair.entry("student"), plan=pair.plan,
-        order=OrderInfo(method=order), forced=pair.forced, forced_reasons=list(pair.forced_reasons),
+        order=order if isinstance(order, OrderInfo) else OrderInfo(method=order), forced=pair.forced,
+        forced_reasons=list(pair.forced_reasons),
         dtype=_dtype_name(pair.dtype), plan_source=pair.plan_source, complete=False,
         members=[
             member_entry(pair, c, c.member.composition(pair.models, dtype=pair.dtype), None,
@@ -639,6 +714,6 @@ def member_summary(c: Candidate) -> dict[str, Any]:
 __all__ = [
     "SizeTarget", "parse_sizes", "parse_size_targets", "format_params", "Pair", "open_pair",
     "shape_problems", "Candidate", "achievable", "candidates", "Pick", "check_selection_args", "select",
-    "build_family", "FamilyResult", "verify_member", "checksums", "dry_run_json", "describe_blocks",
+    "build_family", "FamilyResult", "ALL_ORDERS", "check_order", "calibrated_search", "verify_member", "checksums", "dry_run_json", "describe_blocks",
     "member_summary",
 ]

@@ -83,6 +83,7 @@ class OrderInfo:
     calibration: dict[str, Any] | None = None  # data reference, samples, seq_len
     beam: int | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)  # per size: blocks, KL
+    trace: list[dict[str, Any]] = field(default_factory=list)  # per search depth: block, candidates' KL
 
 
 @dataclass

@@ -17,9 +17,10 @@ provides the real one. Scores are memoized, so no member is evaluated twice.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import BoomerangError
+from .manifest import OrderInfo
 from .member import Member
 from .plan import Plan
 
@@ -37,6 +38,8 @@ class SearchResult:
     best: dict[int, tuple[Member, float]]  # num_layers -> (member, KL)
     steps: list[dict] = field(default_factory=list)
     evaluated: int = 0
+    calibration: dict[str, Any] | None = None  # what the KL was measured on (set by calibrate.search)
+    seconds: float | None = None
 
     def members(self) -> list[Member]:
         """Chosen members, smallest first (student first, teacher last)."""
@@ -134,3 +137,34 @@ def kl_greedy(plan: Plan, scorer: Scorer, on_step: Callable[[int, int], None] | 
 def greedy_cost(num_blocks: int) -> int:
     """Members kl-greedy evaluates: B + (B-1) + ... + 1, plus the student."""
     return num_blocks * (num_blocks + 1) // 2 + 1
+
+
+def order_info(result: SearchResult) -> OrderInfo:
+    """The manifest's record of a search: method, calibration, the member chosen per size and the trace.
+
+    ``steps`` has one entry per reachable layer count (smallest first): the
+    blocks taken from the teacher and the member's KL. ``trace`` has one entry
+    per search depth: the block patched (greedy) and every candidate's KL, so
+    the choice can be checked from the manifest alone.
+    """
+    calibration = dict(result.calibration or {})
+    calibration["evaluated"] = result.evaluated
+    if result.seconds is not None:
+        calibration["seconds"] = round(result.seconds, 1)
+    steps = [{"num_layers": n, "teacher_blocks": sorted(m.teacher_blocks), "kl": kl}
+             for n, (m, kl) in sorted(result.best.items())]
+    return OrderInfo(method=result.method, calibration=calibration, beam=result.beam, steps=steps,
+                     trace=list(result.steps))
+
+
+def result_from_order_info(plan: Plan, info: OrderInfo) -> SearchResult:
+    """A search recorded in a manifest, back as a result (no member is scored again)."""
+    if info.method not in CALIBRATED_ORDERS or not info.steps:
+        raise BoomerangError(f"the manifest records no calibrated search (order {info.method!r})")
+    best: dict[int, tuple[Member, float]] = {}
+    for s in info.steps:
+        m = Member.of(plan, s["teacher_blocks"])
+        best[m.num_layers] = (m, float(s["kl"]))
+    cal = info.calibration or {}
+    return SearchResult(info.method, info.beam, best, list(info.trace), int(cal.get("evaluated", 0)),
+                        {k: v for k, v in cal.items() if k not in ("evaluated", "seconds")}, cal.get("seconds"))

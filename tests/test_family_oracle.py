@@ -18,6 +18,8 @@ import torch
 
 from boomerang_cli.family import achievable, build_family, open_pair, select
 from boomerang_cli.loader import load_member_from_manifest
+from boomerang_cli.member import Member
+from boomerang_cli.orders import SearchResult, order_info
 from boomerang_cli.plan import Plan
 from boomerang_cli.refs import resolve
 from boomerang_cli.student import init_student
@@ -123,13 +125,14 @@ def expected_layer_types(teacher_cfg: dict, student_cfg: dict, teacher_blocks) -
 # -- the checks ---------------------------------------------------------------------------
 
 
-def check_family(tmp: Path, teacher_dir: Path, student_dir: Path, order: str) -> int:
+def check_family(tmp: Path, teacher_dir: Path, student_dir: Path, order: str,
+                 search: SearchResult | None = None) -> int:
     pair = open_pair(resolve(str(teacher_dir)), resolve(str(student_dir)))
-    every = achievable(pair, order)
+    every = achievable(pair, order, search)
     picks = select(every[1:-1], all_members=True, student_params=every[0].num_params,
                    teacher_params=every[-1].num_params)
     out = tmp / f"family-{order}"
-    result = build_family(pair, picks, out, order=order)
+    result = build_family(pair, picks, out, order=order_info(search) if search else order)
     assert result.written == [p.name for p in picks] and len(picks) >= 2
     teacher, student = load(teacher_dir), load(student_dir)
     t_cfg = json.loads((teacher_dir / "config.json").read_text())
@@ -168,6 +171,37 @@ def test_members_match_module_surgery(tmp_path, pairs, model_type, order):
     # last-first: 2 members (block 0 patched means all blocks are: the teacher);
     # first-last: 3 (the trailing singletons stay the student's, so 8 layers is not yet the teacher).
     assert check_family(tmp_path, teacher, student, order) == (2 if order == "last-first" else 3)
+
+
+#: Arbitrary subsets, as a calibrated search may choose them: a singleton block alone (as
+#: deep as the student), a middle block alone (student embeddings and head), two
+#: non-adjacent blocks plus a singleton. 5, 6 and 7 layers.
+SUBSETS = ({3}, {1}, {0, 2, 3})
+
+
+def subset_search() -> SearchResult:
+    members = [Member(PLAN, frozenset(s)) for s in (*SUBSETS, set(range(PLAN.num_student_layers)))]
+    best = {m.num_layers: (m, 1.0 / (1 + m.num_layers)) for m in members}
+    assert len(best) == len(members)
+    return SearchResult("beam", 2, best, [], len(members), {"data": ["synthetic"], "key": "synthetic:train"})
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHS))
+def test_arbitrary_subset_members_match_module_surgery(tmp_path, pairs, model_type):
+    teacher, student = pairs(model_type)
+    assert check_family(tmp_path, teacher, student, "beam", subset_search()) == len(SUBSETS)
+    manifest = json.loads((tmp_path / "family-beam" / "family.json").read_text())
+    assert [m["teacher_blocks"] for m in manifest["members"]] == [sorted(s) for s in SUBSETS]
+    assert manifest["order"]["method"] == "beam" and manifest["order"]["beam"] == 2
+    assert [s["teacher_blocks"] for s in manifest["order"]["steps"]][:-1] == [sorted(s) for s in SUBSETS]
+
+
+def test_arbitrary_subsets_with_a_tied_teacher(tmp_path, pairs):
+    """{3} and {1} keep the student's embeddings and head: saved tied; {0, 2, 3} mixes sources: untied."""
+    teacher, student = pairs("gpt2")
+    check_family(tmp_path, teacher, student, "beam", subset_search())
+    manifest = json.loads((tmp_path / "family-beam" / "family.json").read_text())
+    assert [m["tied"] for m in manifest["members"]] == [True, True, False]
 
 
 @pytest.mark.parametrize("order", ["last-first", "first-last"])

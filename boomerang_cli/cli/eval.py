@@ -78,6 +78,18 @@ def eval_cmd(
         "count (ShortGPT and the plan's layers); or just shortgpt / plan-prune."),
     calibration_tokens: int = typer.Option(
         8192, "--calibration-tokens", help="ShortGPT: train-split tokens its block influence is measured on."),
+    compare_orders: Optional[str] = typer.Option(
+        None, "--compare-orders", help="Also evaluate every member of these orders in memory (nothing written), "
+        "e.g. last-first,first-last,kl-greedy,beam; one line per order on --plot. docs/orders.md."),
+    calib_data: List[str] = typer.Option(
+        [], "--calib-data", help="kl-greedy/beam in --compare-orders: calibration text (default: the family's own "
+        "calibration, else the train split of --data)."),
+    calib_samples: Optional[int] = typer.Option(
+        None, "--calib-samples", help="kl-greedy/beam: calibration sequences (default: the family's, else 64)."),
+    calib_seq_len: Optional[int] = typer.Option(
+        None, "--calib-seq-len", help="kl-greedy/beam: tokens per calibration sequence (default: the family's, else 128)."),
+    beam: Optional[int] = typer.Option(None, "--beam", help="beam in --compare-orders: its width (default: the "
+                                       "family's, else 4)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw parameters against perplexity (and task scores) into FILE.png."),
     no_trunk: bool = typer.Option(False, "--no-trunk", help="Evaluate every member on its own instead of sharing common layers."),
     no_perplexity: bool = typer.Option(False, "--no-perplexity", help="Skip perplexity (only --tasks)."),
@@ -111,12 +123,18 @@ def eval_cmd(
                 methods.append(b)
             else:
                 raise BoomerangError(f"unknown --baseline {b!r}; use prune, {' or '.join(METHODS)}")
+        order_list = _split_list([compare_orders]) if compare_orders else []
+        if compare_orders is not None and not order_list:
+            raise BoomerangError("--compare-orders is empty; name orders like --compare-orders last-first,kl-greedy")
         opts = EvalOptions(
             sources=_split_list(data) or ["stdlib"], split=split, text_field=text_field, seq_len=seq_len,
             max_tokens=max_tokens, batch_size=batch_size, dtype=parse_dtype(dtype), device=device,
             trunk=not no_trunk, perplexity=not no_perplexity, tasks=parse_tasks(tasks), task_dir=task_dir,
             limit=int(limit) if limit is not None and limit >= 1 else limit, num_fewshot=num_fewshot,
-            baselines=list(dict.fromkeys(methods)), calibration_tokens=calibration_tokens, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+            baselines=list(dict.fromkeys(methods)), calibration_tokens=calibration_tokens,
+            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+            compare_orders=list(dict.fromkeys(order_list)), calib_data=_split_list(calib_data),
+            calib_samples=calib_samples, calib_seq_len=calib_seq_len, beam=beam,
         )
         opts.check()
         if task_dir is not None and not opts.tasks:
@@ -130,6 +148,8 @@ def eval_cmd(
         kind, target = _targets(targets or [])
         if kind == "models" and members:
             raise BoomerangError("--members selects members of a family; give a family manifest")
+        if kind == "models" and opts.compare_orders:
+            raise BoomerangError("--compare-orders builds members of a family's teacher and student; give a family manifest")
         if kind == "family" and output is not None:
             raise BoomerangError("a family's results go into its manifest; -o is for plain model references")
         member_list = _split_list([members]) if members else None
@@ -145,8 +165,11 @@ def eval_cmd(
 
             title = (f"family {Path(report.target).parent.name}" if report.kind == "family"
                      else "models") + f" ({report.dtype})"
+            if report.orders:
+                title += ": patch orders compared"
             plot_results([r.plot_point() for r in report.rows], plot, title=title,
-                         data_key=report.data["key"] if report.data else None, tasks=report.tasks)
+                         data_key=report.data["key"] if report.data else None, tasks=report.tasks,
+                         by_layers=bool(report.orders))
     if json_out:
         out = report.to_json()
         out["plot"] = str(plot) if plot is not None else None
@@ -184,7 +207,8 @@ def _table(report: Any) -> None:
         for task in report.tasks:
             p = primary_metric(r.tasks.get(task, {}))
             cells.append(_fmt(p[1]) if p else "-")
-        style = "italic dim" if r.kind == "baseline" else ("bold" if r.kind in ("teacher", "student") else None)
+        style = ("italic dim" if r.kind == "baseline" else "italic" if r.kind == "order"
+                 else ("bold" if r.kind in ("teacher", "student") else None))
         t.add_row(*cells, style=style)
     out_console.print(t)
     tr = report.trunk
@@ -197,6 +221,12 @@ def _table(report: Any) -> None:
             f"{check.get('relative_difference', 0):.1e}", highlight=False)
     elif tr is not None and report.kind == "family":
         out_console.print(f"member by member: {tr.reason}", highlight=False)
+    for order, info in report.orders.items():
+        cal = info.get("calibration")
+        if cal:
+            width = f", beam {info['beam']}" if info.get("beam") else ""
+            out_console.print(f"{order}{width}: {info['source']} (KL on {cal.get('key')}, {cal.get('tokens', 0):,} "
+                              f"tokens, {cal.get('evaluated', '?')} members scored)", highlight=False)
     for note in report.notes:
         err_console.print(f"note: {note}", highlight=False)
     secs = report.seconds

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -13,7 +13,48 @@ from .common import emit_json, err_console, handle_errors, out_console, progress
 from .options import AllowPickle, Dtype, Json, MaxShardSize, Overwrite, TrustRemoteCode
 
 ORDER_HELP = ("last-first: patch the last blocks first (head from the teacher); first-last: the "
-              "first blocks first (embeddings from the teacher). SPEC section 4.")
+              "first blocks first (embeddings from the teacher); kl-greedy: at each step patch the block "
+              "whose member is closest to the teacher (KL on --calib-data); beam: the same keeping --beam "
+              "choices per size. SPEC section 4, docs/orders.md.")
+
+
+def calibration_spec(order: str, calib_data: list[str], samples: int, seq_len: int, beam: Optional[int],
+                     student: str):
+    """The calibration settings of a calibrated order (None for fixed orders), checked up front.
+
+    Without --calib-data, the text the student was distilled on (its
+    boomerang.json records it) calibrates the order: the tool already knows it.
+    """
+    from ..calibrate import CalibrationSpec
+    from ..errors import BoomerangError
+    from ..orders import CALIBRATED_ORDERS
+    from ..student import StudentRecord
+
+    sources = [x.strip() for v in calib_data for x in v.split(",") if x.strip()]
+    if order not in CALIBRATED_ORDERS:
+        given = [n for n, v in (("--calib-data", bool(sources)), ("--beam", beam is not None)) if v]
+        if given:
+            raise BoomerangError(f"{' and '.join(given)} apply to --order kl-greedy or beam, not {order}")
+        return None
+    if beam is not None and order != "beam":
+        raise BoomerangError("--beam sets the width of --order beam (kl-greedy is a beam of 1); use --order beam")
+    if beam is not None and beam < 1:
+        raise BoomerangError(f"--beam must be at least 1 (got {beam})")
+    text_field = "text"
+    if not sources:
+        path = Path(student).expanduser()
+        rec = StudentRecord.read(path) if path.is_dir() else None
+        config = ((rec.training or {}).get("config") or {}) if rec is not None else {}
+        sources = list(config.get("data") or [])
+        text_field = config.get("text_field") or "text"
+        if not sources:
+            raise BoomerangError(
+                f"--order {order} measures each candidate's KL to the teacher on calibration text; pass "
+                "--calib-data SRC (files, a directory, .jsonl, a hub dataset or stdlib)"
+            )
+    spec = CalibrationSpec(tuple(sources), samples=samples, seq_len=seq_len, text_field=text_field)
+    spec.check()
+    return spec
 
 
 def default_output(student_ref: str) -> Path | None:
@@ -70,6 +111,14 @@ def family_cmd(
     num: Optional[int] = typer.Option(None, "--num", help="N members evenly spaced along the order."),
     all_members: bool = typer.Option(False, "--all", help="Every member between student and teacher."),
     order: str = typer.Option("last-first", "--order", help=ORDER_HELP),
+    calib_data: List[str] = typer.Option(
+        [], "--calib-data", help="kl-greedy/beam: calibration text (same sources as distill; repeatable). "
+        "Default: the data the student was distilled on (its boomerang.json)."),
+    calib_samples: int = typer.Option(64, "--calib-samples", help="kl-greedy/beam: calibration sequences (train split)."),
+    calib_seq_len: int = typer.Option(128, "--calib-seq-len", help="kl-greedy/beam: tokens per calibration sequence."),
+    beam: Optional[int] = typer.Option(None, "--beam", help="beam: choices kept per size (default 4; 1 = kl-greedy)."),
+    device: str = typer.Option("auto", "--device", help="kl-greedy/beam: where candidates are scored: auto (CUDA if "
+                               "available), cuda or cpu. Writing members never needs a GPU."),
     keep: Optional[str] = typer.Option(
         None, "--keep", help="The plan (teacher layers the student kept, e.g. 0,2,4,7,9,11) for a student "
         "with no boomerang.json or student_config.json, e.g. gpt2 + distilgpt2."),
@@ -89,16 +138,16 @@ def family_cmd(
     """
     with handle_errors():
         from ..errors import BoomerangError
-        from ..family import (achievable, build_family, check_selection_args, dry_run_json,
-                              open_pair, select)
-        from ..member import ORDERS
+        from ..family import (achievable, build_family, calibrated_search, check_order, check_selection_args,
+                              dry_run_json, open_pair, select)
+        from ..manifest import OrderInfo
+        from ..orders import order_info
         from ..plan import Plan
         from ..refs import resolve
         from ..state import record
         from ..tensors import parse_dtype, parse_size
 
-        if order not in ORDERS:
-            raise BoomerangError(f"unknown --order {order!r}; use one of {', '.join(ORDERS)}")
+        check_order(order)
         targets = check_selection_args(sizes, num, all_members, dry_run)
         shard = parse_size(max_shard_size)
         torch_dtype = parse_dtype(dtype) if dtype else None
@@ -110,24 +159,32 @@ def family_cmd(
                 raise BoomerangError(f"student {student} is not a local directory; pass -o DIR for the family")
         t_ref = resolve(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         s_ref = resolve(student, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        spec = calibration_spec(order, calib_data, calib_samples, calib_seq_len, beam, student)
         pair = open_pair(t_ref, s_ref, keep=kept, force=force, dtype=torch_dtype,
                          trust_remote_code=trust_remote_code)
-        every = achievable(pair, order)
+        search, info, reused = None, OrderInfo(method=order), False
+        if spec is not None:
+            with progress(not json_out) as bar:
+                search, reused = calibrated_search(pair, order, spec, beam=beam, device=device,
+                                                   output=None if overwrite else output, progress=bar)
+            info = order_info(search)
+        every = achievable(pair, order, search)
         middle = [c for c in every if not (c.member.is_student or c.member.is_teacher)]
         ref_student, ref_teacher = every[0], every[-1]
         picks = select(middle, sizes=targets, num=num, all_members=all_members,
                        student_params=ref_student.num_params, teacher_params=ref_teacher.num_params)
         if dry_run:
             if json_out:
-                emit_json(dry_run_json(pair, order, every, picks))
+                emit_json(dry_run_json(pair, info, every, picks))
                 for note in pair.notes:
                     err_console.print(f"note: {note}", highlight=False)
             else:
-                _dry_table(pair, order, every, picks, teacher, student)
+                _search_line(info, reused)
+                _dry_table(pair, info, every, picks, teacher, student)
             return
         assert output is not None
         with progress(not json_out) as bar:
-            result = build_family(pair, picks, output, order=order, max_shard_size=shard,
+            result = build_family(pair, picks, output, order=info, max_shard_size=shard,
                                   overwrite=overwrite, progress=bar)
         record(family=result.manifest_path)
     if json_out:
@@ -135,7 +192,8 @@ def family_cmd(
         for note in result.notes:
             err_console.print(f"note: {note}", highlight=False)
         return
-    _result_table(result, ref_student, ref_teacher, teacher, student, order)
+    _search_line(info, reused)
+    _result_table(result, ref_student, ref_teacher, teacher, student, info)
 
 
 def _blocks(c) -> tuple[str, str]:
@@ -165,13 +223,35 @@ def _table(title: str, columns: list[tuple[str, str]]) -> Table:
     return t
 
 
-def _dry_table(pair, order, every, picks, teacher: str, student: str) -> None:
+def _search_line(info, reused: bool) -> None:
+    """What a calibrated search measured (nothing for fixed orders)."""
+    if not info.steps:
+        return
+    cal = info.calibration or {}
+    how = ("reused from the family's manifest" if reused
+           else f"{cal.get('evaluated', '?')} members scored in {cal.get('seconds', 0):.0f} s")
+    width = f", beam {info.beam}" if info.beam else ""
+    out_console.print(f"{info.method} search{width}: KL to the teacher on {cal.get('key')} "
+                      f"({cal.get('tokens', 0):,} tokens); {how}", highlight=False)
+
+
+def _kl(info, c) -> str:
+    for step in info.steps:
+        if step.get("num_layers") == c.member.num_layers and step.get("teacher_blocks") == sorted(c.member.teacher_blocks):
+            return f"{step['kl']:.4f}"
+    return ""
+
+
+def _dry_table(pair, info, every, picks, teacher: str, student: str) -> None:
     from ..family import format_params
 
     chosen = {p.name: p for p in picks}
-    t = _table(f"{order} family of {_short(teacher)} + {_short(student)} (dry run, nothing written)",
-               [("name", "left"), ("layers", "right"), ("params", "right"), ("teacher blocks", "left"),
-                ("student blocks", "left"), ("emb/head", "left"), ("chosen", "left")])
+    cols = [("name", "left"), ("layers", "right"), ("params", "right"), ("teacher blocks", "left"),
+            ("student blocks", "left"), ("emb/head", "left")]
+    if info.steps:
+        cols.append(("KL", "right"))
+    t = _table(f"{info.method} family of {_short(teacher)} + {_short(student)} (dry run, nothing written)",
+               cols + [("chosen", "left")])
     for c in every:
         tb, sb = _blocks(c)
         ref = c.member.is_student or c.member.is_teacher
@@ -181,7 +261,8 @@ def _dry_table(pair, order, every, picks, teacher: str, student: str) -> None:
             sel = ", ".join(x.label for x in chosen[c.name].targets) or "yes"
         else:
             sel = ""
-        t.add_row(c.name, str(c.member.num_layers), format_params(c.num_params), tb, sb, _src(c), sel,
+        kl = [_kl(info, c)] if info.steps else []
+        t.add_row(c.name, str(c.member.num_layers), format_params(c.num_params), tb, sb, _src(c), *kl, sel,
                   style="dim" if ref else None)
     out_console.print(t)
     blocks = " ".join(f"{b.index}:{b.start}" if b.size == 1 else f"{b.index}:{b.start}-{b.end - 1}"
@@ -194,27 +275,31 @@ def _dry_table(pair, order, every, picks, teacher: str, student: str) -> None:
         err_console.print(f"note: {note}", highlight=False)
 
 
-def _result_table(result, ref_student, ref_teacher, teacher: str, student: str, order: str) -> None:
+def _result_table(result, ref_student, ref_teacher, teacher: str, student: str, info) -> None:
     from ..family import format_params
 
-    t = _table(f"{order} family of {_short(teacher)} + {_short(student)}",
+    t = _table(f"{info.method} family of {_short(teacher)} + {_short(student)}",
                [("name", "left"), ("layers", "right"), ("params", "right"), ("asked", "right"),
-                ("blocks teacher | student", "left"), ("status", "left")])
+                ("blocks teacher | student", "left")] + ([("KL", "right")] if info.steps else [])
+               + [("status", "left")])
 
     def blocks(c) -> str:
         tb, sb = _blocks(c)
         return f"{tb} | {sb}"
 
+    def kl(c) -> list[str]:
+        return [_kl(info, c)] if info.steps else []
+
     def ref_row(c) -> None:
-        t.add_row(c.name, str(c.member.num_layers), format_params(c.num_params), "", blocks(c), "reference",
-                  style="dim")
+        t.add_row(c.name, str(c.member.num_layers), format_params(c.num_params), "", blocks(c), *kl(c),
+                  "reference", style="dim")
 
     ref_row(ref_student)
     for p in result.picks:
         c = p.candidate
         asked = "\n".join(f"{x.label} ({(c.num_params - x.params) / x.params:+.1%})" for x in p.targets)
         status = "written" if p.name in result.written else "reused"
-        t.add_row(c.name, str(c.member.num_layers), format_params(c.num_params), asked, blocks(c), status)
+        t.add_row(c.name, str(c.member.num_layers), format_params(c.num_params), asked, blocks(c), *kl(c), status)
     ref_row(ref_teacher)
     out_console.print(t)
     for note in result.notes:

@@ -16,6 +16,13 @@ STYLES: dict[str, dict[str, Any]] = {
     "shortgpt": dict(color="tab:orange", marker="v", linestyle="--"),
     "plan-prune": dict(color="tab:gray", marker="^", linestyle=":"),
 }
+#: --compare-orders: one line per order, student to teacher.
+ORDER_STYLES: dict[str, dict[str, Any]] = {
+    "last-first": dict(color="tab:cyan", marker="<"),
+    "first-last": dict(color="tab:olive", marker=">"),
+    "kl-greedy": dict(color="tab:pink", marker="P"),
+    "beam": dict(color="tab:brown", marker="X"),
+}
 
 
 def require_matplotlib() -> None:
@@ -35,18 +42,30 @@ def _human(n: float) -> str:
 def _series(rows: Sequence[dict[str, Any]], value: Any) -> dict[str, list[tuple[float, float, str]]]:
     """Points by series: the family line (student, members, teacher), each baseline method, plain models."""
     out: dict[str, list[tuple[float, float, str]]] = {}
+    ends: list[tuple[float, float, str]] = []
     for r in rows:
         y = value(r)
         if y is None:
             continue
         kind = r["kind"]
-        if kind == "baseline":
-            series = r.get("method") or "baseline"
+        if kind in ("baseline", "order"):
+            series = (r.get("method") or kind) if kind == "baseline" else f"order:{r.get('method')}"
         else:
             series = "family" if kind in {"member", "student", "teacher"} else kind
-        out.setdefault(series, []).append((float(r["num_params"]), float(y), r["name"]))
-    for pts in out.values():
-        pts.sort()
+        point = (float(r["num_params"]), float(y), r["name"])
+        out.setdefault(series, []).append(point)
+        if kind in ("student", "teacher"):
+            ends.append(point)
+    depth = {r["name"]: r.get("num_layers", 0) for r in rows}
+    teachers = {r["name"] for r in rows if r["kind"] == "teacher"}
+    for name, pts in out.items():
+        if name.startswith("order:"):
+            # Every order runs from the student to the teacher, drawn along its depth: members of
+            # one depth can differ in size (an untied head), so parameters alone zigzag.
+            pts.extend(ends)
+            pts.sort(key=lambda p: (depth.get(p[2], 0), p[2] in teachers, p[0]))
+        else:
+            pts.sort()
     return out
 
 
@@ -54,10 +73,17 @@ def _panel(ax: Any, rows: Sequence[dict[str, Any]], value: Any, ylabel: str, lab
     series = _series(rows, value)
     if not series:
         return False
+    compared = any(name.startswith("order:") for name in series)
     for name, pts in series.items():
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         if name == "family":
-            ax.plot(xs, ys, label="members", **STYLES["member"])
+            # Beside compared orders, the family's own members are points on its order's line.
+            ax.plot(xs, ys, label="members (this family)", **STYLES["member"],
+                    **({"linestyle": "none", "markerfacecolor": "none", "markersize": 10} if compared else {}))
+        elif name.startswith("order:"):
+            order = name.split(":", 1)[1]
+            ax.plot(xs, ys, label=f"{order} order", linestyle="-", alpha=0.85,
+                    **ORDER_STYLES.get(order, dict(marker="o")))
         else:
             style = dict(STYLES.get(name, STYLES["model"]))
             ls = style.pop("linestyle", "none" if name == "model" else "-")
@@ -69,7 +95,7 @@ def _panel(ax: Any, rows: Sequence[dict[str, Any]], value: Any, ylabel: str, lab
     if label_points:
         for r in rows:
             y = value(r)
-            if y is not None and r["kind"] != "baseline":
+            if y is not None and r["kind"] not in ("baseline", "order"):
                 ax.annotate(r["name"], (r["num_params"], y), textcoords="offset points", xytext=(4, 4),
                             fontsize=7, alpha=0.8)
     ax.set_xlabel("parameters")
@@ -93,6 +119,7 @@ def plot_results(
     title: str,
     data_key: str | None,
     tasks: Sequence[str] = (),
+    by_layers: bool = False,
 ) -> Path:
     """Draw ``rows`` (dicts with name, kind, method, num_params, ppl, tasks) into a PNG file.
 
@@ -101,10 +128,13 @@ def plot_results(
     any, get a second panel with one line per task (its primary metric).
     """
     require_matplotlib()
+    if by_layers:  # comparing orders: members of one depth differ in size (untied heads), so depth is the axis
+        rows = [dict(r, num_params=r["num_layers"]) for r in rows]
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise BoomerangError(f"--plot {path}: write a .png file")
@@ -112,11 +142,9 @@ def plot_results(
     ncols = 2 if has_tasks else 1
     fig, axes = plt.subplots(1, ncols, figsize=(7.5 * ncols, 5.5), squeeze=False)
     ok = _panel(axes[0][0], rows, lambda r: r.get("ppl"), f"perplexity ({data_key})" if data_key else "perplexity",
-                label_points=sum(r["kind"] != "baseline" for r in rows) <= 24)
+                label_points=sum(r["kind"] not in ("baseline", "order") for r in rows) <= 24)
     ppls = [r["ppl"] for r in rows if r.get("ppl")]
     if ok and max(ppls) / min(ppls) > 20:  # pruned baselines can be orders of magnitude off
-        from matplotlib.ticker import FuncFormatter
-
         axes[0][0].set_yscale("log")
         axes[0][0].yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:g}"))
         axes[0][0].yaxis.set_minor_formatter(FuncFormatter(lambda y, _pos: ""))
@@ -142,6 +170,10 @@ def plot_results(
         ax.grid(True, alpha=0.3)
         ax.xaxis.set_major_formatter(_formatter())
         ax.legend(fontsize=7, loc="best")
+    if by_layers:
+        for ax in axes[0]:
+            ax.set_xlabel("decoder layers")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:.0f}"))
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,12 @@ class EvalOptions:
     calibration_tokens: int = 8192
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    compare_orders: list[str] = field(default_factory=list)  # every member of each order, in memory
+    # Calibrated orders in --compare-orders; None/empty: the family's own calibration, else --data's train split.
+    calib_data: list[str] = field(default_factory=list)
+    calib_samples: int | None = None
+    calib_seq_len: int | None = None
+    beam: int | None = None
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -91,6 +97,18 @@ class EvalOptions:
             raise BoomerangError(f"unknown baseline {bad[0]!r}; use prune (= {', '.join(METHODS)}) or one of them")
         if not self.perplexity and not self.tasks:
             raise BoomerangError("nothing to evaluate: perplexity is off and no --tasks were given")
+        from ..family import ALL_ORDERS
+
+        bad = [o for o in self.compare_orders if o not in ALL_ORDERS]
+        if bad:
+            raise BoomerangError(f"unknown order {bad[0]!r} in --compare-orders; use {', '.join(ALL_ORDERS)}")
+        if self.compare_orders and not self.perplexity:
+            raise BoomerangError("--compare-orders compares perplexity; drop --no-perplexity")
+        if self.beam is not None and self.beam < 1:
+            raise BoomerangError(f"--beam must be at least 1 (got {self.beam})")
+        for name, value, least in (("--calib-samples", self.calib_samples, 1), ("--calib-seq-len", self.calib_seq_len, 2)):
+            if value is not None and value < least:
+                raise DataError(f"{name} must be at least {least} (got {value})")
 
 
 @dataclass
@@ -129,7 +147,7 @@ class Row:
             if primary is not None:
                 tasks[task] = primary
         return {"name": self.name, "kind": self.kind, "method": self.method, "num_params": self.num_params,
-                "ppl": self.ppl, "tasks": tasks}
+                "num_layers": self.num_layers, "ppl": self.ppl, "tasks": tasks}
 
 
 @dataclass
@@ -160,6 +178,7 @@ class EvalReport:
     dtype: str
     tasks: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    orders: dict[str, Any] = field(default_factory=dict)  # --compare-orders: how each order's members were chosen
 
     @property
     def teacher_ppl(self) -> float | None:
@@ -173,7 +192,7 @@ class EvalReport:
             "target": self.target, "kind": self.kind, "written": self.written, "device": self.device,
             "dtype": self.dtype, "data": self.data, "trunk": self.trunk.to_json() if self.trunk else None,
             "tasks": list(self.tasks), "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
-            "notes": list(self.notes), "results": [r.to_json() for r in self.rows],
+            "notes": list(self.notes), "orders": self.orders, "results": [r.to_json() for r in self.rows],
         }
 
 
@@ -435,6 +454,20 @@ def evaluate_family(
                             selection=b.selection)
         seconds["calibration"] = time.perf_counter() - t
 
+    searches: dict[str, dict[str, Any]] = {}
+    if opts.compare_orders:
+        t = time.perf_counter()
+        for order in opts.compare_orders:
+            members, searches[order] = _order_members(fam, order, opts, progress)
+            for m in members:
+                key = f"order:{order}:{m.name}"
+                stacks[key] = Stack.of_member(m)
+                comp = m.composition(fam.infos)
+                rows[key] = Row(f"{order}/{m.name}", "order", comp.num_params, m.num_layers, order,
+                                selection={"teacher_blocks": sorted(m.teacher_blocks),
+                                           "kl": searches[order].get("kl", {}).get(m.num_layers)})
+        seconds["orders"] = time.perf_counter() - t
+
     trunk: TrunkInfo | None = None
     if opts.perplexity:
         assert data is not None
@@ -463,17 +496,64 @@ def evaluate_family(
         target=str(fam.path), kind="family", rows=_ordered(rows.values()),
         data=data.describe() if data is not None else None, trunk=trunk, seconds=seconds, written=written,
         device=str(fam.device), dtype=str(fam.dtype).removeprefix("torch."), tasks=list(opts.tasks), notes=notes,
+        orders=searches,
     )
 
 
 def _ordered(rows: Any) -> list[Row]:
-    """Family rows student first, members by size, teacher last; baselines after, by size and method."""
+    """Family rows student first, members by size, teacher last; then each compared order's
+    members by size; baselines last, by size and method."""
     rows = list(rows)
     rank = {"student": 0, "teacher": 2}
-    fam = sorted((r for r in rows if r.kind != "baseline"),
+    fam = sorted((r for r in rows if r.kind not in ("baseline", "order")),
                  key=lambda r: (rank.get(r.kind, 1), r.num_layers, r.num_params, r.name))
+    methods = list(dict.fromkeys(r.method for r in rows if r.kind == "order"))
+    orders = sorted((r for r in rows if r.kind == "order"),
+                    key=lambda r: (methods.index(r.method), r.num_layers, r.num_params))
     base = sorted((r for r in rows if r.kind == "baseline"), key=lambda r: (r.num_layers, r.method or "", r.name))
-    return fam + base
+    return fam + orders + base
+
+
+def _order_members(fam: _Family, order: str, opts: EvalOptions, progress: Progress) -> tuple[list[Member], dict[str, Any]]:
+    """Every member of ``order`` between student and teacher, and how they were chosen.
+
+    A calibrated order reuses the family's own search when the family was built
+    with it (same method and beam, no --calib-* given); otherwise it is searched
+    here on --calib-data, else the family's calibration data, else the train
+    split of the evaluation data (--calib-samples/--calib-seq-len, else the
+    family's, else 64 x 128 tokens).
+    """
+    from ..calibrate import DEFAULT_BEAM, CalibrationSpec, search
+    from ..member import sequential_members
+    from ..orders import CALIBRATED_ORDERS, order_info, result_from_order_info
+
+    plan = fam.manifest.plan
+    if order not in CALIBRATED_ORDERS:
+        members = sequential_members(plan, order)
+        return [m for m in members if not (m.is_student or m.is_teacher)], {"method": order}
+    width = 1 if order == "kl-greedy" else (opts.beam or fam.manifest.order.beam or DEFAULT_BEAM)
+    recorded = fam.manifest.order
+    asked = bool(opts.calib_data) or opts.calib_samples is not None or opts.calib_seq_len is not None
+    if recorded.method == order and recorded.steps and (recorded.beam or 1) == width and not asked:
+        result = result_from_order_info(plan, recorded)
+        how = "the family's own search"
+    else:
+        c = recorded.calibration or {}
+        if opts.calib_data:
+            data, split, field_ = tuple(opts.calib_data), "train", opts.text_field
+        elif c.get("data"):
+            data, split, field_ = tuple(c["data"]), c.get("split", "train"), c.get("text_field", "text")
+        else:
+            data, split, field_ = tuple(opts.sources), "train", opts.text_field
+        spec = CalibrationSpec(data, opts.calib_samples or c.get("samples") or CalibrationSpec.samples,
+                               opts.calib_seq_len or c.get("seq_len") or CalibrationSpec.seq_len, split, field_)
+        result = search(fam.infos, plan, order, spec, beam=width, device=fam.device, batch_size=opts.batch_size,
+                        progress=progress, loaded=fam.models)
+        how = "searched for this comparison"
+    info = order_info(result)
+    members = [m for m in result.members() if not (m.is_student or m.is_teacher)]
+    return members, {"method": order, "beam": info.beam, "calibration": info.calibration, "source": how,
+                     "kl": {s["num_layers"]: s["kl"] for s in info.steps}}
 
 
 def _plan_baselines(fam: _Family, names: Sequence[str], opts: EvalOptions, tokenizer: Any, seq_len: int,
@@ -531,6 +611,8 @@ def _write_family(path: Path, rows: Mapping[str, Row], data_key: str | None) -> 
         elif row.kind == "member":
             entry = manifest.member(row.name)
             entry.metrics = _merge(entry.metrics, row, data_key)
+        elif row.kind == "order":
+            continue  # members of other orders are not part of this family: reported, not recorded
         else:
             old = next((b for b in manifest.baselines if b.name == row.name), None)
             same = old is not None and old.teacher_layers == row.teacher_layers and old.method == row.method
