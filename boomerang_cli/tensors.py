@@ -354,8 +354,14 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     """
     final = Path(final)
     check_output_dir(final, overwrite)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    except OSError as exc:  # name the output asked for, not the temporary directory
+        raise OutputExistsError(
+            f"cannot create {final} ({(exc.strerror or str(exc)).lower()}: {exc.filename or final.parent}); "
+            "choose another output path"
+        ) from None
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; outputs are ordinary directories
     try:
         yield tmp

@@ -451,3 +451,22 @@ def test_progress_reporter_one_line_per_task_on_80_columns(monkeypatch):
         assert len(line) <= 80 and "100%" in line and "━" in line, line
     assert "1,000 step/1,000 step" in lines[0] and "279.7 kB/279.7 kB" in lines[1]
     assert "1,234 tok/1,234 tok" in lines[2]
+
+
+def test_output_under_a_file_is_a_one_line_error(teachers, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = invoke("init-student", teachers["llama"], "-o", blocker / "student", ok=False)
+    assert_refused(r, "cannot create")
+    assert "Traceback" not in r.output and blocker.read_text() == "not a directory"
+
+
+def test_os_errors_map_to_one_line_messages():
+    import errno
+
+    from boomerang_cli.cli.common import os_error_message
+
+    msg, code = os_error_message(PermissionError(errno.EACCES, "Permission denied", "/data/out"))
+    assert code == 2 and msg == "cannot use /data/out: permission denied; check its permissions or choose another path"
+    msg, code = os_error_message(OSError(errno.ENOSPC, "No space left on device", "/data/out/x"))
+    assert code == 1 and "free space" in msg and "\n" not in msg

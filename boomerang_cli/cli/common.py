@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -164,6 +165,31 @@ def handle_errors() -> Iterator[None]:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
     except KeyboardInterrupt:
         fail("interrupted; rerun the same command to resume where supported", 130)
+    except OSError as exc:
+        fail(*os_error_message(exc))
+
+
+#: errno -> (what to do, exit code): a path the user gave is wrong (2) or the machine is (1).
+_OS_FIXES = {
+    errno.EACCES: ("check its permissions or choose another path", 2),
+    errno.EPERM: ("check its permissions or choose another path", 2),
+    errno.EROFS: ("it is on a read-only file system; choose another path", 2),
+    errno.ENOENT: ("check that the path and its parent directory exist", 2),
+    errno.ENOTDIR: ("a parent of that path is a file, not a directory; choose another path", 2),
+    errno.EEXIST: ("a parent of that path is a file, not a directory; choose another path", 2),
+    errno.EISDIR: ("it is a directory; give a file", 2),
+    errno.ENOSPC: ("the disk is full; free space or write elsewhere", 1),
+    errno.EDQUOT: ("the disk quota is exceeded; free space or write elsewhere", 1),
+}
+
+
+def os_error_message(exc: OSError) -> tuple[str, int]:
+    """A one-line message for a file-system error the core did not anticipate, and its exit code."""
+    fix, code = _OS_FIXES.get(exc.errno or 0, ("check the path and the file system", 1))
+    path = exc.filename
+    where = f" {path}" if path else ""
+    what = exc.strerror or type(exc).__name__
+    return f"cannot use{where}: {what.lower()}; {fix}", code
 
 
 def human(n: float) -> str:
