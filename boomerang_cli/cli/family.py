@@ -15,7 +15,7 @@ from .options import AllowPickle, Dtype, Json, MaxShardSize, Overwrite, TrustRem
 ORDER_HELP = ("last-first: patch the last blocks first (head from the teacher); first-last: the "
               "first blocks first (embeddings from the teacher); kl-greedy: at each step patch the block "
               "whose member is closest to the teacher (KL on --calib-data); beam: the same keeping --beam "
-              "choices per size. SPEC section 4, docs/orders.md.")
+              "choices per size. See docs/orders.md.")
 
 
 def calibration_spec(order: str, calib_data: list[str], samples: int, seq_len: int, beam: Optional[int],
@@ -132,7 +132,7 @@ def family_cmd(
     allow_pickle: bool = AllowPickle,
     trust_remote_code: bool = TrustRemoteCode,
 ) -> None:
-    """Write family members between STUDENT and TEACHER with no training (SPEC section 4).
+    """Write family members between STUDENT and TEACHER with no training (docs/family.md).
 
     Rerunning the same command resumes: members already written and verified are kept.
     """
