@@ -397,3 +397,21 @@ def test_batch_nll_ignores_masked_labels() -> None:
     ref = torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum")
     assert n == int(keep.sum()) == 8
     assert total == pytest.approx(float(ref), rel=1e-6)
+
+
+def test_plot_lines_follow_the_family_not_the_parameter_count() -> None:
+    """Untied members can outgrow the teacher; the family line still ends at the teacher, and each
+    compared order runs from the student through its members by depth to the teacher."""
+    from boomerang_cli.evaluate.plot import _series
+
+    rows = [
+        {"name": "student", "kind": "student", "num_params": 85, "num_layers": 16, "ppl": 9.0},
+        {"name": "member-17L", "kind": "member", "num_params": 117, "num_layers": 17, "ppl": 8.0},
+        {"name": "member-30L", "kind": "member", "num_params": 163, "num_layers": 30, "ppl": 7.5},
+        {"name": "teacher", "kind": "teacher", "num_params": 135, "num_layers": 30, "ppl": 7.0},
+        {"name": "beam/member-18L", "kind": "order", "method": "beam", "num_params": 92, "num_layers": 18, "ppl": 8.5},
+        {"name": "beam/member-17L", "kind": "order", "method": "beam", "num_params": 120, "num_layers": 17, "ppl": 8.2},
+    ]
+    series = _series(rows, lambda r: r["ppl"])
+    assert [p[2] for p in series["family"]] == ["student", "member-17L", "member-30L", "teacher"]
+    assert [p[2] for p in series["order:beam"]] == ["student", "beam/member-17L", "beam/member-18L", "teacher"]

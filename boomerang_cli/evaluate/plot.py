@@ -40,7 +40,8 @@ def _human(n: float) -> str:
 
 
 def _series(rows: Sequence[dict[str, Any]], value: Any) -> dict[str, list[tuple[float, float, str]]]:
-    """Points by series: the family line (student, members, teacher), each baseline method, plain models."""
+    """Points by series: the family line (student, members, teacher), each compared order, each
+    baseline method, plain models."""
     out: dict[str, list[tuple[float, float, str]]] = {}
     ends: list[tuple[float, float, str]] = []
     for r in rows:
@@ -60,9 +61,10 @@ def _series(rows: Sequence[dict[str, Any]], value: Any) -> dict[str, list[tuple[
     teachers = {r["name"] for r in rows if r["kind"] == "teacher"}
     for name, pts in out.items():
         if name.startswith("order:"):
-            # Every order runs from the student to the teacher, drawn along its depth: members of
-            # one depth can differ in size (an untied head), so parameters alone zigzag.
-            pts.extend(ends)
+            pts.extend(ends)  # every order runs from the student to the teacher
+        if name == "family" or name.startswith("order:"):
+            # Along the family: student, members by depth, teacher last. Members that store an
+            # untied head can outgrow the teacher, so sorting by parameters would run through it.
             pts.sort(key=lambda p: (depth.get(p[2], 0), p[2] in teachers, p[0]))
         else:
             pts.sort()
