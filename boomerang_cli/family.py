@@ -557,6 +557,12 @@ def _prior_manifest(output: Path, pair: Pair, order: str, overwrite: bool) -> Fa
     return prior
 
 
+def check_output(pair: Pair, output: Path, order: str, overwrite: bool = False) -> None:
+    """Fail now if ``build_family`` would refuse ``output``: before a calibrated search, not after it."""
+    check_order(order)
+    _prior_manifest(Path(output), pair, order, overwrite)
+
+
 def build_family(
     pair: Pair,
     picks: Sequence[Pick],
@@ -714,6 +720,6 @@ def member_summary(c: Candidate) -> dict[str, Any]:
 __all__ = [
     "SizeTarget", "parse_sizes", "parse_size_targets", "format_params", "Pair", "open_pair",
     "shape_problems", "Candidate", "achievable", "candidates", "Pick", "check_selection_args", "select",
-    "build_family", "FamilyResult", "ALL_ORDERS", "check_order", "calibrated_search", "verify_member", "checksums", "dry_run_json", "describe_blocks",
+    "build_family", "FamilyResult", "ALL_ORDERS", "check_order", "check_output", "calibrated_search", "verify_member", "checksums", "dry_run_json", "describe_blocks",
     "member_summary",
 ]

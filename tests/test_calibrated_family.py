@@ -169,6 +169,21 @@ def test_calibration_defaults_to_the_distillation_data(tmp_path, pair_dirs):
     assert json.loads(r.stdout)["order"]["calibration"]["data"] == ["stdlib"]
 
 
+def test_unusable_output_is_refused_before_the_search(tmp_path, pair_dirs, monkeypatch):
+    teacher, student = pair_dirs
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+
+    def no_search(*a, **k):
+        raise AssertionError("searched before checking the output")
+
+    monkeypatch.setattr("boomerang_cli.calibrate.search", no_search)
+    r = cli("family", teacher, student, "-o", out, "--order", "kl-greedy", *CALIB, "--all")
+    assert r.exit_code == 2 and "pass --overwrite" in " ".join(r.output.split())
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
 @pytest.mark.parametrize("args, match", [
     (["--order", "kl-greedy"], "pass --calib-data"),
     (["--order", "last-first", "--calib-data", "stdlib"], "--calib-data apply to --order kl-greedy or beam"),

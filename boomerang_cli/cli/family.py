@@ -138,8 +138,8 @@ def family_cmd(
     """
     with handle_errors():
         from ..errors import BoomerangError
-        from ..family import (achievable, build_family, calibrated_search, check_order, check_selection_args,
-                              dry_run_json, open_pair, select)
+        from ..family import (achievable, build_family, calibrated_search, check_order, check_output,
+                              check_selection_args, dry_run_json, open_pair, select)
         from ..manifest import OrderInfo
         from ..orders import order_info
         from ..plan import Plan
@@ -164,6 +164,8 @@ def family_cmd(
                          trust_remote_code=trust_remote_code)
         search, info, reused = None, OrderInfo(method=order), False
         if spec is not None:
+            if output is not None and not dry_run:
+                check_output(pair, output, order, overwrite)  # before minutes of search
             with progress(not json_out) as bar:
                 search, reused = calibrated_search(pair, order, spec, beam=beam, device=device,
                                                    output=None if overwrite else output, progress=bar)
