@@ -23,12 +23,11 @@ from .evaluate.perplexity import EvalData, attention_mask, load_eval_data, model
 from .evaluate.runner import load_model, load_tokenizer
 from .evaluate.trunk import LayerRunner, Stack, TrunkEvaluator
 from .member import Member
-from .orders import CALIBRATED_ORDERS, SearchResult, beam_search
+from .orders import CALIBRATED_ORDERS, SearchResult, beam_search, beam_width
 from .plan import Plan
 from .progress import NULL, Progress
 
 ROWS_PER_CHUNK = 1024  # token rows per softmax chunk: bounds the fp32 vocab-sized temporaries
-DEFAULT_BEAM = 4  # --order beam without --beam
 
 
 @dataclass(frozen=True)
@@ -48,10 +47,7 @@ class CalibrationSpec:
     def check(self) -> None:
         if not self.sources:
             raise DataError("no calibration data; pass --calib-data (files, a directory, a hub dataset or stdlib)")
-        if self.samples < 1:
-            raise DataError(f"--calib-samples must be at least 1 (got {self.samples})")
-        if self.seq_len < 2:
-            raise DataError(f"--calib-seq-len must be at least 2 (got {self.seq_len})")
+        check_sizes(self.samples, self.seq_len)
         if self.split not in ("train", "validation"):
             raise DataError(f"unknown calibration split {self.split!r}; use train or validation")
 
@@ -61,6 +57,14 @@ class CalibrationSpec:
             return False
         mine = self.to_json()
         return all(recorded.get(k, "text" if k == "text_field" else None) == v for k, v in mine.items())
+
+
+def check_sizes(samples: int | None, seq_len: int | None) -> None:
+    """``--calib-samples`` and ``--calib-seq-len`` (None: not given, nothing to check)."""
+    if samples is not None and samples < 1:
+        raise DataError(f"--calib-samples must be at least 1 (got {samples})")
+    if seq_len is not None and seq_len < 2:
+        raise DataError(f"--calib-seq-len must be at least 2 (got {seq_len})")
 
 
 def token_kl(teacher_logprobs: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
@@ -151,7 +155,7 @@ def search(
     """
     if method not in CALIBRATED_ORDERS:
         raise BoomerangError(f"{method!r} is not a calibrated order; use one of {', '.join(CALIBRATED_ORDERS)}")
-    width = 1 if method == "kl-greedy" else (beam if beam is not None else DEFAULT_BEAM)
+    width = beam_width(method, beam)
     t0 = time.perf_counter()
     scorer = KLScorer(models, spec, batch_size=batch_size, device=device, loaded=loaded)
     task = progress.task(f"{method} search (calibration KL)", search_cost(plan.num_student_layers, width),

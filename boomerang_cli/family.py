@@ -26,7 +26,7 @@ from .compose import Composition, check_same_family, fingerprint, model_card, wr
 from .errors import BoomerangError, OutputExistsError, PairMismatchError, PlanError
 from .manifest import MANIFEST_NAME, FamilyManifest, MemberEntry, ModelEntry, OrderInfo
 from .member import ORDERS, Member, sequential_members
-from .orders import CALIBRATED_ORDERS, SearchResult, order_info, result_from_order_info
+from .orders import CALIBRATED_ORDERS, SearchResult, beam_width, result_from_order_info
 from .plan import Plan
 from .progress import NULL, Progress
 from .refs import ModelRef
@@ -294,11 +294,12 @@ def calibrated_search(
     beam and calibration settings carries its search in the manifest: reused, so
     a resumed or repeated ``family`` does not score every candidate again.
     """
-    from .calibrate import DEFAULT_BEAM, search
+    from .calibrate import search
+    from .evaluate.runner import resolve_device
 
     if method not in CALIBRATED_ORDERS:
         raise BoomerangError(f"{method!r} is not a calibrated order; use one of {', '.join(CALIBRATED_ORDERS)}")
-    width = 1 if method == "kl-greedy" else (beam or DEFAULT_BEAM)
+    width = beam_width(method, beam)
     spec.check()
     if output is not None and (Path(output) / MANIFEST_NAME).is_file():
         try:
@@ -310,12 +311,8 @@ def calibrated_search(
                 and prior.teacher.fingerprint == pair.teacher_fingerprint
                 and prior.student.fingerprint == pair.student_fingerprint and prior.plan == pair.plan):
             return result_from_order_info(pair.plan, prior.order), True
-    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    try:
-        torch.device(dev)
-    except RuntimeError:
-        raise BoomerangError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    result = search(pair.models, pair.plan, method, spec, beam=width, device=dev, progress=progress)
+    result = search(pair.models, pair.plan, method, spec, beam=width, device=resolve_device(device),
+                    progress=progress)
     return result, False
 
 

@@ -27,6 +27,12 @@ from .plan import Plan
 #: members -> KL divergence to the teacher of each, same order
 Scorer = Callable[[Sequence[Member]], list[float]]
 CALIBRATED_ORDERS = ("kl-greedy", "beam")
+DEFAULT_BEAM = 4  # --order beam without --beam
+
+
+def beam_width(method: str, beam: int | None) -> int:
+    """The beam a calibrated order searches with: 1 for kl-greedy, else ``beam`` (default 4)."""
+    return 1 if method == "kl-greedy" else (beam if beam is not None else DEFAULT_BEAM)
 
 
 @dataclass
@@ -44,12 +50,6 @@ class SearchResult:
     def members(self) -> list[Member]:
         """Chosen members, smallest first (student first, teacher last)."""
         return [self.best[n][0] for n in sorted(self.best)]
-
-    def kl(self, member: Member) -> float | None:
-        for m, kl in self.best.values():
-            if m == member:
-                return kl
-        return None
 
 
 class _Memo:

@@ -44,6 +44,16 @@ TRUNK_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
 TRUNK_TOLERANCE_LOW_PRECISION = 1e-2
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise BoomerangError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+
+
 @dataclass
 class EvalOptions:
     """Everything ``eval`` can be asked; defaults are the CLI's."""
@@ -74,12 +84,7 @@ class EvalOptions:
     beam: int | None = None
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            return torch.device(self.device)
-        except RuntimeError:
-            raise BoomerangError(f"--device {self.device!r} is not a device; use cpu, cuda or cuda:N") from None
+        return resolve_device(self.device)
 
     def check(self) -> None:
         if self.batch_size < 1:
@@ -106,9 +111,9 @@ class EvalOptions:
             raise BoomerangError("--compare-orders compares perplexity; drop --no-perplexity")
         if self.beam is not None and self.beam < 1:
             raise BoomerangError(f"--beam must be at least 1 (got {self.beam})")
-        for name, value, least in (("--calib-samples", self.calib_samples, 1), ("--calib-seq-len", self.calib_seq_len, 2)):
-            if value is not None and value < least:
-                raise DataError(f"{name} must be at least {least} (got {value})")
+        from ..calibrate import check_sizes
+
+        check_sizes(self.calib_samples, self.calib_seq_len)
 
 
 @dataclass
@@ -523,16 +528,16 @@ def _order_members(fam: _Family, order: str, opts: EvalOptions, progress: Progre
     split of the evaluation data (--calib-samples/--calib-seq-len, else the
     family's, else 64 x 128 tokens).
     """
-    from ..calibrate import DEFAULT_BEAM, CalibrationSpec, search
+    from ..calibrate import CalibrationSpec, search
     from ..member import sequential_members
-    from ..orders import CALIBRATED_ORDERS, order_info, result_from_order_info
+    from ..orders import CALIBRATED_ORDERS, beam_width, order_info, result_from_order_info
 
     plan = fam.manifest.plan
     if order not in CALIBRATED_ORDERS:
         members = sequential_members(plan, order)
         return [m for m in members if not (m.is_student or m.is_teacher)], {"method": order}
-    width = 1 if order == "kl-greedy" else (opts.beam or fam.manifest.order.beam or DEFAULT_BEAM)
     recorded = fam.manifest.order
+    width = beam_width(order, opts.beam if opts.beam is not None else recorded.beam)
     asked = bool(opts.calib_data) or opts.calib_samples is not None or opts.calib_seq_len is not None
     if recorded.method == order and recorded.steps and (recorded.beam or 1) == width and not asked:
         result = result_from_order_info(plan, recorded)
