@@ -94,6 +94,18 @@ def make_model(model_type: str, layers: int = TINY_LAYERS, seed: int = 0, **over
     return model.eval()
 
 
+def perturb_saved(path: Path, seed: int, layer_types: list[str] | None = None) -> None:
+    """Stand-in for distillation: every weight of a saved model moves a little (embeddings included)."""
+    model = load(path)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    if layer_types is not None:
+        model.config.layer_types = layer_types
+    model.save_pretrained(str(path))
+
+
 def save_model(model, path: Path, tokenizer: bool = True) -> Path:
     path = Path(path)
     model.save_pretrained(str(path))

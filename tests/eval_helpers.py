@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from boomerang_cli.plan import Plan
 
-from .common import TEXT, tiny_model_dir
+from .common import TEXT, perturb_saved, tiny_model_dir
 
 #: Text the tiny tokenizer knows, in many short documents (a local corpus for --data).
 DOC_LINES = [line for line in TEXT.splitlines() if line.strip()]
@@ -26,18 +24,6 @@ def write_corpus(directory: Path, docs: int = 240) -> Path:
     return path
 
 
-def perturb_weights(directory: Path, scale: float = 0.05, seed: int = 7) -> None:
-    """Stand-in for distillation: move every student weight a little away from the teacher's."""
-    from safetensors.torch import load_file, save_file
-
-    path = Path(directory) / "model.safetensors"
-    tensors = load_file(str(path))
-    g = torch.Generator().manual_seed(seed)
-    out = {k: (v + torch.randn(v.shape, generator=g, dtype=torch.float32).to(v.dtype) * scale).contiguous()
-           for k, v in tensors.items()}
-    save_file(out, str(path), metadata={"format": "pt"})
-
-
 def build_family(tmp: Path, arch: str = "llama", order: str = "last-first", keep: list[int] | None = None,
                  layers: int = 6, **overrides) -> Path:
     """teacher -> init-student -> perturbed student -> family with every member; returns family.json."""
@@ -50,7 +36,7 @@ def build_family(tmp: Path, arch: str = "llama", order: str = "last-first", keep
     plan = Plan.from_keep(layers, keep) if keep else Plan.from_paper_flags(layers, 1, 2, 2)
     student = tmp / f"{arch}-student"
     init_student(resolve(str(teacher)), plan, student)
-    perturb_weights(student)
+    perturb_saved(student, seed=7)
     pair = open_pair(resolve(str(teacher)), resolve(str(student)))
     cands = candidates(pair, order)
     picks = select(cands, all_members=True, student_params=0, teacher_params=0)

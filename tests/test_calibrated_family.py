@@ -20,7 +20,7 @@ from boomerang_cli.plan import Plan
 from boomerang_cli.refs import resolve
 from boomerang_cli.student import init_student
 
-from .common import load, logits, make_model, sample_ids, save_model
+from .common import load, logits, make_model, perturb_saved, sample_ids, save_model
 
 LAYERS = 8
 PLAN = Plan.from_paper_flags(LAYERS)  # kept 0,2,4,6,7: 5 blocks, 32 subsets
@@ -41,12 +41,7 @@ def pair_dirs(tmp_path_factory) -> tuple[Path, Path]:
     teacher = save_model(make_model("llama", LAYERS, seed=0), root / "teacher")
     student = root / "student"
     init_student(resolve(str(teacher)), PLAN, student)
-    model = load(student)
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    model.save_pretrained(str(student))
+    perturb_saved(student, seed=5)
     return teacher, student
 
 

@@ -21,7 +21,7 @@ from boomerang_cli.plan import Plan
 from boomerang_cli.refs import resolve
 from boomerang_cli.student import init_student
 
-from .common import load, logits, make_model, sample_ids, save_model
+from .common import load, logits, make_model, perturb_saved, sample_ids, save_model
 
 LAYERS = 8
 PLAN = Plan.from_paper_flags(LAYERS)  # kept 0,2,4,6,7
@@ -39,15 +39,6 @@ def state_file(tmp_path, monkeypatch):
     return path
 
 
-def perturb(path: Path, seed: int) -> None:
-    model = load(path)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    model.save_pretrained(str(path))
-
-
 @pytest.fixture(scope="module")
 def pair_dirs(tmp_path_factory) -> tuple[Path, Path]:
     """A llama teacher (8 layers) and its "distilled" student (5 layers); treat as read-only."""
@@ -55,7 +46,7 @@ def pair_dirs(tmp_path_factory) -> tuple[Path, Path]:
     teacher = save_model(make_model("llama", LAYERS, seed=0), root / "teacher")
     student = root / "student"
     init_student(resolve(str(teacher)), PLAN, student)
-    perturb(student, seed=11)
+    perturb_saved(student, seed=11)
     return teacher, student
 
 
@@ -458,7 +449,7 @@ def test_load_member_from_manifest(tmp_path, pair_dirs):
     # The family remembers which teacher it was built from.
     moved = tmp_path / "teacher-copy"
     shutil.copytree(teacher, moved)
-    perturb(moved, seed=1)
+    perturb_saved(moved, seed=1)
     m = FamilyManifest.read(out)
     m.teacher.path = str(moved)
     m.write(out / "family.json")

@@ -24,7 +24,7 @@ from boomerang_cli.plan import Plan
 from boomerang_cli.refs import resolve
 from boomerang_cli.student import init_student
 
-from .common import ARCHS, TIED_ARCHS, load, logits, make_model, sample_ids, save_model
+from .common import ARCHS, TIED_ARCHS, load, logits, make_model, perturb_saved, sample_ids, save_model
 
 LAYERS = 8
 PLAN = Plan.from_paper_flags(LAYERS)  # kept 0,2,4,6,7: 3 patchable blocks
@@ -48,23 +48,11 @@ def pairs(tmp_path_factory):
     return get
 
 
-def _perturb_saved_student(path: Path, seed: int, layer_types: list[str] | None = None) -> None:
-    """Stand-in for distillation: every student weight moves (embeddings included)."""
-    model = load(path)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    if layer_types is not None:
-        model.config.layer_types = layer_types
-    model.save_pretrained(str(path))
-
-
 def make_pair(tmp: Path, model_type: str, **overrides) -> tuple[Path, Path]:
     teacher = save_model(make_model(model_type, LAYERS, seed=0, **overrides), tmp / f"{model_type}-teacher")
     student = tmp / f"{model_type}-student"
     init_student(resolve(str(teacher)), PLAN, student)
-    _perturb_saved_student(student, seed=7)
+    perturb_saved(student, seed=7)
     return teacher, student
 
 
@@ -235,7 +223,7 @@ def test_mixed_layer_types_follow_each_layers_source(tmp_path, order):
     init_student(resolve(str(teacher)), PLAN, student)
     inherited = [types[k] for k in PLAN.kept]
     flipped = ["full_attention" if t == "sliding_attention" else "sliding_attention" for t in inherited]
-    _perturb_saved_student(student, seed=3, layer_types=flipped)
+    perturb_saved(student, seed=3, layer_types=flipped)
     assert json.loads((student / "config.json").read_text())["layer_types"] == flipped
     check_family(tmp_path, teacher, student, order)
     # sliding_window=3 < sequence length: a wrong layer type would change the logits.
