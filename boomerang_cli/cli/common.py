@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import warnings
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import typer
 from rich.console import Console
@@ -190,6 +190,11 @@ def os_error_message(exc: OSError) -> tuple[str, int]:
     where = f" {path}" if path else ""
     what = exc.strerror or type(exc).__name__
     return f"cannot use{where}: {what.lower()}; {fix}", code
+
+
+def split_list(values: Sequence[str]) -> list[str]:
+    """Repeated and comma-separated option values as one list: ``--x a,b --x c`` -> ``[a, b, c]``."""
+    return [x.strip() for v in values for x in v.split(",") if x.strip()]
 
 
 def human(n: float) -> str:

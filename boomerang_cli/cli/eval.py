@@ -9,12 +9,8 @@ import typer
 from rich.table import Table
 
 from . import app
-from .common import emit_json, err_console, handle_errors, human, out_console, progress
+from .common import emit_json, err_console, handle_errors, human, out_console, progress, split_list
 from .options import AllowPickle, Json, TrustRemoteCode
-
-
-def _split_list(values: List[str]) -> list[str]:
-    return [x.strip() for v in values for x in v.split(",") if x.strip()]
 
 
 def _targets(targets: List[str]) -> tuple[str, Any]:
@@ -116,24 +112,24 @@ def eval_cmd(
         from ..tensors import parse_dtype
 
         methods: list[str] = []
-        for b in _split_list(baseline):
+        for b in split_list(baseline):
             if b == "prune":
                 methods.extend(METHODS)
             elif b in METHODS:
                 methods.append(b)
             else:
                 raise BoomerangError(f"unknown --baseline {b!r}; use prune, {' or '.join(METHODS)}")
-        order_list = _split_list([compare_orders]) if compare_orders else []
+        order_list = split_list([compare_orders]) if compare_orders else []
         if compare_orders is not None and not order_list:
             raise BoomerangError("--compare-orders is empty; name orders like --compare-orders last-first,kl-greedy")
         opts = EvalOptions(
-            sources=_split_list(data) or ["stdlib"], split=split, text_field=text_field, seq_len=seq_len,
+            sources=split_list(data) or ["stdlib"], split=split, text_field=text_field, seq_len=seq_len,
             max_tokens=max_tokens, batch_size=batch_size, dtype=parse_dtype(dtype), device=device,
             trunk=not no_trunk, perplexity=not no_perplexity, tasks=parse_tasks(tasks), task_dir=task_dir,
             limit=int(limit) if limit is not None and limit >= 1 else limit, num_fewshot=num_fewshot,
             baselines=list(dict.fromkeys(methods)), calibration_tokens=calibration_tokens,
             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-            compare_orders=list(dict.fromkeys(order_list)), calib_data=_split_list(calib_data),
+            compare_orders=list(dict.fromkeys(order_list)), calib_data=split_list(calib_data),
             calib_samples=calib_samples, calib_seq_len=calib_seq_len, beam=beam,
         )
         opts.check()
@@ -152,7 +148,7 @@ def eval_cmd(
             raise BoomerangError("--compare-orders builds members of a family's teacher and student; give a family manifest")
         if kind == "family" and output is not None:
             raise BoomerangError("a family's results go into its manifest; -o is for plain model references")
-        member_list = _split_list([members]) if members else None
+        member_list = split_list([members]) if members else None
         if kind == "family" and members is not None and not member_list:
             raise BoomerangError("--members is empty; name members like --members member-18L,teacher")
         with progress(not json_out) as bar:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from . import app
-from .common import emit_json, err_console, handle_errors, out_console, progress
+from .common import emit_json, err_console, handle_errors, out_console, progress, split_list
 from .options import AllowPickle, Dtype, Json, MaxShardSize, Overwrite, TrustRemoteCode
 
 ORDER_HELP = ("last-first: patch the last blocks first (head from the teacher); first-last: the "
@@ -30,7 +30,7 @@ def calibration_spec(order: str, calib_data: list[str], samples: int, seq_len: i
     from ..orders import CALIBRATED_ORDERS
     from ..student import StudentRecord
 
-    sources = [x.strip() for v in calib_data for x in v.split(",") if x.strip()]
+    sources = split_list(calib_data)
     if order not in CALIBRATED_ORDERS:
         given = [n for n, v in (("--calib-data", bool(sources)), ("--beam", beam is not None)) if v]
         if given:
