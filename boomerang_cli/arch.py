@@ -377,10 +377,10 @@ def derived_config(
                 setattr(tcfg, name, enc)
             except AttributeError:  # a read-only alias of another field
                 pass
-    if arch.tied or not tied:
-        tcfg.tie_word_embeddings = tied
-        if tcfg is not cfg and hasattr(cfg, "tie_word_embeddings"):
-            cfg.tie_word_embeddings = tied
+    # Tying is decided by content, so an untied base may give a tied output too.
+    tcfg.tie_word_embeddings = tied
+    if tcfg is not cfg and hasattr(cfg, "tie_word_embeddings"):
+        cfg.tie_word_embeddings = tied
     if dtype is not None:
         cfg.dtype = dtype
     return cfg

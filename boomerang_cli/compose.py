@@ -5,7 +5,7 @@ from teacher or student) are compositions: a list of layer sources plus the
 model supplying the embeddings and the one supplying final norm and head. This
 module turns that description into output tensor names, a config whose
 per-layer fields follow each layer's source, and the tied/untied decision of
-SPEC section 4, then streams it to disk.
+SPEC section 4 (decided by content), then streams it to disk.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from .arch import ModelInfo, derived_config
 from .errors import PairMismatchError
 from .refs import copy_aux_files
-from .tensors import OutTensor, WriteResult, write_safetensors
+from .tensors import OutTensor, WriteResult, same_values, write_safetensors
 
 
 @dataclass(frozen=True)
@@ -75,16 +75,21 @@ def compose(
         src = models[ls.model]
         for key in arch.layer_keys:
             add(arch.layer_tensor(i, key), src, arch.layer_tensor(ls.layer, key))
-    # Tied output only when the embeddings and the head are one tensor of one
-    # model; otherwise save both, untied (SPEC section 4, tied-embeddings trap).
-    # A tied model's head *is* its embedding, even where the checkpoint also
-    # stores a (then ignored) head copy.
-    tied = embed_from == head_from and hd.arch.tied
+    # Tying is decided by content (SPEC sections 4 and 6): the output is tied when
+    # its embedding and head are byte-identical as saved, whichever models they
+    # come from (a student distilled with --freeze-embeddings keeps the teacher's);
+    # otherwise both are saved, untied (the tied-embeddings trap). A tied model's
+    # head *is* its embedding, even where the checkpoint also stores a (then
+    # ignored) head copy.
+    head_src = hd.arch.embed if hd.arch.tied else hd.arch.head
+    if embed_from == head_from:
+        tied = hd.arch.tied
+    else:
+        tied = same_values(emb.weights.info(emb.tensor(arch.embed)), hd.weights.info(hd.tensor(head_src)), dtype)
     for k in arch.post:
         if k != arch.head:
             add(k, hd, k)
     if not tied:
-        head_src = hd.arch.embed if hd.arch.tied else hd.arch.head
         out.append(OutTensor(naming.tensor(arch.head), hd.weights, hd.tensor(head_src), dtype))
     per_layer = [models[ls.model].arch.per_layer_config(models[ls.model].config)[ls.layer] for ls in layers]
     config = derived_config(naming.config, arch, per_layer, tied=tied, dtype=dtype)

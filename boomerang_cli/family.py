@@ -358,19 +358,25 @@ def select(
             "this plan and order give no member between student and teacher; try the other --order"
         )
     if sizes is not None:
-        # The range spans every achievable size: with a tied teacher, members that
-        # mix embeddings and head are saved untied and can outgrow the teacher.
-        ends = [("student", student_params), ("teacher", teacher_params)] + [(c.name, c.num_params) for c in cands]
-        lo_name, lo = min(ends, key=lambda e: e[1])
-        hi_name, hi = max(ends, key=lambda e: e[1])
+        # Sizes are saved sizes, and a family spans [student, teacher]: a member that
+        # outgrows the teacher (untied: a second embedding matrix) is never picked.
+        lo, hi = sorted((student_params, teacher_params))
+        fitting = [c for c in cands if lo <= c.num_params <= hi]
+        bigger = [c for c in cands if c.num_params > hi]
+        hint = (f"; {len(bigger)} member(s) are larger than the teacher because they are saved untied, "
+                "distill the student with --freeze-embeddings to keep them tied" if bigger else "")
         picks: dict[str, Pick] = {}
         for t in sizes:
             if not lo <= t.params <= hi:
                 raise BoomerangError(
                     f"size {t.label} ({t.params:,}) is outside this family's range {format_params(lo)}.."
-                    f"{format_params(hi)} ({lo:,} {lo_name} .. {hi:,} {hi_name}); ask for sizes in between"
+                    f"{format_params(hi)} (student {student_params:,} .. teacher {teacher_params:,}); "
+                    f"ask for sizes in between{hint}"
                 )
-            best = min(cands, key=lambda c: (abs(c.num_params - t.params), c.num_params))
+            if not fitting:
+                raise BoomerangError(f"no member of this family lies between the student and the teacher in "
+                                     f"size{hint or '; try another --order'}")
+            best = min(fitting, key=lambda c: (abs(c.num_params - t.params), c.num_params))
             picks.setdefault(best.name, Pick(best)).targets.append(t)
         return sorted(picks.values(), key=lambda p: p.candidate.step)
     if num is not None:

@@ -227,25 +227,57 @@ def _copy_range(src: Path, begin: int, n: int, out) -> None:
             n -= len(chunk)
 
 
+def _chunks(info: TensorInfo, dtype: torch.dtype | None, elements: int) -> Iterator[torch.Tensor]:
+    """``info``'s values ``elements`` at a time (flat, row-major), converted to ``dtype`` if given."""
+    src = DTYPES[info.dtype]
+    size = torch.empty(0, dtype=src).element_size()
+    with open(info.file, "rb") as f:
+        for start in range(0, info.numel, elements):
+            buf = bytearray(min(elements, info.numel - start) * size)
+            f.seek(info.begin + start * size)
+            if f.readinto(buf) != len(buf):
+                raise BoomerangError(f"{info.file}: file ended early while reading {info.name}")
+            t = torch.frombuffer(buf, dtype=src)
+            yield t.to(dtype) if dtype is not None and dtype != src else t
+
+
 def _convert_range(info: TensorInfo, dtype: torch.dtype, out, chunk_bytes: int = 16 << 20) -> None:
     """Write ``info``'s tensor converted to ``dtype``, a slice of elements at a time.
 
     Conversion is element-wise on the flat row-major data, so slicing costs no
     correctness and caps the extra memory at ``chunk_bytes`` whatever the tensor size.
     """
-    src = DTYPES[info.dtype]
-    size = torch.empty(0, dtype=src).element_size()
-    step = max(1, chunk_bytes // size)
-    with open(info.file, "rb") as f:
-        for start in range(0, info.numel, step):
-            n = min(step, info.numel - start)
-            buf = bytearray(n * size)
-            f.seek(info.begin + start * size)
-            if f.readinto(buf) != len(buf):
-                raise BoomerangError(f"{info.file}: file ended early while reading {info.name}")
-            t = torch.frombuffer(buf, dtype=src).to(dtype)
-            out.write(t.view(torch.uint8).numpy().data)
-            del t, buf
+    size = torch.empty(0, dtype=DTYPES[info.dtype]).element_size()
+    for t in _chunks(info, dtype, max(1, chunk_bytes // size)):
+        out.write(t.view(torch.uint8).numpy().data)
+
+
+_SAME: dict[tuple, bool] = {}
+
+
+def same_values(a: TensorInfo, b: TensorInfo, dtype: torch.dtype | None = None, chunk_bytes: int = 16 << 20) -> bool:
+    """Whether two stored tensors hold identical values as they would be saved (``dtype``, else as stored).
+
+    This decides tying by content (a member whose embedding and head are the
+    same numbers is saved tied, whichever model each was read from). Reads both
+    a slice at a time; results are memoized per file version (size, mtime).
+    """
+    if a.shape != b.shape or (dtype is None and a.dtype != b.dtype):
+        return False
+    if (a.file, a.begin) == (b.file, b.begin):
+        return True
+
+    def version(i: TensorInfo) -> tuple:
+        st = os.stat(i.file)
+        return (i, st.st_size, st.st_mtime_ns)
+
+    key = (version(a), version(b), dtype)
+    if key not in _SAME:
+        elements = max(1, chunk_bytes // 4)
+        # Bytes, not values: as saved, the two must be one tensor (NaN and -0.0 included).
+        _SAME[key] = all(torch.equal(x.view(torch.uint8), y.view(torch.uint8))
+                         for x, y in zip(_chunks(a, dtype, elements), _chunks(b, dtype, elements)))
+    return _SAME[key]
 
 
 def write_safetensors(

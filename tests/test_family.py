@@ -99,13 +99,17 @@ def test_select_by_size_takes_the_closest_member_and_merges_duplicates():
     assert [p.candidate.num_params for p in picks] == [110, 140]
 
 
-def test_select_reaches_untied_members_larger_than_a_tied_teacher():
-    """Tied teacher, members saved untied (SPEC section 4): the largest member outgrows the teacher."""
+def test_select_never_picks_a_member_larger_than_the_teacher():
+    """Tied teacher, members saved untied (SPEC section 6): sizes stay within [student, teacher]."""
     cands = fake_candidates([110, 120, 150, 160])
-    picks = select(cands, sizes=parse_size_targets("158"), student_params=100, teacher_params=140)
-    assert [p.candidate.num_params for p in picks] == [160]
-    with pytest.raises(BoomerangError, match=r"range 100\.\.160 \(100 student \.\. 160 member-11L\)"):
-        select(cands, sizes=parse_size_targets("161"), student_params=100, teacher_params=140)
+    picks = select(cands, sizes=parse_size_targets("138"), student_params=100, teacher_params=140)
+    assert [p.candidate.num_params for p in picks] == [120]  # not 150, the closer count: it outgrows the teacher
+    with pytest.raises(BoomerangError, match=r"range 100\.\.140 \(student 100 \.\. teacher 140\).*"
+                                             r"2 member\(s\) are larger than the teacher.*--freeze-embeddings"):
+        select(cands, sizes=parse_size_targets("158"), student_params=100, teacher_params=140)
+    with pytest.raises(BoomerangError, match="no member of this family lies between.*--freeze-embeddings"):
+        select(fake_candidates([150, 160, 170, 180]), sizes=parse_size_targets("120"), student_params=100,
+               teacher_params=140)
 
 
 @pytest.mark.parametrize("size", ["99", "151", "1B"])

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from . import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress
+from ..distill.recipes import DEFAULT_RECIPE, RECIPES
 from .options import (AllowPickle, Dtype, Every, Json, Keep, KeepFirst, KeepLast, MaxShardSize, Overwrite,
                       TrustRemoteCode)
 
@@ -89,14 +90,20 @@ def distill_cmd(
     eval_every: int = typer.Option(0, "--eval-every", help="Evaluate on the held-out split every N steps and at the end (0: never)."),
     eval_blocks: int = typer.Option(32, "--eval-blocks", help="Held-out sequences per evaluation."),
     log_every: int = typer.Option(1, "--log-every", help="Write a metrics.jsonl row every N steps."),
-    lr: float = typer.Option(3e-4, "--lr", help="Peak learning rate (AdamW, cosine schedule)."),
+    recipe: str = typer.Option(DEFAULT_RECIPE, "--recipe", help="Defaults for lr, warmup and loss weights: "
+        + "; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values()) + "."),
+    freeze_embeddings: Optional[bool] = typer.Option(
+        None, "--freeze-embeddings/--train-embeddings", help="Keep the student's input embeddings and LM head "
+        "as the teacher's, so members stay tied and between student and teacher in size (default: freeze when "
+        "the teacher ties its embeddings)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW, cosine schedule; default: the recipe's)."),
     weight_decay: float = typer.Option(0.1, "--weight-decay", help="AdamW weight decay (matrices only)."),
-    warmup: float = typer.Option(0.01, "--warmup", help="Warmup, as a fraction of the steps."),
+    warmup: Optional[float] = typer.Option(None, "--warmup", help="Warmup, as a fraction of the steps (default: the recipe's)."),
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Clip the gradient norm to this (0: off)."),
-    ce_weight: float = typer.Option(1.0, "--ce-weight", help="Weight of the cross-entropy term (0: off)."),
-    kl_weight: float = typer.Option(0.1, "--kl-weight", help="Weight of the KL term (0: off)."),
-    cos_weight: float = typer.Option(2.0, "--cos-weight", help="Total weight of the cosine term, spread over the aligned pairs (0: off)."),
-    temperature: float = typer.Option(1.0, "--temperature", help="KL temperature T (the term is scaled by T^2)."),
+    ce_weight: Optional[float] = typer.Option(None, "--ce-weight", help="Weight of the cross-entropy term (0: off; default: the recipe's, 1.0)."),
+    kl_weight: Optional[float] = typer.Option(None, "--kl-weight", help="Weight of the KL term (0: off; default: the recipe's, 0.1)."),
+    cos_weight: Optional[float] = typer.Option(None, "--cos-weight", help="Total weight of the cosine term, spread over the aligned pairs (0: off; default: the recipe's, 2.0)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="KL temperature T (the term is scaled by T^2; default: the recipe's, 1.0)."),
     no_ce: bool = typer.Option(False, "--no-ce", help="Switch the cross-entropy term off."),
     no_kl: bool = typer.Option(False, "--no-kl", help="Switch the KL term off."),
     no_cos: bool = typer.Option(False, "--no-cos", help="Switch the cosine term off."),
@@ -128,18 +135,19 @@ def distill_cmd(
     if not main_rank:
         err_console.quiet = True
     with handle_errors():
-        from ..distill import DistillConfig, LossWeights, distill
+        from ..distill import DistillConfig, distill
+        from ..distill.recipes import get_recipe
         from ..state import record
 
         teacher, student, output = resolve_short_form(teacher, student, output)
-        weights = LossWeights(0.0 if no_ce else ce_weight, 0.0 if no_kl else kl_weight,
-                              0.0 if no_cos else cos_weight, temperature)
+        weights = get_recipe(recipe).loss_weights(0.0 if no_ce else ce_weight, 0.0 if no_kl else kl_weight,
+                                                  0.0 if no_cos else cos_weight, temperature)
         cfg = DistillConfig(
             teacher=teacher, output=output, student=student, keep=keep, keep_first=keep_first, every=every,
             keep_last=keep_last, data=list(data), text_field=text_field, seq_len=seq_len,
             batch_size=batch_size, grad_accum=grad_accum, steps=steps,
             tokens=parse_count(tokens) if tokens else None, eval_every=eval_every, eval_blocks=eval_blocks,
-            log_every=log_every, lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip,
+            log_every=log_every, recipe=recipe, freeze_embeddings=freeze_embeddings, lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip,
             weights=weights, loss_chunk=loss_chunk, device=device, precision=precision,
             gradient_checkpointing=gradient_checkpointing, compile=compile_, seed=seed, save_every=save_every,
             checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints,

@@ -43,6 +43,7 @@ from ..student import BOOMERANG_JSON, REFERENCE_JSON, StudentRecord, student_pla
 from ..tensors import atomic_dir, check_output_dir, parse_dtype, parse_size
 from . import checkpoint
 from .losses import LogitHead, LossWeights, verify_head
+from .recipes import DEFAULT_RECIPE, get_recipe
 from .model import DistillStudent, Teacher
 
 METRICS = "metrics.jsonl"
@@ -50,7 +51,7 @@ POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length"
 #: Config fields a resumed run must share with its checkpoint (they shape the trajectory).
 TRAJECTORY_FIELDS = (
     "data", "text_field", "seq_len", "batch_size", "grad_accum", "seed", "lr", "betas", "eps",
-    "weight_decay", "warmup", "grad_clip", "weights", "loss_chunk",
+    "weight_decay", "warmup", "grad_clip", "weights", "loss_chunk", "freeze_embeddings",
 )
 
 
@@ -75,13 +76,18 @@ class DistillConfig:
     eval_every: int = 0
     eval_blocks: int = 32
     log_every: int = 1
-    lr: float = 3e-4
+    recipe: str = DEFAULT_RECIPE  # paper | short: where lr, warmup, weights and freezing default from
+    lr: float | None = None  # None: the recipe's
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.1
-    warmup: float = 0.01  # fraction of steps
+    warmup: float | None = None  # fraction of steps; None: the recipe's
     grad_clip: float = 1.0
-    weights: LossWeights = field(default_factory=LossWeights)
+    weights: LossWeights | None = None  # None: the recipe's
+    #: keep the student's input embeddings and LM head equal to the teacher's (its final
+    #: norm still trains), so members are tied when the teacher is; None: freeze exactly
+    #: when the teacher ties them (docs/distill.md says why)
+    freeze_embeddings: bool | None = None
     loss_chunk: int | None = None  # tokens per CE/KL chunk; None: automatic
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto | bf16 | fp32
@@ -101,6 +107,17 @@ class DistillConfig:
     trust_remote_code: bool = False
 
     DEFAULT_STEPS = 500  # the paper's step count
+
+    def __post_init__(self) -> None:
+        r = get_recipe(self.recipe)
+        if self.lr is None:
+            self.lr = r.lr
+        if self.warmup is None:
+            self.warmup = r.warmup
+        if self.weights is None:
+            self.weights = r.weights
+        if self.freeze_embeddings is None:
+            self.freeze_embeddings = r.freeze_embeddings
 
     @property
     def ckpt_dir(self) -> Path:
@@ -139,6 +156,7 @@ class DistillResult:
     precision: str
     warnings: list[str]
     peak_memory_bytes: int | None = None  # CUDA: the most memory torch allocated on this process's GPU
+    frozen_embeddings: bool = False  # input embeddings and LM head kept as the teacher's
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -332,6 +350,18 @@ def _on_main(acc: Any, fn: Any) -> Any:
     return result
 
 
+def freeze_embeddings(model: torch.nn.Module) -> None:
+    """Keep input embeddings and LM head (weight and bias) as they are: the teacher's.
+
+    Members then carry one embedding matrix, tied exactly when the teacher is
+    (the writer ties by content), so every member's saved size lies between the
+    student's and the teacher's. The final norm is small and keeps training.
+    """
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if module is not None:
+            module.requires_grad_(False)
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices only, not on biases and norm weights (as HF Trainer does)."""
     decay, no_decay = [], []
@@ -465,6 +495,9 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
     student_model = (_load_model(pair.student_dir, torch.float32, cfg.trust_remote_code) if pair.student_dir
                      else student_from_plan(pair.teacher_info, plan, cfg.trust_remote_code))
     verify_head(student_model, LogitHead.of(student_model), int(text_config(student_model.config).vocab_size))
+    frozen = (cfg.freeze_embeddings if cfg.freeze_embeddings is not None else pair.teacher_info.arch.tied)
+    if frozen:
+        freeze_embeddings(student_model)
     if cfg.gradient_checkpointing:
         student_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student_model.train()
@@ -565,6 +598,7 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
             checkpoint_dir=str(cfg.ckpt_dir) if cfg.keep_checkpoints else None, world_size=world,
             device=str(device.type), precision="bf16" if bf16 else "fp32", warnings=pair.warnings,
             peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+            frozen_embeddings=frozen,
         )
         if is_main:
             _write_student(cfg, pair, acc.unwrap_model(model).model, state_dict, result)
@@ -683,7 +717,7 @@ def _write_student(cfg: DistillConfig, pair: Pair, hf_model: torch.nn.Module, st
         "final_losses": result.final, "final_eval": result.eval, "world_size": result.world_size,
         "device": result.device, "precision": result.precision, "elapsed_s": round(result.elapsed_s, 1),
         "tokens_per_s": result.tokens_per_s, "resumed_from": result.resumed_from,
-        "peak_memory_bytes": result.peak_memory_bytes,
+        "peak_memory_bytes": result.peak_memory_bytes, "frozen_embeddings": result.frozen_embeddings,
     }
     record = StudentRecord(pair.plan, pair.teacher_ref.stable_ref, fingerprint(pair.teacher_info), training=training)
     name = Path(cfg.output).name
@@ -696,7 +730,8 @@ def _write_student(cfg: DistillConfig, pair: Pair, hf_model: torch.nn.Module, st
         f"(kept: {pair.plan.describe()}).\n\n"
         f"Training: {result.steps} steps, {result.tokens:,} tokens of {', '.join(cfg.data)} in blocks of "
         f"{cfg.seq_len}; loss {w.ce} x CE + {w.kl} x T^2 x KL (T={w.temperature}) + {w.cosine} x cosine "
-        f"over {pair.plan.num_student_layers + 1} aligned hidden states; AdamW lr {cfg.lr}, cosine schedule.\n\n"
+        f"over {pair.plan.num_student_layers + 1} aligned hidden states; AdamW lr {cfg.lr}, cosine schedule ({cfg.recipe} recipe)"
+        + ("; input embeddings and LM head kept as the teacher's" if result.frozen_embeddings else "") + ".\n\n"
         "Final training losses: " + ", ".join(f"{k} {v:.4f}" for k, v in result.final.items()) + ".\n\n"
         "Build every size between this student and its teacher with `boomerang family`.",
     )
