@@ -23,7 +23,8 @@ from .evaluate.perplexity import EvalData, attention_mask, load_eval_data, model
 from .evaluate.runner import load_model, load_tokenizer
 from .evaluate.trunk import LayerRunner, Stack, TrunkEvaluator
 from .member import Member
-from .orders import CALIBRATED_ORDERS, SearchResult, beam_search, beam_width
+from .member import ORDERS, sequential_members
+from .orders import CALIBRATED_ORDERS, SearchResult, beam_width, dp_cost, run_search
 from .plan import Plan
 from .progress import NULL, Progress
 
@@ -148,7 +149,7 @@ def search(
     progress: Progress = NULL,
     loaded: Mapping[str, Any] | None = None,
 ) -> SearchResult:
-    """Run ``kl-greedy`` (a beam of one) or ``beam`` (width ``beam``) with the real KL scorer.
+    """Run a calibrated order (``kl-greedy``, ``beam`` of width ``beam``, ``kl-dp``, ``auto``) with the real KL scorer.
 
     The result's ``calibration`` is the spec plus what the data turned out to be
     (key, tokens, fingerprint), so the manifest says exactly what was measured.
@@ -158,10 +159,9 @@ def search(
     width = beam_width(method, beam)
     t0 = time.perf_counter()
     scorer = KLScorer(models, spec, batch_size=batch_size, device=device, loaded=loaded)
-    task = progress.task(f"{method} search (calibration KL)", search_cost(plan.num_student_layers, width),
-                         unit="members")
+    task = progress.task(f"{method} search (calibration KL)", order_cost(plan, method, width), unit="members")
     scorer.on_scored = task.advance
-    result = beam_search(plan, scorer, width)
+    result = run_search(method, plan, scorer, width)
     progress.finish(task)
     d = scorer.data.describe()
     result.calibration = spec.to_json() | {"key": d["key"], "tokens": d["tokens"], "fingerprint": d["fingerprint"]}
@@ -169,9 +169,17 @@ def search(
     return result
 
 
+def order_cost(plan: Plan, method: str, width: int = 1) -> int:
+    """Members a search scores at most (the progress bar's total)."""
+    if method in ("kl-dp", "auto"):
+        rivals = sum(len(sequential_members(plan, o)) for o in ORDERS) if method == "auto" else 0
+        return dp_cost(plan.num_student_layers, rivals)
+    return search_cost(plan.num_student_layers, width)
+
+
 def search_cost(num_blocks: int, width: int) -> int:
-    """Members a search scores at most: the student, then at each depth ``d`` the distinct children of
-    the beam, at most ``min(C(B, d), width * (B - d + 1))`` (greedy: exactly ``B(B+1)/2 + 1``)."""
+    """Members a beam search scores at most: the student, then at each depth ``d`` the distinct children
+    of the beam, at most ``min(C(B, d), width * (B - d + 1))`` (greedy: exactly ``B(B+1)/2 + 1``)."""
     total, frontier = 1, 1
     for d in range(1, num_blocks + 1):
         children = min(comb(num_blocks, d), frontier * (num_blocks - d + 1))

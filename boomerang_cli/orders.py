@@ -9,6 +9,15 @@ KL divergence to the teacher's next-token distribution on calibration data:
 - ``beam``: keep the ``W`` lowest-KL sets of patched blocks at every depth
   instead of one; each size then gets its own best subset (not necessarily
   nested). ``W=1`` is kl-greedy; ``W >= C(B, B//2)`` is exhaustive.
+- ``kl-dp``: each block's effect measured once from each end (the teacher with
+  that block alone from the student, the student with that block alone from
+  the teacher); with those additive costs the best subset of every size is one
+  dynamic-programming pass over the blocks (SPEC section 6). Each size's two
+  proposals (one per end) are scored and the lower KL kept: ``2B + 2 + 2S``
+  members for ``S`` sizes instead of kl-greedy's ``B(B+1)/2 + 1``.
+- ``auto``: per size, the lowest-KL member among kl-dp's proposals and the
+  fixed orders' members (``first-last``, ``last-first``), so a calibrated
+  family is never worse on the calibration data than either fixed order.
 
 The search only needs a *scorer* (members -> KL); :mod:`boomerang_cli.calibrate`
 provides the real one. Scores are memoized, so no member is evaluated twice.
@@ -21,18 +30,18 @@ from typing import Any, Callable, Sequence
 
 from .errors import BoomerangError
 from .manifest import OrderInfo
-from .member import Member
+from .member import ORDERS, Member, sequential_members
 from .plan import Plan
 
 #: members -> KL divergence to the teacher of each, same order
 Scorer = Callable[[Sequence[Member]], list[float]]
-CALIBRATED_ORDERS = ("kl-greedy", "beam")
+CALIBRATED_ORDERS = ("kl-greedy", "beam", "kl-dp", "auto")
 DEFAULT_BEAM = 4  # --order beam without --beam
 
 
 def beam_width(method: str, beam: int | None) -> int:
-    """The beam a calibrated order searches with: 1 for kl-greedy, else ``beam`` (default 4)."""
-    return 1 if method == "kl-greedy" else (beam if beam is not None else DEFAULT_BEAM)
+    """The beam a calibrated order searches with: ``beam`` (default 4) for beam, else 1."""
+    return (beam if beam is not None else DEFAULT_BEAM) if method == "beam" else 1
 
 
 @dataclass
@@ -137,6 +146,90 @@ def kl_greedy(plan: Plan, scorer: Scorer, on_step: Callable[[int, int], None] | 
 def greedy_cost(num_blocks: int) -> int:
     """Members kl-greedy evaluates: B + (B-1) + ... + 1, plus the student."""
     return num_blocks * (num_blocks + 1) // 2 + 1
+
+
+def dp_subsets(plan: Plan, cost: Sequence[float]) -> dict[int, frozenset[int]]:
+    """For every reachable layer count, the blocks to take from the student with the lowest total cost.
+
+    ``cost[b]``: what taking block ``b`` from the student costs (may be negative:
+    a distilled singleton can beat the teacher's layer). A block of ``k`` teacher
+    layers taken from the student removes ``k - 1`` layers, so this is a
+    knapsack over removed layers: one pass over the blocks, exact for additive costs.
+    """
+    table: dict[int, tuple[float, tuple[int, ...]]] = {0: (0.0, ())}
+    for b in plan.blocks:
+        nxt = dict(table)
+        for removed, (c, chosen) in table.items():
+            key, val = removed + b.size - 1, (c + cost[b.index], chosen + (b.index,))
+            if key not in nxt or val < nxt[key]:
+                nxt[key] = val
+        table = nxt
+    return {plan.num_teacher_layers - r: frozenset(chosen) for r, (_, chosen) in table.items()}
+
+
+def dp_search(plan: Plan, scorer: Scorer, rivals: dict[str, Sequence[Member]] | None = None,
+              method: str = "kl-dp") -> SearchResult:
+    """``kl-dp`` (no ``rivals``) or ``auto`` (``rivals``: the fixed orders' members) over ``scorer``.
+
+    ``steps`` holds per layer count every proposal with its source and KL;
+    the probes' KLs (each block alone from each side) come first.
+    """
+    memo = _Memo(scorer)
+    n = plan.num_student_layers
+    full = frozenset(range(n))
+    student, teacher = Member(plan, frozenset()), Member(plan, full)
+    near_teacher = [Member(plan, full - {b}) for b in range(n)]
+    near_student = [Member(plan, frozenset({b})) for b in range(n)]
+    kls = memo([student, teacher] + near_teacher + near_student)
+    kl_s, kl_t = kls[0], kls[1]
+    costs = {"dp-teacher-side": [k - kl_t for k in kls[2:2 + n]],
+             "dp-student-side": [kl_s - k for k in kls[2 + n:]]}
+    proposals: dict[int, list[tuple[str, Member]]] = {}
+    for source, cost in costs.items():
+        for layers, from_student in dp_subsets(plan, cost).items():
+            proposals.setdefault(layers, []).append((source, Member(plan, full - from_student)))
+    for source, members in (rivals or {}).items():
+        for m in members:
+            proposals.setdefault(m.num_layers, []).append((source, m))
+    flat = [m for layers in sorted(proposals) for _, m in proposals[layers]]
+    scores = dict(zip((m.teacher_blocks for m in flat), memo(flat)))
+    best: dict[int, tuple[Member, float]] = {}
+    _record(best, student, kl_s)
+    _record(best, teacher, kl_t)
+    steps: list[dict] = [{"probe": b, "kl_teacher_with_block_from_student": kls[2 + b],
+                          "kl_student_with_block_from_teacher": kls[2 + n + b]} for b in range(n)]
+    for layers in sorted(proposals):
+        cands = [{"from": src, "teacher_blocks": sorted(m.teacher_blocks), "kl": scores[m.teacher_blocks]}
+                 for src, m in proposals[layers]]
+        for (_, m), c in zip(proposals[layers], cands):
+            if not (m.is_student or m.is_teacher):
+                _record(best, m, c["kl"])
+        steps.append({"num_layers": layers, "candidates": cands})
+    return SearchResult(method, None, best, steps, len(memo.cache))
+
+
+def auto_search(plan: Plan, scorer: Scorer) -> SearchResult:
+    """kl-dp's proposals and every member of the fixed orders, the lowest KL kept per size."""
+    rivals = {o: [m for m in sequential_members(plan, o) if not (m.is_student or m.is_teacher)] for o in ORDERS}
+    return dp_search(plan, scorer, rivals, method="auto")
+
+
+def run_search(method: str, plan: Plan, scorer: Scorer, beam: int | None = None,
+               on_step: Callable[[int, int], None] | None = None) -> SearchResult:
+    """The calibrated order ``method`` over ``scorer`` (the one entry point calibrate uses)."""
+    if method == "kl-dp":
+        return dp_search(plan, scorer)
+    if method == "auto":
+        return auto_search(plan, scorer)
+    if method in ("kl-greedy", "beam"):
+        return beam_search(plan, scorer, beam_width(method, beam), on_step)
+    raise BoomerangError(f"{method!r} is not a calibrated order; use one of {', '.join(CALIBRATED_ORDERS)}")
+
+
+def dp_cost(num_blocks: int, rivals: int = 0) -> int:
+    """Members kl-dp scores at most: student, teacher, two probes per block, two proposals per size
+    (sizes <= blocks + 1), plus ``rivals`` members of fixed orders for auto."""
+    return 2 + 2 * num_blocks + 2 * (num_blocks + 1) + rivals
 
 
 def order_info(result: SearchResult) -> OrderInfo:

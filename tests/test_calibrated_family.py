@@ -181,7 +181,7 @@ def test_unusable_output_is_refused_before_the_search(tmp_path, pair_dirs, monke
 
 @pytest.mark.parametrize("args, match", [
     (["--order", "kl-greedy"], "pass --calib-data"),
-    (["--order", "last-first", "--calib-data", "stdlib"], "--calib-data apply to --order kl-greedy or beam"),
+    (["--order", "last-first", "--calib-data", "stdlib"], "--calib-data apply to a calibrated --order (kl-greedy, beam, kl-dp, auto), not last-first"),
     (["--order", "kl-greedy", "--calib-data", "stdlib", "--beam", "3"], "use --order beam"),
     (["--order", "beam", "--calib-data", "stdlib", "--beam", "0"], "--beam must be at least 1"),
     (["--order", "beam", "--calib-data", "stdlib", "--calib-samples", "0"], "--calib-samples must be at least 1"),

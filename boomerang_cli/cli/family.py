@@ -15,7 +15,9 @@ from .options import AllowPickle, Dtype, Json, MaxShardSize, Overwrite, TrustRem
 ORDER_HELP = ("last-first: patch the last blocks first (head from the teacher); first-last: the "
               "first blocks first (embeddings from the teacher); kl-greedy: at each step patch the block "
               "whose member is closest to the teacher (KL on --calib-data); beam: the same keeping --beam "
-              "choices per size. See docs/orders.md.")
+              "choices per size; kl-dp: each block scored once from each end, the best member of every size by dynamic "
+              "programming (linear cost); auto: per size the lowest-KL member of kl-dp, first-last and last-first. "
+              "See docs/orders.md.")
 
 
 def calibration_spec(order: str, calib_data: list[str], samples: int, seq_len: int, beam: Optional[int],
@@ -34,7 +36,8 @@ def calibration_spec(order: str, calib_data: list[str], samples: int, seq_len: i
     if order not in CALIBRATED_ORDERS:
         given = [n for n, v in (("--calib-data", bool(sources)), ("--beam", beam is not None)) if v]
         if given:
-            raise BoomerangError(f"{' and '.join(given)} apply to --order kl-greedy or beam, not {order}")
+            raise BoomerangError(f"{' and '.join(given)} apply to a calibrated --order "
+                                 f"({', '.join(CALIBRATED_ORDERS)}), not {order}")
         return None
     if beam is not None and order != "beam":
         raise BoomerangError("--beam sets the width of --order beam (kl-greedy is a beam of 1); use --order beam")
@@ -112,12 +115,12 @@ def family_cmd(
     all_members: bool = typer.Option(False, "--all", help="Every member between student and teacher."),
     order: str = typer.Option("last-first", "--order", help=ORDER_HELP),
     calib_data: List[str] = typer.Option(
-        [], "--calib-data", help="kl-greedy/beam: calibration text (same sources as distill; repeatable). "
+        [], "--calib-data", help="calibrated orders: calibration text (same sources as distill; repeatable). "
         "Default: the data the student was distilled on (its boomerang.json)."),
-    calib_samples: int = typer.Option(64, "--calib-samples", help="kl-greedy/beam: calibration sequences (train split)."),
-    calib_seq_len: int = typer.Option(128, "--calib-seq-len", help="kl-greedy/beam: tokens per calibration sequence."),
+    calib_samples: int = typer.Option(64, "--calib-samples", help="calibrated orders: calibration sequences (train split)."),
+    calib_seq_len: int = typer.Option(128, "--calib-seq-len", help="calibrated orders: tokens per calibration sequence."),
     beam: Optional[int] = typer.Option(None, "--beam", help="beam: choices kept per size (default 4; 1 = kl-greedy)."),
-    device: str = typer.Option("auto", "--device", help="kl-greedy/beam: where candidates are scored: auto (CUDA if "
+    device: str = typer.Option("auto", "--device", help="calibrated orders: where candidates are scored: auto (CUDA if "
                                "available), cuda or cpu. Writing members never needs a GPU."),
     keep: Optional[str] = typer.Option(
         None, "--keep", help="The plan (teacher layers the student kept, e.g. 0,2,4,7,9,11) for a student "
