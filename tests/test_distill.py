@@ -311,3 +311,29 @@ def test_smollm2_default_student_distills_on_stdlib(tmp_path):
     assert sum(x["loss"] for x in train[-2:]) < sum(x["loss"] for x in train[:2])
     model = AutoModelForCausalLM.from_pretrained(str(out))
     assert model.config.num_hidden_layers == 16
+
+
+def test_bos_tokenizer_trains_on_blocks_that_start_with_bos(corpus, tmp_path, monkeypatch):
+    """SPEC section 7 through distill: every training block starts with BOS; recorded in boomerang.json."""
+    from boomerang_cli.distill import train as train_mod
+
+    from .common import BOS_ID, save_tokenizer
+
+    teacher = tiny_model_dir(tmp_path / "t", "llama", layers=6)
+    save_tokenizer(teacher, add_bos=True)
+    firsts: list[torch.Tensor] = []
+    real = train_mod.forward_backward
+
+    def spy(model, teacher_, acc, ids, *a, **k):
+        firsts.append(ids[:, 0].clone())
+        return real(model, teacher_, acc, ids, *a, **k)
+
+    monkeypatch.setattr(train_mod, "forward_backward", spy)
+    for policy, expect in (("auto", True), ("never", False)):
+        firsts.clear()
+        out = tmp_path / f"student-{policy}"
+        r = distill(_cfg(teacher, corpus, out, steps=2, bos=policy))
+        assert r.bos is expect
+        assert bool((torch.cat(firsts) == BOS_ID).all()) is expect
+        training = json.loads((out / "boomerang.json").read_text())["training"]
+        assert training["bos"] is expect and training["config"]["bos"] == policy
