@@ -208,6 +208,19 @@ def _looks_like_path(source: str) -> bool:
             or suffix in TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES)
 
 
+def public_source(source: str) -> str:
+    """How a card names a data source: local files by name only (cards get published), others as given."""
+    if source == STDLIB or source.startswith("hf:") or not Path(source).expanduser().exists():
+        return f"`{source}`"
+    return f"a local `{Path(source).expanduser().resolve().name}`"
+
+
+def public_sources(sources: Sequence[str], split: str | None = None) -> str:
+    """``public_source`` of several sources, with the split when given."""
+    names = ", ".join(public_source(s) for s in sources)
+    return f"{names} ({split} split)" if split else names
+
+
 def check_source(source: str) -> None:
     """Fail early, with the fix, on a source that cannot be read (hub sources are checked on use)."""
     if source == STDLIB or source.startswith("hf:"):

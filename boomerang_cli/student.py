@@ -136,14 +136,16 @@ def init_student(
         raise BoomerangError(f"{output} holds the teacher; write the student to another -o")
     # A local teacher is recorded by absolute path so later steps find it from any directory.
     record = StudentRecord(plan, teacher_ref.stable_ref, fingerprint(teacher))
+    meta = teacher_ref.card_metadata()
     card = model_card(
-        f"{Path(output).name}: boomerang student of {teacher_ref.ref}",
-        [teacher_ref.hub_id] if teacher_ref.hub_id else [],
+        f"{Path(output).name}: boomerang student of {teacher_ref.public_name}",
+        meta["base_models"],
         f"Initialized by `boomerang init-student` (boomerang {__version__}) from "
         f"{plan.num_student_layers} of the teacher's {plan.num_teacher_layers} layers "
         f"(kept: {plan.describe()}). Each student layer stands for a block of teacher "
         f"layers; distill it with `boomerang distill`, then build every intermediate size "
         f"with `boomerang family`.\n\nParameters: {comp.num_params:,}.",
+        license=meta["license"],
     )
     total = sum(t.out_nbytes for t in comp.tensors)
     task = progress.task("writing student", total, unit="B")

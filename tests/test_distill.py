@@ -337,3 +337,7 @@ def test_bos_tokenizer_trains_on_blocks_that_start_with_bos(corpus, tmp_path, mo
         assert bool((torch.cat(firsts) == BOS_ID).all()) is expect
         training = json.loads((out / "boomerang.json").read_text())["training"]
         assert training["bos"] is expect and training["config"]["bos"] == policy
+        card = (out / "README.md").read_text()  # fit to publish: no local path
+        assert str(teacher) not in card and str(corpus) not in card and str(tmp_path) not in card
+        assert "a local model `llama-0`" in card and "a local `corpus.jsonl`" in card
+        assert ("starting with BOS" in card) is expect

@@ -35,7 +35,7 @@ from .. import __version__
 from ..arch import ModelInfo, text_config
 from ..compose import LayerSource, compose, fingerprint, model_card, require_same_family
 from ..data import (Block, BlockStream, StreamPosition, block_bos, check_bos_policy, check_source, collate, iter_blocks,
-                    load_all_documents)
+                    load_all_documents, public_sources)
 from ..errors import BoomerangError, DataError, PairMismatchError, PlanError, TrainingDivergedError
 from ..plan import Plan
 from ..progress import NULL, Progress
@@ -695,17 +695,20 @@ def _write_student(cfg: DistillConfig, pair: Pair, hf_model: torch.nn.Module, st
     record = StudentRecord(pair.plan, pair.teacher_ref.stable_ref, fingerprint(pair.teacher_info), training=training)
     name = Path(cfg.output).name
     w = cfg.weights
+    meta = pair.teacher_ref.card_metadata()
+    teacher = pair.teacher_ref.public_name
     card = model_card(
-        f"{name}: boomerang-distilled student of {cfg.teacher}",
-        [pair.teacher_ref.hub_id] if pair.teacher_ref.hub_id else [],
-        f"Distilled by `boomerang distill` (boomerang {__version__}) from {cfg.teacher}, keeping "
+        f"{name}: boomerang-distilled student of {teacher}",
+        meta["base_models"],
+        f"Distilled by `boomerang distill` (boomerang {__version__}) from {teacher}, keeping "
         f"{pair.plan.num_student_layers} of its {pair.plan.num_teacher_layers} layers "
         f"(kept: {pair.plan.describe()}).\n\n"
-        f"Training: {result.steps} steps, {result.tokens:,} tokens of {', '.join(cfg.data)} in blocks of "
-        f"{cfg.seq_len}; loss {w.ce} x CE + {w.kl} x T^2 x KL (T={w.temperature}) + {w.cosine} x cosine "
+        f"Training: {result.steps} steps, {result.tokens:,} tokens of {public_sources(cfg.data)} in blocks of "
+        f"{cfg.seq_len}{' starting with BOS' if result.bos else ''}; loss {w.ce} x CE + {w.kl} x T^2 x KL (T={w.temperature}) + {w.cosine} x cosine "
         f"over {pair.plan.num_student_layers + 1} aligned hidden states; AdamW lr {cfg.lr}, cosine schedule.\n\n"
         "Final training losses: " + ", ".join(f"{k} {v:.4f}" for k, v in result.final.items()) + ".\n\n"
         "Build every size between this student and its teacher with `boomerang family`.",
+        license=meta["license"],
     )
     with atomic_dir(Path(cfg.output), cfg.overwrite) as tmp:
         copy_aux_files(pair.student_dir or pair.teacher_ref.path, tmp)
