@@ -177,10 +177,47 @@ def card_license(directory: Path) -> str | None:
     return m.group(1) if m else None
 
 
+def _gguf_cache_dir(gguf: Path) -> Path:
+    return cache_root() / "gguf" / f"{gguf.stem}-{_file_key(gguf)}"
+
+
+def _converted(out: Path) -> bool:
+    return (out / "config.json").exists() and _has_safetensors(out)
+
+
+def pending_gguf(ref: str) -> Path | None:
+    """The GGUF file that resolving ``ref`` would convert first (None: nothing to convert).
+
+    Lets a dry run say so instead of spending minutes and gigabytes on a conversion.
+    """
+    ref = str(ref)
+    if ref in BUILTINS:
+        gguf = find_builtin(ref)
+    else:
+        p = Path(ref).expanduser()
+        if p.is_file() and p.suffix == ".gguf":
+            gguf = p
+        elif p.is_dir() and not (p / "config.json").exists() and len(ggufs := sorted(p.glob("*.gguf"))) == 1:
+            gguf = ggufs[0]
+        else:
+            return None
+    return None if _converted(_gguf_cache_dir(gguf)) else gguf
+
+
+def gguf_layout(path: Path) -> tuple[int, dict[str, int]]:
+    """A GGUF's decoder-layer count and each tensor's element count, from its header alone."""
+    import gguf as _gguf
+
+    reader = _gguf.GGUFReader(str(path))
+    arch = reader.fields["general.architecture"].contents()
+    layers = int(reader.fields[f"{arch}.block_count"].contents())
+    return layers, {t.name: int(t.n_elements) for t in reader.tensors}
+
+
 def convert_gguf(gguf: Path, trust_remote_code: bool = False) -> Path:
     """Dequantize a GGUF file once into a cached plain safetensors directory."""
-    out = cache_root() / "gguf" / f"{gguf.stem}-{_file_key(gguf)}"
-    if (out / "config.json").exists() and _has_safetensors(out):
+    out = _gguf_cache_dir(gguf)
+    if _converted(out):
         return out
     try:
         import gguf as _gguf  # noqa: F401  (transformers needs it to read GGUF)
