@@ -204,6 +204,16 @@ def pending_gguf(ref: str) -> Path | None:
     return None if _converted(_gguf_cache_dir(gguf)) else gguf
 
 
+def refuse_conversion_in_dry_run(ref: str, role: str) -> None:
+    """A dry run that would need a GGUF converted first says so and asks for the real run."""
+    gguf = pending_gguf(ref)
+    if gguf is not None:
+        raise ModelNotFoundError(
+            f"{role} {gguf.name} is a GGUF file not converted yet, and --dry-run converts nothing; rerun "
+            "without --dry-run (it converts the file once into the cache)"
+        )
+
+
 def gguf_layout(path: Path) -> tuple[int, dict[str, int]]:
     """A GGUF's decoder-layer count and each tensor's element count, from its header alone."""
     import gguf as _gguf

@@ -309,6 +309,9 @@ def test_dry_run_of_a_gguf_teacher_converts_nothing(tmp_path):
     assert "converts it once" in dry["notes"][0] and "tiny.gguf" in dry["notes"][0]
     r = invoke("init-student", gguf, "-o", tmp_path / "never", "--dry-run")
     assert "4 of 6 layers kept" in r.stdout and "without --dry-run" in r.stderr
+    # family --dry-run cannot list members without the tensors: it says so and asks for the real run.
+    r = invoke("family", gguf, tmp_path / "student", "--dry-run", ok=False)
+    assert r.exit_code == 2 and "converts nothing" in r.output and "without --dry-run" in r.output
     assert not cache.exists() and not (tmp_path / "never").exists()
     assert not Path(os.environ["BOOMERANG_STATE"]).exists()
     # The real run converts, and its sizes are the ones the dry run announced.

@@ -144,7 +144,7 @@ def family_cmd(
         from ..manifest import OrderInfo
         from ..orders import order_info
         from ..plan import Plan
-        from ..refs import resolve
+        from ..refs import refuse_conversion_in_dry_run, resolve
         from ..state import record
         from ..tensors import parse_dtype, parse_size
 
@@ -154,6 +154,9 @@ def family_cmd(
         torch_dtype = parse_dtype(dtype) if dtype else None
         kept = Plan.parse_keep(keep) if keep else None
         teacher, student = _resolve_pair_refs(teacher, student)
+        if dry_run:
+            refuse_conversion_in_dry_run(teacher, "teacher")
+            refuse_conversion_in_dry_run(student, "student")
         if output is None and not dry_run:
             output = default_output(student)
             if output is None:
