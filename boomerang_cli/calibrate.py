@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .arch import ModelInfo
-from .data import check_bos_policy
+from .data import DEFAULT_BOS, check_bos_policy
 from .errors import BoomerangError, DataError
 from .evaluate.perplexity import EvalData, attention_mask, load_eval_data, model_logits
 from .evaluate.runner import load_model, load_tokenizer
@@ -40,7 +40,7 @@ class CalibrationSpec:
     seq_len: int = 128
     split: str = "train"
     text_field: str = "text"
-    bos: str = "auto"  # --bos policy (data.block_bos); the search records whether blocks got one
+    bos: str = DEFAULT_BOS  # --bos policy (data.block_bos); the search records whether blocks got one
 
     #: What a recorded calibration without a field was made with (older manifests: blocks had no BOS).
     RECORDED_DEFAULTS = {"text_field": "text", "bos_policy": "never"}

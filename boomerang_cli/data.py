@@ -52,6 +52,7 @@ from .errors import DataError
 
 SPLITS = ("train", "validation")
 BOS_POLICIES = ("auto", "always", "never")
+DEFAULT_BOS = "auto"  # --bos: follow the tokenizer
 VALIDATION_PER_10K = 200  # 2% of documents are held out
 IGNORE = -100
 
@@ -295,7 +296,7 @@ def check_bos_policy(policy: str) -> None:
         raise DataError(f"unknown --bos {policy!r}; use auto (follow the tokenizer), always or never")
 
 
-def block_bos(tokenizer: Any, policy: str = "auto") -> int | None:
+def block_bos(tokenizer: Any, policy: str = DEFAULT_BOS) -> int | None:
     """The token every packed block starts with under ``policy``; None: blocks start mid-stream.
 
     ``auto`` follows :func:`tokenizer_adds_bos`; ``always`` needs a BOS token;

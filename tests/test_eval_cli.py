@@ -233,3 +233,19 @@ def test_manifest_problems(family, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--members selects members of a family" in res.output
     res = run("eval", tmp_path / "nope-model", *data_args(corpus), "-o", tmp_path / "r.json")
     assert res.exit_code == 2 and "no such file" in res.output
+
+
+def test_bos_option(tmp_path: Path) -> None:
+    from .common import save_tokenizer
+
+    model = tiny_model_dir(tmp_path, "llama", layers=2)
+    corpus = write_corpus(tmp_path / "data")
+    args = ["--data", str(corpus), "--split", "train", "--max-tokens", "64", "--seq-len", "32", "-o", tmp_path / "r.json"]
+    res = run("eval", model, *args, "--bos", "sometimes")
+    assert res.exit_code == 2 and "--bos" in res.output and "auto" in res.output
+    save_tokenizer(model, add_bos=True)
+    res = run("eval", model, *args)
+    assert res.exit_code == 0, res.output
+    assert "each starting with BOS" in res.stdout
+    res = run("eval", model, *args, "--bos", "never", "--json")
+    assert json.loads(res.stdout)["data"]["bos"] is False

@@ -183,7 +183,8 @@ def _table(report: Any) -> None:
     d = report.data
     title = f"eval of {report.target}"
     if d:
-        title += f" on {d['key']} ({d['tokens']:,} tokens, {d['seq_len']}-token blocks)"
+        title += (f" on {d['key']} ({d['tokens']:,} tokens, {d['seq_len']}-token blocks"
+                  f"{', each starting with BOS' if d.get('bos') else ''})")
     t = Table(title=title)
     t.add_column("name", no_wrap=True, min_width=max(len(r.name) for r in report.rows))
     for col, just in (("kind", "left"), ("layers", "right"), ("params", "right"), ("ppl", "right"),

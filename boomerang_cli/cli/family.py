@@ -19,7 +19,7 @@ ORDER_HELP = ("last-first: patch the last blocks first (head from the teacher); 
 
 
 def calibration_spec(order: str, calib_data: list[str], samples: int, seq_len: int, beam: Optional[int],
-                     student: str, bos: str = "auto"):
+                     student: str, bos: str):
     """The calibration settings of a calibrated order (None for fixed orders), checked up front.
 
     Without --calib-data, the text the student was distilled on (its

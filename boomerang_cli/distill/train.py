@@ -34,7 +34,7 @@ import torch
 from .. import __version__
 from ..arch import ModelInfo, text_config
 from ..compose import LayerSource, compose, fingerprint, model_card, require_same_family
-from ..data import (Block, BlockStream, StreamPosition, block_bos, check_bos_policy, check_source, collate, iter_blocks,
+from ..data import (DEFAULT_BOS, Block, BlockStream, StreamPosition, block_bos, check_bos_policy, check_source, collate, iter_blocks,
                     load_all_documents, public_sources)
 from ..errors import BoomerangError, DataError, PairMismatchError, PlanError, TrainingDivergedError
 from ..plan import Plan
@@ -69,7 +69,7 @@ class DistillConfig:
     data: list[str] = field(default_factory=lambda: ["stdlib"])
     text_field: str = "text"
     seq_len: int = 1024
-    bos: str = "auto"  # BOS in front of every packed block: auto | always | never (data.block_bos)
+    bos: str = DEFAULT_BOS  # BOS in front of every packed block: auto | always | never (data.block_bos)
     batch_size: int = 8
     grad_accum: int = 1
     steps: int | None = None

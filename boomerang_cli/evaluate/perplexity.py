@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..data import IGNORE, block_bos, collate, iter_blocks
+from ..data import DEFAULT_BOS, IGNORE, block_bos, collate, iter_blocks
 from ..errors import DataError
 
 #: Rows of logits turned into fp32 log-probabilities at once (bounds the extra memory).
@@ -122,7 +122,7 @@ def load_eval_data(
     seq_len: int,
     max_tokens: int,
     text_field: str = "text",
-    bos: str = "auto",
+    bos: str = DEFAULT_BOS,
 ) -> EvalData:
     """The first ``max_tokens`` input tokens of ``split`` of ``sources``, packed into blocks.
 

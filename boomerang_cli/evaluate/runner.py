@@ -23,7 +23,7 @@ import torch
 from .. import __version__
 from ..arch import ModelInfo, text_config
 from ..compose import compose
-from ..data import STDLIB, check_bos_policy
+from ..data import DEFAULT_BOS, STDLIB, check_bos_policy
 from ..errors import BoomerangError, DataError, UnsupportedArchitectureError
 from ..loader import check_family_models, load_family_models, member_of, model_from_composition
 from ..manifest import MANIFEST_NAME, BaselineEntry, FamilyManifest, migrate_metrics_v1, perplexity_key
@@ -63,7 +63,7 @@ class EvalOptions:
     text_field: str = "text"
     seq_len: int = 512
     max_tokens: int = 32768
-    bos: str = "auto"  # --bos: BOS in front of every block (data.block_bos)
+    bos: str = DEFAULT_BOS  # --bos: BOS in front of every block (data.block_bos)
     batch_size: int = 8
     dtype: torch.dtype = torch.float32
     device: str = "auto"
