@@ -341,3 +341,15 @@ def test_bos_tokenizer_trains_on_blocks_that_start_with_bos(corpus, tmp_path, mo
         assert str(teacher) not in card and str(corpus) not in card and str(tmp_path) not in card
         assert "a local model `llama-0`" in card and "a local `corpus.jsonl`" in card
         assert ("starting with BOS" in card) is expect
+
+
+def test_a_checkpoint_from_before_bos_resumes_with_bos_never(teacher, corpus, tmp_path):
+    from boomerang_cli.distill.train import _check_resumable
+    from boomerang_cli.errors import BoomerangError
+
+    cfg = _cfg(teacher, corpus, tmp_path / "s")
+    old = {k: v for k, v in cfg.to_json().items() if k != "bos"}
+    state = {"config": old, "steps": 4, "world_size": 1}
+    with pytest.raises(BoomerangError, match="bos differ"):
+        _check_resumable(cfg, state, 1, 4)
+    _check_resumable(_cfg(teacher, corpus, tmp_path / "s", bos="never"), state, 1, 4)

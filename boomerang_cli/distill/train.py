@@ -636,7 +636,7 @@ def _diverged(what: str, step: int, last_good: Path | None, cfg: DistillConfig) 
 
 
 def _check_resumable(cfg: DistillConfig, state: dict[str, Any], world: int, steps: int) -> None:
-    old = state.get("config", {})
+    old = {"bos": "never", **state.get("config", {})}  # checkpoints from before --bos packed without it
     new = cfg.to_json()
     diffs = [k for k in TRAJECTORY_FIELDS if old.get(k) != new.get(k)]
     if int(state.get("steps", steps)) != steps:
