@@ -49,6 +49,13 @@ def _period_encode(flags: Sequence[bool]) -> int | None:
     return None
 
 
+def _every_n_encode(flags: Sequence[bool]) -> int | None:
+    for n in range(1, len(flags) + 1):
+        if all(f == (i % n == 0) for i, f in enumerate(flags)):
+            return n
+    return None
+
+
 #: Layer-pattern fields, by name. Data, not if-chains: add a row to support one more.
 PATTERN_FIELDS: dict[str, PatternField] = {
     # Qwen2/Qwen3: layers below max_window_layers use full attention.
@@ -58,7 +65,7 @@ PATTERN_FIELDS: dict[str, PatternField] = {
     # Gemma2/3, Cohere2: every p-th layer is global.
     "sliding_window_pattern": PatternField(lambda v, i: (i + 1) % v == 0, _period_encode),
     "_sliding_window_pattern": PatternField(lambda v, i: (i + 1) % v == 0, _period_encode),
-    "global_attn_every_n_layers": PatternField(lambda v, i: i % v == 0, lambda f: None),
+    "global_attn_every_n_layers": PatternField(lambda v, i: i % v == 0, _every_n_encode),
 }
 
 #: Config lists that never describe layers, even when their length equals the layer count.
@@ -355,6 +362,17 @@ class ModelInfo:
         return sum(self.weights.info(self.tensor(k)).numel for k in names)
 
 
+def _set_pattern(config: Any, name: str, value: int | None) -> None:
+    try:
+        setattr(config, name, value)
+    except AttributeError:  # a read-only alias of another field
+        pass
+    except Exception as exc:  # huggingface_hub's strict dataclasses refuse None for an int field
+        if value is not None or "Validation" not in type(exc).__name__:
+            raise
+        config.__dict__.pop(name, None)
+
+
 def derived_config(
     base_config: Any,
     arch: ArchMap,
@@ -364,19 +382,25 @@ def derived_config(
     dtype: torch.dtype | None = None,
 ) -> Any:
     """A copy of ``base_config`` describing a model whose layers carry ``layers``'
-    per-layer values (from :meth:`ArchMap.per_layer_config` of each layer's source)."""
+    per-layer values (from :meth:`ArchMap.per_layer_config` of each layer's source).
+
+    Every pattern field is re-encoded from the layers, or cleared (``null``)
+    when no value of its rule describes them, so it never contradicts the
+    explicit list (``layer_types``) that other readers (llama.cpp's converter,
+    vLLM, older transformers) may not look at. A field the config class types
+    as an integer cannot be null and is removed instead; it cannot be
+    undescribable for boomerang's own students and members, whose layers keep
+    the teacher's order."""
     cfg = copy.deepcopy(base_config)
     tcfg = text_config(cfg)
     tcfg.num_hidden_layers = len(layers)
     for name in arch.list_fields:
         setattr(tcfg, name, [copy.deepcopy(l[name]) for l in layers])
     for name in arch.pattern_fields:
-        enc = PATTERN_FIELDS[name].encode([bool(l[name]) for l in layers])
-        if enc is not None:
-            try:
-                setattr(tcfg, name, enc)
-            except AttributeError:  # a read-only alias of another field
-                pass
+        # A layer whose source has no such rule (its own field was cleared) leaves nothing to encode.
+        enc = (PATTERN_FIELDS[name].encode([bool(l[name]) for l in layers])
+               if all(name in l for l in layers) else None)
+        _set_pattern(tcfg, name, enc)
     # Tying is decided by content, so an untied base may give a tied output too.
     tcfg.tie_word_embeddings = tied
     if tcfg is not cfg and hasattr(cfg, "tie_word_embeddings"):

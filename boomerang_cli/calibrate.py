@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .arch import ModelInfo
+from .data import DEFAULT_BOS, check_bos_policy
 from .errors import BoomerangError, DataError
 from .evaluate.perplexity import EvalData, attention_mask, load_eval_data, model_logits
 from .evaluate.runner import load_model, load_tokenizer
@@ -40,10 +41,14 @@ class CalibrationSpec:
     seq_len: int = 128
     split: str = "train"
     text_field: str = "text"
+    bos: str = DEFAULT_BOS  # --bos policy (data.block_bos); the search records whether blocks got one
+
+    #: What a recorded calibration without a field was made with (older manifests: blocks had no BOS).
+    RECORDED_DEFAULTS = {"text_field": "text", "bos_policy": "never"}
 
     def to_json(self) -> dict[str, Any]:
         return {"data": list(self.sources), "split": self.split, "samples": self.samples,
-                "seq_len": self.seq_len, "text_field": self.text_field}
+                "seq_len": self.seq_len, "text_field": self.text_field, "bos_policy": self.bos}
 
     def check(self) -> None:
         if not self.sources:
@@ -51,13 +56,14 @@ class CalibrationSpec:
         check_sizes(self.samples, self.seq_len)
         if self.split not in ("train", "validation"):
             raise DataError(f"unknown calibration split {self.split!r}; use train or validation")
+        check_bos_policy(self.bos)
 
     def same_as(self, recorded: Mapping[str, Any] | None) -> bool:
         """Whether a manifest's ``order.calibration`` was made with these settings."""
         if not recorded:
             return False
         mine = self.to_json()
-        return all(recorded.get(k, "text" if k == "text_field" else None) == v for k, v in mine.items())
+        return all(recorded.get(k, self.RECORDED_DEFAULTS.get(k)) == v for k, v in mine.items())
 
 
 def check_sizes(samples: int | None, seq_len: int | None) -> None:
@@ -103,7 +109,7 @@ class KLScorer:
         device = torch.device(device)
         tokenizer = load_tokenizer(models["teacher"].path)
         self.data: EvalData = load_eval_data(list(spec.sources), spec.split, tokenizer, spec.seq_len,
-                                             spec.samples * spec.seq_len, spec.text_field)
+                                             spec.samples * spec.seq_len, spec.text_field, spec.bos)
         if loaded is None:
             loaded = {role: load_model(info, dtype, device) for role, info in models.items()}
         self.runners = {role: LayerRunner(m, models[role].arch.layers_path) for role, m in loaded.items()}
@@ -164,7 +170,8 @@ def search(
     result = run_search(method, plan, scorer, width)
     progress.finish(task)
     d = scorer.data.describe()
-    result.calibration = spec.to_json() | {"key": d["key"], "tokens": d["tokens"], "fingerprint": d["fingerprint"]}
+    result.calibration = spec.to_json() | {"key": d["key"], "tokens": d["tokens"], "bos": d["bos"],
+                                           "fingerprint": d["fingerprint"]}
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -142,10 +142,18 @@ def fingerprint(info: ModelInfo, samples: int = 16, width: int = 64) -> str:
 
 
 def model_card(
-    title: str, base_models: Sequence[str], body: str, tags: Sequence[str] = ("boomerang-distillation",)
+    title: str, base_models: Sequence[str], body: str, tags: Sequence[str] = ("boomerang-distillation",),
+    license: str | None = None,
 ) -> str:
-    """A README.md with Hub metadata, so the directory is a complete HF model."""
+    """A README.md with Hub metadata, so the directory is a complete HF model.
+
+    ``license`` is the teacher's (a derived model inherits its terms); nothing
+    here or in ``body`` may be a local path, since users publish these cards.
+    """
     lines = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
+    if license:
+        lines.append(f"license: {json.dumps(license)}")
+    base_models = list(dict.fromkeys(base_models))
     if base_models:  # hub ids only: the Hub rejects local paths here
         lines += ["base_model:"] + [f"- {json.dumps(b)}" for b in base_models]
     lines += ["tags:"] + [f"- {t}" for t in tags] + ["---", "", f"# {title}", "", body.strip(), ""]

@@ -23,6 +23,17 @@ token of the next block for its last position); the label at each document's
 EOS is ``-100`` (ignored), because the next document does not follow from it.
 Only a final partial block (``pad_last=True``, for evaluation) has padding,
 marked in ``mask`` and ignored by every loss.
+
+**BOS at every block** (SPEC section 7). A model whose tokenizer adds a BOS
+has only ever seen text behind one, so a block cut from the middle of a
+document is put behind one too: the block is the BOS, then ``seq_len - 1``
+tokens of the stream. The BOS position predicts nothing (label ``-100``), so
+the labels are the same stream tokens as without it, each predicted once with
+the context the block gives. A block that starts at a document's own BOS gets
+no second one. :func:`block_bos` decides (``--bos auto|always|never``):
+``auto`` follows the tokenizer (it adds a BOS when encoding, or says
+``add_bos_token``); a config's ``bos_token_id`` alone is no evidence (GPT-2 and
+SmolLM2 name one that their tokenizers never add).
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ import torch
 from .errors import DataError
 
 SPLITS = ("train", "validation")
+BOS_POLICIES = ("auto", "always", "never")
+DEFAULT_BOS = "auto"  # --bos: follow the tokenizer
 VALIDATION_PER_10K = 200  # 2% of documents are held out
 IGNORE = -100
 
@@ -196,6 +209,19 @@ def _looks_like_path(source: str) -> bool:
             or suffix in TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES)
 
 
+def public_source(source: str) -> str:
+    """How a card names a data source: local files by name only (cards get published), others as given."""
+    if source == STDLIB or source.startswith("hf:") or not Path(source).expanduser().exists():
+        return f"`{source}`"
+    return f"a local `{Path(source).expanduser().resolve().name}`"
+
+
+def public_sources(sources: Sequence[str], split: str | None = None) -> str:
+    """``public_source`` of several sources, with the split when given."""
+    names = ", ".join(public_source(s) for s in sources)
+    return f"{names} ({split} split)" if split else names
+
+
 def check_source(source: str) -> None:
     """Fail early, with the fix, on a source that cannot be read (hub sources are checked on use)."""
     if source == STDLIB or source.startswith("hf:"):
@@ -253,6 +279,40 @@ def eos_id_of(tokenizer: Any) -> int:
     return int(eos)
 
 
+def tokenizer_adds_bos(tokenizer: Any) -> bool:
+    """Whether this tokenizer puts its BOS in front of a text (so the model expects one)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    if getattr(tokenizer, "add_bos_token", None) is True:
+        return True
+    with_special = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    return bool(with_special) and with_special[0] == bos and plain[:1] != [bos]
+
+
+def check_bos_policy(policy: str) -> None:
+    if policy not in BOS_POLICIES:
+        raise DataError(f"unknown --bos {policy!r}; use auto (follow the tokenizer), always or never")
+
+
+def block_bos(tokenizer: Any, policy: str = DEFAULT_BOS) -> int | None:
+    """The token every packed block starts with under ``policy``; None: blocks start mid-stream.
+
+    ``auto`` follows :func:`tokenizer_adds_bos`; ``always`` needs a BOS token;
+    ``never`` reproduces packing without it (how schema-1 results were measured).
+    """
+    check_bos_policy(policy)
+    if policy == "never":
+        return None
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if policy == "always":
+        if bos is None:
+            raise DataError("--bos always: the tokenizer has no BOS token; use --bos auto or never")
+        return int(bos)
+    return int(bos) if tokenizer_adds_bos(tokenizer) else None
+
+
 @dataclass
 class Block:
     """One packed sequence: inputs, next-token labels (``-100``: ignored) and a padding mask."""
@@ -305,10 +365,14 @@ class BlockStream:
         pad_last: bool = False,
         position: StreamPosition | None = None,
         describe: str = "the data",
+        bos_id: int | None = None,
     ) -> None:
+        """``bos_id``: the token each block starts with (:func:`block_bos`), None for plain packing."""
         if seq_len < 1:
             raise DataError(f"--seq-len must be at least 1 (got {seq_len})")
-        self.documents, self.tokenizer, self.seq_len = documents, tokenizer, seq_len
+        if bos_id is not None and seq_len < 2:
+            raise DataError(f"--seq-len must be at least 2 when blocks start with BOS (got {seq_len})")
+        self.documents, self.tokenizer, self.seq_len, self.bos_id = documents, tokenizer, seq_len, bos_id
         self.repeat, self.pad_last, self.describe = repeat, pad_last, describe
         self.eos_id = eos_id_of(tokenizer)
         pad = getattr(tokenizer, "pad_token_id", None)
@@ -353,30 +417,35 @@ class BlockStream:
                 have += len(seg.tokens) - seg.start
             if have == 0:
                 return
-            if have < T + 1 and not self.pad_last:
+            head = buf[0].tokens[buf[0].start]
+            prefix = [self.bos_id] if self.bos_id is not None and head != self.bos_id else []
+            room = T - len(prefix)  # stream tokens this block takes as inputs
+            if have < room + 1 and not self.pad_last:
                 if self.blocks_emitted == 0:
                     raise DataError(f"{self.describe} has only {have} tokens; a block needs "
-                                    f"--seq-len + 1 = {T + 1}; add data or lower --seq-len")
+                                    f"{room + 1} (--seq-len {T}{' with BOS' if prefix else ''}, plus one); "
+                                    "add data or lower --seq-len")
                 return
             ids: list[int] = []
             ends: list[bool] = []
             for seg in buf:
-                part = seg.tokens[seg.start:seg.start + T + 1 - len(ids)]
+                part = seg.tokens[seg.start:seg.start + room + 1 - len(ids)]
                 ids.extend(part)
                 last = len(seg.tokens) - 1
                 ends.extend(seg.start + j == last for j in range(len(part)))
-                if len(ids) == T + 1:
+                if len(ids) == room + 1:
                     break
-            n = min(len(ids), T)  # real inputs in this block
+            n = min(len(ids), room)  # stream inputs in this block
+            p = len(prefix)
             inputs = torch.full((T,), self.pad_id, dtype=torch.long)
-            labels = torch.full((T,), IGNORE, dtype=torch.long)
+            labels = torch.full((T,), IGNORE, dtype=torch.long)  # the BOS position predicts nothing
             mask = torch.zeros(T, dtype=torch.bool)
-            inputs[:n] = torch.tensor(ids[:n], dtype=torch.long)
-            mask[:n] = True
+            inputs[:p + n] = torch.tensor(prefix + ids[:n], dtype=torch.long)
+            mask[:p + n] = True
             nxt = torch.tensor(ids[1:n + 1], dtype=torch.long)
-            labels[:len(nxt)] = nxt
+            labels[p:p + len(nxt)] = nxt
             boundary = torch.tensor(ends[:len(nxt)], dtype=torch.bool)
-            labels[:len(nxt)][boundary] = IGNORE
+            labels[p:p + len(nxt)][boundary] = IGNORE
             # Advance by the n inputs emitted.
             todo = n
             while todo:
@@ -400,7 +469,7 @@ class BlockStream:
                     self.position = StreamPosition(nxt_seg.epoch, nxt_seg.doc, nxt_seg.start)
             self.blocks_emitted += 1
             yield Block(inputs, labels, mask)
-            if n < T:
+            if n < room:
                 return
 
 
@@ -413,6 +482,7 @@ def iter_blocks(
     text_field: str = "text",
     pad_last: bool = True,
     max_blocks: int | None = None,
+    bos_id: int | None = None,
 ) -> Iterator[Block]:
     """Packed blocks of ``seq_len`` tokens from ``sources`` in ``split`` (one pass).
 
@@ -421,7 +491,7 @@ def iter_blocks(
     """
     srcs = [sources] if isinstance(sources, str) else list(sources)
     stream = BlockStream(lambda: load_all_documents(srcs, split, text_field), tokenizer, seq_len,
-                         pad_last=pad_last, describe=f"{split} split of {', '.join(srcs)}")
+                         pad_last=pad_last, describe=f"{split} split of {', '.join(srcs)}", bos_id=bos_id)
     for i, block in enumerate(stream):
         if max_blocks is not None and i >= max_blocks:
             return

@@ -23,6 +23,7 @@ import torch
 from . import __version__
 from .arch import ModelInfo
 from .compose import Composition, check_same_family, fingerprint, model_card, write_model_dir
+from .data import public_sources
 from .errors import BoomerangError, OutputExistsError, PairMismatchError, PlanError
 from .manifest import MANIFEST_NAME, FamilyManifest, MemberEntry, ModelEntry, OrderInfo
 from .member import ORDERS, Member, sequential_members
@@ -446,8 +447,9 @@ def member_card(pair: Pair, cand: Candidate, comp: Composition, order: OrderInfo
     if order.method in CALIBRATED_ORDERS:
         kl = next((s["kl"] for s in order.steps if s.get("num_layers") == m.num_layers), None)
         cal = order.calibration or {}
+        data = public_sources(cal["data"], cal.get("split")) if cal.get("data") else "calibration data"
         how = (f"{order.method} order{f' (beam {order.beam})' if order.beam else ''}, blocks chosen by KL to the "
-               f"teacher on {cal.get('key', 'calibration data')}" + (f": KL {kl:.4f}" if kl is not None else ""))
+               f"teacher on {data}" + (f": KL {kl:.4f}" if kl is not None else ""))
     rows = ["| block | teacher layers | taken from | member layers |", "|---:|---|---|---|"]
     pos = 0
     for b in pair.plan.blocks:
@@ -460,15 +462,16 @@ def member_card(pair: Pair, cand: Candidate, comp: Composition, order: OrderInfo
     tied = "tied" if comp.tied else "untied (both tensors saved)"
     body = (
         f"Built by `boomerang family` (boomerang {__version__}) with no training, from teacher "
-        f"`{pair.teacher_ref.ref}` and student `{pair.student_ref.ref}` (boomerang distillation, "
+        f"{pair.teacher_ref.public_name} and student {pair.student_ref.public_name} (boomerang distillation, "
         f"{how}).\n\n"
         f"- layers: {m.num_layers} (teacher {pair.plan.num_teacher_layers}, student {pair.plan.num_student_layers})\n"
         f"- parameters: {comp.num_params:,}\n"
         f"- embeddings from the {m.embed_from}; final norm and LM head from the {m.head_from}; "
         f"embeddings and head {tied}\n\n" + "\n".join(rows)
     )
-    hub = [r.hub_id for r in (pair.teacher_ref, pair.student_ref) if r.hub_id]  # the Hub takes ids only
-    return model_card(f"{m.name}: boomerang family member", hub, body)
+    meta = pair.teacher_ref.card_metadata()
+    hub = meta["base_models"] + ([pair.student_ref.hub_id] if pair.student_ref.hub_id else [])  # Hub ids only
+    return model_card(f"{m.name}: boomerang family member", hub, body, license=meta["license"])
 
 
 def member_entry(pair: Pair, cand: Candidate, comp: Composition, path: str | None,

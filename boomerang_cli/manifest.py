@@ -4,6 +4,10 @@ CI pipelines read this file, so its shape changes only with ``SCHEMA_VERSION``
 (documented in docs/manifest.md, JSON Schema in docs/manifest.schema.json).
 Paths of members are relative to the manifest's directory so a family can be
 moved or uploaded as a whole.
+
+Schema 2 keys each perplexity result by how it was measured
+(:func:`perplexity_key`), so results of other settings sit beside each other;
+a schema-1 file is read and migrated (:func:`migrate_metrics_v1`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,47 @@ from .plan import Plan
 from .tensors import atomic_write_text
 
 FORMAT = "boomerang-family"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: perplexity keyed by data alone, migrated on read
 MANIFEST_NAME = "family.json"
+
+
+def perplexity_key(entry: dict[str, Any]) -> str:
+    """What identifies a perplexity measurement: data source and split, block length, tokens scored,
+    BOS policy and dtype, e.g. ``stdlib:validation|seq_len=512|tokens=32640|bos=false|dtype=float32``.
+
+    Two results under one key were measured the same way and may be compared;
+    a measurement with other settings gets another key, beside the old one.
+    """
+    bos = entry.get("bos")
+    return (f"{entry.get('data')}|seq_len={entry.get('seq_len')}|tokens={entry.get('tokens')}"
+            f"|bos={'true' if bos else 'false'}|dtype={entry.get('dtype')}")
+
+
+def migrate_metrics_v1(metrics: Any) -> Any:
+    """Schema 1 kept one perplexity per data key (``stdlib:validation``); re-key each by
+    :func:`perplexity_key`. Those blocks never had a BOS put in front (``bos: false``)."""
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("perplexity"), dict):
+        return metrics
+    out: dict[str, Any] = {}
+    for data_key, entry in metrics["perplexity"].items():
+        if isinstance(entry, dict):
+            entry = {"data": data_key, "bos": False, **entry}
+            out[perplexity_key(entry)] = entry
+    return {**metrics, "perplexity": out}
+
+
+def _migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
+    data = dict(data)
+    for role in ("teacher", "student"):
+        if isinstance(data.get(role), dict):
+            data[role] = {**data[role], "metrics": migrate_metrics_v1(data[role].get("metrics", {}))}
+    for group in ("members", "baselines"):
+        if isinstance(data.get(group), list):
+            data[group] = [{**e, "metrics": migrate_metrics_v1(e.get("metrics", {}))} if isinstance(e, dict) else e
+                           for e in data[group]]
+    data["schema_version"] = SCHEMA_VERSION
+    return data
 
 
 def _known(cls: type, data: dict[str, Any]) -> Any:
@@ -135,12 +178,15 @@ class FamilyManifest:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise BoomerangError(f"{source}: not a boomerang family manifest (no \"format\": \"{FORMAT}\")")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise BoomerangError(
-                f"{source}: manifest schema version {version} but this boomerang reads version "
-                f"{SCHEMA_VERSION}; rebuild the family with `boomerang family` (or use boomerang "
-                f"{data.get('tool_version', '?')})"
+                f"{source}: manifest schema version {version} but this boomerang reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}; rebuild the family with `boomerang family` "
+                f"(or use boomerang {data.get('tool_version', '?')})"
             )
+        if version == 1:
+            data = _migrate_v1(data)
+            version = SCHEMA_VERSION
         try:
             return cls(
                 teacher=_known(ModelEntry, data["teacher"]),

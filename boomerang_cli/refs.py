@@ -31,7 +31,16 @@ BUILTINS: dict[str, dict[str, str]] = {
     },
 }
 DEFAULT_TEACHER = "smollm2-135m"
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "tokenizer*"]
+# README.md: the model card, whose license a student's card carries.
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "tokenizer*", "README.md"]
+SOURCE_JSON = "boomerang_source.json"  # what a converted model came from (and its GGUF metadata)
+#: tokenizer_config.json keys that only say how a file was loaded here, never what the tokenizer is.
+LOADER_ONLY_KEYS = frozenset({
+    "local_files_only", "is_local", "cache_dir", "force_download", "token", "use_auth_token", "_commit_hash",
+    "gguf_file", "subfolder",
+})
+#: GGUF keys naming tokens that end generation (transformers' conversion keeps only the first).
+GGUF_END_TOKENS = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
 
 
 def cache_root() -> Path:
@@ -72,6 +81,28 @@ class ModelRef:
             return self.ref
         return str(Path(self.ref).expanduser().resolve())
 
+    @property
+    def public_name(self) -> str:
+        """How a card a user may publish names this model: never by a local path."""
+        if self.source in {"builtin", "hub"}:
+            return f"`{self.ref}`"
+        gguf_file = source_metadata(self.path).get("file")
+        if self.source == "gguf" and gguf_file:
+            return f"a local GGUF file `{gguf_file}`"
+        return f"a local model `{Path(self.ref).expanduser().resolve().name}`"
+
+    def card_metadata(self) -> dict[str, Any]:
+        """``license`` and ``base_model`` for the card of a model made from this one.
+
+        The base model is this model's Hub id when known, else what a GGUF's header
+        says (``general.source.repo_url``, else ``general.base_model.*``); the
+        license is the GGUF's ``general.license``, else the model's own card's.
+        """
+        meta = source_metadata(self.path)
+        base = [self.hub_id] if self.hub_id else ([meta["source_repo"]] if meta.get("source_repo")
+                                                  else list(meta.get("base_models") or []))
+        return {"license": meta.get("license") or card_license(self.path), "base_models": base}
+
 
 def _has_safetensors(d: Path) -> bool:
     return any(d.glob("*.safetensors"))
@@ -87,10 +118,116 @@ def _file_key(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def hub_id_of_url(url: Any) -> str | None:
+    """``https://huggingface.co/org/name`` -> ``org/name`` (None for anything else)."""
+    m = re.match(r"^https?://(?:www\.)?(?:huggingface\.co|hf\.co)/([\w.-]+/[\w.-]+)/?$", str(url or ""))
+    return m.group(1) if m else None
+
+
+def read_gguf_metadata(path: Path) -> dict[str, Any]:
+    """What cards and generation configs need from a GGUF header: license, base models, end tokens.
+
+    The reader maps the file and parses only the header, so this is cheap even for a large model.
+    """
+    import gguf as _gguf
+
+    reader = _gguf.GGUFReader(str(path))
+
+    def get(key: str) -> Any:
+        f = reader.fields.get(key)
+        return None if f is None else f.contents()
+
+    bases = [hub_id_of_url(get(f"general.base_model.{i}.repo_url")) for i in range(int(get("general.base_model.count") or 0))]
+    ends = [int(v) for v in (get(k) for k in GGUF_END_TOKENS) if isinstance(v, int)]
+    return {"file": Path(path).name, "name": get("general.name"), "license": get("general.license"),
+            "source_repo": hub_id_of_url(get("general.source.repo_url")),
+            "base_models": [b for b in bases if b], "end_token_ids": list(dict.fromkeys(ends))}
+
+
+def source_metadata(directory: Path) -> dict[str, Any]:
+    """The GGUF metadata recorded when ``directory`` was converted ({} for any other model).
+
+    A cache converted by an older boomerang recorded only the file: its header is read again.
+    """
+    try:
+        data = json.loads((Path(directory) / SOURCE_JSON).read_text())
+    except (OSError, ValueError):
+        return {}
+    if isinstance(data.get("gguf"), dict):
+        return data["gguf"]
+    src = Path(str(data.get("converted_from", "")))
+    if src.suffix == ".gguf" and src.is_file():
+        try:
+            return read_gguf_metadata(src)
+        except Exception:  # an unreadable header only costs the card its metadata
+            return {"file": src.name}
+    return {"file": src.name} if src.suffix == ".gguf" else {}
+
+
+def card_license(directory: Path) -> str | None:
+    """The ``license`` in a model card's YAML front matter (README.md), if any."""
+    try:
+        text = (Path(directory) / "README.md").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    if not text.startswith("---"):
+        return None
+    front = text[3:].split("\n---", 1)[0]
+    m = re.search(r"^license:\s*['\"]?([^'\"\n#]+?)['\"]?\s*$", front, re.MULTILINE)
+    return m.group(1) if m else None
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    return cache_root() / "gguf" / f"{gguf.stem}-{_file_key(gguf)}"
+
+
+def _converted(out: Path) -> bool:
+    return (out / "config.json").exists() and _has_safetensors(out)
+
+
+def pending_gguf(ref: str) -> Path | None:
+    """The GGUF file that resolving ``ref`` would convert first (None: nothing to convert).
+
+    Lets a dry run say so instead of spending minutes and gigabytes on a conversion.
+    """
+    ref = str(ref)
+    if ref in BUILTINS:
+        gguf = find_builtin(ref)
+    else:
+        p = Path(ref).expanduser()
+        if p.is_file() and p.suffix == ".gguf":
+            gguf = p
+        elif p.is_dir() and not (p / "config.json").exists() and len(ggufs := sorted(p.glob("*.gguf"))) == 1:
+            gguf = ggufs[0]
+        else:
+            return None
+    return None if _converted(_gguf_cache_dir(gguf)) else gguf
+
+
+def refuse_conversion_in_dry_run(ref: str, role: str) -> None:
+    """A dry run that would need a GGUF converted first says so and asks for the real run."""
+    gguf = pending_gguf(ref)
+    if gguf is not None:
+        raise ModelNotFoundError(
+            f"{role} {gguf.name} is a GGUF file not converted yet, and --dry-run converts nothing; rerun "
+            "without --dry-run (it converts the file once into the cache)"
+        )
+
+
+def gguf_layout(path: Path) -> tuple[int, dict[str, int]]:
+    """A GGUF's decoder-layer count and each tensor's element count, from its header alone."""
+    import gguf as _gguf
+
+    reader = _gguf.GGUFReader(str(path))
+    arch = reader.fields["general.architecture"].contents()
+    layers = int(reader.fields[f"{arch}.block_count"].contents())
+    return layers, {t.name: int(t.n_elements) for t in reader.tensors}
+
+
 def convert_gguf(gguf: Path, trust_remote_code: bool = False) -> Path:
     """Dequantize a GGUF file once into a cached plain safetensors directory."""
-    out = cache_root() / "gguf" / f"{gguf.stem}-{_file_key(gguf)}"
-    if (out / "config.json").exists() and _has_safetensors(out):
+    out = _gguf_cache_dir(gguf)
+    if _converted(out):
         return out
     try:
         import gguf as _gguf  # noqa: F401  (transformers needs it to read GGUF)
@@ -119,8 +256,8 @@ def convert_gguf(gguf: Path, trust_remote_code: bool = False) -> Path:
         cfg = json.loads(cfg_path.read_text())
         cfg.pop("quantization_config", None)
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-        (tmp / "boomerang_source.json").write_text(
-            json.dumps({"converted_from": str(gguf.resolve())}, indent=2) + "\n"
+        (tmp / SOURCE_JSON).write_text(
+            json.dumps({"converted_from": str(gguf.resolve()), "gguf": read_gguf_metadata(gguf)}, indent=2) + "\n"
         )
     return out
 
@@ -241,7 +378,13 @@ def resolve(ref: str, *, allow_pickle: bool = False, trust_remote_code: bool = F
 
 
 def copy_aux_files(src: Path, dst: Path) -> list[str]:
-    """Copy tokenizer, generation config and other small non-weight files."""
+    """Copy tokenizer, generation config and other small non-weight files, fit to publish.
+
+    ``tokenizer_config.json`` loses loader-only flags (a GGUF conversion writes
+    ``local_files_only``/``is_local``); a GGUF-converted source's
+    ``generation_config.json`` gets back the end tokens its header names
+    (e.g. Gemma's ``<end_of_turn>``), which transformers' conversion drops.
+    """
     skip_suffix = {".safetensors", ".bin", ".pt", ".gguf", ".pth", ".msgpack", ".h5"}
     skip_names = {"config.json", "README.md", "boomerang.json", "student_config.json",
                   "family.json", "model.safetensors.index.json", "boomerang_source.json",
@@ -251,4 +394,29 @@ def copy_aux_files(src: Path, dst: Path) -> list[str]:
         if f.is_file() and f.suffix not in skip_suffix and f.name not in skip_names and not f.name.startswith("."):
             shutil.copy2(f, dst / f.name)
             copied.append(f.name)
+    _edit_json(dst / "tokenizer_config.json", lambda d: {k: v for k, v in d.items() if k not in LOADER_ONLY_KEYS})
+    ends = source_metadata(src).get("end_token_ids") or []
+    _edit_json(dst / "generation_config.json", lambda d: with_end_tokens(d, ends))
     return copied
+
+
+def with_end_tokens(gen: dict[str, Any], ends: list[int]) -> dict[str, Any]:
+    """``eos_token_id`` of a generation config with ``ends`` added (a list once there are several)."""
+    have = gen.get("eos_token_id")
+    ids = list(dict.fromkeys(([] if have is None else have if isinstance(have, list) else [have]) + list(ends)))
+    if not ids:
+        return gen
+    return {**gen, "eos_token_id": ids[0] if len(ids) == 1 else ids}
+
+
+def _edit_json(path: Path, change: Any) -> None:
+    if not path.is_file():
+        return
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        return
+    if isinstance(data, dict):
+        new = change(data)
+        if new != data:
+            path.write_text(json.dumps(new, indent=2) + "\n")

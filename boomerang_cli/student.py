@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +87,11 @@ class StudentSummary:
     num_params: int
     teacher_params: int
     dry_run: bool
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "output": self.output, "teacher": self.teacher, "dry_run": self.dry_run,
+            "output": self.output, "teacher": self.teacher, "dry_run": self.dry_run, "notes": list(self.notes),
             "kept": list(self.plan.kept), "pruned": list(self.plan.pruned),
             "num_teacher_layers": self.plan.num_teacher_layers,
             "num_student_layers": self.plan.num_student_layers,
@@ -98,6 +99,27 @@ class StudentSummary:
             "num_patchable_blocks": len(self.plan.patchable_blocks),
             "num_params": self.num_params, "teacher_params": self.teacher_params,
         }
+
+
+def gguf_dry_run(teacher: str, gguf: Path, plan_for: Any, output: Path | None) -> StudentSummary:
+    """``init-student --dry-run`` on a GGUF teacher not converted yet: the plan and sizes from the
+    GGUF header alone (nothing converted, nothing written), and a note that the real run converts.
+
+    ``plan_for(num_layers)`` builds the plan once the layer count is known.
+    """
+    from .refs import gguf_layout
+
+    num_layers, numel = gguf_layout(gguf)
+    plan = plan_for(num_layers)
+    if plan.num_teacher_layers != num_layers:
+        raise BoomerangError(f"plan is for {plan.num_teacher_layers} teacher layers but the teacher has {num_layers}")
+    kept = {f"blk.{k}." for k in plan.kept}
+    in_layer = [n for n in numel if n.startswith("blk.")]
+    student = sum(v for n, v in numel.items() if not n.startswith("blk.")) + \
+        sum(numel[n] for n in in_layer if any(n.startswith(k) for k in kept))
+    note = (f"{gguf.name} is a GGUF file not converted yet; the plan and sizes come from its header. "
+            "The real run (without --dry-run) converts it once into the cache, then writes the student")
+    return StudentSummary(str(output) if output else None, teacher, plan, student, sum(numel.values()), True, [note])
 
 
 def init_student(
@@ -136,14 +158,16 @@ def init_student(
         raise BoomerangError(f"{output} holds the teacher; write the student to another -o")
     # A local teacher is recorded by absolute path so later steps find it from any directory.
     record = StudentRecord(plan, teacher_ref.stable_ref, fingerprint(teacher))
+    meta = teacher_ref.card_metadata()
     card = model_card(
-        f"{Path(output).name}: boomerang student of {teacher_ref.ref}",
-        [teacher_ref.hub_id] if teacher_ref.hub_id else [],
+        f"{Path(output).name}: boomerang student of {teacher_ref.public_name}",
+        meta["base_models"],
         f"Initialized by `boomerang init-student` (boomerang {__version__}) from "
         f"{plan.num_student_layers} of the teacher's {plan.num_teacher_layers} layers "
         f"(kept: {plan.describe()}). Each student layer stands for a block of teacher "
         f"layers; distill it with `boomerang distill`, then build every intermediate size "
         f"with `boomerang family`.\n\nParameters: {comp.num_params:,}.",
+        license=meta["license"],
     )
     total = sum(t.out_nbytes for t in comp.tensors)
     task = progress.task("writing student", total, unit="B")

@@ -40,28 +40,35 @@ TEXT = (
 ) * 4
 
 
-@functools.lru_cache(maxsize=1)
-def _tokenizer_json() -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+BOS = "<s>"
+BOS_ID = 2  # in the tokenizer that adds a BOS (``save_tokenizer(path, add_bos=True)``)
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer_json(add_bos: bool = False) -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB, special_tokens=["<|endoftext|>", "<pad>"],
+        vocab_size=VOCAB, special_tokens=["<|endoftext|>", "<pad>"] + ([BOS] if add_bos else []),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tok.train_from_iterator([TEXT], trainer)
+    if add_bos:  # like Llama 3 or Gemma: every encoded text starts with BOS
+        tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, BOS_ID)])
     return tok.to_str()
 
 
-def save_tokenizer(path: Path) -> None:
+def save_tokenizer(path: Path, add_bos: bool = False) -> None:
+    """The tiny tokenizer; ``add_bos``: one that puts a BOS (``<s>``, id 2) before every text."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
-        eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<pad>",
+        tokenizer_object=Tokenizer.from_str(_tokenizer_json(add_bos)),
+        eos_token="<|endoftext|>", bos_token=BOS if add_bos else "<|endoftext|>", pad_token="<pad>",
     )
     tok.save_pretrained(str(path))
 

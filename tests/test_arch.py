@@ -118,6 +118,9 @@ def test_per_layer_config_lists_and_patterns(models):
     # tiny qwen2: sliding window on, max_window_layers=3 -> layers 0-2 full, 3-5 sliding.
     assert [p["max_window_layers"] for p in per_layer] == [True] * 3 + [False] * 3
     assert [p["layer_types"] for p in per_layer] == ["full_attention"] * 3 + ["sliding_attention"] * 3
+    # Layers out of order: no max_window_layers describes them, and the int field cannot be null: removed.
+    cfg = derived_config(info.config, info.arch, [per_layer[i] for i in (3, 0)], tied=False)
+    assert "max_window_layers" not in cfg.to_dict() and cfg.layer_types == ["sliding_attention", "full_attention"]
 
 
 def test_pattern_encoders():
@@ -128,7 +131,7 @@ def test_pattern_encoders():
     assert _period_encode([False, True, False, True]) == 2
     assert _period_encode([False, True, True]) is None
     # Each rule inverts its own flags on a layer range.
-    for name in ("max_window_layers", "sliding_window_pattern", "first_k_dense_replace"):
+    for name in PATTERN_FIELDS:
         f = PATTERN_FIELDS[name]
         flags = [f.flag(3, i) for i in range(9)]
         assert [f.flag(f.encode(flags), i) for i in range(9)] == flags
@@ -142,9 +145,10 @@ def test_derived_config_gemma3_pattern_alias(models):
     assert cfg.num_hidden_layers == 4
     assert cfg.layer_types == ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
     assert cfg.sliding_window_pattern == 2 and cfg._sliding_window_pattern == 2
-    # A selection no period describes keeps the explicit list as the truth.
+    # A selection no period describes keeps the explicit list as the truth, and the pattern is cleared.
     odd = derived_config(info.config, info.arch, [per_layer[i] for i in (0, 2, 5)], tied=True)
     assert odd.layer_types == ["sliding_attention", "full_attention", "full_attention"]
+    assert odd.sliding_window_pattern is None and odd._sliding_window_pattern is None
 
 
 def test_token_id_lists_are_not_per_layer(tmp_path):
@@ -230,3 +234,47 @@ def test_build_arch_map_from_config_and_names_alone(models):
     d = models["mistral"]
     a = build_arch_map(load_config(d), ModelWeights(d).keys())
     assert a.layers_path == DECODER and a.num_layers == TINY_LAYERS
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHS))
+def test_pattern_fields_never_contradict_the_layers(model_type, models, tmp_path):
+    """Every member of both orders: each pattern field, as written and read back, is either cleared or
+    describes exactly the member's layers, and then gives back the written ``layer_types``."""
+    from transformers import AutoConfig
+
+    from boomerang_cli.member import sequential_members
+    from boomerang_cli.plan import Plan
+    from boomerang_cli.refs import resolve
+    from boomerang_cli.student import init_student
+
+    plan = Plan.from_keep(TINY_LAYERS, [0, 2, 4, 5])
+    student = tmp_path / "student"
+    init_student(resolve(str(models[model_type])), plan, student)
+    infos = {"teacher": ModelInfo.load(models[model_type]), "student": ModelInfo.load(student)}
+    fields = infos["teacher"].arch.pattern_fields
+    seen: set[str] = set()
+    for order in ("last-first", "first-last"):
+        for member in sequential_members(plan, order):
+            comp = member.composition(infos)
+            want = [infos[ls.model].arch.per_layer_config(infos[ls.model].config)[ls.layer] for ls in comp.layers]
+            out = tmp_path / f"{order}-{member.name}"
+            out.mkdir()
+            comp.config.to_json_file(str(out / "config.json"))
+            written = json.loads((out / "config.json").read_text())
+            back = AutoConfig.from_pretrained(str(out))
+            for name in fields:
+                value = written.get(name)
+                if value is None:  # cleared, and read back as cleared (not as the class default)
+                    seen.add("cleared")
+                    assert name in written and getattr(back, name, None) is None, (model_type, member.name, name)
+                    continue
+                seen.add("encoded")
+                assert [PATTERN_FIELDS[name].flag(value, i) for i in range(len(want))] == \
+                    [bool(w[name]) for w in want], (model_type, order, member.name, name)
+                if "layer_types" in written:  # the rule alone rebuilds the same list
+                    alone = type(back)(**{k: v for k, v in written.items() if k != "layer_types"})
+                    assert alone.layer_types == written["layer_types"], (model_type, member.name, name)
+    if model_type == "gemma3_text":  # both branches are exercised
+        assert seen == {"cleared", "encoded"}
+    elif fields:
+        assert "encoded" in seen

@@ -74,3 +74,23 @@ def test_greedy_with_real_scorer_picks_the_brute_force_minimum(setup):
         best = min(direct.values())
         assert direct[frozenset(step["teacher_blocks"])] == pytest.approx(best, rel=1e-4, abs=1e-7)
         current = frozenset(step["teacher_blocks"])
+
+
+def test_calibration_blocks_start_with_bos_when_the_tokenizer_adds_one(tmp_path):
+    from boomerang_cli.calibrate import search
+    from tests.common import BOS_ID, save_tokenizer
+
+    teacher = tiny_model_dir(tmp_path, "llama", layers=6, seed=0)
+    save_tokenizer(teacher, add_bos=True)
+    models = {"teacher": ModelInfo.load(teacher),
+              "student": ModelInfo.load(tiny_model_dir(tmp_path / "s", "llama", layers=4, seed=1))}
+    spec = CalibrationSpec(("stdlib",), samples=2, seq_len=16)
+    scorer = KLScorer(models, spec, batch_size=2)
+    assert scorer.data.bos and bool((scorer.data.input_ids[:, 0] == BOS_ID).all())
+    assert not KLScorer(models, CalibrationSpec(("stdlib",), samples=2, seq_len=16, bos="never")).data.bos
+    result = search(models, PLAN, "kl-greedy", spec)
+    assert result.calibration["bos"] is True and result.calibration["bos_policy"] == "auto"
+    # A calibration recorded before the policy existed had no BOS at its blocks.
+    old = {k: v for k, v in result.calibration.items() if k != "bos_policy"}
+    assert CalibrationSpec(("stdlib",), samples=2, seq_len=16, bos="never").same_as(old)
+    assert not spec.same_as(old) and spec.same_as(result.calibration)

@@ -101,7 +101,7 @@ def test_kl_greedy_family_follows_the_lowest_kl_at_every_step(tmp_path, pair_dir
 
     VALIDATOR.validate(json.loads((out / "family.json").read_text()))
     card = (out / m["members"][0]["path"] / "README.md").read_text()
-    assert "kl-greedy order" in card and "stdlib:train" in card
+    assert "kl-greedy order" in card and "`stdlib` (train split)" in card
 
 
 def test_wide_beam_is_exhaustive_at_every_size(tmp_path, pair_dirs, brute):

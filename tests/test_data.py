@@ -190,3 +190,63 @@ def test_iter_blocks_for_evaluation(tmp_path, tokenizer):
     val_docs = list(D.load_documents(str(j), "validation"))
     assert torch.cat([b.input_ids[b.mask] for b in blocks]).tolist() == _stream_tokens(tokenizer, val_docs)
     assert len(list(D.iter_blocks(str(j), "validation", tokenizer, 12, max_blocks=2))) == 2
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tok-bos")
+    save_tokenizer(path, add_bos=True)
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def test_bos_policy_follows_the_tokenizer(tokenizer, bos_tokenizer):
+    from .common import BOS_ID
+
+    assert not D.tokenizer_adds_bos(tokenizer) and D.tokenizer_adds_bos(bos_tokenizer)
+    assert D.block_bos(tokenizer) is None and D.block_bos(bos_tokenizer) == BOS_ID
+    assert D.block_bos(bos_tokenizer, "never") is None
+    assert D.block_bos(tokenizer, "always") == tokenizer.bos_token_id
+    with pytest.raises(DataError, match="--bos"):
+        D.block_bos(tokenizer, "sometimes")
+
+
+def test_every_block_starts_with_bos_and_labels_are_unchanged(bos_tokenizer):
+    """SPEC section 7: BOS in front of each block, no loss at it, every stream token predicted once."""
+    tok, bos = bos_tokenizer, D.block_bos(bos_tokenizer)
+    texts = [("word " * n).strip() + f" {n}" for n in (1, 7, 30, 2, 55, 13, 4)]
+    stream = _stream_tokens(tok, texts)
+    T = 16
+    blocks = list(D.BlockStream(lambda: iter(texts), tok, T, pad_last=True, bos_id=bos))
+    assert all(int(b.input_ids[0]) == bos for b in blocks)
+    # Inputs without the inserted BOS are the stream; a block starting at a document's own BOS gets no second.
+    inserted = [b for b in blocks if int(b.labels[0]) == D.IGNORE]
+    body = torch.cat([b.input_ids[b.mask][1:] if int(b.labels[0]) == D.IGNORE else b.input_ids[b.mask]
+                      for b in blocks]).tolist()
+    assert body == stream and 0 < len(inserted) < len(blocks)
+    # Labels: exactly those of plain packing (the same stream tokens), none at an inserted BOS.
+    plain = list(D.BlockStream(lambda: iter(texts), tok, T, pad_last=True))
+    got = [int(x) for b in blocks for x in b.labels[b.mask] if int(x) != D.IGNORE]
+    want = [int(x) for b in plain for x in b.labels[b.mask] if int(x) != D.IGNORE]
+    assert got == want
+    assert bos not in got  # no loss on predicting a BOS (the EOS before a document's own is ignored)
+
+
+def test_bos_blocks_resume_and_need_room(bos_tokenizer, tokenizer):
+    tok, bos = bos_tokenizer, D.block_bos(bos_tokenizer)
+    texts = [f"alpha beta {i} " * (i % 5 + 1) for i in range(9)]
+    ref = D.BlockStream(lambda: iter(texts), tok, 8, repeat=True, bos_id=bos)
+    it = iter(ref)
+    blocks, positions = [], []
+    for _ in range(30):
+        blocks.append(next(it))
+        positions.append(ref.position)
+    resumed = iter(D.BlockStream(lambda: iter(texts), tok, 8, repeat=True, bos_id=bos, position=positions[9]))
+    for k in range(10, 30):
+        assert torch.equal(next(resumed).input_ids, blocks[k].input_ids)
+    with pytest.raises(DataError, match="at least 2"):
+        D.BlockStream(lambda: iter(texts), tok, 1, bos_id=bos)
+    # --bos always on a tokenizer that adds none: its BOS goes in front of every block.
+    forced = list(D.BlockStream(lambda: iter(texts), tokenizer, 8, bos_id=D.block_bos(tokenizer, "always")))
+    assert all(int(b.input_ids[0]) == tokenizer.bos_token_id for b in forced)

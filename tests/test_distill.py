@@ -311,3 +311,45 @@ def test_smollm2_default_student_distills_on_stdlib(tmp_path):
     assert sum(x["loss"] for x in train[-2:]) < sum(x["loss"] for x in train[:2])
     model = AutoModelForCausalLM.from_pretrained(str(out))
     assert model.config.num_hidden_layers == 16
+
+
+def test_bos_tokenizer_trains_on_blocks_that_start_with_bos(corpus, tmp_path, monkeypatch):
+    """SPEC section 7 through distill: every training block starts with BOS; recorded in boomerang.json."""
+    from boomerang_cli.distill import train as train_mod
+
+    from .common import BOS_ID, save_tokenizer
+
+    teacher = tiny_model_dir(tmp_path / "t", "llama", layers=6)
+    save_tokenizer(teacher, add_bos=True)
+    firsts: list[torch.Tensor] = []
+    real = train_mod.forward_backward
+
+    def spy(model, teacher_, acc, ids, *a, **k):
+        firsts.append(ids[:, 0].clone())
+        return real(model, teacher_, acc, ids, *a, **k)
+
+    monkeypatch.setattr(train_mod, "forward_backward", spy)
+    for policy, expect in (("auto", True), ("never", False)):
+        firsts.clear()
+        out = tmp_path / f"student-{policy}"
+        r = distill(_cfg(teacher, corpus, out, steps=2, bos=policy))
+        assert r.bos is expect
+        assert bool((torch.cat(firsts) == BOS_ID).all()) is expect
+        training = json.loads((out / "boomerang.json").read_text())["training"]
+        assert training["bos"] is expect and training["config"]["bos"] == policy
+        card = (out / "README.md").read_text()  # fit to publish: no local path
+        assert str(teacher) not in card and str(corpus) not in card and str(tmp_path) not in card
+        assert "a local model `llama-0`" in card and "a local `corpus.jsonl`" in card
+        assert ("starting with BOS" in card) is expect
+
+
+def test_a_checkpoint_from_before_bos_resumes_with_bos_never(teacher, corpus, tmp_path):
+    from boomerang_cli.distill.train import _check_resumable
+    from boomerang_cli.errors import BoomerangError
+
+    cfg = _cfg(teacher, corpus, tmp_path / "s")
+    old = {k: v for k, v in cfg.to_json().items() if k != "bos"}
+    state = {"config": old, "steps": 4, "world_size": 1}
+    with pytest.raises(BoomerangError, match="bos differ"):
+        _check_resumable(cfg, state, 1, 4)
+    _check_resumable(_cfg(teacher, corpus, tmp_path / "s", bos="never"), state, 1, 4)

@@ -18,12 +18,12 @@ from boomerang_cli.evaluate.perplexity import EvalData, NLL, batch_nll, load_eva
 from boomerang_cli.evaluate.plot import plot_results
 from boomerang_cli.evaluate.runner import EvalOptions, evaluate_family, evaluate_models
 from boomerang_cli.evaluate.trunk import LayerRunner, Stack, TrunkEvaluator, prefix_tree, tree_layer_passes
-from boomerang_cli.manifest import FamilyManifest
+from boomerang_cli.manifest import FamilyManifest, perplexity_key
 from boomerang_cli.member import Member, sequential_members
 from boomerang_cli.plan import Plan
 
 from .common import ARCHS, load, make_model, save_tokenizer
-from .eval_helpers import build_family, write_corpus
+from .eval_helpers import build_family, ppl_for, write_corpus
 
 LAYERS = 8  # plan kept 0,2,4,6,7: 3 patchable blocks; last-first 2 members, first-last 3
 SEQ = 32  # longer than the tiny sliding windows (8), so sliding layers differ from full ones
@@ -174,8 +174,7 @@ def test_trunk_mismatch_falls_back_member_by_member(tmp_path: Path, monkeypatch)
     for a, b in zip(good.rows, report.rows):
         assert relative_difference(a.perplexity["nll"], b.perplexity["nll"]) <= 1e-5
     m = FamilyManifest.read(mpath)
-    key = report.data["key"]
-    assert m.members[0].metrics["perplexity"][key]["trunk"] is False
+    assert ppl_for(m.members[0].metrics, report.data["key"])["trunk"] is False
 
 
 def test_unsupported_architecture_falls_back(tmp_path: Path, monkeypatch) -> None:
@@ -203,19 +202,30 @@ def test_results_land_in_manifest_entries(tmp_path: Path) -> None:
     report = evaluate_family(mpath, opts_for(corpus), members=["member-07L", "teacher"])
     assert [r.name for r in report.rows] == ["member-07L", "teacher"]
     m = FamilyManifest.read(mpath)
-    key = f"{corpus}:train"
+    key = perplexity_key(report.rows[0].perplexity)
+    assert key == f"{corpus}:train|seq_len={SEQ}|tokens={report.rows[0].perplexity['tokens']}|bos=false|dtype=float32"
     rec = m.member("member-07L").metrics["perplexity"][key]
-    assert set(rec) >= {"nll", "ppl", "tokens", "seq_len", "blocks", "data_fingerprint", "trunk", "dtype", "evaluated"}
-    assert rec["seq_len"] == SEQ and rec["tokens"] == report.rows[0].perplexity["tokens"]
+    assert set(rec) >= {"nll", "ppl", "tokens", "data", "seq_len", "bos", "blocks", "data_fingerprint", "trunk",
+                        "dtype", "evaluated"}
+    assert rec["seq_len"] == SEQ and rec["tokens"] == report.rows[0].perplexity["tokens"] and rec["bos"] is False
     assert key in m.teacher.metrics["perplexity"]
     assert m.student.metrics == {} and m.member("member-06L").metrics == {}
     # everything else is untouched
     assert [e.files for e in m.members] == [e.files for e in before.members]
     assert m.plan == before.plan and m.created == before.created
-    # another data set adds a key, keeps the first
-    evaluate_family(mpath, opts_for(corpus, split="validation", max_tokens=10**6), members=["member-07L"])
+    # another data set, another block length or BOS policy each add an entry beside the others
+    keys = {key}
+    for opts in (opts_for(corpus, split="validation", max_tokens=10**6), opts_for(corpus, seq_len=SEQ // 2),
+                 opts_for(corpus, bos="always")):
+        again = evaluate_family(mpath, opts, members=["member-07L"])
+        keys.add(perplexity_key(again.rows[0].perplexity))
     recs = FamilyManifest.read(mpath).member("member-07L").metrics["perplexity"]
-    assert set(recs) == {key, f"{corpus}:validation"}
+    assert set(recs) == keys and len(keys) == 4
+    assert recs[key] == rec  # the first measurement is untouched
+    assert {r["seq_len"] for r in recs.values()} == {SEQ, SEQ // 2} and {r["bos"] for r in recs.values()} == {False, True}
+    # the same settings again replace their own entry
+    evaluate_family(mpath, opts_for(corpus), members=["member-07L"])
+    assert set(FamilyManifest.read(mpath).member("member-07L").metrics["perplexity"]) == keys
     validate_manifest(mpath)
 
 
@@ -228,12 +238,12 @@ def test_plain_models_write_a_results_file(tmp_path: Path) -> None:
     out = tmp_path / "res.json"
     report = evaluate_models([str(a), str(b)], opts_for(corpus), out)
     data = json.loads(out.read_text())
-    assert data["format"] == "boomerang-eval" and data["schema_version"] == 1
+    assert data["format"] == "boomerang-eval" and data["schema_version"] == 2
     refs = {e["ref"]: e for e in data["models"]}
     assert set(refs) == {str(a), str(b)}
     tok = runner_mod.load_tokenizer(a)
     expected = standalone_nll(a, load_eval_data([str(corpus)], "train", tok, SEQ, 4 * SEQ))
-    got = refs[str(a)]["metrics"]["perplexity"][f"{corpus}:train"]
+    got = ppl_for(refs[str(a)]["metrics"], f"{corpus}:train")
     assert got["nll"] == pytest.approx(expected.nll, rel=1e-6) and got["trunk"] is False
     assert refs[str(b)]["num_layers"] == 3
     assert report.trunk is not None and not report.trunk.used
@@ -242,7 +252,15 @@ def test_plain_models_write_a_results_file(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert len(data["models"]) == 2
     metrics = {e["ref"]: e for e in data["models"]}[str(a)]["metrics"]["perplexity"]
-    assert set(metrics) == {f"{corpus}:train", f"{corpus}:validation"}
+    assert {e["data"] for e in metrics.values()} == {f"{corpus}:train", f"{corpus}:validation"}
+    # a schema-1 results file is read and re-keyed
+    v1 = dict(data, schema_version=1)
+    v1["models"] = [dict(e, metrics={"perplexity": {f"{corpus}:train": {k: v for k, v in ppl_for(
+        e["metrics"], f"{corpus}:train").items() if k not in ("data", "bos")}}}) for e in data["models"]]
+    out.write_text(json.dumps(v1))
+    migrated = runner_mod.read_results(out)
+    assert migrated["schema_version"] == 2
+    assert all(ppl_for(e["metrics"], f"{corpus}:train")["bos"] is False for e in migrated["models"])
 
 
 # -- baselines ---------------------------------------------------------------------------
@@ -333,7 +351,7 @@ def test_baselines_are_evaluated_and_recorded(tmp_path: Path) -> None:
     data = load_eval_data([str(corpus)], "train", tok, SEQ, 4 * SEQ)
     for name in ("shortgpt-06L", "plan-prune-07L"):
         model = fam.build(Stack.of_layers("teacher", entries[name].teacher_layers))
-        got = entries[name].metrics["perplexity"][f"{corpus}:train"]["nll"]
+        got = ppl_for(entries[name].metrics, f"{corpus}:train")["nll"]
         assert relative_difference(got, model_nll(model, data, 2).nll) <= 1e-5
     # rerunning replaces entries, never duplicates them
     evaluate_family(mpath, opts)
@@ -415,3 +433,25 @@ def test_plot_lines_follow_the_family_not_the_parameter_count() -> None:
     series = _series(rows, lambda r: r["ppl"])
     assert [p[2] for p in series["family"]] == ["student", "member-17L", "member-30L", "teacher"]
     assert [p[2] for p in series["order:beam"]] == ["student", "beam/member-17L", "beam/member-18L", "teacher"]
+
+
+def test_bos_tokenizer_gets_bos_at_every_eval_and_shortgpt_block(tmp_path: Path) -> None:
+    """SPEC section 7 through eval: blocks of a BOS-adding tokenizer start with BOS, recorded as ``bos``."""
+    from .common import BOS_ID
+
+    corpus = write_corpus(tmp_path / "data")
+    mpath = build_family(tmp_path, "llama", "last-first", layers=LAYERS, bos=True)
+    tok = runner_mod.load_tokenizer(FamilyManifest.read(mpath).teacher.path)
+    data = load_eval_data([str(corpus)], "train", tok, SEQ, 4 * SEQ)
+    assert data.bos and bool((data.input_ids[:, 0] == BOS_ID).all())
+    plain = load_eval_data([str(corpus)], "train", tok, SEQ, 4 * SEQ, bos="never")
+    assert not plain.bos and not bool((plain.input_ids[:, 0] == BOS_ID).all())
+    report = evaluate_family(mpath, opts_for(corpus, baselines=["shortgpt"], calibration_tokens=2 * SEQ))
+    assert report.data["bos"] is True
+    assert all(r.perplexity["bos"] is True for r in report.rows)
+    m = FamilyManifest.read(mpath)
+    assert all(b.metrics["selection"]["bos"] is True for b in m.baselines)
+    evaluate_family(mpath, opts_for(corpus, bos="never"), members=["teacher"])
+    assert sorted(e["bos"] for e in FamilyManifest.read(mpath).teacher.metrics["perplexity"].values()) == [False, True]
+    with pytest.raises(DataError, match="--bos"):
+        evaluate_family(mpath, opts_for(corpus, bos="maybe"))

@@ -13,7 +13,7 @@ from boomerang_cli.cli import app
 from boomerang_cli.manifest import FamilyManifest
 
 from .common import load, tiny_model_dir
-from .eval_helpers import build_family, write_corpus
+from .eval_helpers import build_family, ppl_for, write_corpus
 
 LAYERS = 8
 SEQ = 32
@@ -55,8 +55,7 @@ def test_eval_family_json_and_table(family, tmp_path: Path) -> None:
     assert names == ["student", "member-06L", "member-07L", "teacher"]
     assert all(r["perplexity"]["tokens"] > 0 for r in out["results"])
     m = FamilyManifest.read(mpath)
-    key = f"{corpus}:train"
-    assert m.member("member-06L").metrics["perplexity"][key]["ppl"] == out["results"][1]["perplexity"]["ppl"]
+    assert ppl_for(m.member("member-06L").metrics, f"{corpus}:train")["ppl"] == out["results"][1]["perplexity"]["ppl"]
 
     plot = tmp_path / "fam.png"
     res = run("eval", mpath, *data_args(corpus), "--members", "student,member-07L,teacher", "--baseline", "prune",
@@ -91,7 +90,7 @@ def test_default_data_is_the_held_out_stdlib_split(tmp_path: Path) -> None:
     assert got["data"]["key"] == "stdlib:validation" and got["data"]["tokens"] > 0
     assert got["written"] == str(out)
     entry = json.loads(out.read_text())["models"][0]
-    assert entry["metrics"]["perplexity"]["stdlib:validation"]["seq_len"] == 32
+    assert ppl_for(entry["metrics"], "stdlib:validation")["seq_len"] == 32 and got["data"]["bos"] is False
 
 
 def test_seq_len_is_bounded_by_the_model(tmp_path: Path) -> None:
@@ -234,3 +233,19 @@ def test_manifest_problems(family, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--members selects members of a family" in res.output
     res = run("eval", tmp_path / "nope-model", *data_args(corpus), "-o", tmp_path / "r.json")
     assert res.exit_code == 2 and "no such file" in res.output
+
+
+def test_bos_option(tmp_path: Path) -> None:
+    from .common import save_tokenizer
+
+    model = tiny_model_dir(tmp_path, "llama", layers=2)
+    corpus = write_corpus(tmp_path / "data")
+    args = ["--data", str(corpus), "--split", "train", "--max-tokens", "64", "--seq-len", "32", "-o", tmp_path / "r.json"]
+    res = run("eval", model, *args, "--bos", "sometimes")
+    assert res.exit_code == 2 and "--bos" in res.output and "auto" in res.output
+    save_tokenizer(model, add_bos=True)
+    res = run("eval", model, *args)
+    assert res.exit_code == 0, res.output
+    assert "each starting with BOS" in res.stdout
+    res = run("eval", model, *args, "--bos", "never", "--json")
+    assert json.loads(res.stdout)["data"]["bos"] is False

@@ -295,6 +295,33 @@ def test_dry_run_writes_nothing(teachers, tmp_path):
     assert not Path(os.environ["BOOMERANG_STATE"]).exists()
 
 
+def test_dry_run_of_a_gguf_teacher_converts_nothing(tmp_path):
+    """A GGUF not converted yet: the dry run reads its header, says the real run converts, writes nothing."""
+    from .test_refs import write_tiny_gguf
+
+    gguf = tmp_path / "models" / "tiny.gguf"
+    gguf.parent.mkdir()
+    write_tiny_gguf(gguf, layers=6)
+    cache = Path(os.environ["BOOMERANG_CACHE"])
+    r = invoke("init-student", gguf, "--dry-run", "--json")
+    dry = json.loads(r.stdout)
+    assert dry["dry_run"] is True and dry["kept"] == DEFAULT_KEPT and dry["num_teacher_layers"] == 6
+    assert "converts it once" in dry["notes"][0] and "tiny.gguf" in dry["notes"][0]
+    r = invoke("init-student", gguf, "-o", tmp_path / "never", "--dry-run")
+    assert "4 of 6 layers kept" in r.stdout and "without --dry-run" in r.stderr
+    # family --dry-run cannot list members without the tensors: it says so and asks for the real run.
+    r = invoke("family", gguf, tmp_path / "student", "--dry-run", ok=False)
+    assert r.exit_code == 2 and "converts nothing" in r.output and "without --dry-run" in r.output
+    assert not cache.exists() and not (tmp_path / "never").exists()
+    assert not Path(os.environ["BOOMERANG_STATE"]).exists()
+    # The real run converts, and its sizes are the ones the dry run announced.
+    real = json.loads(invoke("init-student", gguf, "-o", tmp_path / "s", "--json").stdout)
+    assert (real["num_params"], real["teacher_params"]) == (dry["num_params"], dry["teacher_params"])
+    assert real["notes"] == [] and cache.exists()
+    # Once converted, a dry run uses the cache like any local model.
+    assert json.loads(invoke("init-student", gguf, "--dry-run", "--json").stdout)["notes"] == []
+
+
 def test_json_output(teachers, tmp_path):
     r = invoke("init-student", teachers["gpt_neox"], "-o", tmp_path / "s", "--json")
     data = json.loads(r.stdout)

@@ -12,7 +12,7 @@ import pytest
 
 from boomerang_cli.errors import BoomerangError
 from boomerang_cli.family import achievable, build_family, dry_run_json, open_pair, select
-from boomerang_cli.manifest import SCHEMA_VERSION, FamilyManifest
+from boomerang_cli.manifest import SCHEMA_VERSION, FamilyManifest, perplexity_key
 from boomerang_cli.plan import Plan
 from boomerang_cli.refs import resolve
 from boomerang_cli.student import init_student
@@ -111,7 +111,7 @@ def test_schema_documents_every_field_written(family):
 
 @pytest.mark.parametrize("break_it", [
     lambda d: d.pop("members"),
-    lambda d: d.update(schema_version=2),
+    lambda d: d.update(schema_version=3),
     lambda d: d.update(format="something-else"),
     lambda d: d["members"][0].update(num_params="12M"),
     lambda d: d["members"][0].update(layers=[["teacher", 0, 1]]),
@@ -134,7 +134,7 @@ def test_round_trip_and_unknown_fields(family, tmp_path):
     data = json.loads(path.read_text())
     m = FamilyManifest.read(path)
     assert m.to_json() == data
-    # A newer boomerang may add fields within schema version 1: this one ignores them.
+    # A newer boomerang may add fields within schema version 2: this one ignores them.
     newer = copy.deepcopy(data)
     newer["future_top"] = 1
     newer["members"][0]["future_member_field"] = {"x": 1}
@@ -146,7 +146,7 @@ def test_round_trip_and_unknown_fields(family, tmp_path):
 
 
 @pytest.mark.parametrize("edit,match", [
-    (lambda d: d.update(schema_version=2), "schema version 2"),
+    (lambda d: d.update(schema_version=3), "schema version 3"),
     (lambda d: d.pop("format"), "not a boomerang family manifest"),
     (lambda d: d.pop("teacher"), "malformed manifest"),
     (lambda d: d["members"][0].pop("name"), "malformed manifest"),
@@ -176,3 +176,26 @@ def test_manifest_doc_describes_every_field():
     fields |= set(SCHEMA["properties"]["order"]["properties"]) | set(SCHEMA["properties"]["plan"]["properties"])
     missing = [f for f in sorted(fields) if f"`{f}`" not in doc]
     assert missing == []
+
+
+def test_schema_1_is_read_and_perplexity_rekeyed(family, tmp_path):
+    """A version-1 manifest kept one perplexity per data key; it is migrated, nothing lost."""
+    path, _ = family
+    data = json.loads(path.read_text())
+    old = {"nll": 2.0, "ppl": 7.389, "tokens": 4000, "seq_len": 128, "blocks": 32, "data_fingerprint": "sha256:ab",
+           "trunk": True, "dtype": "float32", "evaluated": "2026-11-28T05:30:48Z"}
+    v1 = copy.deepcopy(data)
+    v1["schema_version"] = 1
+    v1["members"][0]["metrics"] = {"perplexity": {"stdlib:validation": old}, "tasks": {"arc_easy": {"acc": 0.5}}}
+    v1["teacher"]["metrics"] = {"perplexity": {"stdlib:validation": dict(old, nll=1.0)}}
+    m = FamilyManifest.from_json(v1)
+    assert m.schema_version == 2
+    key = "stdlib:validation|seq_len=128|tokens=4000|bos=false|dtype=float32"
+    assert perplexity_key(m.members[0].metrics["perplexity"][key]) == key
+    assert m.members[0].metrics["perplexity"] == {key: dict(old, data="stdlib:validation", bos=False)}
+    assert m.members[0].metrics["tasks"] == {"arc_easy": {"acc": 0.5}}
+    assert list(m.teacher.metrics["perplexity"]) == [key]
+    m.write(tmp_path / "family.json")
+    written = json.loads((tmp_path / "family.json").read_text())
+    assert written["schema_version"] == 2
+    VALIDATOR.validate(written)

@@ -173,14 +173,24 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_gguf(path: Path, layers: int = 4):
-    """A tiny llama GGUF (F32, gpt2-style BPE tokenizer) as llama.cpp would write it."""
+def write_tiny_gguf(path: Path, layers: int = 4, license: str | None = None, base_model: str | None = None,
+                    eot: int | None = None):
+    """A tiny llama GGUF (F32, gpt2-style BPE tokenizer) as llama.cpp would write it; optionally with a
+    license, a base model (``general.base_model.0.repo_url``) and an end-of-turn token."""
     import gguf
 
     model = make_model("llama", layers)
     c = model.config
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny-llama")
+    if license:
+        w.add_license(license)
+    if base_model:
+        w.add_base_model_count(1)
+        w.add_base_model_name(0, base_model.split("/")[-1])
+        w.add_base_model_repo_url(0, f"https://huggingface.co/{base_model}")
+    if eot is not None:
+        w.add_eot_token_id(eot)
     w.add_block_count(layers)
     w.add_context_length(c.max_position_embeddings)
     w.add_embedding_length(c.hidden_size)
@@ -421,3 +431,64 @@ def test_copy_aux_files(tmp_path, llama):
     assert copied == ["chat_template.jinja", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
     assert sorted(p.name for p in dst.iterdir()) == copied
     assert refs.DEFAULT_TEACHER == "smollm2-135m"
+
+
+def _published_files(directory: Path) -> list[Path]:
+    """What a user uploads: the card, configs and tokenizer files (not boomerang's own records)."""
+    return [p for p in directory.iterdir() if p.name == "README.md" or
+            (p.suffix in (".json", ".jinja", ".txt") and p.name not in ("boomerang.json", "family.json"))]
+
+
+def test_cards_from_a_gguf_teacher_carry_its_license_and_base_model_and_no_local_path(tmp_path):
+    """A teacher given as a GGUF file: cards say where it came from without a path (the cache is in
+    the home directory), carry its license and base model, and the end-of-turn token survives."""
+    from boomerang_cli.family import build_family, candidates, open_pair, select
+    from boomerang_cli.plan import Plan
+    from boomerang_cli.refs import source_metadata
+    from boomerang_cli.student import init_student
+
+    from .common import perturb_saved
+
+    gguf_path = tmp_path / "models" / "tiny.gguf"
+    gguf_path.parent.mkdir()
+    write_tiny_gguf(gguf_path, layers=6, license="gemma", base_model="google/gemma-3-270m", eot=1)
+    ref = resolve(str(gguf_path))
+    meta = source_metadata(ref.path)
+    assert meta["license"] == "gemma" and meta["base_models"] == ["google/gemma-3-270m"]
+    assert meta["end_token_ids"] == [0, 1] and meta["file"] == "tiny.gguf"
+    assert ref.public_name == "a local GGUF file `tiny.gguf`"
+    student = tmp_path / "student"
+    init_student(ref, Plan.from_keep(6, [0, 2, 4, 5]), student)
+    perturb_saved(student, seed=3)
+    pair = open_pair(ref, resolve(str(student)))
+    picks = select(candidates(pair, "last-first"), all_members=True, student_params=0, teacher_params=0)
+    fam = build_family(pair, picks, tmp_path / "family", order="last-first")
+    member = fam.manifest_path.parent / json.loads(fam.manifest_path.read_text())["members"][0]["path"]
+    for out in (student, member):
+        card = (out / "README.md").read_text()
+        assert 'license: "gemma"' in card and '- "google/gemma-3-270m"' in card, card
+        assert "a local GGUF file `tiny.gguf`" in card
+        for f in _published_files(out):
+            text = f.read_text()
+            assert str(tmp_path) not in text and str(cache_root()) not in text and str(Path.home()) not in text, f
+        tok = json.loads((out / "tokenizer_config.json").read_text())
+        assert not {"local_files_only", "is_local"} & set(tok)
+        assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [0, 1]
+    # A cache converted before the metadata was recorded: the GGUF's header is read again.
+    src = ref.path / "boomerang_source.json"
+    src.write_text(json.dumps({"converted_from": str(gguf_path.resolve())}))
+    assert source_metadata(ref.path)["license"] == "gemma"
+
+
+def test_card_license_from_the_teachers_own_card(tmp_path, llama):
+    import shutil
+
+    from boomerang_cli.refs import card_license
+
+    d = tmp_path / "m"
+    shutil.copytree(llama[1], d)
+    (d / "README.md").write_text("---\nlicense: apache-2.0\ntags:\n- x\n---\n# m\n")
+    assert card_license(d) == "apache-2.0"
+    assert resolve(str(d)).card_metadata() == {"license": "apache-2.0", "base_models": []}
+    (d / "README.md").write_text("# no front matter\nlicense: mit\n")
+    assert card_license(d) is None

@@ -13,7 +13,7 @@ from rich.table import Table
 from . import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress
 from ..distill.recipes import DEFAULT_RECIPE, RECIPES
-from .options import (AllowPickle, Dtype, Every, Json, Keep, KeepFirst, KeepLast, MaxShardSize, Overwrite,
+from .options import (AllowPickle, Bos, Dtype, Every, Json, Keep, KeepFirst, KeepLast, MaxShardSize, Overwrite,
                       TrustRemoteCode)
 
 _COUNT = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMbBgGtT]?)\s*")
@@ -83,6 +83,7 @@ def distill_cmd(
         "or 'stdlib' (Python's standard library); repeat to mix."),
     text_field: str = typer.Option("text", "--text-field", help="Field holding the text in .jsonl/.parquet/hub rows."),
     seq_len: int = typer.Option(1024, "--seq-len", help="Tokens per packed sequence."),
+    bos: str = Bos,
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per process and micro-step."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-steps per optimizer step."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (default: 500, the paper's)."),
@@ -144,7 +145,7 @@ def distill_cmd(
                                                   0.0 if no_cos else cos_weight, temperature)
         cfg = DistillConfig(
             teacher=teacher, output=output, student=student, keep=keep, keep_first=keep_first, every=every,
-            keep_last=keep_last, data=list(data), text_field=text_field, seq_len=seq_len,
+            keep_last=keep_last, data=list(data), text_field=text_field, seq_len=seq_len, bos=bos,
             batch_size=batch_size, grad_accum=grad_accum, steps=steps,
             tokens=parse_count(tokens) if tokens else None, eval_every=eval_every, eval_blocks=eval_blocks,
             log_every=log_every, recipe=recipe, freeze_embeddings=freeze_embeddings, lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip,

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from . import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress, split_list
-from .options import AllowPickle, Json, TrustRemoteCode
+from .options import AllowPickle, Bos, Json, TrustRemoteCode
 
 
 def _targets(targets: List[str]) -> tuple[str, Any]:
@@ -61,6 +61,7 @@ def eval_cmd(
     text_field: str = typer.Option("text", "--text-field", help="Field holding the text in .jsonl/.parquet/hub rows."),
     max_tokens: int = typer.Option(32768, "--max-tokens", help="Tokens to score (whole blocks: rounded up to --seq-len)."),
     seq_len: int = typer.Option(512, "--seq-len", help="Tokens per block (at most the model's positions)."),
+    bos: str = Bos,
     batch_size: int = typer.Option(8, "--batch-size", help="Blocks per forward pass (also lm-eval's batch size)."),
     tasks: Optional[str] = typer.Option(
         None, "--tasks", help="lm-evaluation-harness tasks, e.g. arc_easy,hellaswag (needs the eval extra)."),
@@ -123,7 +124,7 @@ def eval_cmd(
         if compare_orders is not None and not order_list:
             raise BoomerangError("--compare-orders is empty; name orders like --compare-orders last-first,kl-greedy")
         opts = EvalOptions(
-            sources=split_list(data) or ["stdlib"], split=split, text_field=text_field, seq_len=seq_len,
+            sources=split_list(data) or ["stdlib"], split=split, text_field=text_field, seq_len=seq_len, bos=bos,
             max_tokens=max_tokens, batch_size=batch_size, dtype=parse_dtype(dtype), device=device,
             trunk=not no_trunk, perplexity=not no_perplexity, tasks=parse_tasks(tasks), task_dir=task_dir,
             limit=int(limit) if limit is not None and limit >= 1 else limit, num_fewshot=num_fewshot,
@@ -182,7 +183,8 @@ def _table(report: Any) -> None:
     d = report.data
     title = f"eval of {report.target}"
     if d:
-        title += f" on {d['key']} ({d['tokens']:,} tokens, {d['seq_len']}-token blocks)"
+        title += (f" on {d['key']} ({d['tokens']:,} tokens, {d['seq_len']}-token blocks"
+                  f"{', each starting with BOS' if d.get('bos') else ''})")
     t = Table(title=title)
     t.add_column("name", no_wrap=True, min_width=max(len(r.name) for r in report.rows))
     for col, just in (("kind", "left"), ("layers", "right"), ("params", "right"), ("ppl", "right"),

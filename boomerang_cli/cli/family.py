@@ -10,7 +10,7 @@ from rich.table import Table
 
 from . import app
 from .common import emit_json, err_console, handle_errors, out_console, progress, split_list
-from .options import AllowPickle, Dtype, Json, MaxShardSize, Overwrite, TrustRemoteCode
+from .options import AllowPickle, Bos, Dtype, Json, MaxShardSize, Overwrite, TrustRemoteCode
 
 ORDER_HELP = ("last-first: patch the last blocks first (head from the teacher); first-last: the "
               "first blocks first (embeddings from the teacher); kl-greedy: at each step patch the block "
@@ -21,7 +21,7 @@ ORDER_HELP = ("last-first: patch the last blocks first (head from the teacher); 
 
 
 def calibration_spec(order: str, calib_data: list[str], samples: int, seq_len: int, beam: Optional[int],
-                     student: str):
+                     student: str, bos: str):
     """The calibration settings of a calibrated order (None for fixed orders), checked up front.
 
     Without --calib-data, the text the student was distilled on (its
@@ -55,7 +55,7 @@ def calibration_spec(order: str, calib_data: list[str], samples: int, seq_len: i
                 f"--order {order} measures each candidate's KL to the teacher on calibration text; pass "
                 "--calib-data SRC (files, a directory, .jsonl, a hub dataset or stdlib)"
             )
-    spec = CalibrationSpec(tuple(sources), samples=samples, seq_len=seq_len, text_field=text_field)
+    spec = CalibrationSpec(tuple(sources), samples=samples, seq_len=seq_len, text_field=text_field, bos=bos)
     spec.check()
     return spec
 
@@ -119,6 +119,7 @@ def family_cmd(
         "Default: the data the student was distilled on (its boomerang.json)."),
     calib_samples: int = typer.Option(64, "--calib-samples", help="calibrated orders: calibration sequences (train split)."),
     calib_seq_len: int = typer.Option(128, "--calib-seq-len", help="calibrated orders: tokens per calibration sequence."),
+    bos: str = Bos,
     beam: Optional[int] = typer.Option(None, "--beam", help="beam: choices kept per size (default 4; 1 = kl-greedy)."),
     device: str = typer.Option("auto", "--device", help="calibrated orders: where candidates are scored: auto (CUDA if "
                                "available), cuda or cpu. Writing members never needs a GPU."),
@@ -146,7 +147,7 @@ def family_cmd(
         from ..manifest import OrderInfo
         from ..orders import order_info
         from ..plan import Plan
-        from ..refs import resolve
+        from ..refs import refuse_conversion_in_dry_run, resolve
         from ..state import record
         from ..tensors import parse_dtype, parse_size
 
@@ -156,13 +157,16 @@ def family_cmd(
         torch_dtype = parse_dtype(dtype) if dtype else None
         kept = Plan.parse_keep(keep) if keep else None
         teacher, student = _resolve_pair_refs(teacher, student)
+        if dry_run:
+            refuse_conversion_in_dry_run(teacher, "teacher")
+            refuse_conversion_in_dry_run(student, "student")
         if output is None and not dry_run:
             output = default_output(student)
             if output is None:
                 raise BoomerangError(f"student {student} is not a local directory; pass -o DIR for the family")
         t_ref = resolve(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         s_ref = resolve(student, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        spec = calibration_spec(order, calib_data, calib_samples, calib_seq_len, beam, student)
+        spec = calibration_spec(order, calib_data, calib_samples, calib_seq_len, beam, student, bos)
         pair = open_pair(t_ref, s_ref, keep=kept, force=force, dtype=torch_dtype,
                          trust_remote_code=trust_remote_code)
         search, info, reused = None, OrderInfo(method=order), False

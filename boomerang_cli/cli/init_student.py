@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from . import app
-from .common import emit_json, handle_errors, human, out_console, progress
+from .common import emit_json, err_console, handle_errors, human, out_console, progress
 from .options import (AllowPickle, Dtype, Every, Json, Keep, KeepFirst, KeepLast, MaxShardSize,
                       Overwrite, TrustRemoteCode, make_plan, require_output)
 
@@ -33,9 +33,9 @@ def init_student_cmd(
     """Prune TEACHER to a student by keeping one layer of every block (SPEC section 2)."""
     with handle_errors():
         from ..arch import ModelInfo
-        from ..refs import resolve
+        from ..refs import pending_gguf, resolve
         from ..state import record
-        from ..student import init_student
+        from ..student import gguf_dry_run, init_student
         from ..tensors import check_output_dir, parse_dtype, parse_size
 
         require_output(output, dry_run)
@@ -43,12 +43,17 @@ def init_student_cmd(
             check_output_dir(output, overwrite)
         shard = parse_size(max_shard_size)
         torch_dtype = parse_dtype(dtype) if dtype else None
-        ref = resolve(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        info = ModelInfo.load(ref.path, trust_remote_code)
-        plan = make_plan(info.arch.num_layers, keep, keep_first, every, keep_last)
-        with progress(not json_out) as bar:
-            summary = init_student(ref, plan, output, dtype=torch_dtype, max_shard_size=shard,
-                                   overwrite=overwrite, dry_run=dry_run, teacher=info, progress=bar)
+        gguf = pending_gguf(teacher) if dry_run else None
+        if gguf is not None:  # a dry run converts nothing: the GGUF header says enough
+            summary = gguf_dry_run(teacher, gguf, lambda n: make_plan(n, keep, keep_first, every, keep_last), output)
+            plan = summary.plan
+        else:
+            ref = resolve(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+            info = ModelInfo.load(ref.path, trust_remote_code)
+            plan = make_plan(info.arch.num_layers, keep, keep_first, every, keep_last)
+            with progress(not json_out) as bar:
+                summary = init_student(ref, plan, output, dtype=torch_dtype, max_shard_size=shard,
+                                       overwrite=overwrite, dry_run=dry_run, teacher=info, progress=bar)
         if not dry_run and output is not None:
             record(student=output, teacher=ref.stable_ref)
     if json_out:
@@ -68,3 +73,5 @@ def init_student_cmd(
         f"{human(summary.num_params)} of {human(summary.teacher_params)} parameters"
         + ("" if dry_run else f"; written to {output}")
     )
+    for note in summary.notes:
+        err_console.print(f"note: {note}")

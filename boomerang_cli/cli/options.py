@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..data import DEFAULT_BOS
 from ..errors import BoomerangError
 from ..plan import Plan
 
@@ -21,6 +22,9 @@ MaxShardSize = typer.Option("5GB", "--max-shard-size", help="Largest safetensors
 KeepFirst = typer.Option(1, "--keep-first", help="Paper flag first_layers_to_keep (>= 1).")
 Every = typer.Option(2, "--every", help="Paper flag alternate_every_n_layers: keep one layer of every N (>= 2).")
 KeepLast = typer.Option(2, "--keep-last", help="Paper flag last_layers_to_keep (>= 0).")
+Bos = typer.Option(
+    DEFAULT_BOS, "--bos", help="BOS at the start of every packed block: auto (when the tokenizer adds one), always "
+    "or never (SPEC section 7).")
 Keep = typer.Option(None, "--keep", help="Explicit kept teacher layers, e.g. 0,2,4,7,9,11 (overrides the paper flags).")
 
 

@@ -34,7 +34,8 @@ import torch
 from .. import __version__
 from ..arch import ModelInfo, text_config
 from ..compose import LayerSource, compose, fingerprint, model_card, require_same_family
-from ..data import Block, BlockStream, StreamPosition, check_source, collate, iter_blocks, load_all_documents
+from ..data import (DEFAULT_BOS, Block, BlockStream, StreamPosition, block_bos, check_bos_policy, check_source, collate, iter_blocks,
+                    load_all_documents, public_sources)
 from ..errors import BoomerangError, DataError, PairMismatchError, PlanError, TrainingDivergedError
 from ..plan import Plan
 from ..progress import NULL, Progress
@@ -51,7 +52,7 @@ POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length"
 #: Config fields a resumed run must share with its checkpoint (they shape the trajectory).
 TRAJECTORY_FIELDS = (
     "data", "text_field", "seq_len", "batch_size", "grad_accum", "seed", "lr", "betas", "eps",
-    "weight_decay", "warmup", "grad_clip", "weights", "loss_chunk", "freeze_embeddings",
+    "weight_decay", "warmup", "grad_clip", "weights", "loss_chunk", "freeze_embeddings", "bos",
 )
 
 
@@ -69,6 +70,7 @@ class DistillConfig:
     data: list[str] = field(default_factory=lambda: ["stdlib"])
     text_field: str = "text"
     seq_len: int = 1024
+    bos: str = DEFAULT_BOS  # BOS in front of every packed block: auto | always | never (data.block_bos)
     batch_size: int = 8
     grad_accum: int = 1
     steps: int | None = None
@@ -157,6 +159,7 @@ class DistillResult:
     warnings: list[str]
     peak_memory_bytes: int | None = None  # CUDA: the most memory torch allocated on this process's GPU
     frozen_embeddings: bool = False  # input embeddings and LM head kept as the teacher's
+    bos: bool = False  # every training and validation block started with BOS
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -284,6 +287,7 @@ def validate(cfg: DistillConfig) -> None:
         raise BoomerangError("--lr must be > 0, --warmup in [0, 1], --weight-decay and --grad-clip >= 0")
     if cfg.dtype:
         parse_dtype(cfg.dtype)
+    check_bos_policy(cfg.bos)
     parse_size(cfg.max_shard_size)
     MetricSink.check(cfg.report_to)
     if not cfg.data:
@@ -474,16 +478,18 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
     steps = cfg.steps if cfg.steps is not None else (
         math.ceil(cfg.tokens / (global_blocks * cfg.seq_len)) if cfg.tokens is not None else cfg.DEFAULT_STEPS)
 
+    bos_id = block_bos(tokenizer, cfg.bos)
+
     def train_stream(position: StreamPosition | None = None, repeat: bool = True) -> BlockStream:
         return BlockStream(lambda: load_all_documents(cfg.data, "train", cfg.text_field), tokenizer, cfg.seq_len,
                            repeat=repeat, pad_last=not repeat, position=position,
-                           describe=f"training split of {', '.join(cfg.data)}")
+                           describe=f"training split of {', '.join(cfg.data)}", bos_id=bos_id)
 
     next(iter(train_stream(repeat=False)))  # empty or unreadable data fails here, before the models load
     val_blocks: list[Block] = []
     if cfg.eval_every > 0:
         val_blocks = list(iter_blocks(cfg.data, "validation", tokenizer, cfg.seq_len,
-                                      text_field=cfg.text_field, max_blocks=cfg.eval_blocks))
+                                      text_field=cfg.text_field, max_blocks=cfg.eval_blocks, bos_id=bos_id))
 
     # 3. Models. The student is trained in fp32 (bf16 autocast on GPU); the teacher is frozen.
     torch.manual_seed(cfg.seed)
@@ -599,6 +605,7 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
             device=str(device.type), precision="bf16" if bf16 else "fp32", warnings=pair.warnings,
             peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
             frozen_embeddings=frozen,
+            bos=bos_id is not None,
         )
         if is_main:
             _write_student(cfg, pair, acc.unwrap_model(model).model, state_dict, result)
@@ -663,7 +670,7 @@ def _diverged(what: str, step: int, last_good: Path | None, cfg: DistillConfig) 
 
 
 def _check_resumable(cfg: DistillConfig, state: dict[str, Any], world: int, steps: int) -> None:
-    old = state.get("config", {})
+    old = {"bos": "never", **state.get("config", {})}  # checkpoints from before --bos packed without it
     new = cfg.to_json()
     diffs = [k for k in TRAJECTORY_FIELDS if old.get(k) != new.get(k)]
     if int(state.get("steps", steps)) != steps:
@@ -718,22 +725,26 @@ def _write_student(cfg: DistillConfig, pair: Pair, hf_model: torch.nn.Module, st
         "device": result.device, "precision": result.precision, "elapsed_s": round(result.elapsed_s, 1),
         "tokens_per_s": result.tokens_per_s, "resumed_from": result.resumed_from,
         "peak_memory_bytes": result.peak_memory_bytes, "frozen_embeddings": result.frozen_embeddings,
+        "bos": result.bos,
     }
     record = StudentRecord(pair.plan, pair.teacher_ref.stable_ref, fingerprint(pair.teacher_info), training=training)
     name = Path(cfg.output).name
     w = cfg.weights
+    meta = pair.teacher_ref.card_metadata()
+    teacher = pair.teacher_ref.public_name
     card = model_card(
-        f"{name}: boomerang-distilled student of {cfg.teacher}",
-        [pair.teacher_ref.hub_id] if pair.teacher_ref.hub_id else [],
-        f"Distilled by `boomerang distill` (boomerang {__version__}) from {cfg.teacher}, keeping "
+        f"{name}: boomerang-distilled student of {teacher}",
+        meta["base_models"],
+        f"Distilled by `boomerang distill` (boomerang {__version__}) from {teacher}, keeping "
         f"{pair.plan.num_student_layers} of its {pair.plan.num_teacher_layers} layers "
         f"(kept: {pair.plan.describe()}).\n\n"
-        f"Training: {result.steps} steps, {result.tokens:,} tokens of {', '.join(cfg.data)} in blocks of "
-        f"{cfg.seq_len}; loss {w.ce} x CE + {w.kl} x T^2 x KL (T={w.temperature}) + {w.cosine} x cosine "
+        f"Training: {result.steps} steps, {result.tokens:,} tokens of {public_sources(cfg.data)} in blocks of "
+        f"{cfg.seq_len}{' starting with BOS' if result.bos else ''}; loss {w.ce} x CE + {w.kl} x T^2 x KL (T={w.temperature}) + {w.cosine} x cosine "
         f"over {pair.plan.num_student_layers + 1} aligned hidden states; AdamW lr {cfg.lr}, cosine schedule ({cfg.recipe} recipe)"
         + ("; input embeddings and LM head kept as the teacher's" if result.frozen_embeddings else "") + ".\n\n"
         "Final training losses: " + ", ".join(f"{k} {v:.4f}" for k, v in result.final.items()) + ".\n\n"
         "Build every size between this student and its teacher with `boomerang family`.",
+        license=meta["license"],
     )
     with atomic_dir(Path(cfg.output), cfg.overwrite) as tmp:
         copy_aux_files(pair.student_dir or pair.teacher_ref.path, tmp)

@@ -1,7 +1,8 @@
 """Perplexity: mean next-token negative log-likelihood over a fixed set of token blocks.
 
 The blocks come from :mod:`boomerang_cli.data` (packed, labels already shifted,
-``-100`` where nothing is predicted: document ends and padding), so every model
+``-100`` where nothing is predicted: document ends, padding and a block's
+inserted BOS, see ``--bos``), so every model
 of a comparison is scored on exactly the same tokens. Log-softmax runs in fp32
 in row chunks, whatever the model's dtype, so a large vocabulary never needs a
 second full-size copy of the logits.
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..data import IGNORE, collate, iter_blocks
+from ..data import DEFAULT_BOS, IGNORE, block_bos, collate, iter_blocks
 from ..errors import DataError
 
 #: Rows of logits turned into fp32 log-probabilities at once (bounds the extra memory).
@@ -78,6 +79,7 @@ class EvalData:
     sources: list[str] = field(default_factory=list)
     split: str = "validation"
     seq_len: int = 0
+    bos: bool = False  # every block starts with BOS (data.block_bos)
 
     @property
     def num_blocks(self) -> int:
@@ -104,7 +106,8 @@ class EvalData:
 
     def describe(self) -> dict[str, Any]:
         return {"key": self.key, "sources": list(self.sources), "split": self.split, "seq_len": self.seq_len,
-                "blocks": self.num_blocks, "tokens": self.num_tokens, "fingerprint": self.fingerprint()}
+                "bos": self.bos, "blocks": self.num_blocks, "tokens": self.num_tokens,
+                "fingerprint": self.fingerprint()}
 
 
 def data_key(sources: Sequence[str], split: str) -> str:
@@ -119,24 +122,27 @@ def load_eval_data(
     seq_len: int,
     max_tokens: int,
     text_field: str = "text",
+    bos: str = DEFAULT_BOS,
 ) -> EvalData:
     """The first ``max_tokens`` input tokens of ``split`` of ``sources``, packed into blocks.
 
     Whole blocks are taken (the last one may be padded when the split runs out),
-    so the count is rounded up to a multiple of ``seq_len``.
+    so the count is rounded up to a multiple of ``seq_len``. ``bos`` is the
+    ``--bos`` policy (:func:`boomerang_cli.data.block_bos`).
     """
     if max_tokens < 1:
         raise DataError(f"--max-tokens must be at least 1 (got {max_tokens})")
     if not sources:
         raise DataError("no evaluation data; pass --data (files, a directory, a hub dataset or stdlib)")
     max_blocks = -(-max_tokens // seq_len)
+    bos_id = block_bos(tokenizer, bos)
     blocks = list(iter_blocks(list(sources), split, tokenizer, seq_len, text_field=text_field,
-                              pad_last=True, max_blocks=max_blocks))
+                              pad_last=True, max_blocks=max_blocks, bos_id=bos_id))
     key = data_key(sources, split)
     if not blocks:
         raise DataError(f"{key}: no tokens to evaluate on; check --data and --split")
     ids, labels, mask = collate(blocks)
-    data = EvalData(ids, labels, mask, key, list(sources), split, seq_len)
+    data = EvalData(ids, labels, mask, key, list(sources), split, seq_len, bos_id is not None)
     if data.num_tokens == 0:
         raise DataError(f"{key}: the blocks hold no token to predict; add data or raise --max-tokens")
     return data

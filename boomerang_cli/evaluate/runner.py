@@ -23,10 +23,10 @@ import torch
 from .. import __version__
 from ..arch import ModelInfo, text_config
 from ..compose import compose
-from ..data import STDLIB
+from ..data import DEFAULT_BOS, STDLIB, check_bos_policy
 from ..errors import BoomerangError, DataError, UnsupportedArchitectureError
 from ..loader import check_family_models, load_family_models, member_of, model_from_composition
-from ..manifest import MANIFEST_NAME, BaselineEntry, FamilyManifest
+from ..manifest import MANIFEST_NAME, BaselineEntry, FamilyManifest, migrate_metrics_v1, perplexity_key
 from ..member import Member
 from ..progress import NULL, Progress
 from ..tensors import atomic_write_text
@@ -37,7 +37,7 @@ from .perplexity import (NLL, EvalData, attention_mask, batch_nll, load_eval_dat
 from .trunk import LayerRunner, Stack, TrunkEvaluator
 
 RESULTS_FORMAT = "boomerang-eval"
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2  # 2: perplexity keyed by manifest.perplexity_key; 1 is migrated on read
 DEFAULT_RESULTS = "eval-results.json"
 #: Largest relative NLL difference between the trunk and a standalone member on the check batch.
 TRUNK_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
@@ -63,6 +63,7 @@ class EvalOptions:
     text_field: str = "text"
     seq_len: int = 512
     max_tokens: int = 32768
+    bos: str = DEFAULT_BOS  # --bos: BOS in front of every block (data.block_bos)
     batch_size: int = 8
     dtype: torch.dtype = torch.float32
     device: str = "auto"
@@ -97,6 +98,7 @@ class EvalOptions:
             raise DataError(f"unknown --split {self.split!r}; use validation (held out) or train")
         if not self.sources:
             raise DataError("no evaluation data; pass --data (files, a directory, a hub dataset or stdlib)")
+        check_bos_policy(self.bos)
         bad = [m for m in self.baselines if m not in METHODS]
         if bad:
             raise BoomerangError(f"unknown baseline {bad[0]!r}; use prune (= {', '.join(METHODS)}) or one of them")
@@ -444,7 +446,8 @@ def evaluate_family(
     data: EvalData | None = None
     if opts.perplexity:
         t = time.perf_counter()
-        data = load_eval_data(opts.sources, opts.split, tokenizer, seq_len, opts.max_tokens, opts.text_field)
+        data = load_eval_data(opts.sources, opts.split, tokenizer, seq_len, opts.max_tokens, opts.text_field,
+                              opts.bos)
         seconds["data"] = time.perf_counter() - t
 
     baselines: list[Baseline] = []
@@ -482,10 +485,7 @@ def evaluate_family(
         seconds["perplexity"] = time.perf_counter() - t
         stamp = now()
         for key, nll in results.items():
-            rows[key].perplexity = nll.to_json(
-                seq_len=data.seq_len, blocks=data.num_blocks, data_fingerprint=data.fingerprint(),
-                trunk=trunk.used, dtype=str(fam.dtype).removeprefix("torch."), evaluated=stamp,
-            )
+            rows[key].perplexity = perplexity_entry(nll, data, fam.dtype, trunk.used, stamp)
 
     if opts.tasks:
         t = time.perf_counter()
@@ -494,7 +494,7 @@ def evaluate_family(
 
     written = None
     if write:
-        _write_family(fam.path, rows, data.key if data is not None and opts.perplexity else None)
+        _write_family(fam.path, rows)
         written = str(fam.path)
     seconds["total"] = time.perf_counter() - t0
     return EvalReport(
@@ -551,7 +551,8 @@ def _order_members(fam: _Family, order: str, opts: EvalOptions, progress: Progre
         else:
             data, split, field_ = tuple(opts.sources), "train", opts.text_field
         spec = CalibrationSpec(data, opts.calib_samples or c.get("samples") or CalibrationSpec.samples,
-                               opts.calib_seq_len or c.get("seq_len") or CalibrationSpec.seq_len, split, field_)
+                               opts.calib_seq_len or c.get("seq_len") or CalibrationSpec.seq_len, split, field_,
+                               opts.bos)
         result = search(fam.infos, plan, order, spec, beam=width, device=fam.device, batch_size=opts.batch_size,
                         progress=progress, loaded=fam.models)
         how = "searched for this comparison"
@@ -569,11 +570,13 @@ def _plan_baselines(fam: _Family, names: Sequence[str], opts: EvalOptions, token
     influence = None
     calibration = None
     if "shortgpt" in opts.baselines:
-        calib = load_eval_data(opts.sources, "train", tokenizer, seq_len, opts.calibration_tokens, opts.text_field)
+        calib = load_eval_data(opts.sources, "train", tokenizer, seq_len, opts.calibration_tokens, opts.text_field,
+                               opts.bos)
         task = progress.task("block influence (ShortGPT)", calib.num_batches(opts.batch_size), unit="batches")
         influence = block_influence(fam.runners["teacher"], calib, opts.batch_size, on_batch=lambda: task.advance(1))
         progress.finish(task)
-        calibration = {"calibration": calib.key, "calibration_tokens": calib.num_tokens, "seq_len": calib.seq_len}
+        calibration = {"calibration": calib.key, "calibration_tokens": calib.num_tokens, "seq_len": calib.seq_len,
+                       "bos": calib.bos}
     return plan_baselines(opts.baselines, members, influence, calibration)
 
 
@@ -596,32 +599,40 @@ def _run_tasks(rows: Mapping[str, Row], stacks: Mapping[str, Stack], build: Call
     progress.finish(task)
 
 
-def _merge(metrics: dict[str, Any], row: Row, data_key: str | None) -> dict[str, Any]:
+def perplexity_entry(nll: NLL, data: EvalData, dtype: torch.dtype, trunk: bool, stamp: str) -> dict[str, Any]:
+    """A perplexity result with every setting that identifies it (``manifest.perplexity_key``)."""
+    return nll.to_json(data=data.key, seq_len=data.seq_len, bos=data.bos, blocks=data.num_blocks,
+                       data_fingerprint=data.fingerprint(), trunk=trunk, dtype=str(dtype).removeprefix("torch."),
+                       evaluated=stamp)
+
+
+def _merge(metrics: dict[str, Any], row: Row) -> dict[str, Any]:
+    """Fresh results added to old ones: a perplexity measured another way goes beside, not over."""
     out = dict(metrics)
-    if row.perplexity is not None and data_key is not None:
-        out["perplexity"] = {**out.get("perplexity", {}), data_key: row.perplexity}
+    if row.perplexity is not None:
+        out["perplexity"] = {**out.get("perplexity", {}), perplexity_key(row.perplexity): row.perplexity}
     if row.tasks:
         out["tasks"] = {**out.get("tasks", {}), **row.tasks}
     return out
 
 
-def _write_family(path: Path, rows: Mapping[str, Row], data_key: str | None) -> None:
+def _write_family(path: Path, rows: Mapping[str, Row]) -> None:
     """Merge fresh results into the manifest as it is now on disk, atomically."""
     manifest = FamilyManifest.read(path)
     for row in rows.values():
         if row.kind == "teacher":
-            manifest.teacher.metrics = _merge(manifest.teacher.metrics, row, data_key)
+            manifest.teacher.metrics = _merge(manifest.teacher.metrics, row)
         elif row.kind == "student":
-            manifest.student.metrics = _merge(manifest.student.metrics, row, data_key)
+            manifest.student.metrics = _merge(manifest.student.metrics, row)
         elif row.kind == "member":
             entry = manifest.member(row.name)
-            entry.metrics = _merge(entry.metrics, row, data_key)
+            entry.metrics = _merge(entry.metrics, row)
         elif row.kind == "order":
             continue  # members of other orders are not part of this family: reported, not recorded
         else:
             old = next((b for b in manifest.baselines if b.name == row.name), None)
             same = old is not None and old.teacher_layers == row.teacher_layers and old.method == row.method
-            metrics = _merge(old.metrics if same and old is not None else {}, row, data_key)
+            metrics = _merge(old.metrics if same and old is not None else {}, row)
             if row.selection:
                 metrics["selection"] = row.selection
             entry = BaselineEntry(row.name, row.method or "", row.num_layers, row.num_params,
@@ -666,11 +677,10 @@ def evaluate_models(
         if opts.perplexity:
             t = time.perf_counter()
             seq_len = bounded_seq_len(opts, info.config, notes)
-            data = load_eval_data(opts.sources, opts.split, tokenizer, seq_len, opts.max_tokens, opts.text_field)
+            data = load_eval_data(opts.sources, opts.split, tokenizer, seq_len, opts.max_tokens, opts.text_field,
+                                  opts.bos)
             nll = model_nll(model, data, opts.batch_size)
-            row.perplexity = nll.to_json(seq_len=data.seq_len, blocks=data.num_blocks,
-                                         data_fingerprint=data.fingerprint(), trunk=False,
-                                         dtype=str(opts.dtype).removeprefix("torch."), evaluated=now())
+            row.perplexity = perplexity_entry(nll, data, opts.dtype, False, now())
             described = described or data.describe()
             seconds["perplexity"] += time.perf_counter() - t
         if manager is not None:
@@ -685,8 +695,7 @@ def evaluate_models(
         task.advance(1)
     progress.finish(task)
     out = Path(output) if output is not None else Path(DEFAULT_RESULTS)
-    data_key = described["key"] if described else None
-    write_results(out, rows, resolved, data_key)
+    write_results(out, rows, resolved)
     seconds["total"] = time.perf_counter() - t0
     return EvalReport(
         target=", ".join(refs), kind="models", rows=rows, data=described,
@@ -706,20 +715,24 @@ def read_results(path: Path) -> dict[str, Any]:
         raise BoomerangError(f"{path}: not valid JSON ({exc}); pass another --output") from None
     if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
         raise BoomerangError(f"{path}: not a boomerang eval results file; pass another --output")
+    if data.get("schema_version") == 1:  # perplexity keyed by data alone: re-key it
+        data["models"] = [{**e, "metrics": migrate_metrics_v1(e.get("metrics", {}))} if isinstance(e, dict) else e
+                          for e in data.get("models", [])]
+        data["schema_version"] = RESULTS_VERSION
     if data.get("schema_version") != RESULTS_VERSION:
         raise BoomerangError(f"{path}: results schema version {data.get('schema_version')} but this boomerang "
                              f"writes {RESULTS_VERSION}; pass another --output")
     return data
 
 
-def write_results(path: Path, rows: Sequence[Row], refs: Sequence[Any], data_key: str | None) -> None:
+def write_results(path: Path, rows: Sequence[Row], refs: Sequence[Any]) -> None:
     data = read_results(path)
     entries = {e["ref"]: e for e in data.get("models", []) if isinstance(e, dict) and "ref" in e}
     for row, ref in zip(rows, refs):
         old = entries.get(row.name, {})
         entries[row.name] = {
             "ref": row.name, "path": str(ref.path), "num_params": row.num_params, "num_layers": row.num_layers,
-            "metrics": _merge(old.get("metrics", {}), row, data_key),
+            "metrics": _merge(old.get("metrics", {}), row),
         }
     data.update(format=RESULTS_FORMAT, schema_version=RESULTS_VERSION, tool_version=__version__, updated=now(),
                 models=sorted(entries.values(), key=lambda e: (e["num_params"], e["ref"])))
