@@ -123,6 +123,57 @@ def test_wide_beam_is_exhaustive_at_every_size(tmp_path, pair_dirs, brute):
         assert brute[frozenset(s["teacher_blocks"])] == pytest.approx(s["kl"], rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.parametrize("order", ["kl-dp", "auto"])
+def test_fast_orders_against_their_probes_the_fixed_orders_and_exhaustive_search(order, tmp_path, pair_dirs, brute):
+    """kl-dp/auto on the real KL: every recorded KL is the member's own (checked against a direct score of
+    all 32 subsets), each size keeps the lowest of its proposals, and auto is never worse than a fixed order."""
+    from boomerang_cli.member import ORDERS, sequential_members
+    from boomerang_cli.orders import dp_cost, dp_subsets
+
+    teacher, student = pair_dirs
+    r = cli("family", teacher, student, "-o", tmp_path / "fam", "--order", order, *CALIB, "--all", "--json")
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    info = m["order"]
+    n = PLAN.num_student_layers
+    full = frozenset(range(n))
+    probes = [t for t in info["trace"] if "probe" in t]
+    assert [p["probe"] for p in probes] == list(range(n))
+    for p in probes:
+        b = p["probe"]
+        assert p["kl_teacher_with_block_from_student"] == pytest.approx(brute[full - {b}], rel=1e-5, abs=1e-7)
+        assert p["kl_student_with_block_from_teacher"] == pytest.approx(brute[frozenset({b})], rel=1e-5, abs=1e-7)
+    # The DP's proposals are the oracle's: the best subsets for the probes' additive costs.
+    costs = {"dp-teacher-side": [brute[full - {b}] - brute[full] for b in range(n)],
+             "dp-student-side": [brute[frozenset()] - brute[frozenset({b})] for b in range(n)]}
+    sizes = [t for t in info["trace"] if "candidates" in t]
+    for t in sizes:
+        for c in t["candidates"]:
+            assert c["kl"] == pytest.approx(brute[frozenset(c["teacher_blocks"])], rel=1e-5, abs=1e-7)
+            if c["from"] in costs:
+                assert frozenset(c["teacher_blocks"]) == full - dp_subsets(PLAN, costs[c["from"]])[t["num_layers"]]
+    best = {t["num_layers"]: min(c["kl"] for c in t["candidates"]) for t in sizes}
+    exhaustive: dict[int, float] = {}
+    for subset, kl in brute.items():
+        k = Member(PLAN, subset).num_layers
+        exhaustive[k] = min(exhaustive.get(k, float("inf")), kl)
+    for s in info["steps"]:
+        k = s["num_layers"]
+        assert s["kl"] >= exhaustive[k] - 1e-7  # never better than exhaustive, of course
+        if k in best and 0 < k < LAYERS and s["teacher_blocks"] not in ([], sorted(full)):
+            assert s["kl"] == pytest.approx(best[k], rel=1e-5, abs=1e-7)
+    if order == "auto":
+        for fixed in ORDERS:
+            for mem in sequential_members(PLAN, fixed):
+                if not (mem.is_student or mem.is_teacher):
+                    assert min(s["kl"] for s in info["steps"] if s["num_layers"] == mem.num_layers) \
+                        <= brute[mem.teacher_blocks] + 1e-7
+    assert info["calibration"]["evaluated"] <= dp_cost(n, 2 * (n + 1) if order == "auto" else 0)
+    from .test_manifest import VALIDATOR
+
+    VALIDATOR.validate(json.loads((tmp_path / "fam" / "family.json").read_text()))
+
+
 def test_rerun_reuses_the_search_and_the_members(tmp_path, pair_dirs):
     teacher, student = pair_dirs
     out = tmp_path / "fam"
