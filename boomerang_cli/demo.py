@@ -1,10 +1,12 @@
 """``boomerang demo``: the whole pipeline on the embedded teacher, resumable stage by stage.
 
 init-student + distill (one stage: the student is initialized in memory and
-trained), family (all members), eval with both pruning baselines, the plot,
-and a summary that states whether the family behaves as the paper claims:
-perplexity never increases as members grow, and every member beats both
-training-free pruning baselines at its layer count.
+trained with the ``short`` recipe, embeddings frozen so members stay tied),
+family (all members of the ``auto`` order, calibrated on the training text),
+eval with the ShortGPT baseline, the plot, and a summary judged as a user
+would: every member's saved size lies between student and teacher,
+perplexity never increases as members grow, and every member beats ShortGPT
+pruning at equal parameter count (:mod:`boomerang_cli.evaluate.score`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BoomerangError
+from .evaluate.score import family_order, score_family
 from .progress import NULL, Progress
 from .refs import DEFAULT_TEACHER
 from .tensors import atomic_write_text
@@ -33,16 +36,20 @@ class DemoConfig:
     steps: int = 40
     seq_len: int = 128
     batch_size: int = 8
-    lr: float = 3e-4
-    order: str = "first-last"  # the paper's order for Llama models (SmolLM2 is one)
+    recipe: str = "short"  # the sweep's winner at this budget (docs/results.md)
+    order: str = "auto"  # per size the lowest-KL member of kl-dp, first-last and last-first
+    calib_samples: int = 4  # calibration sequences for the order (train split of the data): 512 tokens
+    calib_seq_len: int = 128
     eval_tokens: int = 4096
     eval_seq_len: int = 256
-    calibration_tokens: int = 2048
+    calibration_tokens: int = 2048  # ShortGPT's block influence
+    baselines: tuple[str, ...] = ("shortgpt",)
     seed: int = 0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["output"] = str(self.output)
+        d["baselines"] = list(self.baselines)
         return d
 
 
@@ -81,31 +88,25 @@ def _trained(student: Path) -> bool:
     return bool(data.get("training"))
 
 
-def paper_checks(rows: list[dict[str, Any]]) -> list[Check]:
-    """Monotone perplexity along the family, and members against baselines at equal depth."""
-    # Along the family: student, members by depth, teacher last (a member as deep as the
-    # teacher, first-last's last, comes before it, whatever its parameter count).
-    rank = {"student": 0, "member": 1, "teacher": 2}
-    fam = sorted((r for r in rows if r["kind"] in rank and r.get("ppl") is not None),
-                 key=lambda r: (rank[r["kind"]], r["num_layers"], r["num_params"]))
-    bad = [f"{a['name']} {a['ppl']:.3g} -> {b['name']} {b['ppl']:.3g}"
-           for a, b in zip(fam, fam[1:]) if b["ppl"] > a["ppl"]]
-    checks = [Check("perplexity never increases as members grow", not bad,
-                    "; ".join(bad) if bad else f"{len(fam)} models, student to teacher")]
-    by_layers = {r["num_layers"]: r for r in fam if r["kind"] in ("member", "student")}
-    for method in ("shortgpt", "plan-prune"):
-        losses, n = [], 0
-        for r in rows:
-            if r["kind"] != "baseline" or r.get("method") != method or r.get("ppl") is None:
-                continue
-            m = by_layers.get(r["num_layers"])
-            if m is None:
-                continue
-            n += 1
-            if not m["ppl"] < r["ppl"]:
-                losses.append(f"{m['name']} {m['ppl']:.3g} vs {r['name']} {r['ppl']:.3g}")
-        checks.append(Check(f"every member beats {method} at its layer count", n > 0 and not losses,
-                            "; ".join(losses) if losses else f"{n} sizes compared"))
+def paper_checks(rows: list[dict[str, Any]], methods: tuple[str, ...] = ("shortgpt", "plan-prune")) -> list[Check]:
+    """Sizes within [student, teacher], monotone perplexity, and members against each baseline at
+    equal saved size (SPEC section 6; a member as deep as the teacher comes before it)."""
+    first = score_family(rows, methods[0])
+    n = len(family_order(rows))
+    checks = [
+        Check("every member's saved size lies between student and teacher", first.within_range,
+              "; ".join(first.outside) if first.outside else f"{n} models"),
+        Check("perplexity never increases as members grow", not first.increases,
+              "; ".join(first.increase_detail) if first.increases else f"{n} models, student to teacher"),
+    ]
+    for method in methods:
+        sc = score_family(rows, method)
+        losses = [f"{v.name} {v.ppl:.3g} vs {v.baseline_ppl:.3g}" for v in sc.per_size if not v.wins]
+        curve = any(r["kind"] == "baseline" and r.get("method") == method for r in rows)
+        detail = (f"{sc.wins} of {sc.sizes} sizes, perplexity {sc.geomean_ratio:.3f}x {method}'s (geometric mean)"
+                  if curve and sc.geomean_ratio is not None else "nothing compared")
+        checks.append(Check(f"every member beats {method} at equal parameter count", curve and not losses and
+                            sc.sizes > 0, detail + (": " + "; ".join(losses) if losses and curve else "")))
     return checks
 
 
@@ -116,7 +117,10 @@ def run_demo(cfg: DemoConfig, progress: Progress = NULL) -> DemoResult:
     from .distill.train import DistillConfig, distill
     from .evaluate.plot import plot_results, require_matplotlib
     from .evaluate.runner import EvalOptions, evaluate_family
-    from .family import achievable, build_family, open_pair, select
+    from .calibrate import CalibrationSpec
+    from .family import achievable, build_family, calibrated_search, open_pair, select
+    from .manifest import OrderInfo
+    from .orders import CALIBRATED_ORDERS, order_info
     from .refs import resolve
     from .state import record
 
@@ -137,7 +141,7 @@ def run_demo(cfg: DemoConfig, progress: Progress = NULL) -> DemoResult:
         resume = ckpt.is_dir() and any(ckpt.glob("step-*"))
         dcfg = DistillConfig(
             teacher=teacher.ref, output=student, data=[cfg.data], seq_len=cfg.seq_len,
-            batch_size=cfg.batch_size, steps=cfg.steps, lr=cfg.lr, seed=cfg.seed,
+            batch_size=cfg.batch_size, steps=cfg.steps, recipe=cfg.recipe, seed=cfg.seed,
             save_every=max(cfg.steps // 6, 1), checkpoint_dir=ckpt, resume=resume, eval_every=0,
             overwrite=student.exists() and not _trained(student),
         )
@@ -147,10 +151,16 @@ def run_demo(cfg: DemoConfig, progress: Progress = NULL) -> DemoResult:
 
     t0 = time.perf_counter()
     pair = open_pair(teacher, resolve(str(student)))
-    cands = [c for c in achievable(pair, cfg.order) if not (c.member.is_student or c.member.is_teacher)]
+    search, info = None, OrderInfo(method=cfg.order)
+    if cfg.order in CALIBRATED_ORDERS:
+        # Calibrated on the training split of the distillation text; reused from the manifest on a rerun.
+        spec = CalibrationSpec((cfg.data,), samples=cfg.calib_samples, seq_len=cfg.calib_seq_len)
+        search, _ = calibrated_search(pair, cfg.order, spec, output=fam_dir, progress=progress)
+        info = order_info(search)
+    cands = [c for c in achievable(pair, cfg.order, search) if not (c.member.is_student or c.member.is_teacher)]
     picks = select(cands, all_members=True, student_params=pair.entry("student").num_params,
                    teacher_params=pair.entry("teacher").num_params)
-    res = build_family(pair, picks, fam_dir, order=cfg.order, progress=progress)
+    res = build_family(pair, picks, fam_dir, order=info, progress=progress)
     stages["family"] = "ran" if res.written else "skipped (done)"
     seconds["family"] = time.perf_counter() - t0
 
@@ -162,7 +172,7 @@ def run_demo(cfg: DemoConfig, progress: Progress = NULL) -> DemoResult:
         stages["eval"] = "skipped (done)"
     else:
         opts = EvalOptions(sources=[cfg.data], max_tokens=cfg.eval_tokens, seq_len=cfg.eval_seq_len,
-                           baselines=["shortgpt", "plan-prune"], calibration_tokens=cfg.calibration_tokens)
+                           baselines=list(cfg.baselines), calibration_tokens=cfg.calibration_tokens)
         report = evaluate_family(manifest, opts, progress=progress)
         rows = [r.plot_point() | {"num_layers": r.num_layers} for r in report.rows]
         plot_results([r.plot_point() for r in report.rows], plot,
@@ -174,7 +184,7 @@ def run_demo(cfg: DemoConfig, progress: Progress = NULL) -> DemoResult:
     if not rows:
         raise BoomerangError("evaluation produced no results")
     result = DemoResult(str(out), str(student), str(fam_dir), str(manifest), str(plot), stages, seconds,
-                        rows, paper_checks(rows), distill_summary)
+                        rows, paper_checks(rows, cfg.baselines), distill_summary)
     atomic_write_text(summary_path, json.dumps({"config": cfg.to_json(), "result": result.to_json()}, indent=2) + "\n")
     return result
 

@@ -31,14 +31,15 @@ def test_paper_checks_pass_and_fail():
             r["method"] = "shortgpt"
     checks = {c.name: c for c in paper_checks(good)}
     assert checks["perplexity never increases as members grow"].passed
-    assert checks["every member beats shortgpt at its layer count"].passed
-    assert not checks["every member beats plan-prune at its layer count"].passed  # nothing compared
+    assert checks["every member beats shortgpt at equal parameter count"].passed
+    assert checks["every member's saved size lies between student and teacher"].passed
+    assert not checks["every member beats plan-prune at equal parameter count"].passed  # nothing compared
 
     bad = [dict(r) for r in good]
     bad[1]["ppl"] = 60.0  # member worse than student and than shortgpt-5L
     checks = {c.name: c for c in paper_checks(bad)}
     assert not checks["perplexity never increases as members grow"].passed
-    assert "member-5L" in checks["every member beats shortgpt at its layer count"].detail
+    assert "member-5L" in checks["every member beats shortgpt at equal parameter count"].detail
     assert isinstance(next(iter(checks.values())), Check)
 
     # A member as deep as the teacher but larger (untied head) comes before the teacher.
@@ -53,12 +54,23 @@ def test_demo_tiny_budget_writes_a_loadable_family(tmp_path: Path):
     out = tmp_path / "demo"
     env = dict(os.environ, BOOMERANG_STATE=str(tmp_path / "state.json"))
     cmd = [sys.executable, "-m", "boomerang_cli", "demo", "-o", str(out), "--steps", "2", "--seq-len", "32",
-           "--batch-size", "2", "--eval-tokens", "64", "--json"]
+           "--batch-size", "2", "--eval-tokens", "64", "--calib-samples", "1", "--calib-seq-len", "16", "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     manifest = json.loads((out / "family" / "family.json").read_text())
-    assert manifest["complete"] and len(manifest["members"]) == 14  # SmolLM2: 14 patchable blocks, first-last
+    assert manifest["complete"] and manifest["order"]["method"] == "auto"
+    # SmolLM2: 14 patchable blocks, one member per depth 17..29 and 30 (the last singleton from the student),
+    # and perhaps one as deep as the student (a singleton patched)
+    depths = [m["num_layers"] for m in manifest["members"]]
+    assert len(depths) == len(set(depths)) and set(range(17, 30)) <= set(depths) <= set(range(16, 31))
+    # Frozen embeddings (the default for a tied teacher): every member tied, between the ends in size.
+    assert all(m["tied"] for m in manifest["members"])
+    assert all(manifest["student"]["num_params"] <= m["num_params"] <= manifest["teacher"]["num_params"]
+               for m in manifest["members"])
+    checks = {c["name"]: c for c in result["checks"]}
+    assert checks["every member's saved size lies between student and teacher"]["passed"]
+    assert "every member beats shortgpt at equal parameter count" in checks
     assert (out / "family.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["stages"] == {"distill": "ran", "family": "ran", "eval": "ran"}
     names = {r["name"] for r in result["rows"]}
@@ -71,6 +83,7 @@ def test_demo_tiny_budget_writes_a_loadable_family(tmp_path: Path):
     for m in manifest["members"]:
         model = AutoModelForCausalLM.from_pretrained(out / "family" / m["path"], dtype=torch.float32)
         assert model.config.num_hidden_layers == m["num_layers"]
+        assert model.num_parameters() == m["num_params"]
         with torch.no_grad():
             assert torch.isfinite(model(ids).logits).all()
         del model

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..demo import DemoConfig
 from . import app
 from .common import emit_json, handle_errors, human, out_console, progress
 from .options import Json
@@ -15,31 +16,48 @@ from .options import Json
 @app.command("demo")
 def demo_cmd(
     output: Path = typer.Option(Path("demo"), "-o", "--output", help="Directory for everything the demo writes."),
-    teacher: str = typer.Option("smollm2-135m", "--teacher", help="Teacher (default: the embedded SmolLM2-135M)."),
-    steps: int = typer.Option(40, "--steps", help="Distillation steps."),
-    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per training sequence."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Training sequences per step."),
-    order: str = typer.Option("first-last", "--order", help="Patch order of the family: first-last (the paper's order for Llama) or last-first."),
-    eval_tokens: int = typer.Option(4096, "--eval-tokens", help="Held-out tokens for perplexity."),
+    teacher: str = typer.Option(DemoConfig.teacher, "--teacher", help="Teacher (default: the embedded SmolLM2-135M)."),
+    steps: int = typer.Option(DemoConfig.steps, "--steps", help="Distillation steps."),
+    seq_len: int = typer.Option(DemoConfig.seq_len, "--seq-len", help="Tokens per training sequence."),
+    batch_size: int = typer.Option(DemoConfig.batch_size, "--batch-size", help="Training sequences per step."),
+    recipe: str = typer.Option(DemoConfig.recipe, "--recipe", help="Distillation recipe: short (tuned for small "
+                               "budgets, docs/results.md) or paper."),
+    order: str = typer.Option(DemoConfig.order, "--order", help="Patch order of the family: auto (per size the "
+                              "lowest calibration KL of kl-dp, first-last and last-first), kl-dp, first-last, "
+                              "last-first, kl-greedy or beam (docs/orders.md)."),
+    calib_samples: int = typer.Option(DemoConfig.calib_samples, "--calib-samples", help="Calibrated orders: "
+                                      "calibration sequences (train split of the distillation text)."),
+    calib_seq_len: int = typer.Option(DemoConfig.calib_seq_len, "--calib-seq-len", help="Calibrated orders: "
+                                      "tokens per calibration sequence."),
+    eval_tokens: int = typer.Option(DemoConfig.eval_tokens, "--eval-tokens", help="Held-out tokens for perplexity."),
     json_out: bool = Json,
 ) -> None:
     """Run the whole pipeline on the embedded teacher: distill, family, eval with baselines, plot.
 
-    The default budget is small (40 steps of 8 x 128 tokens). Rerun the same
+    The default budget is small (40 steps of 8 x 128 tokens, the short recipe,
+    embeddings frozen so members stay tied, the auto order). Rerun the same
     command to resume after an interruption: finished stages are skipped,
     distillation continues from its last checkpoint, members already written
     are kept.
     """
     with handle_errors():
-        from ..demo import DemoConfig, run_demo
+        from ..demo import run_demo
+        from ..distill.recipes import get_recipe
         from ..errors import BoomerangError
+        from ..family import check_order
 
         for name, value in (("--steps", steps), ("--seq-len", seq_len), ("--batch-size", batch_size),
                             ("--eval-tokens", eval_tokens)):
             if value < 1:
                 raise BoomerangError(f"{name} must be at least 1 (got {value})")
+        from ..calibrate import check_sizes
+
+        get_recipe(recipe)
+        check_order(order)
+        check_sizes(calib_samples, calib_seq_len)
         cfg = DemoConfig(output=output, teacher=teacher, steps=steps, seq_len=seq_len,
-                         batch_size=batch_size, order=order, eval_tokens=eval_tokens)
+                         batch_size=batch_size, recipe=recipe, order=order, calib_samples=calib_samples,
+                         calib_seq_len=calib_seq_len, eval_tokens=eval_tokens)
         with progress(not json_out) as bar:
             result = run_demo(cfg, bar)
     if json_out:
