@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("names", nargs="*")
     ap.add_argument("--orders", default="first-last")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     out: Path = args.out
     teacher_ref = resolve("smollm2-135m")
     t_info = ModelInfo.load(teacher_ref.path)

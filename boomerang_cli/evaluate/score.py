@@ -44,25 +44,16 @@ def baseline_curve(rows: Sequence[Row], method: str = "shortgpt") -> list[tuple[
 
 def at_size(curve: Sequence[tuple[int, float]], params: int) -> float | None:
     """The curve's perplexity at ``params``: exact, log-interpolated between neighbours, or the
-    nearest end (a member larger than the teacher is held to the teacher)."""
+    nearest end's (a member smaller than every point, or larger than the teacher, is held to it)."""
     if not curve:
         return None
-    exact = dict(curve).get(params)
-    if exact is not None:
-        return exact
     if params <= curve[0][0]:
-        return curve[0][1] if params == curve[0][0] or len(curve) == 1 else _interp(curve[0], curve[1], params)
-    for lo, hi in zip(curve, curve[1:]):
-        if lo[0] <= params <= hi[0]:
-            return _interp(lo, hi, params)
+        return curve[0][1]
+    for (p0, y0), (p1, y1) in zip(curve, curve[1:]):
+        if params <= p1:
+            w = (params - p0) / (p1 - p0)
+            return y1 if w == 1 else math.exp((1 - w) * math.log(y0) + w * math.log(y1))
     return curve[-1][1]
-
-
-def _interp(lo: tuple[int, float], hi: tuple[int, float], params: int) -> float:
-    if params <= lo[0] or hi[0] == lo[0]:
-        return lo[1] if params <= lo[0] else hi[1]
-    w = (params - lo[0]) / (hi[0] - lo[0])
-    return math.exp((1 - w) * math.log(lo[1]) + w * math.log(hi[1]))
 
 
 @dataclass
