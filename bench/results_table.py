@@ -3,6 +3,8 @@
     python bench/results_table.py demo demo/demo.json          # family + both baselines per depth
     python bench/results_table.py orders orders.json            # every order's members per depth
     python bench/results_table.py plot RUN.json OUT.png TITLE    # redraw a run (orders: by depth, no baselines)
+    python bench/results_table.py equal-size demo/demo.json      # each model against ShortGPT at equal saved size
+    python bench/results_table.py sweep OUT/scores.jsonl         # bench/recipe_score.py's rows, one per line
 
 The numbers in docs/results.md are pasted from this script's output, never typed.
 """
@@ -97,9 +99,43 @@ def plot(path: str, png: str, title: str) -> None:
     plot_results(keep, png, title=title, data_key="stdlib:validation", by_layers=orders)
 
 
+def equal_size_table(path: str) -> str:
+    from boomerang_cli.evaluate.score import score_family
+
+    rows = _rows(path)
+    sc = score_family(rows)
+    by_name = {r["name"]: r for r in rows}
+    out = ["| layers | model | params | tied | perplexity | ShortGPT at equal size | ratio | wins |",
+           "|---:|---|---:|:---:|---:|---:|---:|:---:|"]
+    for v in sc.per_size:
+        tied = by_name[v.name].get("tied")
+        out.append(f"| {v.num_layers} | {v.name} | {v.num_params / 1e6:.1f}M | {'' if tied is None else 'yes' if tied else 'no'} "
+                   f"| {_fmt(v.ppl)} | {_fmt(v.baseline_ppl)}{'' if v.exact else ' (interpolated)'} | "
+                   f"{v.ppl / v.baseline_ppl:.3f} | {'yes' if v.wins else 'no'} |")
+    t = next(r for r in rows if r["kind"] == "teacher")
+    out.append(f"| {t['num_layers']} | teacher | {t['num_params'] / 1e6:.1f}M | | {_fmt(t['ppl'])} | | | |")
+    out.append("")
+    out.append(f"Score: geometric mean ratio {sc.geomean_ratio:.3f}, wins {sc.wins} of {sc.sizes}, "
+               f"perplexity increases along the family {sc.increases}"
+               + (f" ({'; '.join(sc.increase_detail)})" if sc.increases else "")
+               + f", every size within [student, teacher]: {'yes' if sc.within_range else 'no'}.")
+    return "\n".join(out)
+
+
+def sweep_table(path: str) -> str:
+    out = ["| setting | order | student ppl | geomean ratio vs ShortGPT | wins | increases | sizes within ends |",
+           "|---|---|---:|---:|---:|---:|:---:|"]
+    for line in open(path):
+        r = json.loads(line)
+        out.append(f"| {r['name']} | {r['order']} | {_fmt(r['student_ppl'])} | {r['geomean_ratio']:.3f} | "
+                   f"{r['wins']} of {r['sizes']} | {r['increases']} | {'yes' if r['within_range'] else 'no'} |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
     what, path = sys.argv[1], sys.argv[2]
+    tables = {"demo": demo_table, "orders": orders_table, "equal-size": equal_size_table, "sweep": sweep_table}
     if what == "plot":
         plot(path, sys.argv[3], sys.argv[4])
     else:
-        print(demo_table(path) if what == "demo" else orders_table(path))
+        print(tables[what](path))
