@@ -96,6 +96,33 @@ def _rope(cfg: Any) -> tuple[float, dict[str, Any]]:
     return float(theta), scaling
 
 
+def _rope_type(scaling: dict[str, Any]) -> str:
+    return scaling.get("rope_type", scaling.get("type", "default")) or "default"
+
+
+def llama3_rope_factors(cfg: Any) -> list[float]:
+    """llama.cpp's ``rope_freqs.weight`` for llama3 rope scaling: the factor each rotary frequency is
+    divided by (convert_hf_to_gguf.py ``LlamaModel.generate_extra_tensors``; transformers computes
+    the same scaled frequencies in ``_compute_llama3_parameters``)."""
+    theta, p = _rope(cfg)
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor = float(p.get("factor", 8.0))
+    low, high = float(p.get("low_freq_factor", 1.0)), float(p.get("high_freq_factor", 4.0))
+    old = float(p.get("original_max_position_embeddings", 8192))
+    out = []
+    for f in freqs.tolist():
+        wavelen = 2 * math.pi / f
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return out
+
+
 def check_exportable(comp: Composition, name: str) -> None:
     """Refuse a member whose config GGUF metadata cannot describe (one line, naming why)."""
     cfg = comp.config.get_text_config()
@@ -106,11 +133,11 @@ def check_exportable(comp: Composition, name: str) -> None:
             f"cannot export {name} to GGUF: its layer {sliding[0]} uses sliding-window attention, which "
             f"llama.cpp's {kind} does not run; export a family whose layers all use full attention"
         )
-    _, scaling = _rope(cfg)
-    rope_type = scaling.get("rope_type", scaling.get("type", "default")) or "default"
-    if rope_type not in ("default", "linear", "yarn"):
+    rope_type = _rope_type(_rope(cfg)[1])
+    if rope_type not in ("default", "linear", "yarn") and not (rope_type == "llama3" and kind == "llama"):
         raise UnsupportedArchitectureError(
-            f"cannot export {name} to GGUF: rope scaling {rope_type!r} is not mapped yet (default, linear and yarn are)"
+            f"cannot export {name} to GGUF: rope scaling {rope_type!r} is not mapped yet "
+            "(default, linear, yarn, and llama3 for llama are)"
         )
 
 
@@ -122,17 +149,20 @@ class TensorSpec:
     """One tensor of one GGUF file: where its data comes from and how it is converted."""
 
     gguf_name: str
-    source: OutTensor
+    source: OutTensor | None  # None: ``values`` made by the export (llama3's rope_freqs)
     ggml_type: str  # "F32", "Q8_0", ...
     permute: int | None  # heads of llama's Q/K permutation; None: as stored
+    values: tuple[float, ...] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.source.info.shape
+        return (len(self.values),) if self.source is None else self.source.info.shape
 
     @property
-    def key(self) -> tuple[str, int, str, int | None]:
+    def key(self) -> tuple[Any, ...]:
         """Identity of the converted bytes: the same source tensor converted the same way."""
+        if self.source is None:
+            return ("generated", self.gguf_name, self.values)
         info = self.source.info
         return (str(info.file), info.begin, self.ggml_type, self.permute)
 
@@ -183,6 +213,9 @@ def tensor_specs(comp: Composition, requested: str) -> list[TensorSpec]:
         elif permute and role == gguf.MODEL_TENSOR.ATTN_K:
             perm = kv_heads
         out.append(TensorSpec(name, t, tensor_type(name, t.info.shape, requested), perm))
+    if _rope_type(_rope(cfg)[1]) == "llama3":
+        out.insert(0, TensorSpec(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", None, "F32", None,
+                                 tuple(llama3_rope_factors(cfg))))
     return out
 
 
@@ -205,7 +238,7 @@ class TensorCache:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._f = open(self.path, "wb")
-        self.entries: dict[tuple[str, int, str, int | None], Converted] = {}
+        self.entries: dict[tuple[Any, ...], Converted] = {}
         self.conversions = 0
         self.references = 0
         self.seconds = 0.0
@@ -239,6 +272,9 @@ def _float_chunks(spec: TensorSpec):
     """The source tensor as fp32 numpy slices of whole rows (quantization is row-wise), or whole
     when permuted."""
     src = spec.source
+    if src is None:
+        yield np.asarray(spec.values, dtype=np.float32)
+        return
     info = src.info
     if spec.permute is not None or len(info.shape) < 2:
         t = src.source.read(src.src_name, torch.float32)
@@ -418,7 +454,7 @@ def write_metadata(writer: Any, comp: Composition, name: str, requested: str, me
         writer.add_value_length(head_dim)
     theta, scaling = _rope(cfg)
     writer.add_rope_freq_base(theta)
-    rope_type = scaling.get("rope_type", scaling.get("type", "default")) or "default"
+    rope_type = _rope_type(scaling)
     if rope_type in ("linear", "yarn"):
         writer.add_rope_scaling_type(gguf.RopeScalingType(rope_type))
         writer.add_rope_scaling_factor(float(scaling["factor"]))
@@ -614,21 +650,3 @@ def _record(path: Path, name: str, comp: Composition, specs: Sequence[TensorSpec
     return ExportedFile(name, kind, path.name, type_name, path.stat().st_size, sha256_file(path),
                         comp.config.get_text_config().num_hidden_layers, comp.num_params, comp.tied,
                         dict(sorted(counts.items())), mfile)
-
-
-def read_export(directory: Path | str) -> dict[str, Any]:
-    """``export.json`` of an export directory, checked for its format and version."""
-    path = Path(directory).expanduser()
-    path = path / EXPORT_MANIFEST if path.is_dir() else path
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BoomerangError(f"{path}: no such export manifest; run `boomerang export` first") from None
-    except ValueError as exc:
-        raise BoomerangError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
-        raise BoomerangError(f"{path}: not a boomerang export manifest (no \"format\": \"{EXPORT_FORMAT}\")")
-    if data.get("schema_version") != EXPORT_SCHEMA_VERSION:
-        raise BoomerangError(f"{path}: export schema version {data.get('schema_version')} but this boomerang "
-                             f"reads {EXPORT_SCHEMA_VERSION}; export again with this boomerang")
-    return data

@@ -16,7 +16,7 @@ gguf = pytest.importorskip("gguf")
 from boomerang_cli import export as export_mod  # noqa: E402
 from boomerang_cli.cli import app  # noqa: E402
 from boomerang_cli.errors import UnsupportedArchitectureError  # noqa: E402
-from boomerang_cli.export import export_family, gguf_arch, read_export, tensor_type  # noqa: E402
+from boomerang_cli.export import EXPORT_MANIFEST, export_family, gguf_arch, tensor_type  # noqa: E402
 from boomerang_cli.family import sha256_file  # noqa: E402
 from boomerang_cli.loader import load_family_models, load_member_from_manifest, member_of  # noqa: E402
 from boomerang_cli.manifest import FamilyManifest  # noqa: E402
@@ -160,7 +160,7 @@ def test_cli_members_json_manifest_and_modelfiles(families, tmp_path):
     r = cli("export", fam.parent, "-o", out, "--type", "q8_0", "--members", "teacher,member-06L", "--json")
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    assert data == read_export(out)
+    assert data == json.loads((out / EXPORT_MANIFEST).read_text())
     assert [f["name"] for f in data["files"]] == ["member-06L", "teacher"]  # family order
     for f in data["files"]:
         path = out / f["path"]
@@ -235,6 +235,34 @@ def test_a_failed_export_leaves_no_output(families, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         export_family(fam, tmp_path / "out", "q8_0")
     assert not any(p.name.startswith((".out", "out")) for p in tmp_path.iterdir())
+
+
+def test_conversion_in_row_slices_gives_the_same_bytes(families, tmp_path, monkeypatch):
+    fam = families("llama")
+    whole = export_family(fam, tmp_path / "whole", "q8_0", members=["teacher"])
+    monkeypatch.setattr(export_mod, "CHUNK_BYTES", 4 * 32 * 3)  # three rows of 32 at a time
+    sliced = export_family(fam, tmp_path / "sliced", "q8_0", members=["teacher"])
+    assert whole.files[0].sha256 == sliced.files[0].sha256
+
+
+LLAMA3_ROPE = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=64)
+
+
+def test_llama3_rope_scaling_is_written_as_rope_freqs(tmp_path):
+    """llama.cpp divides each rotary frequency by rope_freqs; transformers' llama3 frequencies agree."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    cfg = tiny_config("llama", rope_parameters=dict(LLAMA3_ROPE))
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    base = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    factors = torch.tensor(export_mod.llama3_rope_factors(cfg))
+    assert torch.allclose(base / factors, ROPE_INIT_FUNCTIONS["llama3"](cfg)[0], rtol=1e-6)
+    fam = build_family(tmp_path, "llama", layers=6, rope_parameters=dict(LLAMA3_ROPE))
+    res = export_family(fam, tmp_path / "out", "q8_0", members=["student", "teacher"])
+    for f in res.files:
+        t = {x.name: x for x in gguf.GGUFReader(str(tmp_path / "out" / f.path)).tensors}["rope_freqs.weight"]
+        assert t.tensor_type.name == "F32" and torch.allclose(torch.tensor(t.data.copy()), factors)
 
 
 def test_tensor_types_follow_llama_cpp():
