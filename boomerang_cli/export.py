@@ -308,6 +308,7 @@ class Metadata:
     source_gguf: Path | None  # the teacher's original GGUF, when it came as one
     base_model: str | None  # hub id of the teacher
     license: str | None
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # the tokenizer.* keys, made once per export
 
     @property
     def tokenizer_source(self) -> str:
@@ -337,26 +338,35 @@ def _card_license(model_dir: Path) -> str | None:
     return m.group(1).strip() if m else None
 
 
-def family_metadata(family_name: str, teacher_ref: str, teacher_dir: Path) -> Metadata:
+def family_metadata(family_name: str, teacher_ref: str, teacher: ModelInfo) -> Metadata:
+    """Naming, provenance and the tokenizer keys, shared by every file (reading a GGUF's 100k
+    tokenizer strings takes seconds: done once per export, not per file)."""
+    import gguf
+
     from .refs import BUILTINS, ModelRef
 
+    teacher_dir = Path(teacher.path)
     source = "builtin" if teacher_ref in BUILTINS else ("local" if Path(teacher_ref).is_absolute() else "hub")
-    base = ModelRef(teacher_ref, Path(teacher_dir), source).hub_id
+    base = ModelRef(teacher_ref, teacher_dir, source).hub_id
     src_gguf = _source_gguf(teacher_dir)
+    cfg = teacher.config.get_text_config()
     lic = None
+    recorder = gguf.GGUFWriter(None, "tokenizer")  # collects keys, writes nothing
     if src_gguf is not None:
-        import gguf
-
-        field_ = gguf.GGUFReader(str(src_gguf)).fields.get("general.license")
+        reader = gguf.GGUFReader(str(src_gguf))
+        field_ = reader.fields.get("general.license")
         lic = field_.contents() if field_ is not None else None
-    return Metadata(family_name, Path(teacher_dir), src_gguf, base, lic or _card_license(teacher_dir))
+        _copy_tokenizer(recorder, reader, src_gguf, cfg.vocab_size)
+    else:
+        _hf_tokenizer(recorder, teacher_dir, cfg.vocab_size, cfg.model_type)
+    keys = {k: v for k, v in recorder.kv_data[0].items() if k.startswith("tokenizer.")}
+    return Metadata(family_name, teacher_dir, src_gguf, base, lic or _card_license(teacher_dir), keys)
 
 
-def _copy_tokenizer(writer: Any, source: Path, n_vocab: int) -> None:
+def _copy_tokenizer(writer: Any, reader: Any, source: Path, n_vocab: int) -> None:
     """Every ``tokenizer.*`` key of the teacher's own GGUF, with its exact types."""
     import gguf
 
-    reader = gguf.GGUFReader(str(source))
     for key, f in reader.fields.items():
         if not key.startswith("tokenizer."):
             continue
@@ -462,10 +472,7 @@ def write_metadata(writer: Any, comp: Composition, name: str, requested: str, me
             writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
     writer.add_file_type(file_type(requested))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    if meta.source_gguf is not None:
-        _copy_tokenizer(writer, meta.source_gguf, cfg.vocab_size)
-    else:
-        _hf_tokenizer(writer, meta.tokenizer_dir, cfg.vocab_size, cfg.model_type)
+    writer.kv_data[0].update(meta.tokenizer)
 
 
 def file_type(type_name: str) -> int:
@@ -598,7 +605,7 @@ def export_family(
     t0 = time.perf_counter()
     mpath, manifest, models, work = plan_export(family, members, type_name)
     teacher = manifest.teacher
-    meta = family_metadata(mpath.parent.resolve().name, teacher.ref, models["teacher"].path)
+    meta = family_metadata(mpath.parent.resolve().name, teacher.ref, models["teacher"])
     seconds = {"plan": time.perf_counter() - t0}
     files: list[ExportedFile] = []
     unique = {s.key for _, _, specs in work for s in specs}
