@@ -188,6 +188,18 @@ def test_cli_members_json_manifest_and_modelfiles(families, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_family_defaults_to_the_last_one_built_here(families, tmp_path):
+    from boomerang_cli.state import record
+
+    r = cli("export", "-o", tmp_path / "none")
+    assert r.exit_code == 2 and "no FAMILY given" in r.output
+    record(family=str(families("llama")))
+    r = cli("export", "-o", tmp_path / "out", "--type", "f16", "--members", "student", "--no-modelfile", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["files"][0]["modelfile"] is None
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["export.json", "student.gguf"]
+
+
 def test_the_tokenizer_of_a_gguf_teacher_is_copied(families, tmp_path):
     """A teacher that came as a GGUF (like the builtin smollm2-135m) gives its own tokenizer keys."""
     first = export_family(families("llama"), tmp_path / "first", "f32", members=["teacher"])
