@@ -8,7 +8,7 @@ in-memory member is by construction the model ``family`` would save.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -74,6 +74,37 @@ def load_family_models(manifest: FamilyManifest, manifest_dir: Path) -> dict[str
     return out
 
 
+def manifest_file(path: Path | str) -> Path:
+    """``family.json`` itself, or the one in directory ``path``."""
+    path = Path(path).expanduser()
+    return path / MANIFEST_NAME if path.is_dir() else path
+
+
+def read_complete_manifest(path: Path | str) -> tuple[Path, FamilyManifest]:
+    """The manifest at ``path`` (file or directory), refused while the family is incomplete."""
+    mpath = manifest_file(path)
+    manifest = FamilyManifest.read(mpath)
+    if not manifest.complete:
+        raise BoomerangError(
+            f"{mpath}: the family is incomplete (`boomerang family` was interrupted or is still running); "
+            "rerun `boomerang family` to finish it"
+        )
+    return mpath, manifest
+
+
+def select_names(manifest: FamilyManifest, members: Sequence[str] | None) -> list[str]:
+    """``--members`` checked against the family, in family order (student, members by size, teacher);
+    all of them when ``members`` is empty."""
+    every = ["student"] + [m.name for m in manifest.members] + ["teacher"]
+    if not members:
+        return every
+    names = list(dict.fromkeys(members))
+    for name in names:
+        if name not in every:
+            raise BoomerangError(f"no member {name!r} in this family; members: {', '.join(every)}")
+    return [n for n in every if n in names]
+
+
 def member_of(manifest: FamilyManifest, name: str) -> Member:
     """The member called ``name`` in a manifest; ``teacher`` and ``student`` name the pair itself."""
     n = manifest.plan.num_student_layers
@@ -116,9 +147,7 @@ def load_member_from_manifest(
     otherwise the recorded teacher and student are found and their fingerprints
     checked against the manifest.
     """
-    path = Path(manifest_path)
-    if path.is_dir():
-        path = path / MANIFEST_NAME
+    path = manifest_file(manifest_path)
     manifest = FamilyManifest.read(path)
     member = member_of(manifest, name)
     if models is None:

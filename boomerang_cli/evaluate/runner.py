@@ -25,8 +25,9 @@ from ..arch import ModelInfo, text_config
 from ..compose import compose
 from ..data import DEFAULT_BOS, STDLIB, check_bos_policy
 from ..errors import BoomerangError, DataError, UnsupportedArchitectureError
-from ..loader import check_family_models, load_family_models, member_of, model_from_composition
-from ..manifest import MANIFEST_NAME, BaselineEntry, FamilyManifest, migrate_metrics_v1, perplexity_key
+from ..loader import (check_family_models, load_family_models, member_of, model_from_composition,
+                      read_complete_manifest, select_names)
+from ..manifest import BaselineEntry, FamilyManifest, migrate_metrics_v1, perplexity_key
 from ..member import Member
 from ..progress import NULL, Progress
 from ..tensors import atomic_write_text
@@ -356,22 +357,6 @@ def stack_perplexities(
 # -- families ---------------------------------------------------------------------------
 
 
-def manifest_file(path: Path) -> Path:
-    path = Path(path).expanduser()
-    return path / MANIFEST_NAME if path.is_dir() else path
-
-
-def _select_names(manifest: FamilyManifest, members: Sequence[str] | None) -> list[str]:
-    every = ["student"] + [m.name for m in manifest.members] + ["teacher"]
-    if not members:
-        return every
-    names = list(dict.fromkeys(members))
-    for name in names:
-        if name not in every:
-            raise BoomerangError(f"no member {name!r} in this family; members: {', '.join(every)}")
-    return [n for n in every if n in names]
-
-
 @dataclass
 class _Family:
     """A manifest opened for evaluation: its models on disk and in memory."""
@@ -402,13 +387,7 @@ class _Family:
 
 
 def open_family(path: Path, opts: EvalOptions) -> _Family:
-    mpath = manifest_file(path)
-    manifest = FamilyManifest.read(mpath)
-    if not manifest.complete:
-        raise BoomerangError(
-            f"{mpath}: the family is incomplete (`boomerang family` was interrupted or is still running); "
-            "rerun `boomerang family` to finish it"
-        )
+    mpath, manifest = read_complete_manifest(path)
     infos = load_family_models(manifest, mpath.parent)
     check_family_models(manifest, infos)
     dtype, device = opts.dtype, opts.torch_device()
@@ -429,7 +408,7 @@ def evaluate_family(
     t0 = time.perf_counter()
     fam = open_family(path, opts)
     manifest = fam.manifest
-    names = _select_names(manifest, members)
+    names = select_names(manifest, members)
     notes: list[str] = []
     tokenizer = load_tokenizer(fam.infos["teacher"].path, opts.trust_remote_code)
     seq_len = bounded_seq_len(opts, fam.infos["teacher"].config, notes)

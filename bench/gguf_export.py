@@ -1,0 +1,206 @@
+"""Benchmark: export a whole family to GGUF at once vs member by member; llama.cpp's perplexity vs boomerang's.
+
+    python bench/gguf_export.py [--family DIR] [--teacher smollm2-135m] [--type q8_0]
+                                [--members member-17L,member-23L] [--max-tokens 4096] [--seq-len 512]
+                                [--convert-script llama.cpp/convert_hf_to_gguf.py] [--no-install] [--keep-output]
+
+1. The family: ``--family`` (a family.json or its directory), else one built
+   here: ``init-student`` of ``--teacher`` with the paper's flags (no training
+   is needed to time an export) and ``boomerang family --all``.
+2. Export time, each in a fresh process: ``boomerang export FAMILY --type T``
+   once for the whole family, then ``boomerang export --members NAME`` once per
+   member (every member converted on its own), and, with ``--convert-script``,
+   llama.cpp's own ``convert_hf_to_gguf.py --outtype T`` on each member
+   directory (what users run today, once per member).
+3. Perplexity of two members (``--members``, default the smallest and the
+   largest member) on the same tokens: llama.cpp (``llama-cpp-python``, built
+   from its source package by pip with cmake when not installed; slow) on the
+   exported files, next to what ``boomerang eval`` computes for the HF member
+   (``model_nll`` on ``load_eval_data``'s blocks: the held-out ``stdlib``
+   split by default) and transformers reading the same GGUF file.
+
+Prints one JSON object (and writes it to ``--out`` if given). Everything is
+written under a temporary directory that is deleted unless ``--keep-output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def run(*args: str, env: dict | None = None) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, *args], check=True, capture_output=True, text=True, env=env)
+    return time.perf_counter() - t0, out.stdout
+
+
+def boomerang(*args: str) -> tuple[float, str]:
+    env = dict(os.environ, BOOMERANG_PROGRESS="0", PYTHONPATH=str(REPO))
+    return run("-m", "boomerang_cli", *args, env=env)
+
+
+def build_family(root: Path, teacher: str) -> Path:
+    from boomerang_cli.arch import ModelInfo
+    from boomerang_cli.plan import Plan
+    from boomerang_cli.refs import resolve
+    from boomerang_cli.student import init_student
+
+    ref = resolve(teacher)
+    layers = ModelInfo.load(ref.path).arch.num_layers
+    init_student(ref, Plan.from_paper_flags(layers), root / "student")
+    boomerang("family", teacher, str(root / "student"), "--all", "-o", str(root / "family"), "--json")
+    return root / "family" / "family.json"
+
+
+def llama_cpp():
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return None
+    import llama_cpp
+
+    return llama_cpp
+
+
+def install_llama_cpp() -> None:
+    """pip builds llama-cpp-python from its sdist with cmake (several minutes on 16 cores)."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-binary", "llama-cpp-python",
+                    "llama-cpp-python"], check=True)
+
+
+def llama_cpp_nll(path: Path, data, threads: int) -> dict:
+    """Mean NLL of llama.cpp on ``data``'s blocks: one evaluation per block, logits of every position."""
+    import numpy as np
+
+    from boomerang_cli.data import IGNORE
+
+    lc = llama_cpp()
+    llm = lc.Llama(model_path=str(path), n_ctx=data.seq_len, logits_all=True, n_threads=threads,
+                   n_batch=data.seq_len, verbose=False)
+    total, count = 0.0, 0
+    for ids, labels, mask in data.batches(1):
+        n = int(mask[0].sum())
+        toks = ids[0, :n].tolist()
+        llm.reset()
+        llm.eval(toks)
+        scores = np.asarray(llm.scores[:n], dtype=np.float64)
+        lab = labels[0, :n].numpy()
+        logz = np.log(np.exp(scores - scores.max(-1, keepdims=True)).sum(-1)) + scores.max(-1)
+        for t in range(n - 1):
+            if lab[t + 1] != IGNORE:
+                total += logz[t] - scores[t, lab[t + 1]]
+                count += 1
+    return {"nll": total / count, "ppl": math.exp(total / count), "tokens": count}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", type=Path, default=None)
+    ap.add_argument("--teacher", default="smollm2-135m")
+    ap.add_argument("--type", default="q8_0")
+    ap.add_argument("--members", default=None, help="two members to score (default: smallest and largest)")
+    ap.add_argument("--data", default="stdlib")
+    ap.add_argument("--max-tokens", type=int, default=4096)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--convert-script", type=Path, default=None, help="llama.cpp's convert_hf_to_gguf.py")
+    ap.add_argument("--no-install", action="store_true", help="skip perplexity if llama-cpp-python is missing")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--keep-output", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    from boomerang_cli.cli.common import quiet_libraries
+    from boomerang_cli.manifest import FamilyManifest
+
+    quiet_libraries()
+    torch.set_num_threads(args.threads)
+    root = Path(tempfile.mkdtemp(prefix="gguf-bench-"))
+    report: dict = {"type": args.type, "threads": args.threads}
+    try:
+        t0 = time.perf_counter()
+        fam = args.family if args.family is not None else build_family(root, args.teacher)
+        fam = fam / "family.json" if fam.is_dir() else fam
+        report["family"] = str(fam)
+        report["family_build_s"] = time.perf_counter() - t0 if args.family is None else None
+        manifest = FamilyManifest.read(fam)
+        names = ["student"] + [m.name for m in manifest.members] + ["teacher"]
+
+        # -- export time -------------------------------------------------------------------
+        secs, out = boomerang("export", str(fam), "-o", str(root / "all"), "--type", args.type, "--json")
+        whole = json.loads(out)
+        report["whole_family"] = {"files": len(whole["files"]), "wall_s": secs,
+                                  "bytes": sum(f["size"] for f in whole["files"]), **whole["conversions"],
+                                  "seconds": whole["seconds"]}
+        separate = {"wall_s": 0.0, "unique_tensors": 0, "convert_s": 0.0}
+        for name in names:
+            secs, out = boomerang("export", str(fam), "-o", str(root / "one" / name), "--type", args.type,
+                                  "--members", name, "--json")
+            one = json.loads(out)
+            separate["wall_s"] += secs
+            separate["unique_tensors"] += one["conversions"]["unique_tensors"]
+            separate["convert_s"] += one["conversions"]["seconds"]
+            shutil.rmtree(root / "one" / name)
+        report["member_by_member"] = separate
+        if args.convert_script is not None:
+            total = 0.0
+            for m in manifest.members:
+                secs, _ = run(str(args.convert_script), str(fam.parent / m.path), "--outtype", args.type,
+                              "--outfile", str(root / "convert.gguf"))
+                total += secs
+                os.unlink(root / "convert.gguf")
+            report["llama_cpp_convert_members_s"] = total
+
+        # -- perplexity --------------------------------------------------------------------
+        members = args.members.split(",") if args.members else [manifest.members[0].name, manifest.members[-1].name]
+        if llama_cpp() is None and not args.no_install:
+            t0 = time.perf_counter()
+            install_llama_cpp()
+            report["llama_cpp_install_s"] = time.perf_counter() - t0
+        from boomerang_cli.evaluate.perplexity import load_eval_data, model_nll
+        from boomerang_cli.evaluate.runner import load_tokenizer
+        from boomerang_cli.loader import load_family_models, load_member_from_manifest
+
+        models = load_family_models(manifest, fam.parent)
+        tokenizer = load_tokenizer(models["teacher"].path)
+        data = load_eval_data([args.data], "validation", tokenizer, args.seq_len, args.max_tokens)
+        report["data"] = data.describe()
+        rows = []
+        from transformers import AutoModelForCausalLM
+
+        for name in members:
+            path = root / "all" / f"{name}.gguf"
+            hf = model_nll(load_member_from_manifest(fam, name, models=models), data, 4)
+            reread = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                          dtype=torch.float32).eval()
+            row = {"member": name, "boomerang_eval_ppl": hf.ppl, "transformers_gguf_ppl": model_nll(reread, data, 4).ppl}
+            if llama_cpp() is not None:
+                row["llama_cpp"] = llama_cpp_nll(path, data, args.threads)
+            rows.append(row)
+        report["perplexity"] = rows
+    finally:
+        if args.keep_output:
+            report["output"] = str(root)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

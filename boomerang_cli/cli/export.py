@@ -1,0 +1,76 @@
+"""``boomerang export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from . import app
+from .common import emit_json, handle_errors, human, out_console, progress, split_list
+from .options import Json, Overwrite
+
+
+def _family(family: Optional[str]) -> Path:
+    """FAMILY as given, else the last `boomerang family` recorded here."""
+    from ..errors import BoomerangError
+    from ..state import last
+
+    if family is not None:
+        return Path(family).expanduser()
+    recorded = last("family")
+    if recorded is None:
+        raise BoomerangError("no FAMILY given and no `boomerang family` recorded here; pass a family.json or its directory")
+    return Path(recorded)
+
+
+@app.command("export")
+def export_cmd(
+    family: Optional[str] = typer.Argument(
+        None, help="A family (family.json or its directory; default: the last `boomerang family` here)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Directory to write the files and export.json into."),
+    file_format: str = typer.Option("gguf", "--format", help="File format: gguf (llama.cpp, Ollama)."),
+    type_name: str = typer.Option(
+        "q8_0", "--type", help="Tensor type: f32, f16, bf16, q8_0 (default), q4_0, q4_1, q5_0 or q5_1. Norms stay "
+        "f32; at 4-5 bits embeddings and head are q8_0."),
+    members: Optional[str] = typer.Option(
+        None, "--members", help="Only these members of the family, e.g. member-18L,teacher (default: all, "
+        "teacher and student included)."),
+    no_modelfile: bool = typer.Option(False, "--no-modelfile", help="Do not write an Ollama Modelfile per file."),
+    overwrite: bool = Overwrite,
+    json_out: bool = Json,
+) -> None:
+    """Write every member of a family as a GGUF file for llama.cpp and Ollama.
+
+    Each distinct teacher or student tensor is converted and quantized once and
+    reused by every member that contains it. export.json lists each file's path,
+    type, size and sha256. See docs/export.md.
+    """
+    with handle_errors():
+        from ..errors import BoomerangError
+        from ..export import export_family
+
+        member_list = split_list([members]) if members else None
+        if members is not None and not member_list:
+            raise BoomerangError("--members is empty; name members like --members member-18L,teacher")
+        with progress(not json_out) as bar:
+            result = export_family(_family(family), output, type_name, member_list, file_format=file_format,
+                                   overwrite=overwrite, modelfiles=not no_modelfile, progress=bar)
+    if json_out:
+        emit_json(result.to_json())
+        return
+    t = Table(title=f"GGUF export of {result.family} ({result.type})")
+    for col, just in (("file", "left"), ("layers", "right"), ("params", "right"), ("tied", "left"),
+                      ("size", "right"), ("sha256", "left")):
+        t.add_column(col, justify=just, no_wrap=True)
+    for f in result.files:
+        t.add_row(f.path, str(f.num_layers), human(f.num_params), "yes" if f.tied else "no",
+                  f"{f.size / 1e6:.1f} MB", f.sha256.removeprefix("sha256:")[:12])
+    out_console.print(t)
+    secs = result.seconds
+    out_console.print(
+        f"{result.unique_tensors} unique tensors converted once for {result.tensor_references} tensors written "
+        f"({secs.get('convert', 0):.1f}s converting, {secs.get('write', 0):.1f}s writing); "
+        f"manifest: {result.output / 'export.json'}", highlight=False)
