@@ -38,6 +38,12 @@ EVAL = dict(sources=["stdlib"], split="validation", seq_len=256, max_tokens=4096
 CALIB_TOKENS = 2048
 
 
+def builder(infos):
+    """A stack as a standalone model (the trunk checks its first batch against one)."""
+    return lambda s: model_from_composition(compose(infos, s.layers, s.embed_from, s.head_from), torch.float32,
+                                            torch.device("cpu"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
@@ -61,8 +67,8 @@ def main() -> None:
         stacks = {"teacher": Stack.whole("teacher", L)}
         for n in range(L // 2, L):
             stacks[f"shortgpt-{n:02d}L"] = Stack.of_layers("teacher", shortgpt_layers(influence, n))
-        res, _ = stack_perplexities(stacks, {"teacher": t_runner}, data, 8, lambda s: None, trunk=True,
-                                    dtype=torch.float32)
+        res, _ = stack_perplexities(stacks, {"teacher": t_runner}, data, 8, builder({"teacher": t_info}),
+                                    trunk=True, dtype=torch.float32)
         base = [{"name": k, "kind": "teacher" if k == "teacher" else "baseline", "method": "shortgpt",
                  "num_layers": len(s.layers), "num_params": compose({"teacher": t_info}, s.layers, "teacher",
                                                                     "teacher").num_params,
@@ -89,11 +95,7 @@ def main() -> None:
             members = [m for m in members if not m.is_teacher]
             t0 = time.perf_counter()
             stacks = {("student" if m.is_student else m.name): Stack.of_member(m) for m in members}
-            res, _ = stack_perplexities(
-                stacks, runners, data, 8,
-                lambda s: model_from_composition(compose(infos, s.layers, s.embed_from, s.head_from),
-                                                 torch.float32, torch.device("cpu")),
-                trunk=True, dtype=torch.float32)
+            res, _ = stack_perplexities(stacks, runners, data, 8, builder(infos), trunk=True, dtype=torch.float32)
             rows = [r for r in base]
             for m in members:
                 key = "student" if m.is_student else m.name
