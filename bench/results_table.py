@@ -4,7 +4,7 @@
     python bench/results_table.py orders orders.json            # every order's members per depth
     python bench/results_table.py plot RUN.json OUT.png TITLE    # redraw a run (orders: by depth, no baselines)
     python bench/results_table.py equal-size demo/demo.json      # each model against ShortGPT at equal saved size
-    python bench/results_table.py sweep OUT/scores.jsonl         # bench/recipe_score.py's rows, one per line
+    python bench/results_table.py sweep OUT/scores.jsonl [LABEL=ORDER=demo.json ...]  # the recipe sweep
 
 The numbers in docs/results.md are pasted from this script's output, never typed.
 """
@@ -122,11 +122,20 @@ def equal_size_table(path: str) -> str:
     return "\n".join(out)
 
 
-def sweep_table(path: str) -> str:
+def sweep_table(path: str, *runs: str) -> str:
+    """bench/recipe_score.py's rows, then whole runs given as ``LABEL=ORDER=demo.json`` scored the same way."""
+    from boomerang_cli.evaluate.score import score_family
+
     out = ["| setting | order | student ppl | geomean ratio vs ShortGPT | wins | increases | sizes within ends |",
            "|---|---|---:|---:|---:|---:|:---:|"]
-    for line in open(path):
-        r = json.loads(line)
+    rows = [json.loads(line) for line in open(path)]
+    for run in runs:
+        label, order, demo = run.split("=", 2)
+        sc, fam = score_family(_rows(demo)), _rows(demo)
+        rows.append({"name": label, "order": order, "geomean_ratio": sc.geomean_ratio, "wins": sc.wins,
+                     "sizes": sc.sizes, "increases": sc.increases, "within_range": sc.within_range,
+                     "student_ppl": next(r["ppl"] for r in fam if r["kind"] == "student")})
+    for r in rows:
         out.append(f"| {r['name']} | {r['order']} | {_fmt(r['student_ppl'])} | {r['geomean_ratio']:.3f} | "
                    f"{r['wins']} of {r['sizes']} | {r['increases']} | {'yes' if r['within_range'] else 'no'} |")
     return "\n".join(out)
@@ -138,4 +147,4 @@ if __name__ == "__main__":
     if what == "plot":
         plot(path, sys.argv[3], sys.argv[4])
     else:
-        print(tables[what](path))
+        print(tables[what](path, *sys.argv[3:]))
