@@ -25,6 +25,7 @@ from .arch import ModelInfo
 from .compose import Composition, check_same_family, fingerprint, model_card, write_model_dir
 from .data import public_sources
 from .errors import BoomerangError, OutputExistsError, PairMismatchError, PlanError
+from .guard import check_disjoint
 from .manifest import MANIFEST_NAME, FamilyManifest, MemberEntry, ModelEntry, OrderInfo
 from .member import ORDERS, Member, sequential_members
 from .orders import CALIBRATED_ORDERS, SearchResult, beam_width, result_from_order_info
@@ -107,6 +108,11 @@ class Pair:
     @property
     def models(self) -> dict[str, ModelInfo]:
         return {"teacher": self.teacher, "student": self.student}
+
+    @property
+    def inputs(self) -> dict[str, Path]:
+        """What an output must not overlap (guard.check_disjoint)."""
+        return {"teacher": Path(self.teacher_ref.path), "student": Path(self.student_ref.path)}
 
     def entry(self, role: str) -> ModelEntry:
         ref = self.teacher_ref if role == "teacher" else self.student_ref
@@ -508,11 +514,6 @@ def _clean_stale(output: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
-def _inside(path: Path, root: Path) -> bool:
-    path, root = path.resolve(), root.resolve()
-    return path == root or root in path.parents
-
-
 DTYPE_LABELS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}
 
 
@@ -525,9 +526,7 @@ def _prior_manifest(output: Path, pair: Pair, order: str, overwrite: bool) -> Fa
     """The manifest of an earlier run into ``output`` that this run may resume, else None."""
     if output.exists() and not output.is_dir():
         raise OutputExistsError(f"{output} exists and is not a directory; choose another -o")
-    for role, ref in (("teacher", pair.teacher_ref), ("student", pair.student_ref)):
-        if _inside(Path(ref.path), output):
-            raise OutputExistsError(f"-o {output} contains the {role} ({ref.ref}); choose another -o")
+    check_disjoint(output, pair.inputs)
     if not output.is_dir():
         return None
     path = output / MANIFEST_NAME

@@ -144,6 +144,7 @@ def family_cmd(
         from ..errors import BoomerangError
         from ..family import (achievable, build_family, calibrated_search, check_order, check_output,
                               check_selection_args, dry_run_json, open_pair, select)
+        from ..guard import check_disjoint, local_sources
         from ..manifest import OrderInfo
         from ..orders import order_info
         from ..plan import Plan
@@ -169,6 +170,8 @@ def family_cmd(
         spec = calibration_spec(order, calib_data, calib_samples, calib_seq_len, beam, student, bos)
         pair = open_pair(t_ref, s_ref, keep=kept, force=force, dtype=torch_dtype,
                          trust_remote_code=trust_remote_code)
+        if spec is not None and output is not None and not dry_run:
+            check_disjoint(output, local_sources(spec.sources))  # the family's own inputs: build_family
         search, info, reused = None, OrderInfo(method=order), False
         if spec is not None:
             if output is not None and not dry_run:

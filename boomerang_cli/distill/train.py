@@ -37,6 +37,7 @@ from ..compose import LayerSource, compose, fingerprint, model_card, require_sam
 from ..data import (DEFAULT_BOS, Block, BlockStream, StreamPosition, block_bos, check_bos_policy, check_source, collate, iter_blocks,
                     load_all_documents, public_sources)
 from ..errors import BoomerangError, DataError, PairMismatchError, PlanError, TrainingDivergedError
+from ..guard import check_disjoint, local_sources
 from ..plan import Plan
 from ..progress import NULL, Progress
 from ..refs import ModelRef, copy_aux_files, resolve
@@ -460,6 +461,9 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
     # 1. Teacher, plan and student; refuse a mismatched pair early.
     pair = resolve_pair(cfg)
     plan = pair.plan
+    inputs = [("teacher", pair.teacher_ref.path), ("student", pair.student_dir), *local_sources(cfg.data)]
+    check_disjoint(cfg.output, inputs)
+    check_disjoint(cfg.ckpt_dir, inputs, "--checkpoint-dir")
     max_pos = _max_positions(pair.teacher_info.config)
     if max_pos is not None and cfg.seq_len > max_pos:
         raise BoomerangError(f"--seq-len {cfg.seq_len} is longer than the model's {max_pos} positions; "

@@ -1,0 +1,200 @@
+"""What the tool promises on bad input, interruption and concurrency (docs/guarantees.md), as one table.
+
+Each row of ``CASES`` is a case a careful but hostile user tries: the command,
+the exit code, a fragment of the one-line message, and what must (or must not)
+be on disk afterwards. Rows for the failures issue 14 found sit beside rows for
+neighbouring cases that already behaved, so a regression in either fails here.
+Every row runs in-process on tiny models (``tests/common.py``) in a fresh copy
+of one small world: a 4-layer teacher, its 2-layer student, a family of them
+and a text corpus. The cases that need a second process (kill -9 and resume,
+two writers) are the tests after the table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from typer.testing import CliRunner
+
+from boomerang_cli.cli import app
+
+from .common import perturb_saved, tiny_model_dir
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CORPUS = "".join(f"The quick brown fox {i} jumps over the lazy dog. def add(a, b): return a + b\n"
+                 for i in range(400))
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """teacher/ (4 layers), student/ (kept 0,2), fam/ (its one member), corpus.txt; copied per test."""
+    root = tmp_path_factory.mktemp("world")
+    teacher = tiny_model_dir(root, "llama", layers=4)
+    teacher.rename(root / "teacher")
+    (root / "corpus.txt").write_text(CORPUS)
+    env = {"BOOMERANG_STATE": str(root / "state.json"), "BOOMERANG_PROGRESS": "0"}
+    r = runner.invoke(app, ["init-student", str(root / "teacher"), "-o", str(root / "student"), "--keep", "0,2"],
+                      env=env)
+    assert r.exit_code == 0, r.output
+    perturb_saved(root / "student", seed=3)
+    r = runner.invoke(app, ["family", str(root / "teacher"), str(root / "student"), "-o", str(root / "fam"),
+                            "--all"], env=env)
+    assert r.exit_code == 0, r.output
+    (root / "state.json").unlink(missing_ok=True)
+    return root
+
+
+@dataclass
+class World:
+    root: Path
+
+    def __truediv__(self, name: str) -> Path:
+        return self.root / name
+
+    def tree(self, name: str) -> dict[str, int]:
+        """Relative path -> size of every file under ``name`` (what must survive a refused run)."""
+        top = self.root / name
+        return {str(p.relative_to(top)): p.stat().st_size for p in sorted(top.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def w(base, tmp_path, monkeypatch) -> World:
+    root = tmp_path / "w"
+    shutil.copytree(base, root, symlinks=True)
+    monkeypatch.setenv("BOOMERANG_STATE", str(root / "state.json"))
+    monkeypatch.setenv("BOOMERANG_PROGRESS", "0")
+    monkeypatch.chdir(root)
+    # A family records absolute teacher/student paths: point the copy's manifest at the copy.
+    m = json.loads((root / "fam" / "family.json").read_text())
+    for role in ("teacher", "student"):
+        m[role]["path"] = str(root / role)
+        m[role]["ref"] = str(root / role)
+    (root / "fam" / "family.json").write_text(json.dumps(m, indent=2))
+    return World(root)
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+# -- the table --------------------------------------------------------------------------------------
+
+Setup = Callable[[World], None]
+Check = Callable[[World], None]
+
+
+@dataclass
+class Case:
+    id: str
+    args: list[str]  # "{name}" is replaced by the world's path of name
+    code: int
+    message: str = ""  # a fragment of the one-line error (or of the output when code is 0)
+    setup: Setup | None = None
+    after: Check | None = None  # what must be on disk afterwards
+    keeps: list[str] = field(default_factory=list)  # world entries that must be byte-for-byte unchanged
+
+
+def _fill(arg: str, w: World) -> str:
+    return arg.replace("{w}", str(w.root))
+
+
+def unchanged(*names: str) -> list[str]:
+    return list(names)
+
+
+def absent(*names: str) -> Check:
+    def check(w: World) -> None:
+        for n in names:
+            assert not (w / n).exists(), f"{n} should not exist"
+    return check
+
+
+def present(*names: str) -> Check:
+    def check(w: World) -> None:
+        for n in names:
+            assert (w / n).exists(), f"{n} should exist"
+    return check
+
+
+def no_hidden_leftovers(w: World) -> None:
+    """No temp dirs, lock files or .old entries next to any output."""
+    junk = [p.name for d in (w.root, w / "fam") if d.is_dir() for p in d.iterdir()
+            if p.name.startswith(".") and (".tmp-" in p.name or p.name.endswith(".lock") or ".old-" in p.name)]
+    assert not junk, junk
+
+
+def texts(w: World) -> None:
+    (w / "texts").mkdir()
+    (w / "texts" / "a.txt").write_text(CORPUS)
+
+
+TRAIN = ["--data", "{w}/corpus.txt", "--steps", "1", "--seq-len", "16", "--batch-size", "1", "--save-every", "0"]
+
+CASES: list[Case] = [
+    # 1. An output never overlaps an input, whatever --overwrite says.
+    Case("distill-o-teacher", ["distill", "{w}/teacher", "-o", "{w}/teacher", "--overwrite", *TRAIN], 2,
+         "is the teacher", keeps=unchanged("teacher")),
+    Case("distill-o-parent-of-teacher", ["distill", "{w}/teacher", "-o", "{w}", "--overwrite", *TRAIN], 2,
+         "contains the teacher", keeps=unchanged("teacher", "student", "fam")),
+    Case("distill-o-student", ["distill", "--student", "{w}/student", "-o", "{w}/student", "--overwrite", *TRAIN],
+         2, "is the student", keeps=unchanged("student")),
+    Case("distill-o-inside-teacher", ["distill", "{w}/teacher", "-o", "{w}/teacher/sub", *TRAIN], 2,
+         "is inside the teacher", keeps=unchanged("teacher")),
+    Case("distill-o-data-file", ["distill", "{w}/teacher", "-o", "{w}/corpus.txt", "--overwrite", *TRAIN], 2,
+         "not a writable directory", keeps=unchanged("corpus.txt")),
+    Case("distill-o-data-dir", ["distill", "{w}/teacher", "-o", "{w}/texts", "--overwrite", *TRAIN,
+                                "--data", "{w}/texts"], 2, "the data source", setup=lambda w: texts(w),
+         keeps=unchanged("texts")),
+    Case("distill-checkpoint-dir-teacher", ["distill", "{w}/teacher", "-o", "{w}/out", "--checkpoint-dir",
+                                            "{w}/teacher", *TRAIN], 2, "--checkpoint-dir", keeps=unchanged("teacher")),
+    Case("distill-ok", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN], 0, "distilled",
+         after=lambda w: (present("out/model.safetensors", "out/boomerang.json")(w), no_hidden_leftovers(w))),
+    Case("init-student-o-teacher", ["init-student", "{w}/teacher", "-o", "{w}/teacher", "--overwrite"], 2,
+         "is the teacher", keeps=unchanged("teacher")),
+    Case("init-student-o-parent", ["init-student", "{w}/teacher", "-o", "{w}", "--overwrite"], 2,
+         "contains the teacher", keeps=unchanged("teacher")),
+    Case("init-student-nonempty", ["init-student", "{w}/teacher", "-o", "{w}/fam"], 2, "--overwrite",
+         keeps=unchanged("fam")),
+    Case("init-student-ok", ["init-student", "{w}/teacher", "-o", "{w}/s2"], 0, "written to",
+         after=lambda w: (present("s2/boomerang.json")(w), no_hidden_leftovers(w))),
+    Case("family-o-parent", ["family", "{w}/teacher", "{w}/student", "-o", "{w}", "--all", "--overwrite"], 2,
+         "contains the teacher", keeps=unchanged("teacher", "student")),
+    Case("family-o-student", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/student", "--all", "--overwrite"],
+         2, "is the student", keeps=unchanged("student")),
+    Case("family-o-calib-data", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/corpus.txt", "--all",
+                                 "--order", "kl-greedy", "--calib-data", "{w}/corpus.txt", "--overwrite"], 2,
+         "the data source", keeps=unchanged("corpus.txt")),
+    Case("family-rerun-reuses", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam", "--all"], 0, "reused",
+         keeps=unchanged("fam/member-03L"), after=no_hidden_leftovers),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_case(case: Case, w: World):
+    if case.setup is not None:
+        case.setup(w)
+    before = {name: w.tree(name) if (w / name).is_dir() else (w / name).read_bytes() for name in case.keeps}
+    r = invoke(*(_fill(a, w) for a in case.args))
+    out = r.output
+    assert not isinstance(r.exception, Exception) or isinstance(r.exception, SystemExit), \
+        f"traceback instead of a message: {r.exception!r}\n{out}"
+    assert r.exit_code == case.code, out
+    if case.code != 0:
+        errors = [line for line in out.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, out
+        assert case.message in errors[0], out
+    else:
+        assert case.message in out, out
+    for name, old in before.items():
+        now = w.tree(name) if (w / name).is_dir() else (w / name).read_bytes()
+        assert now == old, f"{name} changed"
+    if case.after is not None:
+        case.after(w)
