@@ -141,4 +141,9 @@ def output_lock(output: Path | str) -> Iterator[None]:
             os.close(fd)
 
 
-__all__ = ["check_disjoint", "local_sources", "output_lock", "lock_path", "OutputLockedError"]
+def lock_if(output: Path | str | None, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """:func:`output_lock` of ``output``, or nothing (dry runs, no output, ranks that do not write)."""
+    return output_lock(output) if output is not None and enabled else contextlib.nullcontext()
+
+
+__all__ = ["lock_if", "check_disjoint", "local_sources", "output_lock", "lock_path", "OutputLockedError"]

@@ -138,6 +138,7 @@ def distill_cmd(
     with handle_errors():
         from ..distill import DistillConfig, distill
         from ..distill.recipes import get_recipe
+        from ..guard import lock_if
         from ..state import record
 
         teacher, student, output = resolve_short_form(teacher, student, output)
@@ -155,7 +156,7 @@ def distill_cmd(
             report_to=list(report_to), logging_dir=logging_dir, dtype=dtype, max_shard_size=max_shard_size,
             overwrite=overwrite, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
         )
-        with progress(not json_out and main_rank) as bar:
+        with lock_if(output, main_rank), progress(not json_out and main_rank) as bar:
             result = distill(cfg, progress=bar)
         if main_rank:
             record(student=output, teacher=result.teacher)

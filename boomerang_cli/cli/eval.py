@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -105,11 +106,12 @@ def eval_cmd(
     layers compute them once (results are identical to evaluating each member
     on its own; --no-trunk does that).
     """
-    with handle_errors():
+    with handle_errors(), contextlib.ExitStack() as hold:
         from ..errors import BoomerangError
         from ..evaluate.baselines import METHODS
         from ..evaluate.lmeval import parse_tasks
         from ..evaluate.runner import EvalOptions, evaluate_family, evaluate_models
+        from ..guard import lock_if
         from ..tensors import parse_dtype
 
         methods: list[str] = []
@@ -152,6 +154,10 @@ def eval_cmd(
         member_list = split_list([members]) if members else None
         if kind == "family" and members is not None and not member_list:
             raise BoomerangError("--members is empty; name members like --members member-18L,teacher")
+        # One writer per output: the family's directory (its manifest gets the results) or the results file.
+        from ..evaluate.runner import DEFAULT_RESULTS, manifest_file
+
+        hold.enter_context(lock_if(manifest_file(target).parent if kind == "family" else output or Path(DEFAULT_RESULTS)))
         with progress(not json_out) as bar:
             if kind == "family":
                 report = evaluate_family(target, opts, member_list, progress=bar)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import List, Optional
 
@@ -140,11 +141,11 @@ def family_cmd(
 
     Rerunning the same command resumes: members already written and verified are kept.
     """
-    with handle_errors():
+    with handle_errors(), contextlib.ExitStack() as hold:
         from ..errors import BoomerangError
         from ..family import (achievable, build_family, calibrated_search, check_order, check_output,
                               check_selection_args, dry_run_json, open_pair, select)
-        from ..guard import check_disjoint, local_sources
+        from ..guard import check_disjoint, local_sources, lock_if
         from ..manifest import OrderInfo
         from ..orders import order_info
         from ..plan import Plan
@@ -165,6 +166,7 @@ def family_cmd(
             output = default_output(student)
             if output is None:
                 raise BoomerangError(f"student {student} is not a local directory; pass -o DIR for the family")
+        hold.enter_context(lock_if(output, not dry_run))  # one writer per family, held to the end
         t_ref = resolve(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         s_ref = resolve(student, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         spec = calibration_spec(order, calib_data, calib_samples, calib_seq_len, beam, student, bos)
