@@ -12,21 +12,26 @@ two writers) are the tests after the table.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 from typer.testing import CliRunner
 
 from boomerang_cli.cli import app
+from boomerang_cli.guard import output_lock
 
 from .common import perturb_saved, tiny_model_dir
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CORPUS = "".join(f"The quick brown fox {i} jumps over the lazy dog. def add(a, b): return a + b\n"
@@ -55,6 +60,11 @@ def base(tmp_path_factory) -> Path:
 @dataclass
 class World:
     root: Path
+    held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def hold_lock(self, name: str) -> None:
+        """Another writer (this process, on another file description) holds ``name``'s lock."""
+        self.held.enter_context(output_lock(self.root / name))
 
     def __truediv__(self, name: str) -> Path:
         return self.root / name
@@ -66,7 +76,7 @@ class World:
 
 
 @pytest.fixture
-def w(base, tmp_path, monkeypatch) -> World:
+def w(base, tmp_path, monkeypatch) -> Iterator[World]:
     root = tmp_path / "w"
     shutil.copytree(base, root, symlinks=True)
     monkeypatch.setenv("BOOMERANG_STATE", str(root / "state.json"))
@@ -78,7 +88,9 @@ def w(base, tmp_path, monkeypatch) -> World:
         m[role]["path"] = str(root / role)
         m[role]["ref"] = str(root / role)
     (root / "fam" / "family.json").write_text(json.dumps(m, indent=2))
-    return World(root)
+    world = World(root)
+    with world.held:
+        yield world
 
 
 def invoke(*args: object):
@@ -136,6 +148,12 @@ def texts(w: World) -> None:
     (w / "texts" / "a.txt").write_text(CORPUS)
 
 
+def read_only_dir(w: World, name: str) -> None:
+    (w / name).mkdir()
+    (w / name).chmod(0o555)
+
+
+EVAL = ["--data", "{w}/corpus.txt", "--max-tokens", "32", "--seq-len", "16", "--split", "train"]
 TRAIN = ["--data", "{w}/corpus.txt", "--steps", "1", "--seq-len", "16", "--batch-size", "1", "--save-every", "0"]
 
 CASES: list[Case] = [
@@ -172,6 +190,35 @@ CASES: list[Case] = [
     Case("family-o-calib-data", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/corpus.txt", "--all",
                                  "--order", "kl-greedy", "--calib-data", "{w}/corpus.txt", "--overwrite"], 2,
          "the data source", keeps=unchanged("corpus.txt")),
+    # 2. One writer per output: a second run is refused at once, naming the holder.
+    Case("family-locked", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam", "--all"], 2,
+         "being written by another boomerang run (pid", setup=lambda w: w.hold_lock("fam"), keeps=unchanged("fam")),
+    Case("eval-family-locked", ["eval", "{w}/fam", "--data", "{w}/corpus.txt", "--max-tokens", "32",
+                                "--seq-len", "16"], 2, "being written by another", setup=lambda w: w.hold_lock("fam"),
+         keeps=unchanged("fam")),
+    Case("distill-locked", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN], 2, "being written by another",
+         setup=lambda w: w.hold_lock("out"), after=absent("out")),
+    Case("init-student-locked", ["init-student", "{w}/teacher", "-o", "{w}/s2"], 2, "being written by another",
+         setup=lambda w: w.hold_lock("s2"), after=absent("s2")),
+    Case("eval-o-locked", ["eval", "{w}/teacher", "-o", "{w}/r.json", "--data", "{w}/corpus.txt",
+                           "--max-tokens", "32", "--seq-len", "16"], 2, "being written by another",
+         setup=lambda w: w.hold_lock("r.json"), after=absent("r.json")),
+    Case("family-other-output-not-locked", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam2", "--all"], 0,
+         "1 written", setup=lambda w: w.hold_lock("fam"), after=present("fam2/family.json")),
+    # 7. eval -o is checked before any evaluation (results are never computed only to be lost).
+    Case("eval-o-directory", ["eval", "{w}/teacher", "-o", "{w}/fam", *EVAL], 2, "is a directory",
+         keeps=unchanged("fam")),
+    Case("eval-o-not-results", ["eval", "{w}/teacher", "-o", "{w}/notes.json", *EVAL], 2,
+         "not valid JSON", setup=lambda w: (w / "notes.json").write_text("hello"), keeps=unchanged("notes.json")),
+    *([] if os.geteuid() == 0 else [  # root writes anywhere
+        Case("eval-o-read-only-dir", ["eval", "{w}/teacher", "-o", "{w}/ro/r.json", *EVAL], 2, "not a writable",
+             setup=lambda w: read_only_dir(w, "ro"), after=absent("ro/r.json"))]),
+    Case("eval-o-over-data", ["eval", "{w}/teacher", "-o", "{w}/corpus.txt", *EVAL], 2, "the data source",
+         keeps=unchanged("corpus.txt")),
+    Case("eval-o-inside-model", ["eval", "{w}/teacher", "-o", "{w}/teacher/r.json", *EVAL], 2,
+         "is inside the model", keeps=unchanged("teacher")),
+    Case("eval-o-ok", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL], 0, "results written",
+         after=lambda w: (present("r.json")(w), no_hidden_leftovers(w))),
     Case("family-rerun-reuses", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam", "--all"], 0, "reused",
          keeps=unchanged("fam/member-03L"), after=no_hidden_leftovers),
 ]
@@ -198,3 +245,32 @@ def test_case(case: Case, w: World):
         assert now == old, f"{name} changed"
     if case.after is not None:
         case.after(w)
+
+
+# -- cases that need a second process ---------------------------------------------------------------
+
+
+def _holder(path: Path) -> subprocess.Popen:
+    """A second process holding ``path``'s lock until killed."""
+    code = ("import sys, time\nfrom boomerang_cli.guard import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_two_writers_then_kill_9_of_the_first(w: World):
+    """The second `family` on one output is refused naming the first's pid; once that one is killed
+    with -9 (its lock file left behind), a rerun takes the lock and finishes."""
+    holder = _holder(w / "fam")
+    try:
+        r = invoke("family", w / "teacher", w / "student", "-o", w / "fam", "--all")
+        assert r.exit_code == 2 and f"(pid {holder.pid})" in r.output, r.output
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (w / ".fam.lock").exists()  # SIGKILL leaves the file; the kernel dropped the lock
+    r = invoke("family", w / "teacher", w / "student", "-o", w / "fam", "--all")
+    assert r.exit_code == 0, r.output
+    no_hidden_leftovers(w)

@@ -25,6 +25,7 @@ from ..arch import ModelInfo, text_config
 from ..compose import compose
 from ..data import DEFAULT_BOS, STDLIB, check_bos_policy
 from ..errors import BoomerangError, DataError, UnsupportedArchitectureError
+from ..guard import check_disjoint, local_sources
 from ..loader import (check_family_models, load_family_models, member_of, model_from_composition,
                       read_complete_manifest, select_names)
 from ..manifest import BaselineEntry, FamilyManifest, migrate_metrics_v1, perplexity_key
@@ -643,6 +644,8 @@ def evaluate_models(
     described: dict[str, Any] | None = None
     trunk_reason = "plain models share no layers"
     resolved = [resolve(r, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code) for r in refs]
+    out = Path(output) if output is not None else Path(DEFAULT_RESULTS)
+    check_results_output(out, [("model", r.path) for r in resolved] + local_sources(opts.sources))
     manager = lmeval.task_manager(opts.tasks, opts.task_dir) if opts.tasks else None
     seconds: dict[str, float] = {"perplexity": 0.0, "tasks": 0.0}
     task = progress.task("evaluating models", len(resolved), unit="models")
@@ -673,7 +676,6 @@ def evaluate_models(
         del model
         task.advance(1)
     progress.finish(task)
-    out = Path(output) if output is not None else Path(DEFAULT_RESULTS)
     write_results(out, rows, resolved)
     seconds["total"] = time.perf_counter() - t0
     return EvalReport(
@@ -681,6 +683,23 @@ def evaluate_models(
         trunk=TrunkInfo(False, trunk_reason) if opts.perplexity else None, seconds=seconds, written=str(out),
         device=str(device), dtype=str(opts.dtype).removeprefix("torch."), tasks=list(opts.tasks), notes=notes,
     )
+
+
+def check_results_output(path: Path, inputs: Sequence[tuple[str, Any]] = ()) -> None:
+    """Refuse a results file ``eval`` could not write, before minutes of evaluation, not after."""
+    import os
+
+    path = Path(path)
+    check_disjoint(path, inputs)
+    if path.is_dir():
+        raise BoomerangError(f"-o {path} is a directory; give a results .json file")
+    read_results(path)  # an existing file must be a results file this run can merge into
+    p = path.absolute().parent
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        raise BoomerangError(f"-o {path}: cannot write there ({p} is not a writable directory); "
+                             "choose another -o")
 
 
 def read_results(path: Path) -> dict[str, Any]:
