@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -85,30 +84,40 @@ def _holder(path: Path) -> str:
 def output_lock(output: Path | str) -> Iterator[None]:
     """Hold ``output``'s lock for the ``with`` block; refuse if another process holds it.
 
-    The lock file is removed on release. A file system without ``flock``
-    (some network mounts) runs unlocked rather than not at all.
+    The lock file is removed on release, and so are parent directories created
+    for it that the run left empty. Where no lock file can be made (a parent is
+    a file, a read-only place, a file system without ``flock``) the run goes on
+    unlocked, and the command's own checks name what is wrong with the output.
     """
     lock = lock_path(output)
+    created: list[Path] = []
+    fd = -1
     try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputExistsError(
-            f"cannot create {output} ({(exc.strerror or str(exc)).lower()}: {exc.filename or lock.parent}); "
-            "choose another output path"
-        ) from None
+        missing = [p for p in [lock.parent, *lock.parent.parents] if not p.exists()]
+        for d in reversed(missing):
+            d.mkdir()
+            created.append(d)
+        fd = _acquire(lock, output)
+    except OSError:
+        fd = -1
+    try:
+        yield
+    finally:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+            os.close(fd)
+        for d in reversed(created):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def _acquire(lock: Path, output: Path | str) -> int:
+    """An open descriptor of ``lock`` holding its flock (-1: no flock here), or OutputLockedError."""
     import fcntl
 
-    fd = -1
     while True:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise OutputExistsError(
-                    f"cannot write beside {output} ({(exc.strerror or '').lower()}: {lock.parent}); "
-                    "choose another output path"
-                ) from None
-            raise
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -117,28 +126,19 @@ def output_lock(output: Path | str) -> Iterator[None]:
                 f"{output} is being written by another boomerang run (pid {_holder(lock)}); "
                 "wait for it to finish or choose another output"
             ) from None
-        except OSError:  # no flock here: go on unlocked
+        except OSError:  # no flock on this file system
             os.close(fd)
-            fd = -1
-            break
+            return -1
         # The holder before us may have removed the file after we opened it: lock the live one.
         try:
             same = os.stat(lock).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
         if same:
-            break
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
         os.close(fd)
-    if fd >= 0:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-    try:
-        yield
-    finally:
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.unlink(lock)
-            os.close(fd)
 
 
 def lock_if(output: Path | str | None, enabled: bool = True) -> contextlib.AbstractContextManager:
