@@ -38,6 +38,7 @@ SmolLM2 name one that their tokenizers never add).
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -100,18 +101,36 @@ def stdlib_files() -> list[tuple[str, Path]]:
     return sorted(out)
 
 
+def check_text(data: bytes, where: object) -> str:
+    """``data`` as text, or a DataError naming ``where``: the one check that data is text, not binary.
+
+    NUL bytes mean binary data (a model, an archive, an image), and bytes that
+    are not UTF-8 would be silently replaced; either is refused rather than
+    trained or evaluated on.
+    """
+    if b"\0" in data:
+        raise DataError(f"{where}: binary data (NUL bytes), not text; pass text files, .jsonl or .parquet to --data")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}: not UTF-8 text (undecodable byte at offset {exc.start}); convert it to UTF-8 "
+                        "or leave it out of --data") from None
+
+
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return check_text(data, path)
 
 
 def _iter_jsonl(path: Path, key_prefix: str, split: str, text_field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if split_of(f"{key_prefix}:{lineno}") != split or not line.strip():
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if split_of(f"{key_prefix}:{lineno}") != split or not raw.strip():
                 continue
+            line = check_text(raw, f"{path}:{lineno}")
             try:
                 record = json.loads(line)
             except ValueError:
@@ -234,10 +253,34 @@ def check_source(source: str) -> None:
         return
     if path.is_dir() and not _dir_files(path):
         raise DataError(f"{source}: no text, .jsonl or .parquet files in this directory")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{source}: empty file; pass a file with text in it")
+    for p in ([path] if path.is_file() else [p for _, p in _dir_files(path)]):
+        if p.suffix.lower() not in PARQUET_SUFFIXES:
+            _sniff(p)
+
+
+def _sniff(path: Path, size: int = 8192) -> None:
+    """The start of a file is text (:func:`check_text`): a binary file fails before a run, not midway."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(size)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:  # incremental: a multi-byte character cut at the end of the sample is fine
+        ok = b"\0" not in head and codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < size) is not None
+    except UnicodeDecodeError:
+        ok = False
+    if not ok:
+        check_text(head, path)
 
 
 def load_documents(source: str, split: str = "train", text_field: str = "text") -> Iterator[str]:
-    """The documents of one source in one split, in a fixed order."""
+    """The documents of one source in one split, in a fixed order; empty (blank) documents are left out."""
+    return (text for text in _documents(source, split, text_field) if text.strip())
+
+
+def _documents(source: str, split: str, text_field: str) -> Iterator[str]:
     _check_split(split)
     check_source(source)
     if source == STDLIB:
@@ -393,7 +436,8 @@ class BlockStream:
                 if start < len(tokens):
                     yield _Segment(epoch, i, tokens, start)
             if n_docs == 0:
-                raise DataError(f"{self.describe} has no documents; check --data and the split")
+                raise DataError(f"{self.describe} has no documents (blank ones are left out); check --data "
+                                "and the split")
             if skip >= n_docs:
                 raise DataError(f"{self.describe} has {n_docs} documents, fewer than the checkpoint "
                                 "had read; resume with the same --data")

@@ -157,7 +157,7 @@ def family_cmd(
         targets = check_selection_args(sizes, num, all_members, dry_run)
         shard = parse_size(max_shard_size)
         torch_dtype = parse_dtype(dtype) if dtype else None
-        kept = Plan.parse_keep(keep) if keep else None
+        kept = Plan.parse_keep(keep) if keep is not None else None
         teacher, student = _resolve_pair_refs(teacher, student)
         if dry_run:
             refuse_conversion_in_dry_run(teacher, "teacher")

@@ -250,7 +250,7 @@ def resolve_pair(cfg: DistillConfig) -> Pair:
     s_ref = resolve(str(sdir), allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
     s_info = ModelInfo.load(s_ref.path, cfg.trust_remote_code)
     require_same_family(info, s_info)
-    if cfg.keep:
+    if cfg.keep is not None:
         plan, record = Plan.from_keep(L, Plan.parse_keep(cfg.keep)), StudentRecord.read(sdir)
         if record is not None and record.plan.kept != plan.kept:
             raise PlanError(f"--keep {plan.describe()} contradicts {sdir}/boomerang.json "
