@@ -103,6 +103,7 @@ class MemberEntry:
     tied: bool
     targets: list[str] = field(default_factory=list)  # the --sizes that picked it
     files: dict[str, str] = field(default_factory=dict)  # file name -> "sha256:<hex>"
+    sizes: dict[str, int] = field(default_factory=dict)  # file name -> bytes (eval's cheap check)
     metrics: dict[str, Any] = field(default_factory=dict)
 
 

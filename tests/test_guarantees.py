@@ -148,6 +148,24 @@ def texts(w: World) -> None:
     (w / "texts" / "a.txt").write_text(CORPUS)
 
 
+def edit_manifest(w: World, change: Callable[[dict], object]) -> None:
+    path = w / "fam" / "family.json"
+    m = json.loads(path.read_text())
+    change(m)
+    path.write_text(json.dumps(m, indent=2))
+
+
+def truncate(path: Path, keep: int = 100) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:keep] if keep < len(data) else data[:-1])
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def read_only_dir(w: World, name: str) -> None:
     (w / name).mkdir()
     (w / name).chmod(0o555)
@@ -247,6 +265,24 @@ CASES: list[Case] = [
                                    "0,3-2"], 2, "runs backwards", after=absent("fam2")),
     Case("init-student-keep-range-ok", ["init-student", "{w}/teacher", "-o", "{w}/s2", "--keep", "0-1,3"], 0,
          "3 of 4 layers kept", after=present("s2/boomerang.json")),
+    # 4. eval records results only for member directories the manifest describes.
+    Case("eval-member-missing", ["eval", "{w}/fam", *EVAL], 2, "member member-03L of",
+         setup=lambda w: shutil.rmtree(w / "fam" / "member-03L"), keeps=unchanged("fam")),
+    Case("eval-member-path-outside", ["eval", "{w}/fam", *EVAL], 2, "outside the family directory",
+         setup=lambda w: edit_manifest(w, lambda m: m["members"][0].update(path="../../etc")), keeps=unchanged("fam")),
+    Case("eval-member-symlink", ["eval", "{w}/fam", *EVAL], 2, "outside the family directory",
+         setup=lambda w: (shutil.rmtree(w / "fam" / "member-03L"), (w / "fam" / "member-03L").symlink_to(w / "teacher")),
+         keeps=unchanged("fam")),
+    Case("eval-member-truncated", ["eval", "{w}/fam", *EVAL], 2, "bytes, the manifest says",
+         setup=lambda w: truncate(w / "fam" / "member-03L" / "model.safetensors"), keeps=unchanged("fam")),
+    Case("eval-member-changed-verify", ["eval", "{w}/fam", "--verify", *EVAL], 2, "does not match its recorded checksum",
+         setup=lambda w: flip_byte(w / "fam" / "member-03L" / "model.safetensors"), keeps=unchanged("fam")),
+    Case("eval-member-changed-cheap", ["eval", "{w}/fam", *EVAL], 0, "results written",  # sizes only: use --verify
+         setup=lambda w: flip_byte(w / "fam" / "member-03L" / "model.safetensors")),
+    Case("eval-members-leave-out-missing", ["eval", "{w}/fam", "--members", "student,teacher", *EVAL], 0,
+         "results written", setup=lambda w: shutil.rmtree(w / "fam" / "member-03L")),
+    Case("eval-family-verify-ok", ["eval", "{w}/fam", "--verify", *EVAL], 0, "results written",
+         after=no_hidden_leftovers),
     # 7. eval -o is checked before any evaluation (results are never computed only to be lost).
     Case("eval-o-directory", ["eval", "{w}/teacher", "-o", "{w}/fam", *EVAL], 2, "is a directory",
          keeps=unchanged("fam")),

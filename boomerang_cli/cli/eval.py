@@ -91,6 +91,8 @@ def eval_cmd(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw parameters against perplexity (and task scores) into FILE.png."),
     no_trunk: bool = typer.Option(False, "--no-trunk", help="Evaluate every member on its own instead of sharing common layers."),
     no_perplexity: bool = typer.Option(False, "--no-perplexity", help="Skip perplexity (only --tasks)."),
+    verify: bool = typer.Option(False, "--verify", help="Check every member file's sha256 against the manifest "
+                                "first (default: that each recorded file is there with its recorded size)."),
     output: Optional[Path] = typer.Option(
         None, "-o", "--output", help="Results JSON for plain model references (default: ./eval-results.json); "
         "a family's results go into its manifest."),
@@ -133,7 +135,7 @@ def eval_cmd(
             baselines=list(dict.fromkeys(methods)), calibration_tokens=calibration_tokens,
             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
             compare_orders=list(dict.fromkeys(order_list)), calib_data=split_list(calib_data),
-            calib_samples=calib_samples, calib_seq_len=calib_seq_len, beam=beam,
+            calib_samples=calib_samples, calib_seq_len=calib_seq_len, beam=beam, verify=verify,
         )
         opts.check()
         if task_dir is not None and not opts.tasks:

@@ -85,6 +85,7 @@ class EvalOptions:
     calib_samples: int | None = None
     calib_seq_len: int | None = None
     beam: int | None = None
+    verify: bool = False  # members' full checksums, not only their files' sizes
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -387,14 +388,28 @@ class _Family:
         return model_from_composition(comp, self.dtype, self.device)
 
 
-def open_family(path: Path, opts: EvalOptions) -> _Family:
+def open_family(path: Path, opts: EvalOptions, members: Sequence[str] | None = None) -> _Family:
     mpath, manifest = read_complete_manifest(path)
+    check_member_dirs(mpath, manifest, select_names(manifest, members), opts.verify)
     infos = load_family_models(manifest, mpath.parent)
     check_family_models(manifest, infos)
     dtype, device = opts.dtype, opts.torch_device()
     models = {role: load_model(infos[role], dtype, device, opts.trust_remote_code) for role in ("teacher", "student")}
     runners = {role: LayerRunner(models[role], infos[role].arch.layers_path) for role in models}
     return _Family(mpath, manifest, infos, models, runners, dtype, device)
+
+
+def check_member_dirs(mpath: Path, manifest: FamilyManifest, names: Sequence[str], full: bool = False) -> None:
+    """Results are recorded only for members whose directories are the ones the manifest describes."""
+    from ..family import member_problem
+
+    for name in names:
+        if name in ("teacher", "student"):
+            continue  # checked by fingerprint (loader.check_family_models)
+        problem = member_problem(mpath.parent, manifest.member(name), full)
+        if problem is not None:
+            raise BoomerangError(f"member {name} of {mpath}: {problem}; rerun `boomerang family` to rewrite it, "
+                                 "or leave it out with --members")
 
 
 def evaluate_family(
@@ -407,7 +422,7 @@ def evaluate_family(
     """Evaluate a family's members (teacher and student included) and record the results in its manifest."""
     opts.check()
     t0 = time.perf_counter()
-    fam = open_family(path, opts)
+    fam = open_family(path, opts, members)
     manifest = fam.manifest
     names = select_names(manifest, members)
     notes: list[str] = []
