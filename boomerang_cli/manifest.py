@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, jsonio
 from .errors import BoomerangError, PlanError
 from .plan import Plan
 from .tensors import atomic_write_text
@@ -225,4 +225,4 @@ class FamilyManifest:
 
     def write(self, path: Path) -> None:
         """Atomically (re)write the manifest, e.g. after ``eval`` added metrics."""
-        atomic_write_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
+        atomic_write_text(Path(path), jsonio.dumps(self.to_json(), indent=2) + "\n")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import sys
 import warnings
@@ -19,6 +18,7 @@ from rich.progress import (
 from rich.table import Column
 from rich.text import Text
 
+from .. import jsonio
 from ..errors import BoomerangError
 
 err_console = Console(stderr=True)
@@ -147,7 +147,7 @@ def progress(enabled: bool = True) -> Iterator[RichProgressReporter]:
 
 
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(jsonio.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
 
 

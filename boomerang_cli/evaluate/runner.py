@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .. import __version__
+from .. import __version__, jsonio
 from ..arch import ModelInfo, text_config
 from ..compose import compose
 from ..data import DEFAULT_BOS, STDLIB, check_bos_policy
@@ -749,4 +749,4 @@ def write_results(path: Path, rows: Sequence[Row], refs: Sequence[Any]) -> None:
         }
     data.update(format=RESULTS_FORMAT, schema_version=RESULTS_VERSION, tool_version=__version__, updated=now(),
                 models=sorted(entries.values(), key=lambda e: (e["num_params"], e["ref"])))
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    atomic_write_text(path, jsonio.dumps(data, indent=2) + "\n")
