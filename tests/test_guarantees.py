@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from boomerang_cli.cli import app
@@ -166,6 +167,26 @@ def flip_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def nan_model(w: World, name: str) -> None:
+    """A copy of the teacher whose final norm is NaN."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(w / "teacher", w / name)
+    f = w / name / "model.safetensors"
+    tensors = load_file(f)
+    tensors["model.norm.weight"] = torch.full_like(tensors["model.norm.weight"], float("nan"))
+    save_file(tensors, f, metadata={"format": "pt"})
+
+
+def strict_json(path: Path, expect_marker: bool = False) -> None:
+    """Parses with a parser that refuses NaN/Infinity (as JavaScript's JSON.parse does)."""
+    def refuse(x: str):
+        raise AssertionError(f"{path} holds bare {x}")
+    text = path.read_text()
+    json.loads(text, parse_constant=refuse)
+    assert ('"finite": false' in text) == expect_marker, text
+
+
 def read_only_dir(w: World, name: str) -> None:
     (w / name).mkdir()
     (w / name).chmod(0o555)
@@ -283,6 +304,14 @@ CASES: list[Case] = [
          "results written", setup=lambda w: shutil.rmtree(w / "fam" / "member-03L")),
     Case("eval-family-verify-ok", ["eval", "{w}/fam", "--verify", *EVAL], 0, "results written",
          after=no_hidden_leftovers),
+    # 5. Strict JSON: NaN weights give null perplexities, marked, never bare NaN.
+    Case("eval-nan-model-strict-json", ["eval", "{w}/nan", "-o", "{w}/r.json", "--json", *EVAL], 0, '"finite": false',
+         setup=lambda w: nan_model(w, "nan"), after=lambda w: strict_json(w / "r.json", expect_marker=True)),
+    Case("family-json-is-strict", ["eval", "{w}/fam", *EVAL], 0, "results written",
+         after=lambda w: strict_json(w / "fam" / "family.json")),
+    # 7. NaN weights are named as such, not blamed on the architecture (or on --lr).
+    Case("distill-nan-teacher", ["distill", "{w}/nan", "-o", "{w}/out", *TRAIN], 2, "holds NaN or infinite values",
+         setup=lambda w: nan_model(w, "nan"), after=absent("out")),
     # 7. eval -o is checked before any evaluation (results are never computed only to be lost).
     Case("eval-o-directory", ["eval", "{w}/teacher", "-o", "{w}/fam", *EVAL], 2, "is a directory",
          keeps=unchanged("fam")),
@@ -352,3 +381,14 @@ def test_two_writers_then_kill_9_of_the_first(w: World):
     r = invoke("family", w / "teacher", w / "student", "-o", w / "fam", "--all")
     assert r.exit_code == 0, r.output
     no_hidden_leftovers(w)
+
+
+def test_strict_json_writer_marks_non_finite_numbers():
+    from boomerang_cli.jsonio import dumps
+
+    data = {"a": {"ppl": float("inf"), "nll": float("nan"), "tokens": 3}, "b": [1.0, float("-inf")], "c": 2.5}
+    out = json.loads(dumps(data), parse_constant=lambda x: pytest.fail(x))
+    assert out["a"] == {"ppl": None, "nll": None, "tokens": 3, "finite": False,
+                        "nonfinite": {"ppl": "inf", "nll": "nan"}}
+    assert out["b"] == [1.0, None] and out["finite"] is False and out["nonfinite"] == {"b[1]": "-inf"}
+    assert json.loads(dumps({"x": 1.0, "y": [2]})) == {"x": 1.0, "y": [2]}  # finite data: unchanged
