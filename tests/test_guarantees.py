@@ -187,6 +187,26 @@ def strict_json(path: Path, expect_marker: bool = False) -> None:
     assert ('"finite": false' in text) == expect_marker, text
 
 
+def break_header(w: World, name: str, kind: str) -> None:
+    """A copy of the teacher whose safetensors file is broken in one way."""
+    shutil.copytree(w / "teacher", w / name)
+    f = w / name / "model.safetensors"
+    data = f.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = data[8:8 + n]
+    if kind == "utf8":
+        data = data[:8] + b"\xff" + header[1:] + data[8 + n:]
+    elif kind == "json":
+        data = data[:8] + b"[" + header[1:] + data[8 + n:]
+    elif kind == "cut":
+        data = data[:8 + n // 2]
+    elif kind == "data":
+        data = data[:-10]
+    else:
+        data = data[:5]
+    f.write_bytes(data)
+
+
 def read_only_dir(w: World, name: str) -> None:
     (w / name).mkdir()
     (w / name).chmod(0o555)
@@ -312,6 +332,28 @@ CASES: list[Case] = [
     # 7. NaN weights are named as such, not blamed on the architecture (or on --lr).
     Case("distill-nan-teacher", ["distill", "{w}/nan", "-o", "{w}/out", *TRAIN], 2, "holds NaN or infinite values",
          setup=lambda w: nan_model(w, "nan"), after=absent("out")),
+    # 6. Broken files and manifests: one line, exit 2, never a traceback, nothing written.
+    *[Case(f"{cmd}-header-{kind}", [*args, *extra], 2, msg, setup=lambda w, k=kind: break_header(w, "bad", k),
+           after=absent("s2", "fam2", "r.json"))
+      for kind, msg in (("utf8", "header is not UTF-8"), ("json", "header is not JSON"),
+                        ("cut", "ends inside its"), ("data", "truncated:"), ("short", "truncated header"))
+      for cmd, args, extra in (("init-student", ["init-student", "{w}/bad", "-o", "{w}/s2"], []),
+                               ("family", ["family", "{w}/bad", "{w}/student", "-o", "{w}/fam2", "--all"], []),
+                               ("eval", ["eval", "{w}/bad", "-o", "{w}/r.json"], EVAL))],
+    Case("index-not-json", ["init-student", "{w}/bad", "-o", "{w}/s2"], 2, "not a valid safetensors index",
+         setup=lambda w: (shutil.copytree(w / "teacher", w / "bad"),
+                          (w / "bad" / "model.safetensors.index.json").write_text("{")), after=absent("s2")),
+    Case("eval-manifest-wrong-type", ["eval", "{w}/fam", *EVAL], 2, "should be int",
+         setup=lambda w: edit_manifest(w, lambda m: m["members"][0].update(num_params="12M")), keeps=unchanged("fam")),
+    Case("eval-manifest-metrics-not-object", ["eval", "{w}/fam", *EVAL], 2, "metrics should be",
+         setup=lambda w: edit_manifest(w, lambda m: m["teacher"].update(metrics=[1])), keeps=unchanged("fam")),
+    Case("family-rerun-wrong-type", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam", "--all"], 2,
+         "--overwrite", setup=lambda w: edit_manifest(w, lambda m: m.update(forced_reasons="x")),
+         keeps=unchanged("fam")),
+    Case("eval-manifest-not-json", ["eval", "{w}/fam/family.json", *EVAL], 2, "not valid JSON",
+         setup=lambda w: (w / "fam" / "family.json").write_text("{"), keeps=unchanged("fam")),
+    Case("eval-incomplete-family", ["eval", "{w}/fam", *EVAL], 2, "incomplete",
+         setup=lambda w: edit_manifest(w, lambda m: m.update(complete=False)), keeps=unchanged("fam")),
     # 7. eval -o is checked before any evaluation (results are never computed only to be lost).
     Case("eval-o-directory", ["eval", "{w}/teacher", "-o", "{w}/fam", *EVAL], 2, "is a directory",
          keeps=unchanged("fam")),
