@@ -69,7 +69,7 @@ def local_sources(sources: Iterable[str]) -> list[tuple[str, Path]]:
 def lock_path(output: Path | str) -> Path:
     """Where the lock of ``output`` lives: ``.NAME.lock`` beside it (the output itself may be replaced)."""
     out = _real(output)
-    return out.parent / f".{out.name}.lock"
+    return out.parent / f".{out.name[:200]}.lock"  # a legal 255-byte output name keeps a legal lock name
 
 
 def _holder(path: Path) -> str:

@@ -417,7 +417,8 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     check_output_dir(final, overwrite)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        remove_dead_siblings(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_sibling_prefix(final)}.tmp-{os.getpid()}-", dir=final.parent))
     except OSError as exc:  # name the output asked for, not the temporary directory
         raise OutputExistsError(
             f"cannot create {final} ({(exc.strerror or str(exc)).lower()}: {exc.filename or final.parent}); "
@@ -431,11 +432,47 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
         raise
     trash = None
     if final.exists():
-        trash = final.parent / f".{final.name}.old-{os.getpid()}"
+        trash = final.parent / f"{_sibling_prefix(final)}.old-{os.getpid()}"
         os.replace(final, trash)
     os.replace(tmp, final)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _sibling_prefix(final: Path) -> str:
+    """``.NAME`` for the temporary and old siblings of ``final``, short enough for a 255-byte file name."""
+    return "." + final.name[:200]
+
+
+_SIBLING = re.compile(r"\.(tmp-(\d+)-.*|old-(\d+))")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_siblings(final: Path) -> None:
+    """Remove what a killed run left beside ``final``: its ``.NAME.tmp-PID-*`` and ``.NAME.old-PID``
+    entries whose process is gone (a live run's are left alone)."""
+    prefix = _sibling_prefix(Path(final))
+    parent = Path(final).parent
+    if not parent.is_dir():
+        return
+    for p in parent.iterdir():
+        m = _SIBLING.fullmatch(p.name[len(prefix):]) if p.name.startswith(prefix) else None
+        if m is None or _alive(int(m.group(2) or m.group(3))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def _umask() -> int:

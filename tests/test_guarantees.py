@@ -13,6 +13,7 @@ two writers) are the tests after the table.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -207,6 +208,19 @@ def break_header(w: World, name: str, kind: str) -> None:
     f.write_bytes(data)
 
 
+@functools.lru_cache(maxsize=1)
+def dead_pid() -> int:
+    """The pid of a process that has exited (as a killed run's is)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def leftover(w: World, name: str) -> None:
+    (w / name).mkdir(parents=True)
+    (w / name / "model.safetensors").write_bytes(b"partial")
+
+
 def read_only_dir(w: World, name: str) -> None:
     (w / name).mkdir()
     (w / name).chmod(0o555)
@@ -354,6 +368,22 @@ CASES: list[Case] = [
          setup=lambda w: (w / "fam" / "family.json").write_text("{"), keeps=unchanged("fam")),
     Case("eval-incomplete-family", ["eval", "{w}/fam", *EVAL], 2, "incomplete",
          setup=lambda w: edit_manifest(w, lambda m: m.update(complete=False)), keeps=unchanged("fam")),
+    # 7/8. Leftovers of killed runs are removed by the next run; a live run's are not.
+    Case("init-student-removes-dead-tmp", ["init-student", "{w}/teacher", "-o", "{w}/s2"], 0, "written to",
+         setup=lambda w: leftover(w, f".s2.tmp-{dead_pid()}-abc"), after=lambda w: (no_hidden_leftovers(w))),
+    Case("init-student-keeps-live-tmp", ["init-student", "{w}/teacher", "-o", "{w}/s2"], 0, "written to",
+         setup=lambda w: leftover(w, ".s2.tmp-1-abc"), after=present(".s2.tmp-1-abc")),
+    Case("family-removes-dead-member-siblings", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam", "--all"], 0,
+         "reused", setup=lambda w: (leftover(w, f"fam/.member-03L.old-{dead_pid()}"),
+                                    leftover(w, f"fam/.member-03L.tmp-{dead_pid()}-x")),
+         after=no_hidden_leftovers),
+    # 7. Messages are plain text (no rich markup or emoji), long names are fine, too long ones exit 2.
+    Case("message-keeps-brackets-and-colons", ["init-student", "{w}/teacher", "-o", "{w}/a[bold]b:train:"], 2,
+         "a[bold]b:train: exists and is not empty", setup=lambda w: leftover(w, "a[bold]b:train:/x")),
+    Case("output-name-250-chars", ["init-student", "{w}/teacher", "-o", "{w}/" + "n" * 250], 0, "written to",
+         after=lambda w: (present("n" * 250 + "/boomerang.json")(w), no_hidden_leftovers(w))),
+    Case("output-name-too-long", ["init-student", "{w}/teacher", "-o", "{w}/" + "n" * 300], 2, "too long",
+         after=no_hidden_leftovers),
     # 7. eval -o is checked before any evaluation (results are never computed only to be lost).
     Case("eval-o-directory", ["eval", "{w}/teacher", "-o", "{w}/fam", *EVAL], 2, "is a directory",
          keeps=unchanged("fam")),

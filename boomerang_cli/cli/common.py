@@ -152,7 +152,8 @@ def emit_json(data: Any) -> None:
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # The message is plain text: paths and values may hold "[bold]" or ":train:" (no markup, no emoji).
+    err_console.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True, emoji=False)
     raise typer.Exit(code)
 
 
@@ -178,6 +179,7 @@ _OS_FIXES = {
     errno.ENOTDIR: ("a parent of that path is a file, not a directory; choose another path", 2),
     errno.EEXIST: ("a parent of that path is a file, not a directory; choose another path", 2),
     errno.EISDIR: ("it is a directory; give a file", 2),
+    errno.ENAMETOOLONG: ("a name in it is too long for the file system; choose a shorter path", 2),
     errno.ENOSPC: ("the disk is full; free space or write elsewhere", 1),
     errno.EDQUOT: ("the disk quota is exceeded; free space or write elsewhere", 1),
 }

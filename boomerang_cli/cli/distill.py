@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from . import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress
@@ -163,7 +164,7 @@ def distill_cmd(
     if not main_rank:
         return
     for w in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        err_console.print(Text("warning: ", style="yellow") + Text(w), highlight=False, emoji=False)
     if json_out:
         emit_json(result.to_json())
         return

@@ -234,7 +234,7 @@ def _table(report: Any) -> None:
             out_console.print(f"{order}{width}: {info['source']} (KL on {cal.get('key')}, {cal.get('tokens', 0):,} "
                               f"tokens, {cal.get('evaluated', '?')} members scored)", highlight=False)
     for note in report.notes:
-        err_console.print(f"note: {note}", highlight=False)
+        err_console.print(f"note: {note}", highlight=False, markup=False, emoji=False)
     secs = report.seconds
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in secs.items() if k != "total")
     out_console.print(f"results written to {report.written} ({timing}; total {secs.get('total', 0):.1f}s)",

@@ -191,7 +191,7 @@ def family_cmd(
             if json_out:
                 emit_json(dry_run_json(pair, info, every, picks))
                 for note in pair.notes:
-                    err_console.print(f"note: {note}", highlight=False)
+                    err_console.print(f"note: {note}", highlight=False, markup=False, emoji=False)
             else:
                 _search_line(info, reused)
                 _dry_table(pair, info, every, picks, teacher, student)
@@ -204,7 +204,7 @@ def family_cmd(
     if json_out:
         emit_json(result.manifest.to_json())
         for note in result.notes:
-            err_console.print(f"note: {note}", highlight=False)
+            err_console.print(f"note: {note}", highlight=False, markup=False, emoji=False)
         return
     _search_line(info, reused)
     _result_table(result, ref_student, ref_teacher, teacher, student, info)
@@ -286,7 +286,7 @@ def _dry_table(pair, info, every, picks, teacher: str, student: str) -> None:
     out_console.print(f"{len(every) - 2} achievable members between student and teacher"
                       + (f"; {len(picks)} chosen" if picks else ""), highlight=False)
     for note in pair.notes:
-        err_console.print(f"note: {note}", highlight=False)
+        err_console.print(f"note: {note}", highlight=False, markup=False, emoji=False)
 
 
 def _result_table(result, ref_student, ref_teacher, teacher: str, student: str, info) -> None:
@@ -317,7 +317,7 @@ def _result_table(result, ref_student, ref_teacher, teacher: str, student: str, 
     ref_row(ref_teacher)
     out_console.print(t)
     for note in result.notes:
-        out_console.print(f"note: {note}", highlight=False)
+        out_console.print(f"note: {note}", highlight=False, markup=False, emoji=False)
     m = result.manifest
     if result.reused:
         out_console.print("reused: already written and verified against the manifest's checksums", style="dim")
