@@ -14,6 +14,14 @@ below 200 (2%), else to ``train``. The rule depends on nothing but the key, so
 every process, run and machine sees the same split, and a file never moves
 between splits when others are added.
 
+A text source with few files (a single file, or a directory of fewer than
+``FEW_FILES`` text files) is split *within* its files, so that it still has a
+held-out part: a file's documents are its paragraphs (separated by blank
+lines), or its lines when it is one paragraph; piece ``i`` has the key
+``key#i`` and the same 2% rule applies, and when that holds out none of a
+file's pieces, its piece of lowest hash is held out. ``all`` is every document
+of both splits.
+
 **Packing.** Each document is tokenized with the model's tokenizer
 (``add_special_tokens=True``, so a BOS is added where the model expects one),
 followed by EOS, and documents are concatenated into one stream that is cut
@@ -42,6 +50,7 @@ import codecs
 import hashlib
 import json
 import os
+import re
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +60,12 @@ import torch
 
 from .errors import DataError
 
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "all")  # "all": every document of the source, both splits
 BOS_POLICIES = ("auto", "always", "never")
 DEFAULT_BOS = "auto"  # --bos: follow the tokenizer
 VALIDATION_PER_10K = 200  # 2% of documents are held out
+#: A text source (file or directory) with fewer text files than this is split within its files.
+FEW_FILES = 50
 IGNORE = -100
 
 #: Suffixes read as one plain-text document per file when a directory is given.
@@ -70,15 +81,43 @@ STDLIB = "stdlib"
 STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
 
 
+def _key_hash(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+
+
 def split_of(key: str) -> str:
     """``"validation"`` for 2% of document keys, chosen by hash, else ``"train"``."""
-    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
-    return "validation" if h % 10_000 < VALIDATION_PER_10K else "train"
+    return "validation" if _key_hash(key) % 10_000 < VALIDATION_PER_10K else "train"
+
+
+def _in_split(key: str, split: str) -> bool:
+    return split == "all" or split_of(key) == split
 
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; use train or validation")
+        raise DataError(f"unknown split {split!r}; use train, validation or all")
+
+
+def text_pieces(text: str) -> list[str]:
+    """A text file's documents when its source has few files: paragraphs (separated by blank
+    lines), or its lines when it is one paragraph."""
+    paragraphs = [p for p in re.split(r"\n[ \t\r\f\v]*\n", text) if p.strip()]
+    if len(paragraphs) > 1:
+        return paragraphs
+    return [line for line in text.splitlines() if line.strip()] or paragraphs
+
+
+def split_pieces(pieces: Sequence[str], key: str, split: str) -> list[str]:
+    """The pieces of one file in ``split``: piece ``i`` by the hash of ``key#i`` (the 2% rule), and
+    when the rule holds none out, the piece of lowest hash, so a file always has a held-out part."""
+    if split == "all":
+        return list(pieces)
+    hashes = [_key_hash(f"{key}#{i}") for i in range(len(pieces))]
+    held = {i for i, h in enumerate(hashes) if h % 10_000 < VALIDATION_PER_10K}
+    if not held and pieces:
+        held = {min(range(len(pieces)), key=hashes.__getitem__)}
+    return [p for i, p in enumerate(pieces) if (i in held) == (split == "validation")]
 
 
 # -- sources -----------------------------------------------------------------------------
@@ -128,7 +167,7 @@ def _read_text(path: Path) -> str:
 def _iter_jsonl(path: Path, key_prefix: str, split: str, text_field: str) -> Iterator[str]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
-            if split_of(f"{key_prefix}:{lineno}") != split or not raw.strip():
+            if not _in_split(f"{key_prefix}:{lineno}", split) or not raw.strip():
                 continue
             line = check_text(raw, f"{path}:{lineno}")
             try:
@@ -162,18 +201,21 @@ def _iter_parquet(path: Path, key_prefix: str, split: str, text_field: str) -> I
     row = 0
     for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
         for value in batch.column(0).to_pylist():
-            if split_of(f"{key_prefix}:{row}") == split and isinstance(value, str):
+            if _in_split(f"{key_prefix}:{row}", split) and isinstance(value, str):
                 yield value
             row += 1
 
 
-def _iter_file(path: Path, key: str, split: str, text_field: str) -> Iterator[str]:
+def _iter_file(path: Path, key: str, split: str, text_field: str, pieces: bool = False) -> Iterator[str]:
+    """A file's documents in ``split``; ``pieces``: a text file is split within itself (few files)."""
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
         yield from _iter_jsonl(path, key, split, text_field)
     elif suffix in PARQUET_SUFFIXES:
         yield from _iter_parquet(path, key, split, text_field)
-    elif split_of(key) == split:
+    elif pieces:
+        yield from split_pieces(text_pieces(_read_text(path)), key, split)
+    elif _in_split(key, split):
         yield _read_text(path)
 
 
@@ -212,7 +254,7 @@ def _iter_hub(source: str, split: str, text_field: str) -> Iterator[str]:
         return
     row = 0
     for record in _chain_one(first, rows):
-        if split_of(f"{name}:{config}:{row}") == split:
+        if _in_split(f"{name}:{config}:{row}", split):
             yield _field(record, text_field, f"{source} row {row}")
         row += 1
 
@@ -285,15 +327,17 @@ def _documents(source: str, split: str, text_field: str) -> Iterator[str]:
     check_source(source)
     if source == STDLIB:
         for key, path in stdlib_files():
-            if split_of(key) == split:
+            if _in_split(key, split):
                 yield _read_text(path)
         return
     path = Path(source).expanduser()
     if path.is_file():
-        yield from _iter_file(path, path.name, split, text_field)
+        yield from _iter_file(path, path.name, split, text_field, pieces=True)
     elif path.is_dir():
-        for key, p in _dir_files(path):
-            yield from _iter_file(p, key, split, text_field)
+        files = _dir_files(path)
+        few = sum(p.suffix.lower() in TEXT_SUFFIXES for _, p in files) < FEW_FILES
+        for key, p in files:
+            yield from _iter_file(p, key, split, text_field, pieces=few)
     else:
         yield from _iter_hub(source, split, text_field)
 

@@ -221,12 +221,20 @@ def leftover(w: World, name: str) -> None:
     (w / name / "model.safetensors").write_bytes(b"partial")
 
 
+def scored_on(fragment: str) -> Check:
+    """r.json holds a perplexity on a data key ending in ``fragment``."""
+    def check(w: World) -> None:
+        keys = [k for m in json.loads((w / "r.json").read_text())["models"] for k in m["metrics"]["perplexity"]]
+        assert any(k.endswith(fragment) for k in keys), keys
+    return check
+
+
 def read_only_dir(w: World, name: str) -> None:
     (w / name).mkdir()
     (w / name).chmod(0o555)
 
 
-EVAL = ["--data", "{w}/corpus.txt", "--max-tokens", "32", "--seq-len", "16", "--split", "train"]
+EVAL = ["--data", "{w}/corpus.txt", "--max-tokens", "32", "--seq-len", "16"]  # one file: validation split
 TRAIN = ["--data", "{w}/corpus.txt", "--steps", "1", "--seq-len", "16", "--batch-size", "1", "--save-every", "0"]
 
 CASES: list[Case] = [
@@ -384,6 +392,19 @@ CASES: list[Case] = [
          after=lambda w: (present("n" * 250 + "/boomerang.json")(w), no_hidden_leftovers(w))),
     Case("output-name-too-long", ["init-student", "{w}/teacher", "-o", "{w}/" + "n" * 300], 2, "too long",
          after=no_hidden_leftovers),
+    # 8. A user's own single evaluation file has a held-out part; --split all takes all of it.
+    Case("eval-single-file-validation", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL], 0, "results written",
+         after=scored_on("corpus.txt:validation")),
+    Case("eval-single-file-all", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL, "--split", "all"], 0,
+         "results written", after=scored_on("corpus.txt:all")),
+    Case("eval-paragraph-file", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL[2:], "--data", "{w}/p.txt"], 0,
+         "results written", setup=lambda w: (w / "p.txt").write_text("\n\n".join(CORPUS.splitlines()[:40])),
+         after=scored_on("p.txt:validation")),
+    Case("eval-one-line-train", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL[2:], "--data", "{w}/one.txt",
+                                 "--split", "train"], 2, "no documents",
+         setup=lambda w: (w / "one.txt").write_text("a single line of text\n"), after=absent("r.json")),
+    Case("eval-bad-split", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL, "--split", "test"], 2,
+         "use validation (held out), train or all", after=absent("r.json")),
     # 7. eval -o is checked before any evaluation (results are never computed only to be lost).
     Case("eval-o-directory", ["eval", "{w}/teacher", "-o", "{w}/fam", *EVAL], 2, "is a directory",
          keeps=unchanged("fam")),
@@ -464,3 +485,25 @@ def test_strict_json_writer_marks_non_finite_numbers():
                         "nonfinite": {"ppl": "inf", "nll": "nan"}}
     assert out["b"] == [1.0, None] and out["finite"] is False and out["nonfinite"] == {"b[1]": "-inf"}
     assert json.loads(dumps({"x": 1.0, "y": [2]})) == {"x": 1.0, "y": [2]}  # finite data: unchanged
+
+
+def test_interrupted_family_leaves_a_resumable_output(w: World, monkeypatch):
+    """Ctrl-C while a member is written: exit 130, no temp dirs or lock left, the manifest says
+    incomplete (so eval refuses it), and the same command then finishes the family."""
+    import boomerang_cli.family as family
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(family, "write_model_dir", interrupted)
+        r = invoke("family", w / "teacher", w / "student", "-o", w / "fam2", "--all")
+    assert r.exit_code == 130 and "interrupted" in r.output, r.output
+    assert json.loads((w / "fam2" / "family.json").read_text())["complete"] is False
+    no_hidden_leftovers(w)
+    assert not [p for p in (w / "fam2").iterdir() if p.name.startswith(".")]
+    r = invoke("eval", w / "fam2", *(_fill(a, w) for a in EVAL))
+    assert r.exit_code == 2 and "incomplete" in r.output, r.output
+    r = invoke("family", w / "teacher", w / "student", "-o", w / "fam2", "--all")
+    assert r.exit_code == 0 and "1 written" in r.output, r.output
+    assert json.loads((w / "fam2" / "family.json").read_text())["complete"] is True

@@ -58,7 +58,7 @@ def eval_cmd(
     data: List[str] = typer.Option(
         ["stdlib"], "--data", help="Text files/directories, .jsonl, .parquet, a hub dataset id (name:config@split) "
         "or stdlib (repeat for several); the same sources as distill."),
-    split: str = typer.Option("validation", "--split", help="validation (the held-out 2%, default) or train."),
+    split: str = typer.Option("validation", "--split", help="validation (the held-out 2%, default), train, or all (every document of --data)."),
     text_field: str = typer.Option("text", "--text-field", help="Field holding the text in .jsonl/.parquet/hub rows."),
     max_tokens: int = typer.Option(32768, "--max-tokens", help="Tokens to score (whole blocks: rounded up to --seq-len)."),
     seq_len: int = typer.Option(512, "--seq-len", help="Tokens per block (at most the model's positions)."),

@@ -97,8 +97,8 @@ class EvalOptions:
             raise BoomerangError(f"--seq-len must be at least 2 (got {self.seq_len})")
         if self.max_tokens < 1:
             raise DataError(f"--max-tokens must be at least 1 (got {self.max_tokens})")
-        if self.split not in ("train", "validation"):
-            raise DataError(f"unknown --split {self.split!r}; use validation (held out) or train")
+        if self.split not in ("train", "validation", "all"):
+            raise DataError(f"unknown --split {self.split!r}; use validation (held out), train or all")
         if not self.sources:
             raise DataError("no evaluation data; pass --data (files, a directory, a hub dataset or stdlib)")
         check_bos_policy(self.bos)
