@@ -17,8 +17,10 @@ import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -507,3 +509,34 @@ def test_interrupted_family_leaves_a_resumable_output(w: World, monkeypatch):
     r = invoke("family", w / "teacher", w / "student", "-o", w / "fam2", "--all")
     assert r.exit_code == 0 and "1 written" in r.output, r.output
     assert json.loads((w / "fam2" / "family.json").read_text())["complete"] is True
+
+
+def test_sigint_during_distill_keeps_the_checkpoint_and_resumes(w: World):
+    """Ctrl-C (SIGINT) mid-training: exit 130 with one line, no output and no temp dir or lock left,
+    the last checkpoint kept; a `--resume` with other flags is refused and keeps it too (a resume to
+    the end is tests/test_distill.py's kill -9 case)."""
+    out, ckpt = w / "out", w / "out-checkpoints"
+    flags = [_fill(a, w) for a in TRAIN if a not in ("--save-every", "0")]
+    flags[flags.index("--steps") + 1] = "100000"
+    cmd = [sys.executable, "-m", "boomerang_cli", "distill", str(w / "teacher"), "-o", str(out), *flags,
+           "--save-every", "2"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (ckpt / "latest").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert (w / ".out.lock").exists()  # held while it runs
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        "error: interrupted; rerun the same command to resume where supported"], err
+    assert not out.exists() and (ckpt / "latest").exists()
+    no_hidden_leftovers(w)
+    step = int((ckpt / "latest").read_text().strip().split("-")[1])
+    r = invoke("distill", w / "teacher", "-o", out, *flags[:flags.index("--steps")], "--steps", step + 1,
+               *flags[flags.index("--steps") + 2:], "--save-every", "2", "--resume")
+    assert r.exit_code != 0 and "cannot resume" in r.output  # other --steps: refused, the checkpoint kept
+    assert (ckpt / "latest").exists()
