@@ -157,7 +157,8 @@ def distill_cmd(
             report_to=list(report_to), logging_dir=logging_dir, dtype=dtype, max_shard_size=max_shard_size,
             overwrite=overwrite, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
         )
-        with lock_if(output, main_rank), progress(not json_out and main_rank) as bar:
+        with (lock_if(output, main_rank), lock_if(cfg.ckpt_dir, main_rank),  # one writer per output
+              progress(not json_out and main_rank) as bar):
             result = distill(cfg, progress=bar)
         if main_rank:
             record(student=output, teacher=result.teacher)

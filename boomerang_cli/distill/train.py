@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from .. import __version__, jsonio
 from ..arch import ModelInfo, text_config
 from ..compose import LayerSource, compose, fingerprint, model_card, require_same_family
 from ..data import (DEFAULT_BOS, Block, BlockStream, StreamPosition, block_bos, check_bos_policy, check_source, collate, iter_blocks,
@@ -430,7 +430,7 @@ class MetricSink:
         if not self.enabled:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(jsonio.dumps(row) + "\n")
         prefix = row.get("split", "train")
         scalars = {f"{prefix}/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
         if self.tb is not None:
