@@ -227,7 +227,7 @@ def scored_on(fragment: str) -> Check:
     """r.json holds a perplexity on a data key ending in ``fragment``."""
     def check(w: World) -> None:
         keys = [k for m in json.loads((w / "r.json").read_text())["models"] for k in m["metrics"]["perplexity"]]
-        assert any(k.endswith(fragment) for k in keys), keys
+        assert any(k.split("|")[0].endswith(fragment) for k in keys), keys
     return check
 
 
@@ -525,7 +525,7 @@ def test_sigint_during_distill_keeps_the_checkpoint_and_resumes(w: World):
            "--save-every", "2"]
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
+    deadline = time.time() + 900  # start-up alone takes minutes on a busy machine
     while not (ckpt / "latest").exists():
         assert proc.poll() is None, proc.stderr.read()
         assert time.time() < deadline
