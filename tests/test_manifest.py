@@ -106,7 +106,7 @@ def test_schema_documents_every_field_written(family):
     assert written - documented == set()
     # ... and every top-level, member and model field is required (written every time).
     assert set(SCHEMA["required"]) == set(data)
-    # (sizes came later within schema version 1, so older manifests lack it: written every time, not required)
+    # (sizes came later within schema version 2, so older manifests lack it: written every time, not required)
     assert set(SCHEMA["$defs"]["member"]["required"]) == set(data["members"][0]) - {"sizes"}
     assert set(SCHEMA["$defs"]["model"]["required"]) == set(data["teacher"])
 
