@@ -157,7 +157,8 @@ def eval_cmd(
         if kind == "family" and members is not None and not member_list:
             raise BoomerangError("--members is empty; name members like --members member-18L,teacher")
         # One writer per output: the family's directory (its manifest gets the results) or the results file.
-        from ..evaluate.runner import DEFAULT_RESULTS, manifest_file
+        from ..evaluate.runner import DEFAULT_RESULTS
+        from ..loader import manifest_file
 
         hold.enter_context(lock_if(manifest_file(target).parent if kind == "family" else output or Path(DEFAULT_RESULTS)))
         with progress(not json_out) as bar:
