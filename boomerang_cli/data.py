@@ -14,6 +14,14 @@ below 200 (2%), else to ``train``. The rule depends on nothing but the key, so
 every process, run and machine sees the same split, and a file never moves
 between splits when others are added.
 
+A text source with few files (a single file, or a directory of fewer than
+``FEW_FILES`` text files) is split *within* its files, so that it still has a
+held-out part: a file's documents are its paragraphs (separated by blank
+lines), or its lines when it is one paragraph; piece ``i`` has the key
+``key#i`` and the same 2% rule applies, and when that holds out none of a
+file's pieces, its piece of lowest hash is held out. ``all`` is every document
+of both splits.
+
 **Packing.** Each document is tokenized with the model's tokenizer
 (``add_special_tokens=True``, so a BOS is added where the model expects one),
 followed by EOS, and documents are concatenated into one stream that is cut
@@ -38,9 +46,11 @@ SmolLM2 name one that their tokenizers never add).
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
+import re
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +60,12 @@ import torch
 
 from .errors import DataError
 
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "all")  # "all": every document of the source, both splits
 BOS_POLICIES = ("auto", "always", "never")
 DEFAULT_BOS = "auto"  # --bos: follow the tokenizer
 VALIDATION_PER_10K = 200  # 2% of documents are held out
+#: A text source (file or directory) with fewer text files than this is split within its files.
+FEW_FILES = 50
 IGNORE = -100
 
 #: Suffixes read as one plain-text document per file when a directory is given.
@@ -69,15 +81,43 @@ STDLIB = "stdlib"
 STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
 
 
+def _key_hash(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+
+
 def split_of(key: str) -> str:
     """``"validation"`` for 2% of document keys, chosen by hash, else ``"train"``."""
-    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
-    return "validation" if h % 10_000 < VALIDATION_PER_10K else "train"
+    return "validation" if _key_hash(key) % 10_000 < VALIDATION_PER_10K else "train"
+
+
+def _in_split(key: str, split: str) -> bool:
+    return split == "all" or split_of(key) == split
 
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; use train or validation")
+        raise DataError(f"unknown split {split!r}; use train, validation or all")
+
+
+def text_pieces(text: str) -> list[str]:
+    """A text file's documents when its source has few files: paragraphs (separated by blank
+    lines), or its lines when it is one paragraph."""
+    paragraphs = [p for p in re.split(r"\n[ \t\r\f\v]*\n", text) if p.strip()]
+    if len(paragraphs) > 1:
+        return paragraphs
+    return [line for line in text.splitlines() if line.strip()] or paragraphs
+
+
+def split_pieces(pieces: Sequence[str], key: str, split: str) -> list[str]:
+    """The pieces of one file in ``split``: piece ``i`` by the hash of ``key#i`` (the 2% rule), and
+    when the rule holds none out, the piece of lowest hash, so a file always has a held-out part."""
+    if split == "all":
+        return list(pieces)
+    hashes = [_key_hash(f"{key}#{i}") for i in range(len(pieces))]
+    held = {i for i, h in enumerate(hashes) if h % 10_000 < VALIDATION_PER_10K}
+    if not held and pieces:
+        held = {min(range(len(pieces)), key=hashes.__getitem__)}
+    return [p for i, p in enumerate(pieces) if (i in held) == (split == "validation")]
 
 
 # -- sources -----------------------------------------------------------------------------
@@ -100,18 +140,36 @@ def stdlib_files() -> list[tuple[str, Path]]:
     return sorted(out)
 
 
+def check_text(data: bytes, where: object) -> str:
+    """``data`` as text, or a DataError naming ``where``: the one check that data is text, not binary.
+
+    NUL bytes mean binary data (a model, an archive, an image), and bytes that
+    are not UTF-8 would be silently replaced; either is refused rather than
+    trained or evaluated on.
+    """
+    if b"\0" in data:
+        raise DataError(f"{where}: binary data (NUL bytes), not text; pass text files, .jsonl or .parquet to --data")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}: not UTF-8 text (undecodable byte at offset {exc.start}); convert it to UTF-8 "
+                        "or leave it out of --data") from None
+
+
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return check_text(data, path)
 
 
 def _iter_jsonl(path: Path, key_prefix: str, split: str, text_field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if split_of(f"{key_prefix}:{lineno}") != split or not line.strip():
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not _in_split(f"{key_prefix}:{lineno}", split) or not raw.strip():
                 continue
+            line = check_text(raw, f"{path}:{lineno}")
             try:
                 record = json.loads(line)
             except ValueError:
@@ -143,18 +201,21 @@ def _iter_parquet(path: Path, key_prefix: str, split: str, text_field: str) -> I
     row = 0
     for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
         for value in batch.column(0).to_pylist():
-            if split_of(f"{key_prefix}:{row}") == split and isinstance(value, str):
+            if _in_split(f"{key_prefix}:{row}", split) and isinstance(value, str):
                 yield value
             row += 1
 
 
-def _iter_file(path: Path, key: str, split: str, text_field: str) -> Iterator[str]:
+def _iter_file(path: Path, key: str, split: str, text_field: str, pieces: bool = False) -> Iterator[str]:
+    """A file's documents in ``split``; ``pieces``: a text file is split within itself (few files)."""
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
         yield from _iter_jsonl(path, key, split, text_field)
     elif suffix in PARQUET_SUFFIXES:
         yield from _iter_parquet(path, key, split, text_field)
-    elif split_of(key) == split:
+    elif pieces:
+        yield from split_pieces(text_pieces(_read_text(path)), key, split)
+    elif _in_split(key, split):
         yield _read_text(path)
 
 
@@ -193,7 +254,7 @@ def _iter_hub(source: str, split: str, text_field: str) -> Iterator[str]:
         return
     row = 0
     for record in _chain_one(first, rows):
-        if split_of(f"{name}:{config}:{row}") == split:
+        if _in_split(f"{name}:{config}:{row}", split):
             yield _field(record, text_field, f"{source} row {row}")
         row += 1
 
@@ -234,23 +295,49 @@ def check_source(source: str) -> None:
         return
     if path.is_dir() and not _dir_files(path):
         raise DataError(f"{source}: no text, .jsonl or .parquet files in this directory")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{source}: empty file; pass a file with text in it")
+    for p in ([path] if path.is_file() else [p for _, p in _dir_files(path)]):
+        if p.suffix.lower() not in PARQUET_SUFFIXES:
+            _sniff(p)
+
+
+def _sniff(path: Path, size: int = 8192) -> None:
+    """The start of a file is text (:func:`check_text`): a binary file fails before a run, not midway."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(size)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:  # incremental: a multi-byte character cut at the end of the sample is fine
+        ok = b"\0" not in head and codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < size) is not None
+    except UnicodeDecodeError:
+        ok = False
+    if not ok:
+        check_text(head, path)
 
 
 def load_documents(source: str, split: str = "train", text_field: str = "text") -> Iterator[str]:
-    """The documents of one source in one split, in a fixed order."""
+    """The documents of one source in one split, in a fixed order; empty (blank) documents are left out."""
+    return (text for text in _documents(source, split, text_field) if text.strip())
+
+
+def _documents(source: str, split: str, text_field: str) -> Iterator[str]:
     _check_split(split)
     check_source(source)
     if source == STDLIB:
         for key, path in stdlib_files():
-            if split_of(key) == split:
+            if _in_split(key, split):
                 yield _read_text(path)
         return
     path = Path(source).expanduser()
     if path.is_file():
-        yield from _iter_file(path, path.name, split, text_field)
+        yield from _iter_file(path, path.name, split, text_field, pieces=True)
     elif path.is_dir():
-        for key, p in _dir_files(path):
-            yield from _iter_file(p, key, split, text_field)
+        files = _dir_files(path)
+        few = sum(p.suffix.lower() in TEXT_SUFFIXES for _, p in files) < FEW_FILES
+        for key, p in files:
+            yield from _iter_file(p, key, split, text_field, pieces=few)
     else:
         yield from _iter_hub(source, split, text_field)
 
@@ -393,7 +480,8 @@ class BlockStream:
                 if start < len(tokens):
                     yield _Segment(epoch, i, tokens, start)
             if n_docs == 0:
-                raise DataError(f"{self.describe} has no documents; check --data and the split")
+                raise DataError(f"{self.describe} has no documents (blank ones are left out); check --data "
+                                "and the split")
             if skip >= n_docs:
                 raise DataError(f"{self.describe} has {n_docs} documents, fewer than the checkpoint "
                                 "had read; resume with the same --data")

@@ -34,6 +34,7 @@ from . import __version__
 from .arch import ModelInfo
 from .compose import Composition
 from .errors import BoomerangError, UnsupportedArchitectureError
+from .guard import check_disjoint
 from .progress import NULL, Progress
 from .tensors import DTYPES, OutTensor, _copy_range, atomic_dir, atomic_write_text, check_output_dir
 
@@ -604,6 +605,7 @@ def export_family(
     check_output_dir(output, overwrite)
     t0 = time.perf_counter()
     mpath, manifest, models, work = plan_export(family, members, type_name)
+    check_disjoint(output, {"family": mpath.parent, **{role: info.path for role, info in models.items()}})
     teacher = manifest.teacher
     meta = family_metadata(mpath.parent.resolve().name, teacher.ref, models["teacher"])
     seconds = {"plan": time.perf_counter() - t0}

@@ -25,6 +25,7 @@ from .arch import ModelInfo
 from .compose import Composition, check_same_family, fingerprint, model_card, write_model_dir
 from .data import public_sources
 from .errors import BoomerangError, OutputExistsError, PairMismatchError, PlanError
+from .guard import check_disjoint
 from .manifest import MANIFEST_NAME, FamilyManifest, MemberEntry, ModelEntry, OrderInfo
 from .member import ORDERS, Member, sequential_members
 from .orders import CALIBRATED_ORDERS, SearchResult, beam_width, result_from_order_info
@@ -107,6 +108,11 @@ class Pair:
     @property
     def models(self) -> dict[str, ModelInfo]:
         return {"teacher": self.teacher, "student": self.student}
+
+    @property
+    def inputs(self) -> dict[str, Path]:
+        """What an output must not overlap (guard.check_disjoint)."""
+        return {"teacher": Path(self.teacher_ref.path), "student": Path(self.student_ref.path)}
 
     def entry(self, role: str) -> ModelEntry:
         ref = self.teacher_ref if role == "teacher" else self.student_ref
@@ -408,6 +414,43 @@ def checksums(directory: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted(Path(directory).iterdir()) if p.is_file()}
 
 
+def file_sizes(directory: Path) -> dict[str, int]:
+    """Bytes of every file of a member directory, by name (recorded beside the checksums)."""
+    return {p.name: p.stat().st_size for p in sorted(Path(directory).iterdir()) if p.is_file()}
+
+
+def member_problem(family_dir: Path, entry: MemberEntry, full: bool = False) -> str | None:
+    """Why a member's directory does not match its manifest entry, or None when it does.
+
+    The directory must lie inside the family (no ``../`` path, no symlink out of
+    it) and hold every recorded file; by default sizes are compared (cheap), with
+    ``full`` every checksum too.
+    """
+    if not entry.path:
+        return "it was never written (no path in the manifest)"
+    root = Path(family_dir).resolve()
+    d = Path(family_dir) / entry.path
+    real = d.resolve()
+    if d.is_symlink() or root not in real.parents:
+        return f"its directory {entry.path} is a link or path outside the family directory"
+    if not d.is_dir():
+        return f"its directory {d} is missing"
+    if not entry.files:
+        return "the manifest records none of its files"
+    for name, digest in entry.files.items():
+        p = d / name
+        if not p.is_file():
+            return f"{p} is missing"
+        if p.is_symlink() and real not in p.resolve().parents:
+            return f"{p} is a link out of the member directory"
+        size = entry.sizes.get(name)
+        if size is not None and p.stat().st_size != size:
+            return f"{p} has {p.stat().st_size} bytes, the manifest says {size}"
+        if full and sha256_file(p) != digest:
+            return f"{p} does not match its recorded checksum"
+    return None
+
+
 def verify_member(directory: Path, entry: MemberEntry) -> bool:
     """Complete and unchanged: every recorded file exists with its recorded checksum."""
     if not entry.files or not Path(directory).is_dir():
@@ -508,11 +551,6 @@ def _clean_stale(output: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
-def _inside(path: Path, root: Path) -> bool:
-    path, root = path.resolve(), root.resolve()
-    return path == root or root in path.parents
-
-
 DTYPE_LABELS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}
 
 
@@ -525,9 +563,7 @@ def _prior_manifest(output: Path, pair: Pair, order: str, overwrite: bool) -> Fa
     """The manifest of an earlier run into ``output`` that this run may resume, else None."""
     if output.exists() and not output.is_dir():
         raise OutputExistsError(f"{output} exists and is not a directory; choose another -o")
-    for role, ref in (("teacher", pair.teacher_ref), ("student", pair.student_ref)):
-        if _inside(Path(ref.path), output):
-            raise OutputExistsError(f"-o {output} contains the {role} ({ref.ref}); choose another -o")
+    check_disjoint(output, pair.inputs)
     if not output.is_dir():
         return None
     path = output / MANIFEST_NAME
@@ -663,6 +699,7 @@ def build_family(
         while hashing and (block or hashing[0][2].done()):
             p, comp, fut = hashing.pop(0)
             entries[p.name] = member_entry(pair, p.candidate, comp, p.name, p.targets, fut.result())
+            entries[p.name].sizes = file_sizes(output / p.name)
             written.append(p.name)
             save()
 
@@ -726,6 +763,6 @@ def member_summary(c: Candidate) -> dict[str, Any]:
 __all__ = [
     "SizeTarget", "parse_sizes", "parse_size_targets", "format_params", "Pair", "open_pair",
     "shape_problems", "Candidate", "achievable", "candidates", "Pick", "check_selection_args", "select",
-    "build_family", "FamilyResult", "ALL_ORDERS", "check_order", "check_output", "calibrated_search", "verify_member", "checksums", "dry_run_json", "describe_blocks",
+    "build_family", "FamilyResult", "ALL_ORDERS", "check_order", "check_output", "calibrated_search", "verify_member", "member_problem", "checksums", "dry_run_json", "describe_blocks",
     "member_summary",
 ]

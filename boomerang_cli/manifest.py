@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, jsonio
 from .errors import BoomerangError, PlanError
 from .plan import Plan
 from .tensors import atomic_write_text
@@ -67,13 +67,39 @@ def _migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+_SIMPLE = {"str": str, "int": int, "float": (int, float), "bool": bool, "Any": object}
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """``value`` has the type a field's annotation (a string, e.g. ``dict[str, int] | None``) names."""
+    alts = annotation.split(" | ")  # no field nests a union inside brackets
+    if len(alts) > 1:
+        return any(value is None if a == "None" else _fits(value, a) for a in alts)
+    a = annotation.strip()
+    if a in _SIMPLE:
+        return isinstance(value, _SIMPLE[a]) and not (a in ("int", "float") and isinstance(value, bool))
+    if a.startswith("list["):
+        return isinstance(value, list) and all(_fits(v, a[5:-1]) for v in value)
+    if a.startswith("dict["):
+        inner = a[5:-1].split(",", 1)[1].strip()
+        return isinstance(value, dict) and all(isinstance(k, str) and _fits(v, inner) for k, v in value.items())
+    return True  # not a JSON type (e.g. Plan): built and checked by its own class
+
+
+def _typed(owner: str, name: str, value: Any, annotation: str) -> Any:
+    if not _fits(value, annotation):
+        raise TypeError(f"{owner}.{name} should be {annotation}, not {json.dumps(value)[:40]}")
+    return value
+
+
 def _known(cls: type, data: dict[str, Any]) -> Any:
     """Build ``cls`` from ``data``, ignoring fields a newer boomerang added (docs/manifest.md:
-    readers ignore unknown fields within one schema version)."""
+    readers ignore unknown fields within one schema version); every known field is type-checked,
+    so a wrongly typed manifest fails when read, before anything is written."""
     if not isinstance(data, dict):
         raise TypeError(f"{cls.__name__} entry is not an object")
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    kinds = {f.name: str(f.type) for f in fields(cls)}
+    return cls(**{k: _typed(cls.__name__, k, v, kinds[k]) for k, v in data.items() if k in kinds})
 
 
 @dataclass
@@ -103,6 +129,7 @@ class MemberEntry:
     tied: bool
     targets: list[str] = field(default_factory=list)  # the --sizes that picked it
     files: dict[str, str] = field(default_factory=dict)  # file name -> "sha256:<hex>"
+    sizes: dict[str, int] = field(default_factory=dict)  # file name -> bytes (eval's cheap check)
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,6 +154,10 @@ class OrderInfo:
     beam: int | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)  # per size: blocks, KL
     trace: list[dict[str, Any]] = field(default_factory=list)  # per search depth: block, candidates' KL
+
+
+#: Top-level manifest fields read as they are (type-checked); the others are built from objects.
+_TOP_LEVEL = ("forced", "forced_reasons", "dtype", "plan_source", "complete")
 
 
 @dataclass
@@ -195,13 +226,10 @@ class FamilyManifest:
                 order=_known(OrderInfo, data["order"]),
                 members=[_known(MemberEntry, m) for m in data["members"]],
                 baselines=[_known(BaselineEntry, b) for b in data.get("baselines", [])],
-                forced=bool(data.get("forced", False)),
-                forced_reasons=list(data.get("forced_reasons", [])),
-                dtype=data.get("dtype"),
-                plan_source=data.get("plan_source"),
-                complete=bool(data.get("complete", True)),
-                created=data["created"],
-                tool_version=data["tool_version"],
+                **{k: _typed("manifest", k, data[k], str(f.type)) for f in fields(cls) for k in [f.name]
+                   if k in data and k in _TOP_LEVEL},
+                created=_typed("manifest", "created", data["created"], "str"),
+                tool_version=_typed("manifest", "tool_version", data["tool_version"], "str"),
                 schema_version=version,
             )
         except PlanError as exc:
@@ -224,4 +252,4 @@ class FamilyManifest:
 
     def write(self, path: Path) -> None:
         """Atomically (re)write the manifest, e.g. after ``eval`` added metrics."""
-        atomic_write_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
+        atomic_write_text(Path(path), jsonio.dumps(self.to_json(), indent=2) + "\n")

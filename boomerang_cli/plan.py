@@ -98,13 +98,19 @@ class Plan:
     def parse_keep(text: str) -> list[int]:
         """Parse ``0,2,4`` (ranges like ``0-3`` allowed) from the command line."""
         out: list[int] = []
+        if not text.replace(" ", "").replace(",", ""):
+            raise PlanError("--keep is empty; list the teacher layers to keep, e.g. --keep 0,2,4,7 "
+                            "(or leave --keep out for the paper's plan)")
         for part in text.replace(" ", "").split(","):
             if not part:
                 continue
             try:
                 if "-" in part[1:]:
                     a, b = part.split("-", 1)
-                    out.extend(range(int(a), int(b) + 1))
+                    lo, hi = int(a), int(b)
+                    if hi < lo:
+                        raise PlanError(f"--keep: range {part!r} runs backwards; write it low-high, e.g. {hi}-{lo}")
+                    out.extend(range(lo, hi + 1))
                 else:
                     out.append(int(part))
             except ValueError:

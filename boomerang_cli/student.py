@@ -13,6 +13,7 @@ from . import __version__
 from .arch import ModelInfo
 from .compose import LayerSource, compose, fingerprint, model_card, write_model_dir
 from .errors import BoomerangError
+from .guard import check_disjoint
 from .plan import Plan
 from .progress import NULL, Progress
 from .refs import ModelRef
@@ -153,9 +154,7 @@ def init_student(
     if output is None:
         raise BoomerangError("no output directory; pass -o DIR")
     check_output_dir(Path(output), overwrite)
-    out_abs, teacher_abs = Path(output).resolve(), Path(teacher.path).resolve()
-    if out_abs == teacher_abs or out_abs in teacher_abs.parents:
-        raise BoomerangError(f"{output} holds the teacher; write the student to another -o")
+    check_disjoint(output, {"teacher": teacher.path})
     # A local teacher is recorded by absolute path so later steps find it from any directory.
     record = StudentRecord(plan, teacher_ref.stable_ref, fingerprint(teacher))
     meta = teacher_ref.card_metadata()

@@ -90,25 +90,50 @@ class TensorInfo:
         return math.prod(self.shape)
 
 
+def _broken(path: Path, what: str) -> BoomerangError:
+    return BoomerangError(f"{path}: not a valid safetensors file ({what}); re-download or rebuild the model")
+
+
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Parse one safetensors file's header into :class:`TensorInfo` entries."""
+    """Parse one safetensors file's header into :class:`TensorInfo` entries.
+
+    Anything malformed (a header cut off, not UTF-8 or not JSON, entries of the
+    wrong shape, tensors reaching past the end of a truncated file) is one
+    BoomerangError naming the file, never a traceback.
+    """
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
-            raise BoomerangError(f"{path}: not a safetensors file (truncated header)")
+            raise _broken(path, "truncated header")
         (n,) = struct.unpack("<Q", raw)
         if n > 100_000_000:
-            raise BoomerangError(f"{path}: not a safetensors file (header size {n})")
-        header = json.loads(f.read(n))
+            raise _broken(path, f"header size {n}")
+        text = f.read(n)
+        size = os.fstat(f.fileno()).st_size
+    if len(text) != n:
+        raise _broken(path, f"the file ends inside its {n}-byte header")
+    try:
+        header = json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise _broken(path, "header is not UTF-8") from None
+    except ValueError:
+        raise _broken(path, "header is not JSON") from None
+    if not isinstance(header, dict):
+        raise _broken(path, "header is not a JSON object")
     base = 8 + n
     meta = header.pop("__metadata__", {}) or {}
-    out = {
-        name: TensorInfo(
-            name, e["dtype"], tuple(e["shape"]), path,
-            base + e["data_offsets"][0], base + e["data_offsets"][1],
-        )
-        for name, e in header.items()
-    }
+    out = {}
+    for name, e in header.items():
+        try:
+            dtype, shape, (lo, hi) = e["dtype"], tuple(int(d) for d in e["shape"]), e["data_offsets"]
+            ok = isinstance(dtype, str) and isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise _broken(path, f"bad header entry for {name}")
+        if base + hi > size:
+            raise _broken(path, f"truncated: {name} ends at byte {base + hi} of a {size}-byte file")
+        out[name] = TensorInfo(name, dtype, shape, path, base + lo, base + hi)
     return out, meta
 
 
@@ -120,7 +145,11 @@ class ModelWeights:
         self.entries: dict[str, TensorInfo] = {}
         index = self.directory / INDEX_FILE
         if index.exists():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            try:
+                files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise BoomerangError(f"{index}: not a valid safetensors index (no \"weight_map\" of file names); "
+                                     "re-download or rebuild the model") from None
         elif (self.directory / SINGLE_FILE).exists():
             files = [SINGLE_FILE]
         else:
@@ -388,7 +417,8 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     check_output_dir(final, overwrite)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        remove_dead_siblings(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_sibling_prefix(final)}.tmp-{os.getpid()}-", dir=final.parent))
     except OSError as exc:  # name the output asked for, not the temporary directory
         raise OutputExistsError(
             f"cannot create {final} ({(exc.strerror or str(exc)).lower()}: {exc.filename or final.parent}); "
@@ -402,11 +432,47 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
         raise
     trash = None
     if final.exists():
-        trash = final.parent / f".{final.name}.old-{os.getpid()}"
+        trash = final.parent / f"{_sibling_prefix(final)}.old-{os.getpid()}"
         os.replace(final, trash)
     os.replace(tmp, final)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _sibling_prefix(final: Path) -> str:
+    """``.NAME`` for the temporary and old siblings of ``final``, short enough for a 255-byte file name."""
+    return "." + final.name[:200]
+
+
+_SIBLING = re.compile(r"\.(tmp-(\d+)-.*|old-(\d+))")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_siblings(final: Path) -> None:
+    """Remove what a killed run left beside ``final``: its ``.NAME.tmp-PID-*`` and ``.NAME.old-PID``
+    entries whose process is gone (a live run's are left alone)."""
+    prefix = _sibling_prefix(Path(final))
+    parent = Path(final).parent
+    if not parent.is_dir():
+        return
+    for p in parent.iterdir():
+        m = _SIBLING.fullmatch(p.name[len(prefix):]) if p.name.startswith(prefix) else None
+        if m is None or _alive(int(m.group(2) or m.group(3))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def _umask() -> int:

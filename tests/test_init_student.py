@@ -435,7 +435,7 @@ def test_no_output_and_output_over_teacher(teachers, tmp_path):
     shutil.copytree(teachers["llama"], teacher)
     before = sorted(p.name for p in teacher.iterdir())
     for target in (teacher, tmp_path):
-        assert_refused(invoke("init-student", teacher, "-o", target, "--overwrite", ok=False), "holds the teacher")
+        assert_refused(invoke("init-student", teacher, "-o", target, "--overwrite", ok=False), "the teacher")
     assert sorted(p.name for p in teacher.iterdir()) == before
 
 

@@ -74,7 +74,7 @@ def test_no_weights_and_bad_header(tmp_path):
     with pytest.raises(BoomerangError, match="no safetensors"):
         ModelWeights(tmp_path)
     (tmp_path / SINGLE_FILE).write_bytes(b"abc")
-    with pytest.raises(BoomerangError, match="not a safetensors file"):
+    with pytest.raises(BoomerangError, match="not a valid safetensors file"):
         ModelWeights(tmp_path)
 
 

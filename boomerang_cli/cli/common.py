@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import sys
 import warnings
@@ -19,6 +18,7 @@ from rich.progress import (
 from rich.table import Column
 from rich.text import Text
 
+from .. import jsonio
 from ..errors import BoomerangError
 
 err_console = Console(stderr=True)
@@ -147,12 +147,13 @@ def progress(enabled: bool = True) -> Iterator[RichProgressReporter]:
 
 
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(jsonio.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # The message is plain text: paths and values may hold "[bold]" or ":train:" (no markup, no emoji).
+    err_console.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True, emoji=False)
     raise typer.Exit(code)
 
 
@@ -178,6 +179,7 @@ _OS_FIXES = {
     errno.ENOTDIR: ("a parent of that path is a file, not a directory; choose another path", 2),
     errno.EEXIST: ("a parent of that path is a file, not a directory; choose another path", 2),
     errno.EISDIR: ("it is a directory; give a file", 2),
+    errno.ENAMETOOLONG: ("a name in it is too long for the file system; choose a shorter path", 2),
     errno.ENOSPC: ("the disk is full; free space or write elsewhere", 1),
     errno.EDQUOT: ("the disk quota is exceeded; free space or write elsewhere", 1),
 }

@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from . import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress
@@ -138,6 +139,7 @@ def distill_cmd(
     with handle_errors():
         from ..distill import DistillConfig, distill
         from ..distill.recipes import get_recipe
+        from ..guard import lock_if
         from ..state import record
 
         teacher, student, output = resolve_short_form(teacher, student, output)
@@ -155,14 +157,15 @@ def distill_cmd(
             report_to=list(report_to), logging_dir=logging_dir, dtype=dtype, max_shard_size=max_shard_size,
             overwrite=overwrite, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
         )
-        with progress(not json_out and main_rank) as bar:
+        with (lock_if(output, main_rank), lock_if(cfg.ckpt_dir, main_rank),  # one writer per output
+              progress(not json_out and main_rank) as bar):
             result = distill(cfg, progress=bar)
         if main_rank:
             record(student=output, teacher=result.teacher)
     if not main_rank:
         return
     for w in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        err_console.print(Text("warning: ", style="yellow") + Text(w), highlight=False, emoji=False)
     if json_out:
         emit_json(result.to_json())
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -57,7 +58,7 @@ def eval_cmd(
     data: List[str] = typer.Option(
         ["stdlib"], "--data", help="Text files/directories, .jsonl, .parquet, a hub dataset id (name:config@split) "
         "or stdlib (repeat for several); the same sources as distill."),
-    split: str = typer.Option("validation", "--split", help="validation (the held-out 2%, default) or train."),
+    split: str = typer.Option("validation", "--split", help="validation (the held-out 2%, default), train, or all (every document of --data)."),
     text_field: str = typer.Option("text", "--text-field", help="Field holding the text in .jsonl/.parquet/hub rows."),
     max_tokens: int = typer.Option(32768, "--max-tokens", help="Tokens to score (whole blocks: rounded up to --seq-len)."),
     seq_len: int = typer.Option(512, "--seq-len", help="Tokens per block (at most the model's positions)."),
@@ -90,6 +91,8 @@ def eval_cmd(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw parameters against perplexity (and task scores) into FILE.png."),
     no_trunk: bool = typer.Option(False, "--no-trunk", help="Evaluate every member on its own instead of sharing common layers."),
     no_perplexity: bool = typer.Option(False, "--no-perplexity", help="Skip perplexity (only --tasks)."),
+    verify: bool = typer.Option(False, "--verify", help="Check every member file's sha256 against the manifest "
+                                "first (default: that each recorded file is there with its recorded size)."),
     output: Optional[Path] = typer.Option(
         None, "-o", "--output", help="Results JSON for plain model references (default: ./eval-results.json); "
         "a family's results go into its manifest."),
@@ -105,11 +108,12 @@ def eval_cmd(
     layers compute them once (results are identical to evaluating each member
     on its own; --no-trunk does that).
     """
-    with handle_errors():
+    with handle_errors(), contextlib.ExitStack() as hold:
         from ..errors import BoomerangError
         from ..evaluate.baselines import METHODS
         from ..evaluate.lmeval import parse_tasks
         from ..evaluate.runner import EvalOptions, evaluate_family, evaluate_models
+        from ..guard import lock_if
         from ..tensors import parse_dtype
 
         methods: list[str] = []
@@ -131,7 +135,7 @@ def eval_cmd(
             baselines=list(dict.fromkeys(methods)), calibration_tokens=calibration_tokens,
             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
             compare_orders=list(dict.fromkeys(order_list)), calib_data=split_list(calib_data),
-            calib_samples=calib_samples, calib_seq_len=calib_seq_len, beam=beam,
+            calib_samples=calib_samples, calib_seq_len=calib_seq_len, beam=beam, verify=verify,
         )
         opts.check()
         if task_dir is not None and not opts.tasks:
@@ -152,6 +156,11 @@ def eval_cmd(
         member_list = split_list([members]) if members else None
         if kind == "family" and members is not None and not member_list:
             raise BoomerangError("--members is empty; name members like --members member-18L,teacher")
+        # One writer per output: the family's directory (its manifest gets the results) or the results file.
+        from ..evaluate.runner import DEFAULT_RESULTS
+        from ..loader import manifest_file
+
+        hold.enter_context(lock_if(manifest_file(target).parent if kind == "family" else output or Path(DEFAULT_RESULTS)))
         with progress(not json_out) as bar:
             if kind == "family":
                 report = evaluate_family(target, opts, member_list, progress=bar)
@@ -226,7 +235,7 @@ def _table(report: Any) -> None:
             out_console.print(f"{order}{width}: {info['source']} (KL on {cal.get('key')}, {cal.get('tokens', 0):,} "
                               f"tokens, {cal.get('evaluated', '?')} members scored)", highlight=False)
     for note in report.notes:
-        err_console.print(f"note: {note}", highlight=False)
+        err_console.print(f"note: {note}", highlight=False, markup=False, emoji=False)
     secs = report.seconds
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in secs.items() if k != "total")
     out_console.print(f"results written to {report.written} ({timing}; total {secs.get('total', 0):.1f}s)",

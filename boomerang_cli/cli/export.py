@@ -51,11 +51,12 @@ def export_cmd(
     with handle_errors():
         from ..errors import BoomerangError
         from ..export import export_family
+        from ..guard import lock_if
 
         member_list = split_list([members]) if members else None
         if members is not None and not member_list:
             raise BoomerangError("--members is empty; name members like --members member-18L,teacher")
-        with progress(not json_out) as bar:
+        with lock_if(output), progress(not json_out) as bar:  # one writer per output
             result = export_family(_family(family), output, type_name, member_list, file_format=file_format,
                                    overwrite=overwrite, modelfiles=not no_modelfile, progress=bar)
     if json_out:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import List, Optional
 
@@ -140,10 +141,11 @@ def family_cmd(
 
     Rerunning the same command resumes: members already written and verified are kept.
     """
-    with handle_errors():
+    with handle_errors(), contextlib.ExitStack() as hold:
         from ..errors import BoomerangError
         from ..family import (achievable, build_family, calibrated_search, check_order, check_output,
                               check_selection_args, dry_run_json, open_pair, select)
+        from ..guard import check_disjoint, local_sources, lock_if
         from ..manifest import OrderInfo
         from ..orders import order_info
         from ..plan import Plan
@@ -155,7 +157,7 @@ def family_cmd(
         targets = check_selection_args(sizes, num, all_members, dry_run)
         shard = parse_size(max_shard_size)
         torch_dtype = parse_dtype(dtype) if dtype else None
-        kept = Plan.parse_keep(keep) if keep else None
+        kept = Plan.parse_keep(keep) if keep is not None else None
         teacher, student = _resolve_pair_refs(teacher, student)
         if dry_run:
             refuse_conversion_in_dry_run(teacher, "teacher")
@@ -164,11 +166,14 @@ def family_cmd(
             output = default_output(student)
             if output is None:
                 raise BoomerangError(f"student {student} is not a local directory; pass -o DIR for the family")
+        hold.enter_context(lock_if(output, not dry_run))  # one writer per family, held to the end
         t_ref = resolve(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         s_ref = resolve(student, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         spec = calibration_spec(order, calib_data, calib_samples, calib_seq_len, beam, student, bos)
         pair = open_pair(t_ref, s_ref, keep=kept, force=force, dtype=torch_dtype,
                          trust_remote_code=trust_remote_code)
+        if spec is not None and output is not None and not dry_run:
+            check_disjoint(output, local_sources(spec.sources))  # the family's own inputs: build_family
         search, info, reused = None, OrderInfo(method=order), False
         if spec is not None:
             if output is not None and not dry_run:
@@ -186,7 +191,7 @@ def family_cmd(
             if json_out:
                 emit_json(dry_run_json(pair, info, every, picks))
                 for note in pair.notes:
-                    err_console.print(f"note: {note}", highlight=False)
+                    err_console.print(f"note: {note}", highlight=False, markup=False, emoji=False)
             else:
                 _search_line(info, reused)
                 _dry_table(pair, info, every, picks, teacher, student)
@@ -199,7 +204,7 @@ def family_cmd(
     if json_out:
         emit_json(result.manifest.to_json())
         for note in result.notes:
-            err_console.print(f"note: {note}", highlight=False)
+            err_console.print(f"note: {note}", highlight=False, markup=False, emoji=False)
         return
     _search_line(info, reused)
     _result_table(result, ref_student, ref_teacher, teacher, student, info)
@@ -281,7 +286,7 @@ def _dry_table(pair, info, every, picks, teacher: str, student: str) -> None:
     out_console.print(f"{len(every) - 2} achievable members between student and teacher"
                       + (f"; {len(picks)} chosen" if picks else ""), highlight=False)
     for note in pair.notes:
-        err_console.print(f"note: {note}", highlight=False)
+        err_console.print(f"note: {note}", highlight=False, markup=False, emoji=False)
 
 
 def _result_table(result, ref_student, ref_teacher, teacher: str, student: str, info) -> None:
@@ -312,7 +317,7 @@ def _result_table(result, ref_student, ref_teacher, teacher: str, student: str, 
     ref_row(ref_teacher)
     out_console.print(t)
     for note in result.notes:
-        out_console.print(f"note: {note}", highlight=False)
+        out_console.print(f"note: {note}", highlight=False, markup=False, emoji=False)
     m = result.manifest
     if result.reused:
         out_console.print("reused: already written and verified against the manifest's checksums", style="dim")

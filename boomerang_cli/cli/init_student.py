@@ -33,6 +33,7 @@ def init_student_cmd(
     """Prune TEACHER to a student by keeping one layer of every block (SPEC section 2)."""
     with handle_errors():
         from ..arch import ModelInfo
+        from ..guard import lock_if
         from ..refs import pending_gguf, resolve
         from ..state import record
         from ..student import gguf_dry_run, init_student
@@ -48,12 +49,13 @@ def init_student_cmd(
             summary = gguf_dry_run(teacher, gguf, lambda n: make_plan(n, keep, keep_first, every, keep_last), output)
             plan = summary.plan
         else:
-            ref = resolve(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-            info = ModelInfo.load(ref.path, trust_remote_code)
-            plan = make_plan(info.arch.num_layers, keep, keep_first, every, keep_last)
-            with progress(not json_out) as bar:
-                summary = init_student(ref, plan, output, dtype=torch_dtype, max_shard_size=shard,
-                                       overwrite=overwrite, dry_run=dry_run, teacher=info, progress=bar)
+            with lock_if(output, not dry_run):
+                ref = resolve(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+                info = ModelInfo.load(ref.path, trust_remote_code)
+                plan = make_plan(info.arch.num_layers, keep, keep_first, every, keep_last)
+                with progress(not json_out) as bar:
+                    summary = init_student(ref, plan, output, dtype=torch_dtype, max_shard_size=shard,
+                                           overwrite=overwrite, dry_run=dry_run, teacher=info, progress=bar)
         if not dry_run and output is not None:
             record(student=output, teacher=ref.stable_ref)
     if json_out:

@@ -29,7 +29,7 @@ Keep = typer.Option(None, "--keep", help="Explicit kept teacher layers, e.g. 0,2
 
 
 def make_plan(num_layers: int, keep: Optional[str], keep_first: int, every: int, keep_last: int) -> Plan:
-    if keep:
+    if keep is not None:  # an empty --keep is an error, not the default plan
         return Plan.from_keep(num_layers, Plan.parse_keep(keep))
     return Plan.from_paper_flags(num_layers, keep_first, every, keep_last)
 

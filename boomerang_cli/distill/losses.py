@@ -135,6 +135,11 @@ def verify_head(model: torch.nn.Module, head: LogitHead, vocab: int) -> None:
         ref = model(input_ids=ids).logits.float()
         got = head.logits(model.base_model(input_ids=ids).last_hidden_state)
     model.train(training)
+    if not bool(torch.isfinite(ref).all()):
+        bad = next((n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+        where = f"weight {bad} holds NaN or infinite values" if bad else "its logits are NaN or infinite"
+        raise BoomerangError(f"{type(model).__name__}: {where}; the model files are broken, not the "
+                             "architecture: restore or rebuild the model")
     if not torch.allclose(ref, got, rtol=1e-3, atol=1e-3 * max(1.0, ref.abs().max().item())):
         raise UnsupportedArchitectureError(
             f"{type(model).__name__}: computes logits in a way boomerang does not know "

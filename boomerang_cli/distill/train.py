@@ -31,12 +31,13 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from .. import __version__, jsonio
 from ..arch import ModelInfo, text_config
 from ..compose import LayerSource, compose, fingerprint, model_card, require_same_family
 from ..data import (DEFAULT_BOS, Block, BlockStream, StreamPosition, block_bos, check_bos_policy, check_source, collate, iter_blocks,
                     load_all_documents, public_sources)
 from ..errors import BoomerangError, DataError, PairMismatchError, PlanError, TrainingDivergedError
+from ..guard import check_disjoint, local_sources
 from ..plan import Plan
 from ..progress import NULL, Progress
 from ..refs import ModelRef, copy_aux_files, resolve
@@ -249,7 +250,7 @@ def resolve_pair(cfg: DistillConfig) -> Pair:
     s_ref = resolve(str(sdir), allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
     s_info = ModelInfo.load(s_ref.path, cfg.trust_remote_code)
     require_same_family(info, s_info)
-    if cfg.keep:
+    if cfg.keep is not None:
         plan, record = Plan.from_keep(L, Plan.parse_keep(cfg.keep)), StudentRecord.read(sdir)
         if record is not None and record.plan.kept != plan.kept:
             raise PlanError(f"--keep {plan.describe()} contradicts {sdir}/boomerang.json "
@@ -429,7 +430,7 @@ class MetricSink:
         if not self.enabled:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(jsonio.dumps(row) + "\n")
         prefix = row.get("split", "train")
         scalars = {f"{prefix}/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
         if self.tb is not None:
@@ -460,6 +461,9 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
     # 1. Teacher, plan and student; refuse a mismatched pair early.
     pair = resolve_pair(cfg)
     plan = pair.plan
+    inputs = [("teacher", pair.teacher_ref.path), ("student", pair.student_dir), *local_sources(cfg.data)]
+    check_disjoint(cfg.output, inputs)
+    check_disjoint(cfg.ckpt_dir, inputs, "--checkpoint-dir")
     max_pos = _max_positions(pair.teacher_info.config)
     if max_pos is not None and cfg.seq_len > max_pos:
         raise BoomerangError(f"--seq-len {cfg.seq_len} is longer than the model's {max_pos} positions; "

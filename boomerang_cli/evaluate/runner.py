@@ -20,11 +20,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .. import __version__
+from .. import __version__, jsonio
 from ..arch import ModelInfo, text_config
 from ..compose import compose
 from ..data import DEFAULT_BOS, STDLIB, check_bos_policy
 from ..errors import BoomerangError, DataError, UnsupportedArchitectureError
+from ..guard import check_disjoint, local_sources
 from ..loader import (check_family_models, load_family_models, member_of, model_from_composition,
                       read_complete_manifest, select_names)
 from ..manifest import BaselineEntry, FamilyManifest, migrate_metrics_v1, perplexity_key
@@ -84,6 +85,7 @@ class EvalOptions:
     calib_samples: int | None = None
     calib_seq_len: int | None = None
     beam: int | None = None
+    verify: bool = False  # members' full checksums, not only their files' sizes
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -95,8 +97,8 @@ class EvalOptions:
             raise BoomerangError(f"--seq-len must be at least 2 (got {self.seq_len})")
         if self.max_tokens < 1:
             raise DataError(f"--max-tokens must be at least 1 (got {self.max_tokens})")
-        if self.split not in ("train", "validation"):
-            raise DataError(f"unknown --split {self.split!r}; use validation (held out) or train")
+        if self.split not in ("train", "validation", "all"):
+            raise DataError(f"unknown --split {self.split!r}; use validation (held out), train or all")
         if not self.sources:
             raise DataError("no evaluation data; pass --data (files, a directory, a hub dataset or stdlib)")
         check_bos_policy(self.bos)
@@ -386,14 +388,28 @@ class _Family:
         return model_from_composition(comp, self.dtype, self.device)
 
 
-def open_family(path: Path, opts: EvalOptions) -> _Family:
+def open_family(path: Path, opts: EvalOptions, members: Sequence[str] | None = None) -> _Family:
     mpath, manifest = read_complete_manifest(path)
+    check_member_dirs(mpath, manifest, select_names(manifest, members), opts.verify)
     infos = load_family_models(manifest, mpath.parent)
     check_family_models(manifest, infos)
     dtype, device = opts.dtype, opts.torch_device()
     models = {role: load_model(infos[role], dtype, device, opts.trust_remote_code) for role in ("teacher", "student")}
     runners = {role: LayerRunner(models[role], infos[role].arch.layers_path) for role in models}
     return _Family(mpath, manifest, infos, models, runners, dtype, device)
+
+
+def check_member_dirs(mpath: Path, manifest: FamilyManifest, names: Sequence[str], full: bool = False) -> None:
+    """Results are recorded only for members whose directories are the ones the manifest describes."""
+    from ..family import member_problem
+
+    for name in names:
+        if name in ("teacher", "student"):
+            continue  # checked by fingerprint (loader.check_family_models)
+        problem = member_problem(mpath.parent, manifest.member(name), full)
+        if problem is not None:
+            raise BoomerangError(f"member {name} of {mpath}: {problem}; rerun `boomerang family` to rewrite it, "
+                                 "or leave it out with --members")
 
 
 def evaluate_family(
@@ -406,7 +422,7 @@ def evaluate_family(
     """Evaluate a family's members (teacher and student included) and record the results in its manifest."""
     opts.check()
     t0 = time.perf_counter()
-    fam = open_family(path, opts)
+    fam = open_family(path, opts, members)
     manifest = fam.manifest
     names = select_names(manifest, members)
     notes: list[str] = []
@@ -643,6 +659,8 @@ def evaluate_models(
     described: dict[str, Any] | None = None
     trunk_reason = "plain models share no layers"
     resolved = [resolve(r, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code) for r in refs]
+    out = Path(output) if output is not None else Path(DEFAULT_RESULTS)
+    check_results_output(out, [("model", r.path) for r in resolved] + local_sources(opts.sources))
     manager = lmeval.task_manager(opts.tasks, opts.task_dir) if opts.tasks else None
     seconds: dict[str, float] = {"perplexity": 0.0, "tasks": 0.0}
     task = progress.task("evaluating models", len(resolved), unit="models")
@@ -673,7 +691,6 @@ def evaluate_models(
         del model
         task.advance(1)
     progress.finish(task)
-    out = Path(output) if output is not None else Path(DEFAULT_RESULTS)
     write_results(out, rows, resolved)
     seconds["total"] = time.perf_counter() - t0
     return EvalReport(
@@ -681,6 +698,23 @@ def evaluate_models(
         trunk=TrunkInfo(False, trunk_reason) if opts.perplexity else None, seconds=seconds, written=str(out),
         device=str(device), dtype=str(opts.dtype).removeprefix("torch."), tasks=list(opts.tasks), notes=notes,
     )
+
+
+def check_results_output(path: Path, inputs: Sequence[tuple[str, Any]] = ()) -> None:
+    """Refuse a results file ``eval`` could not write, before minutes of evaluation, not after."""
+    import os
+
+    path = Path(path)
+    check_disjoint(path, inputs)
+    if path.is_dir():
+        raise BoomerangError(f"-o {path} is a directory; give a results .json file")
+    read_results(path)  # an existing file must be a results file this run can merge into
+    p = path.absolute().parent
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        raise BoomerangError(f"-o {path}: cannot write there ({p} is not a writable directory); "
+                             "choose another -o")
 
 
 def read_results(path: Path) -> dict[str, Any]:
@@ -715,4 +749,4 @@ def write_results(path: Path, rows: Sequence[Row], refs: Sequence[Any]) -> None:
         }
     data.update(format=RESULTS_FORMAT, schema_version=RESULTS_VERSION, tool_version=__version__, updated=now(),
                 models=sorted(entries.values(), key=lambda e: (e["num_params"], e["ref"])))
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    atomic_write_text(path, jsonio.dumps(data, indent=2) + "\n")
