@@ -29,7 +29,7 @@ from boomerang_cli.evaluate.trunk import LayerRunner, Stack
 from boomerang_cli.loader import model_from_composition
 from boomerang_cli.compose import compose
 from boomerang_cli.manifest import FamilyManifest
-from boomerang_cli.member import sequential_members
+from boomerang_cli.member import Member, sequential_members
 from boomerang_cli.orders import CALIBRATED_ORDERS, result_from_order_info
 from boomerang_cli.refs import resolve
 from boomerang_cli.student import student_plan
@@ -89,7 +89,9 @@ def main() -> None:
                     print(f"{name}: no {mpath}, skipping {order}", flush=True)
                     continue
                 man = FamilyManifest.read(mpath)
-                members = result_from_order_info(plan, man.order).members()
+                # The student itself always ends the family (a member as deep may stand beside it).
+                members = [Member(plan, frozenset())] + result_from_order_info(plan, man.order).members()
+                members = list(dict.fromkeys(members))
             else:
                 members = sequential_members(plan, order)
             members = [m for m in members if not m.is_teacher]
