@@ -149,7 +149,7 @@ class BaselineEntry:
 class OrderInfo:
     """How the members' blocks were chosen."""
 
-    method: str  # last-first | first-last | kl-greedy | beam
+    method: str  # last-first | first-last | kl-greedy | beam | kl-dp | auto
     calibration: dict[str, Any] | None = None  # data reference, samples, seq_len
     beam: int | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)  # per size: blocks, KL
