@@ -531,8 +531,11 @@ def test_sigint_during_distill_keeps_the_checkpoint_and_resumes(w: World):
     flags[flags.index("--steps") + 1] = "100000"
     cmd = [sys.executable, "-m", "boomerang_cli", "distill", str(w / "teacher"), "-o", str(out), *flags,
            "--save-every", "2"]
+    # As in a terminal, Ctrl-C has its default action in the child even if this test process was
+    # started with SIGINT ignored (an ignored disposition is inherited, and Python then keeps it).
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 900  # start-up alone takes minutes on a busy machine
     while not (ckpt / "latest").exists():
         assert proc.poll() is None, proc.stderr.read()
