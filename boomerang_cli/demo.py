@@ -91,7 +91,8 @@ def _trained(student: Path) -> bool:
 def paper_checks(rows: list[dict[str, Any]], methods: tuple[str, ...] = ("shortgpt", "plan-prune")) -> list[Check]:
     """Sizes within [student, teacher], monotone perplexity, and members against each baseline at
     equal saved size (SPEC section 6; a member as deep as the teacher comes before it)."""
-    first = score_family(rows, methods[0])
+    scores = {method: score_family(rows, method) for method in methods}
+    first = scores[methods[0]]
     n = len(family_order(rows))
     checks = [
         Check("every member's saved size lies between student and teacher", first.within_range,
@@ -99,8 +100,7 @@ def paper_checks(rows: list[dict[str, Any]], methods: tuple[str, ...] = ("shortg
         Check("perplexity never increases as members grow", not first.increases,
               "; ".join(first.increase_detail) if first.increases else f"{n} models, student to teacher"),
     ]
-    for method in methods:
-        sc = score_family(rows, method)
+    for method, sc in scores.items():
         losses = [f"{v.name} {v.ppl:.3g} vs {v.baseline_ppl:.3g}" for v in sc.per_size if not v.wins]
         curve = any(r["kind"] == "baseline" and r.get("method") == method for r in rows)
         detail = (f"{sc.wins} of {sc.sizes} sizes, perplexity {sc.geomean_ratio:.3f}x {method}'s (geometric mean)"
@@ -118,7 +118,7 @@ def run_demo(cfg: DemoConfig, progress: Progress = NULL) -> DemoResult:
     from .evaluate.plot import plot_results, require_matplotlib
     from .evaluate.runner import EvalOptions, evaluate_family
     from .calibrate import CalibrationSpec
-    from .family import achievable, build_family, calibrated_search, open_pair, select
+    from .family import build_family, calibrated_search, candidates, open_pair, select
     from .manifest import OrderInfo
     from .orders import CALIBRATED_ORDERS, order_info
     from .refs import resolve
@@ -157,7 +157,7 @@ def run_demo(cfg: DemoConfig, progress: Progress = NULL) -> DemoResult:
         spec = CalibrationSpec((cfg.data,), samples=cfg.calib_samples, seq_len=cfg.calib_seq_len)
         search, _ = calibrated_search(pair, cfg.order, spec, output=fam_dir, progress=progress)
         info = order_info(search)
-    cands = [c for c in achievable(pair, cfg.order, search) if not (c.member.is_student or c.member.is_teacher)]
+    cands = candidates(pair, cfg.order, search)
     picks = select(cands, all_members=True, student_params=pair.entry("student").num_params,
                    teacher_params=pair.entry("teacher").num_params)
     res = build_family(pair, picks, fam_dir, order=info, progress=progress)
