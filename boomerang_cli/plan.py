@@ -94,6 +94,15 @@ class Plan:
     def from_keep(cls, num_layers: int, kept: Iterable[int]) -> "Plan":
         return cls(num_layers, tuple(int(k) for k in kept))
 
+    @classmethod
+    def from_flags(cls, num_layers: int, keep: str | None = None, keep_first: int = 1, every: int = 2,
+                   keep_last: int = 2) -> "Plan":
+        """The plan the command-line flags ask for: ``--keep`` when given (an empty one is an
+        error, not the default plan), else the paper flags."""
+        if keep is not None:
+            return cls.from_keep(num_layers, cls.parse_keep(keep))
+        return cls.from_paper_flags(num_layers, keep_first, every, keep_last)
+
     @staticmethod
     def parse_keep(text: str) -> list[int]:
         """Parse ``0,2,4`` (ranges like ``0-3`` allowed) from the command line."""

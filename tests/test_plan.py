@@ -158,3 +158,11 @@ def test_reference_student_config_unreadable(tmp_path):
         Plan.from_reference_student_config(path, 6)
     with pytest.raises(PlanError):
         Plan.from_reference_student_config(tmp_path / "missing.json", 6)
+
+
+def test_from_flags_prefers_keep_and_refuses_an_empty_one():
+    assert Plan.from_flags(12, "0,3,5") == Plan.from_keep(12, [0, 3, 5])
+    assert Plan.from_flags(12) == Plan.from_paper_flags(12)
+    assert Plan.from_flags(12, None, 2, 3, 1) == Plan.from_paper_flags(12, 2, 3, 1)
+    with pytest.raises(PlanError):
+        Plan.from_flags(12, "")

@@ -1,46 +1,13 @@
-"""The ``boomerang`` command line: thin commands over the core."""
+"""The ``boomerang`` command line: thin commands over the core.
+
+Each command module registers itself on :data:`app` (``cli/app.py``) when
+imported; importing this package imports them all.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+# In pipeline order: ``--help`` lists commands in the order they register.
+from . import init_student, family, distill, eval, demo, export  # noqa: F401,I001
+from .app import app
 
-import typer
-
-from .. import __version__
-
-app = typer.Typer(
-    name="boomerang",
-    help="Turn one language model into a whole family of sizes (boomerang distillation).\n\n"
-    "init-student prunes a teacher, distill trains the student, family writes every size in "
-    "between with no training, eval measures and plots them.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"boomerang {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main(
-    version: Optional[bool] = typer.Option(
-        None, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
-) -> None:
-    """boomerang: zero-shot model size interpolation."""
-    from .common import quiet_libraries
-
-    quiet_libraries()
-
-
-from . import init_student  # noqa: E402,F401  (registers the command)
-from . import family  # noqa: E402,F401  (registers the command)
-from . import distill  # noqa: E402,F401  (registers the command)
-from . import eval  # noqa: E402,F401  (registers the command)
-from . import demo  # noqa: E402,F401  (registers the command)
-from . import export  # noqa: E402,F401  (registers the command)
+__all__ = ["app"]

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..demo import DemoConfig
-from . import app
+from .app import app
 from .common import emit_json, handle_errors, human, out_console, progress
 from .options import Json
 

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from . import app
+from .app import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress
 from ..distill.recipes import DEFAULT_RECIPE, RECIPES
 from .options import (AllowPickle, Bos, Dtype, Every, Json, Keep, KeepFirst, KeepLast, MaxShardSize, Overwrite,

@@ -9,7 +9,7 @@ from typing import Any, List, Optional
 import typer
 from rich.table import Table
 
-from . import app
+from .app import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress, split_list
 from .options import AllowPickle, Bos, Json, TrustRemoteCode
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from . import app
+from .app import app
 from .common import emit_json, handle_errors, human, out_console, progress, split_list
 from .options import Json, Overwrite
 

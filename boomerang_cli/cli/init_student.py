@@ -8,10 +8,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from . import app
+from .app import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress
 from .options import (AllowPickle, Dtype, Every, Json, Keep, KeepFirst, KeepLast, MaxShardSize,
-                      Overwrite, TrustRemoteCode, make_plan, require_output)
+                      Overwrite, TrustRemoteCode, require_output)
 
 
 @app.command("init-student")
@@ -33,6 +33,7 @@ def init_student_cmd(
     """Prune TEACHER to a student by keeping one layer of every block (SPEC section 2)."""
     with handle_errors():
         from ..arch import ModelInfo
+        from ..plan import Plan
         from ..guard import lock_if
         from ..refs import pending_gguf, resolve
         from ..state import record
@@ -46,13 +47,13 @@ def init_student_cmd(
         torch_dtype = parse_dtype(dtype) if dtype else None
         gguf = pending_gguf(teacher) if dry_run else None
         if gguf is not None:  # a dry run converts nothing: the GGUF header says enough
-            summary = gguf_dry_run(teacher, gguf, lambda n: make_plan(n, keep, keep_first, every, keep_last), output)
+            summary = gguf_dry_run(teacher, gguf, lambda n: Plan.from_flags(n, keep, keep_first, every, keep_last), output)
             plan = summary.plan
         else:
             with lock_if(output, not dry_run):
                 ref = resolve(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
                 info = ModelInfo.load(ref.path, trust_remote_code)
-                plan = make_plan(info.arch.num_layers, keep, keep_first, every, keep_last)
+                plan = Plan.from_flags(info.arch.num_layers, keep, keep_first, every, keep_last)
                 with progress(not json_out) as bar:
                     summary = init_student(ref, plan, output, dtype=torch_dtype, max_shard_size=shard,
                                            overwrite=overwrite, dry_run=dry_run, teacher=info, progress=bar)

@@ -9,7 +9,6 @@ import typer
 
 from ..data import DEFAULT_BOS
 from ..errors import BoomerangError
-from ..plan import Plan
 
 Json = typer.Option(False, "--json", help="Print a machine-readable summary on stdout.")
 Overwrite = typer.Option(False, "--overwrite", help="Replace a non-empty output directory.")
@@ -26,12 +25,6 @@ Bos = typer.Option(
     DEFAULT_BOS, "--bos", help="BOS at the start of every packed block: auto (when the tokenizer adds one), always "
     "or never (SPEC section 7).")
 Keep = typer.Option(None, "--keep", help="Explicit kept teacher layers, e.g. 0,2,4,7,9,11 (overrides the paper flags).")
-
-
-def make_plan(num_layers: int, keep: Optional[str], keep_first: int, every: int, keep_last: int) -> Plan:
-    if keep is not None:  # an empty --keep is an error, not the default plan
-        return Plan.from_keep(num_layers, Plan.parse_keep(keep))
-    return Plan.from_paper_flags(num_layers, keep_first, every, keep_last)
 
 
 def require_output(output: Optional[Path], dry_run: bool) -> None:

@@ -241,9 +241,8 @@ def resolve_pair(cfg: DistillConfig) -> Pair:
     L = info.arch.num_layers
     warnings: list[str] = []
     if cfg.student is None:
-        from ..cli.options import make_plan
-
-        return Pair(ref, info, make_plan(L, cfg.keep, cfg.keep_first, cfg.every, cfg.keep_last), None, None, warnings)
+        return Pair(ref, info, Plan.from_flags(L, cfg.keep, cfg.keep_first, cfg.every, cfg.keep_last), None, None,
+                    warnings)
     sdir = Path(cfg.student)
     if not sdir.is_dir():
         raise PairMismatchError(f"--student {sdir}: no such directory")
