@@ -139,6 +139,20 @@ def text_config(config: Any) -> Any:
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+#: Config fields that bound the sequence length, in the order architectures use them.
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def max_positions(config: Any) -> int | None:
+    """The longest sequence the model's positions allow, or None when the config sets no bound."""
+    tc = text_config(config)
+    for key in POSITION_KEYS:
+        value = getattr(tc, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def load_config(path: Path, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
 

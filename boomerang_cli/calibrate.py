@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from .arch import ModelInfo
 from .data import DEFAULT_BOS, check_bos_policy
 from .errors import BoomerangError, DataError
-from .evaluate.perplexity import EvalData, attention_mask, load_eval_data, model_logits
-from .evaluate.runner import load_model, load_tokenizer
+from .evaluate.perplexity import EvalData, load_eval_data, model_logits
 from .evaluate.trunk import LayerRunner, Stack, TrunkEvaluator
 from .member import Member
+from .models import attention_mask, load_model, load_tokenizer
 from .member import ORDERS, sequential_members
 from .orders import CALIBRATED_ORDERS, SearchResult, beam_width, dp_cost, run_search
 from .plan import Plan

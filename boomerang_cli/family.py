@@ -27,8 +27,8 @@ from .data import public_sources
 from .errors import BoomerangError, OutputExistsError, PairMismatchError, PlanError
 from .guard import check_disjoint
 from .manifest import MANIFEST_NAME, FamilyManifest, MemberEntry, ModelEntry, OrderInfo
-from .member import ORDERS, Member, sequential_members
-from .orders import CALIBRATED_ORDERS, SearchResult, beam_width, result_from_order_info
+from .member import Member, sequential_members
+from .orders import ALL_ORDERS, CALIBRATED_ORDERS, SearchResult, beam_width, check_order, result_from_order_info
 from .plan import Plan
 from .progress import NULL, Progress
 from .refs import ModelRef
@@ -250,14 +250,6 @@ class Candidate:
         return self.member.name
 
 
-ALL_ORDERS = ORDERS + CALIBRATED_ORDERS
-
-
-def check_order(order: str) -> None:
-    if order not in ALL_ORDERS:
-        raise BoomerangError(f"unknown --order {order!r}; use one of {', '.join(ALL_ORDERS)}")
-
-
 def achievable(pair: Pair, order: str, search: SearchResult | None = None) -> list[Candidate]:
     """Student, every member of ``order`` and the teacher, smallest first (SPEC section 4).
 
@@ -302,7 +294,7 @@ def calibrated_search(
     a resumed or repeated ``family`` does not score every candidate again.
     """
     from .calibrate import search
-    from .evaluate.runner import resolve_device
+    from .models import resolve_device
 
     if method not in CALIBRATED_ORDERS:
         raise BoomerangError(f"{method!r} is not a calibrated order; use one of {', '.join(CALIBRATED_ORDERS)}")

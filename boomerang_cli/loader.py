@@ -13,38 +13,10 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .arch import ModelInfo
-from .compose import Composition
 from .errors import BoomerangError, PairMismatchError
 from .manifest import MANIFEST_NAME, FamilyManifest, MemberEntry
 from .member import Member
-
-
-def model_from_composition(
-    comp: Composition, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-) -> Any:
-    """Instantiate the composed model with its weights (no disk writes)."""
-    from transformers import AutoModelForCausalLM
-
-    config = comp.config
-    config.dtype = dtype
-    try:  # skip random initialization: every parameter is overwritten below
-        from transformers.initialization import no_init_weights
-    except ImportError:  # pragma: no cover - older transformers
-        from transformers.modeling_utils import no_init_weights
-    with no_init_weights(), torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    state = {comp.state_dict_key(t.name): t.source.read(t.src_name, dtype).to(device) for t in comp.tensors}
-    # A tied head is not stored: tie_weights() points it at the embeddings.
-    result = model.load_state_dict(state, strict=False, assign=True)
-    if result.unexpected_keys:
-        raise RuntimeError(f"member tensors the model does not have: {result.unexpected_keys[:3]}")
-    if comp.tied:
-        model.tie_weights()
-    params = dict(model.named_parameters())
-    missing = [k for k in result.missing_keys if k in params and not (comp.tied and params[k] is model.get_input_embeddings().weight)]
-    if missing:
-        raise RuntimeError(f"member weights missing: {missing[:3]}")
-    return model.eval()
+from .models import model_from_composition
 
 
 def load_member(

@@ -36,7 +36,19 @@ from .plan import Plan
 #: members -> KL divergence to the teacher of each, same order
 Scorer = Callable[[Sequence[Member]], list[float]]
 CALIBRATED_ORDERS = ("kl-greedy", "beam", "kl-dp", "auto")
+#: Every ``--order``: the fixed ones (member.ORDERS, which ``sequential_members`` walks) and the searched ones.
+ALL_ORDERS = ORDERS + CALIBRATED_ORDERS
 DEFAULT_BEAM = 4  # --order beam without --beam
+
+
+def check_order(order: str, flag: str = "--order") -> None:
+    if order not in ALL_ORDERS:
+        raise BoomerangError(f"unknown {flag} {order!r}; use one of {', '.join(ALL_ORDERS)}")
+
+
+def check_beam(beam: int | None) -> None:
+    if beam is not None and beam < 1:
+        raise BoomerangError(f"--beam must be at least 1 (got {beam})")
 
 
 def beam_width(method: str, beam: int | None) -> int:

@@ -30,7 +30,7 @@ def calibration_spec(order: str, calib_data: list[str], samples: int, seq_len: i
     """
     from ..calibrate import CalibrationSpec
     from ..errors import BoomerangError
-    from ..orders import CALIBRATED_ORDERS
+    from ..orders import CALIBRATED_ORDERS, check_beam
     from ..student import StudentRecord
 
     sources = split_list(calib_data)
@@ -42,8 +42,7 @@ def calibration_spec(order: str, calib_data: list[str], samples: int, seq_len: i
         return None
     if beam is not None and order != "beam":
         raise BoomerangError("--beam sets the width of --order beam (kl-greedy is a beam of 1); use --order beam")
-    if beam is not None and beam < 1:
-        raise BoomerangError(f"--beam must be at least 1 (got {beam})")
+    check_beam(beam)
     text_field = "text"
     if not sources:
         path = Path(student).expanduser()

@@ -32,12 +32,13 @@ from typing import Any
 import torch
 
 from .. import __version__, jsonio
-from ..arch import ModelInfo, text_config
-from ..compose import LayerSource, compose, fingerprint, model_card, require_same_family
+from ..arch import ModelInfo, max_positions, text_config
+from ..compose import fingerprint, model_card, require_same_family
 from ..data import (DEFAULT_BOS, Block, BlockStream, StreamPosition, block_bos, check_bos_policy, check_source, collate, iter_blocks,
                     load_all_documents, public_sources)
 from ..errors import BoomerangError, DataError, PairMismatchError, PlanError, TrainingDivergedError
 from ..guard import check_disjoint, local_sources
+from ..models import attention_mask, load_model, load_tokenizer, student_from_plan
 from ..plan import Plan
 from ..progress import NULL, Progress
 from ..refs import ModelRef, copy_aux_files, resolve
@@ -49,7 +50,6 @@ from .recipes import DEFAULT_RECIPE, get_recipe
 from .model import DistillStudent, Teacher
 
 METRICS = "metrics.jsonl"
-POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 #: Config fields a resumed run must share with its checkpoint (they shape the trajectory).
 TRAJECTORY_FIELDS = (
     "data", "text_field", "seq_len", "batch_size", "grad_accum", "seed", "lr", "betas", "eps",
@@ -190,38 +190,6 @@ def _accelerator(cfg: DistillConfig):
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     return Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no"), bf16
-
-
-def _max_positions(config: Any) -> int | None:
-    tcfg = text_config(config)
-    for key in POSITION_KEYS:
-        v = getattr(tcfg, key, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
-
-
-def _load_model(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=trust_remote_code)
-
-
-def student_from_plan(teacher: ModelInfo, plan: Plan, trust_remote_code: bool = False) -> torch.nn.Module:
-    """The student of SPEC section 2 built in memory (no directory written): the kept teacher layers."""
-    from transformers import AutoModelForCausalLM
-
-    comp = compose({"teacher": teacher}, [LayerSource("teacher", k) for k in plan.kept], "teacher", "teacher")
-    model = AutoModelForCausalLM.from_config(comp.config, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    canonical = teacher.arch.rename
-    state = {canonical.get(t.name, t.name): t.source.read(t.src_name, torch.float32) for t in comp.tensors}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {teacher.arch.head} if comp.tied else set()
-    if unexpected or set(missing) - tied:
-        raise BoomerangError(f"internal: student weights do not fit its config (missing {sorted(missing)[:3]}, "
-                             f"unexpected {sorted(unexpected)[:3]})")
-    model.tie_weights()
-    return model
 
 
 @dataclass
@@ -463,19 +431,14 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
     inputs = [("teacher", pair.teacher_ref.path), ("student", pair.student_dir), *local_sources(cfg.data)]
     check_disjoint(cfg.output, inputs)
     check_disjoint(cfg.ckpt_dir, inputs, "--checkpoint-dir")
-    max_pos = _max_positions(pair.teacher_info.config)
+    max_pos = max_positions(pair.teacher_info.config)
     if max_pos is not None and cfg.seq_len > max_pos:
         raise BoomerangError(f"--seq-len {cfg.seq_len} is longer than the model's {max_pos} positions; "
                              f"use --seq-len {max_pos} or less")
 
     # 2. Data: one packed block stream, read by every process; each takes its slice of a step.
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(pair.teacher_ref.path))
-    except Exception as exc:
-        raise DataError(f"{cfg.teacher}: cannot load its tokenizer ({type(exc).__name__}); "
-                        "the teacher directory needs tokenizer files") from None
+    tokenizer = load_tokenizer(pair.teacher_ref.path, cfg.trust_remote_code,
+                               why="distill tokenizes --data with the teacher's tokenizer")
     per_rank = cfg.batch_size * cfg.grad_accum
     global_blocks = per_rank * world
     steps = cfg.steps if cfg.steps is not None else (
@@ -499,9 +462,9 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
     random.seed(cfg.seed)
     w = cfg.weights
     teacher_dtype = torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
-    teacher_model = _load_model(pair.teacher_ref.path, teacher_dtype, cfg.trust_remote_code).to(device)
+    teacher_model = load_model(pair.teacher_ref.path, teacher_dtype, device, cfg.trust_remote_code)
     layers_path = pair.teacher_info.arch.layers_path
-    student_model = (_load_model(pair.student_dir, torch.float32, cfg.trust_remote_code) if pair.student_dir
+    student_model = (load_model(pair.student_dir, torch.float32, "cpu", cfg.trust_remote_code) if pair.student_dir
                      else student_from_plan(pair.teacher_info, plan, cfg.trust_remote_code))
     verify_head(student_model, LogitHead.of(student_model), int(text_config(student_model.config).vocab_size))
     frozen = (cfg.freeze_embeddings if cfg.freeze_embeddings is not None else pair.teacher_info.arch.tied)
@@ -653,7 +616,7 @@ def forward_backward(model: Any, teacher: Teacher, acc: Any, ids: torch.Tensor, 
 def _micro_batch(model: Any, teacher: Teacher, acc: Any, x: torch.Tensor, y: torch.Tensor, msk: torch.Tensor,
                  ce_denom: int, tok_denom: int, need_teacher: bool) -> dict[str, torch.Tensor]:
     """Teacher forward (if a term needs it), then the student's forward and loss, on one micro-batch."""
-    attn = None if bool(msk.all()) else msk.long()  # None: no padding, the fast causal path
+    attn = attention_mask(msk)
     t_out = None
     if need_teacher:
         with acc.autocast():

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from ..errors import BoomerangError
 from ..member import Member
-from .perplexity import EvalData, attention_mask
+from ..models import attention_mask
+from .perplexity import EvalData
 from .trunk import LayerRunner, Stack
 
 METHODS = ("shortgpt", "plan-prune")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..data import DEFAULT_BOS, IGNORE, block_bos, collate, iter_blocks
 from ..errors import DataError
+from ..models import attention_mask
 
 #: Rows of logits turned into fp32 log-probabilities at once (bounds the extra memory).
 CHUNK_ROWS = 1024
@@ -61,11 +62,6 @@ def batch_nll(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = CHUN
             total += F.cross_entropy(flat[i:i + chunk_rows].float(), part, ignore_index=IGNORE,
                                      reduction="sum").double()
     return float(total), int((lab != IGNORE).sum())
-
-
-def attention_mask(mask: torch.Tensor) -> torch.Tensor | None:
-    """The mask to pass a model: ``None`` when no position is padding (the common, fast case)."""
-    return None if bool(mask.all()) else mask.long()
 
 
 @dataclass

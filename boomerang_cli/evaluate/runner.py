@@ -21,21 +21,20 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .. import __version__, jsonio
-from ..arch import ModelInfo, text_config
+from ..arch import ModelInfo, max_positions
 from ..compose import compose
 from ..data import DEFAULT_BOS, STDLIB, check_bos_policy
 from ..errors import BoomerangError, DataError, UnsupportedArchitectureError
 from ..guard import check_disjoint, local_sources
-from ..loader import (check_family_models, load_family_models, member_of, model_from_composition,
-                      read_complete_manifest, select_names)
+from ..loader import check_family_models, load_family_models, member_of, read_complete_manifest, select_names
 from ..manifest import BaselineEntry, FamilyManifest, migrate_metrics_v1, perplexity_key
 from ..member import Member
+from ..models import attention_mask, load_model, load_tokenizer, model_from_composition, resolve_device
 from ..progress import NULL, Progress
 from ..tensors import atomic_write_text
 from . import lmeval
 from .baselines import METHODS, Baseline, block_influence, plan_baselines
-from .perplexity import (NLL, EvalData, attention_mask, batch_nll, load_eval_data, model_logits, model_nll,
-                         relative_difference)
+from .perplexity import NLL, EvalData, batch_nll, load_eval_data, model_logits, model_nll, relative_difference
 from .trunk import LayerRunner, Stack, TrunkEvaluator
 
 RESULTS_FORMAT = "boomerang-eval"
@@ -44,16 +43,6 @@ DEFAULT_RESULTS = "eval-results.json"
 #: Largest relative NLL difference between the trunk and a standalone member on the check batch.
 TRUNK_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
 TRUNK_TOLERANCE_LOW_PRECISION = 1e-2
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise BoomerangError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
 @dataclass
@@ -107,15 +96,14 @@ class EvalOptions:
             raise BoomerangError(f"unknown baseline {bad[0]!r}; use prune (= {', '.join(METHODS)}) or one of them")
         if not self.perplexity and not self.tasks:
             raise BoomerangError("nothing to evaluate: perplexity is off and no --tasks were given")
-        from ..family import ALL_ORDERS
+        from ..orders import ALL_ORDERS, check_beam
 
         bad = [o for o in self.compare_orders if o not in ALL_ORDERS]
         if bad:
             raise BoomerangError(f"unknown order {bad[0]!r} in --compare-orders; use {', '.join(ALL_ORDERS)}")
         if self.compare_orders and not self.perplexity:
             raise BoomerangError("--compare-orders compares perplexity; drop --no-perplexity")
-        if self.beam is not None and self.beam < 1:
-            raise BoomerangError(f"--beam must be at least 1 (got {self.beam})")
+        check_beam(self.beam)
         from ..calibrate import check_sizes
 
         check_sizes(self.calib_samples, self.calib_seq_len)
@@ -207,34 +195,6 @@ class EvalReport:
 
 
 # -- loading --------------------------------------------------------------------------
-
-
-def load_model(info: ModelInfo, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False) -> Any:
-    """A resolved model directory as a ``PreTrainedModel`` in eval mode (safetensors only)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(info.path), dtype=dtype, use_safetensors=True,
-                                                 trust_remote_code=trust_remote_code)
-    return model.to(device).eval()
-
-
-def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: no usable tokenizer ({str(exc).splitlines()[0][:120]}); "
-                        "evaluation tokenizes --data with the model's own tokenizer") from None
-
-
-def max_positions(config: Any) -> int | None:
-    tc = text_config(config)
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(tc, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def bounded_seq_len(opts: EvalOptions, config: Any, notes: list[str]) -> int:
