@@ -14,7 +14,7 @@ resident set (VmHWM) is its own:
   fp32; CE through the model's own ``labels``; cosine over masked hidden states.
   (The paper's code pads to ``max_length``; padding to the longest document
   wastes less, so this baseline is the stronger one.)
-- ``boomerang``: ``boomerang_cli.distill.train.forward_backward``, the exact
+- ``boomerang``: ``boomerang_cli.distill.step.forward_backward``, the exact
   step ``boomerang distill`` runs, on the same tokens packed into blocks of
   ``--seq-len`` (no padding); chunked CE/KL, only aligned hidden states.
 - ``boomerang-padded``: the boomerang step on the straightforward variant's
@@ -152,7 +152,8 @@ def run_child(variant: str, batches_file: Path, threads: int | None) -> dict:
 
     from boomerang_cli.arch import ModelInfo
     from boomerang_cli.distill.model import DistillStudent, Teacher
-    from boomerang_cli.distill.train import forward_backward, student_from_plan
+    from boomerang_cli.distill.step import forward_backward
+    from boomerang_cli.models import student_from_plan
     from boomerang_cli.plan import Plan
     from boomerang_cli.refs import resolve
 

@@ -171,8 +171,8 @@ def main() -> None:
             install_llama_cpp()
             report["llama_cpp_install_s"] = time.perf_counter() - t0
         from boomerang_cli.evaluate.perplexity import load_eval_data, model_nll
-        from boomerang_cli.evaluate.runner import load_tokenizer
-        from boomerang_cli.loader import load_family_models, load_member_from_manifest
+        from boomerang_cli.models import load_tokenizer
+        from boomerang_cli.family.open import load_family_models, load_member_from_manifest
 
         models = load_family_models(manifest, fam.parent)
         tokenizer = load_tokenizer(models["teacher"].path)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from boomerang_cli.distill.losses import LossWeights
-from boomerang_cli.distill.train import DistillConfig, distill
+from boomerang_cli.distill import DistillConfig, distill
 
 BUDGET = dict(teacher="smollm2-135m", data=["stdlib"], steps=40, seq_len=128, batch_size=8, seed=0, save_every=0)
 

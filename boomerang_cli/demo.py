@@ -20,7 +20,7 @@ from .errors import BoomerangError
 from .evaluate.score import family_order, score_family
 from .progress import NULL, Progress
 from .refs import DEFAULT_TEACHER
-from .tensors import atomic_write_text
+from .atomic import atomic_write_text
 
 STAGES = ("distill", "family", "eval")
 DEMO_JSON = "demo.json"
@@ -114,9 +114,10 @@ def run_demo(cfg: DemoConfig, progress: Progress = NULL) -> DemoResult:
     """Run (or resume) every stage into ``cfg.output``."""
     import time
 
-    from .distill.train import DistillConfig, distill
+    from .distill import DistillConfig, distill
     from .evaluate.plot import plot_results, require_matplotlib
-    from .evaluate.runner import EvalOptions, evaluate_family
+    from .evaluate.family import evaluate_family
+    from .evaluate.options import EvalOptions
     from .calibrate import CalibrationSpec
     from .family import build_family, calibrated_search, candidates, open_pair, select
     from .manifest import OrderInfo

@@ -36,7 +36,8 @@ from .compose import Composition
 from .errors import BoomerangError, UnsupportedArchitectureError
 from .guard import check_disjoint
 from .progress import NULL, Progress
-from .tensors import DTYPES, OutTensor, _copy_range, atomic_dir, atomic_write_text, check_output_dir
+from .atomic import atomic_dir, atomic_write_text, check_output_dir
+from .tensors import DTYPES, OutTensor, _copy_range
 
 EXPORT_FORMAT = "boomerang-export"
 EXPORT_SCHEMA_VERSION = 1
@@ -569,7 +570,7 @@ class ExportResult:
 def plan_export(family: Path | str, members: Sequence[str] | None, type_name: str
                 ) -> tuple[Path, Any, dict[str, ModelInfo], list[tuple[str, Composition, list[TensorSpec]]]]:
     """Check everything before writing: the manifest, its models, every selected member's GGUF mapping."""
-    from .loader import check_family_models, load_family_models, member_of, read_complete_manifest, select_names
+    from .family.open import check_family_models, load_family_models, member_of, read_complete_manifest, select_names
 
     require_gguf()
     type_name = check_type(type_name)

@@ -21,7 +21,7 @@ from typing import Any
 from . import __version__, jsonio
 from .errors import BoomerangError, PlanError
 from .plan import Plan
-from .tensors import atomic_write_text
+from .atomic import atomic_write_text
 
 FORMAT = "boomerang-family"
 SCHEMA_VERSION = 2

@@ -11,13 +11,14 @@ streams to disk, so an in-memory member is by construction the model
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from .arch import ModelInfo
 from .compose import Composition, LayerSource, compose
 from .errors import BoomerangError, DataError
+from .member import Member
 from .plan import Plan
 
 
@@ -93,3 +94,13 @@ def student_from_plan(teacher: ModelInfo, plan: Plan, trust_remote_code: bool = 
     """The student of SPEC section 2 in memory, fp32 (no directory written): the kept teacher layers."""
     comp = compose({"teacher": teacher}, [LayerSource("teacher", k) for k in plan.kept], "teacher", "teacher")
     return model_from_composition(comp, torch.float32, "cpu", trust_remote_code)
+
+
+def load_member(
+    member: Member,
+    models: Mapping[str, ModelInfo],
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> Any:
+    """The member as a ready ``PreTrainedModel`` in eval mode."""
+    return model_from_composition(member.composition(models), dtype, device)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelNotFoundError
-from .tensors import atomic_dir
+from .atomic import atomic_dir
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 BUILTINS: dict[str, dict[str, str]] = {

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .tensors import atomic_write_text
+from .atomic import atomic_write_text
 
 
 def state_path() -> Path:

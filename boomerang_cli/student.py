@@ -1,11 +1,13 @@
-"""``init-student``: prune a teacher to the layers a plan keeps (SPEC section 2)."""
+"""Students on disk: ``init-student`` (prune a teacher to the layers a plan keeps, SPEC section 2),
+the distilled student's directory, and ``boomerang.json``, the record both carry."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -16,8 +18,8 @@ from .errors import BoomerangError
 from .guard import check_disjoint
 from .plan import Plan
 from .progress import NULL, Progress
-from .refs import ModelRef
-from .tensors import atomic_dir, check_output_dir
+from .refs import ModelRef, copy_aux_files
+from .atomic import atomic_dir, check_output_dir
 
 BOOMERANG_JSON = "boomerang.json"
 REFERENCE_JSON = "student_config.json"
@@ -33,6 +35,10 @@ class StudentRecord:
     teacher_fingerprint: str | None
     tool_version: str = __version__
     training: dict[str, Any] | None = None
+
+    def files(self) -> dict[str, Any]:
+        """The JSON files every student directory holds: this record and the reference code's plan."""
+        return {BOOMERANG_JSON: self.to_json(), REFERENCE_JSON: self.plan.reference_student_config()}
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -173,8 +179,45 @@ def init_student(
     with atomic_dir(Path(output), overwrite) as tmp:
         write_model_dir(
             tmp, comp, teacher.path, card,
-            {"boomerang.json": record.to_json(), REFERENCE_JSON: plan.reference_student_config()},
+            record.files(),
             max_shard_size, task.advance,
         )
     progress.finish(task)
     return summary
+
+
+def write_trained_student(
+    output: Path,
+    model: torch.nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    record: StudentRecord,
+    card: str,
+    *,
+    aux_from: Path,
+    dtype: torch.dtype | None = None,
+    max_shard_size: int = 5 * 10**9,
+    overwrite: bool = False,
+    extra_files: Sequence[Path] = (),
+) -> None:
+    """A trained student (weights in memory) as a standard HF directory, atomically.
+
+    ``save_pretrained`` writes the weights and config (it knows which trained
+    tensors are tied); the tokenizer files come from ``aux_from``; the card and
+    the record are the same as ``init-student`` writes.
+    """
+    if dtype is not None:
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    with atomic_dir(Path(output), overwrite) as tmp:
+        copy_aux_files(aux_from, tmp)
+        model.save_pretrained(str(tmp), state_dict=state_dict, max_shard_size=max_shard_size)
+        if dtype is not None:
+            cfg_path = tmp / "config.json"
+            data = json.loads(cfg_path.read_text())
+            data["dtype"] = str(dtype).removeprefix("torch.")
+            cfg_path.write_text(json.dumps(data, indent=2) + "\n")
+        (tmp / "README.md").write_text(card)
+        for name, data in record.files().items():
+            (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
+        for extra in extra_files:
+            if Path(extra).exists():
+                shutil.copy2(extra, tmp / Path(extra).name)

@@ -11,21 +11,17 @@ into place, so a crash never leaves a half-written model.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import re
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .errors import BoomerangError, OutputExistsError
+from .errors import BoomerangError
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -40,6 +36,8 @@ DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+#: How ``--dtype`` (and the manifest's ``dtype``) spell a dtype.
+DTYPE_FLAGS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -59,15 +57,9 @@ def parse_dtype(name: str) -> torch.dtype:
         ) from None
 
 
-def parse_size(text: str) -> int:
-    """``5GB``/``500MB``/``123`` to bytes (decimal units, as HF does)."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([KMGT]?i?B?)\s*", text, re.IGNORECASE)
-    if not m:
-        raise BoomerangError(f"cannot read size {text!r}; write it like 2GB or 500MB")
-    unit = m.group(2).upper().rstrip("B")
-    mult = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-            "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
-    return int(float(m.group(1)) * mult)
+def dtype_flag(dtype: torch.dtype | None) -> str | None:
+    """The name ``--dtype`` gives ``dtype`` (None: as stored)."""
+    return DTYPE_FLAGS.get(dtype, str(dtype)) if dtype is not None else None
 
 
 @dataclass(frozen=True)
@@ -395,98 +387,3 @@ def write_state_dict(
         (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
         result.files.append(INDEX_FILE)
     return result
-
-
-def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse a non-empty existing output unless ``overwrite`` (checked before work)."""
-    if path.exists() and not path.is_dir():
-        raise OutputExistsError(f"{path} exists and is not a directory; choose another -o")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise OutputExistsError(
-            f"{path} exists and is not empty; pass --overwrite or choose another -o"
-        )
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling directory; rename it to ``final`` on success.
-
-    On any error the temporary directory is removed and ``final`` is untouched.
-    """
-    final = Path(final)
-    check_output_dir(final, overwrite)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        remove_dead_siblings(final)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{_sibling_prefix(final)}.tmp-{os.getpid()}-", dir=final.parent))
-    except OSError as exc:  # name the output asked for, not the temporary directory
-        raise OutputExistsError(
-            f"cannot create {final} ({(exc.strerror or str(exc)).lower()}: {exc.filename or final.parent}); "
-            "choose another output path"
-        ) from None
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; outputs are ordinary directories
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    trash = None
-    if final.exists():
-        trash = final.parent / f"{_sibling_prefix(final)}.old-{os.getpid()}"
-        os.replace(final, trash)
-    os.replace(tmp, final)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
-
-
-def _sibling_prefix(final: Path) -> str:
-    """``.NAME`` for the temporary and old siblings of ``final``, short enough for a 255-byte file name."""
-    return "." + final.name[:200]
-
-
-_SIBLING = re.compile(r"\.(tmp-(\d+)-.*|old-(\d+))")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_dead_siblings(final: Path) -> None:
-    """Remove what a killed run left beside ``final``: its ``.NAME.tmp-PID-*`` and ``.NAME.old-PID``
-    entries whose process is gone (a live run's are left alone)."""
-    prefix = _sibling_prefix(Path(final))
-    parent = Path(final).parent
-    if not parent.is_dir():
-        return
-    for p in parent.iterdir():
-        m = _SIBLING.fullmatch(p.name[len(prefix):]) if p.name.startswith(prefix) else None
-        if m is None or _alive(int(m.group(2) or m.group(3))):
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                p.unlink()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a small file via a temporary sibling and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

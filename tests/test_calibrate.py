@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from boomerang_cli.arch import ModelInfo
 from boomerang_cli.calibrate import CalibrationSpec, KLScorer, token_kl
-from boomerang_cli.loader import load_member
+from boomerang_cli.models import load_member
 from boomerang_cli.member import Member
 from boomerang_cli.orders import kl_greedy
 from boomerang_cli.plan import Plan

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from boomerang_cli.arch import ModelInfo
 from boomerang_cli.calibrate import CalibrationSpec, KLScorer, search_cost
 from boomerang_cli.cli import app
-from boomerang_cli.loader import load_member_from_manifest
+from boomerang_cli.family.open import load_member_from_manifest
 from boomerang_cli.member import Member
 from boomerang_cli.orders import greedy_cost
 from boomerang_cli.plan import Plan

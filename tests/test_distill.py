@@ -344,7 +344,7 @@ def test_bos_tokenizer_trains_on_blocks_that_start_with_bos(corpus, tmp_path, mo
 
 
 def test_a_checkpoint_from_before_bos_resumes_with_bos_never(teacher, corpus, tmp_path):
-    from boomerang_cli.distill.train import _check_resumable
+    from boomerang_cli.distill.config import check_resumable as _check_resumable
     from boomerang_cli.errors import BoomerangError
 
     cfg = _cfg(teacher, corpus, tmp_path / "s")

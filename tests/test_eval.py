@@ -11,12 +11,16 @@ import torch
 
 from boomerang_cli.compose import LayerSource
 from boomerang_cli.errors import BoomerangError, DataError
-from boomerang_cli.evaluate import runner as runner_mod
+from boomerang_cli.evaluate.family import open_family
+from boomerang_cli.evaluate.results import read_results
+from boomerang_cli.models import load_tokenizer
 from boomerang_cli.evaluate.baselines import (block_influence, plan_baselines, plan_prune_layers,
                                               shortgpt_layers)
 from boomerang_cli.evaluate.perplexity import EvalData, NLL, batch_nll, load_eval_data, model_nll, relative_difference
 from boomerang_cli.evaluate.plot import plot_results
-from boomerang_cli.evaluate.runner import EvalOptions, evaluate_family, evaluate_models
+from boomerang_cli.evaluate.options import EvalOptions
+from boomerang_cli.evaluate.family import evaluate_family
+from boomerang_cli.evaluate.plain import evaluate_models
 from boomerang_cli.evaluate.trunk import LayerRunner, Stack, TrunkEvaluator, prefix_tree, tree_layer_passes
 from boomerang_cli.manifest import FamilyManifest, perplexity_key
 from boomerang_cli.member import Member, sequential_members
@@ -72,7 +76,7 @@ def test_trunk_equals_saved_members_in_both_orders(tmp_path: Path, arch: str) ->
         assert report.trunk.layer_passes < report.trunk.flat_layer_passes
         paths = saved_paths(mpath)
         assert {r.name for r in report.rows} == set(paths)
-        tok = runner_mod.load_tokenizer(paths["teacher"])
+        tok = load_tokenizer(paths["teacher"])
         data = load_eval_data([str(corpus)], "train", tok, SEQ, 4 * SEQ)
         assert report.data["fingerprint"] == data.fingerprint()
         for row in report.rows:
@@ -90,7 +94,7 @@ def test_trunk_equals_member_by_member_with_padding(tmp_path: Path) -> None:
     trunk = evaluate_family(mpath, opts, write=False)
     flat = evaluate_family(mpath, opts_for(corpus, split="validation", max_tokens=10**6, trunk=False), write=False)
     assert trunk.trunk.used and not flat.trunk.used and flat.trunk.reason == "disabled (--no-trunk)"
-    tok = runner_mod.load_tokenizer(saved_paths(mpath)["teacher"])
+    tok = load_tokenizer(saved_paths(mpath)["teacher"])
     data = load_eval_data([str(corpus)], "validation", tok, SEQ, 10**6)
     assert not bool(data.mask.all()), "the test needs a padded last block"
     for a, b in zip(trunk.rows, flat.rows):
@@ -241,7 +245,7 @@ def test_plain_models_write_a_results_file(tmp_path: Path) -> None:
     assert data["format"] == "boomerang-eval" and data["schema_version"] == 2
     refs = {e["ref"]: e for e in data["models"]}
     assert set(refs) == {str(a), str(b)}
-    tok = runner_mod.load_tokenizer(a)
+    tok = load_tokenizer(a)
     expected = standalone_nll(a, load_eval_data([str(corpus)], "train", tok, SEQ, 4 * SEQ))
     got = ppl_for(refs[str(a)]["metrics"], f"{corpus}:train")
     assert got["nll"] == pytest.approx(expected.nll, rel=1e-6) and got["trunk"] is False
@@ -258,7 +262,7 @@ def test_plain_models_write_a_results_file(tmp_path: Path) -> None:
     v1["models"] = [dict(e, metrics={"perplexity": {f"{corpus}:train": {k: v for k, v in ppl_for(
         e["metrics"], f"{corpus}:train").items() if k not in ("data", "bos")}}}) for e in data["models"]]
     out.write_text(json.dumps(v1))
-    migrated = runner_mod.read_results(out)
+    migrated = read_results(out)
     assert migrated["schema_version"] == 2
     assert all(ppl_for(e["metrics"], f"{corpus}:train")["bos"] is False for e in migrated["models"])
 
@@ -279,7 +283,7 @@ def identity_layers_model(tmp_path: Path, identity: set[int]):
 def test_block_influence_and_shortgpt_drop_lowest(tmp_path: Path) -> None:
     model = identity_layers_model(tmp_path, {2, 5})
     save_tokenizer(tmp_path / "tok")
-    tok = runner_mod.load_tokenizer(tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok")
     corpus = write_corpus(tmp_path / "data")
     data = load_eval_data([str(corpus)], "train", tok, SEQ, 4 * SEQ)
     bi = block_influence(LayerRunner(model, "model.layers"), data, batch_size=2)
@@ -346,8 +350,8 @@ def test_baselines_are_evaluated_and_recorded(tmp_path: Path) -> None:
     assert len(sg.metrics["selection"]["block_influence"]) == LAYERS
     assert sg.metrics["selection"]["calibration"] == f"{corpus}:train"
     # the baseline's perplexity is that of the pruned teacher as a standalone model
-    fam = runner_mod.open_family(mpath, opts)
-    tok = runner_mod.load_tokenizer(fam.infos["teacher"].path)
+    fam = open_family(mpath, opts)
+    tok = load_tokenizer(fam.infos["teacher"].path)
     data = load_eval_data([str(corpus)], "train", tok, SEQ, 4 * SEQ)
     for name in ("shortgpt-06L", "plan-prune-07L"):
         model = fam.build(Stack.of_layers("teacher", entries[name].teacher_layers))
@@ -394,7 +398,7 @@ def test_plot_is_a_valid_png(tmp_path: Path) -> None:
 
 def test_no_data_is_a_clear_error(tmp_path: Path) -> None:
     save_tokenizer(tmp_path / "tok")
-    tok = runner_mod.load_tokenizer(tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok")
     with pytest.raises(DataError, match="no such file"):
         load_eval_data([str(tmp_path / "missing.jsonl")], "validation", tok, SEQ, 100)
     (tmp_path / "empty").mkdir()
@@ -441,7 +445,7 @@ def test_bos_tokenizer_gets_bos_at_every_eval_and_shortgpt_block(tmp_path: Path)
 
     corpus = write_corpus(tmp_path / "data")
     mpath = build_family(tmp_path, "llama", "last-first", layers=LAYERS, bos=True)
-    tok = runner_mod.load_tokenizer(FamilyManifest.read(mpath).teacher.path)
+    tok = load_tokenizer(FamilyManifest.read(mpath).teacher.path)
     data = load_eval_data([str(corpus)], "train", tok, SEQ, 4 * SEQ)
     assert data.bos and bool((data.input_ids[:, 0] == BOS_ID).all())
     plain = load_eval_data([str(corpus)], "train", tok, SEQ, 4 * SEQ, bos="never")

@@ -18,7 +18,7 @@ from boomerang_cli.cli import app  # noqa: E402
 from boomerang_cli.errors import UnsupportedArchitectureError  # noqa: E402
 from boomerang_cli.export import EXPORT_MANIFEST, export_family, gguf_arch, tensor_type  # noqa: E402
 from boomerang_cli.family import sha256_file  # noqa: E402
-from boomerang_cli.loader import load_family_models, load_member_from_manifest, member_of  # noqa: E402
+from boomerang_cli.family.open import load_family_models, load_member_from_manifest, member_of# noqa: E402
 from boomerang_cli.manifest import FamilyManifest  # noqa: E402
 
 from .common import logits, sample_ids, tiny_config  # noqa: E402

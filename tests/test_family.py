@@ -14,7 +14,7 @@ from boomerang_cli.cli import app
 from boomerang_cli.errors import BoomerangError, PairMismatchError
 from boomerang_cli.family import (Candidate, achievable, build_family, candidates, check_selection_args,
                                   open_pair, parse_size_targets, parse_sizes, select, verify_member)
-from boomerang_cli.loader import load_member_from_manifest
+from boomerang_cli.family.open import load_member_from_manifest
 from boomerang_cli.manifest import FamilyManifest
 from boomerang_cli.member import sequential_members
 from boomerang_cli.plan import Plan

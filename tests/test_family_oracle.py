@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from boomerang_cli.family import achievable, build_family, open_pair, select
-from boomerang_cli.loader import load_member_from_manifest
+from boomerang_cli.family.open import load_member_from_manifest
 from boomerang_cli.member import Member
 from boomerang_cli.orders import SearchResult, order_info
 from boomerang_cli.plan import Plan

@@ -11,10 +11,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from boomerang_cli.errors import BoomerangError, OutputExistsError
+from boomerang_cli.atomic import atomic_dir, atomic_write_text, check_output_dir
 from boomerang_cli.tensors import (
-    INDEX_FILE, SINGLE_FILE, ModelWeights, OutTensor, atomic_dir, atomic_write_text, check_output_dir,
-    parse_dtype, parse_size, write_safetensors, write_state_dict,
+    INDEX_FILE, SINGLE_FILE, ModelWeights, OutTensor, parse_dtype, write_safetensors, write_state_dict,
 )
+from boomerang_cli.units import parse_size
 
 from .common import load, logits, make_model, sample_ids, save_model
 
@@ -253,7 +254,7 @@ def test_atomic_outputs_follow_the_umask(tmp_path):
     import os
     import stat
 
-    from boomerang_cli.tensors import atomic_dir, atomic_write_text
+    from boomerang_cli.atomic import atomic_dir, atomic_write_text
 
     old = os.umask(0o022)
     try:

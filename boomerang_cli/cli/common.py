@@ -20,6 +20,7 @@ from rich.text import Text
 
 from .. import jsonio
 from ..errors import BoomerangError
+from ..units import format_params
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -200,8 +201,5 @@ def split_list(values: Sequence[str]) -> list[str]:
 
 
 def human(n: float) -> str:
-    """1234567 -> 1.23M (parameter counts)."""
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{unit}"
-    return str(int(n))
+    """1234567 -> 1.23M: parameter counts in tables (3 significant digits)."""
+    return format_params(n, 3)

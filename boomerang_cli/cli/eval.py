@@ -112,7 +112,9 @@ def eval_cmd(
         from ..errors import BoomerangError
         from ..evaluate.baselines import METHODS
         from ..evaluate.lmeval import parse_tasks
-        from ..evaluate.runner import EvalOptions, evaluate_family, evaluate_models
+        from ..evaluate.options import EvalOptions
+        from ..evaluate.family import evaluate_family
+        from ..evaluate.plain import evaluate_models
         from ..guard import lock_if
         from ..tensors import parse_dtype
 
@@ -157,8 +159,8 @@ def eval_cmd(
         if kind == "family" and members is not None and not member_list:
             raise BoomerangError("--members is empty; name members like --members member-18L,teacher")
         # One writer per output: the family's directory (its manifest gets the results) or the results file.
-        from ..evaluate.runner import DEFAULT_RESULTS
-        from ..loader import manifest_file
+        from ..evaluate.results import DEFAULT_RESULTS
+        from ..family.open import manifest_file
 
         hold.enter_context(lock_if(manifest_file(target).parent if kind == "family" else output or Path(DEFAULT_RESULTS)))
         with progress(not json_out) as bar:

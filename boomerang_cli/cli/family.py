@@ -150,7 +150,8 @@ def family_cmd(
         from ..plan import Plan
         from ..refs import refuse_conversion_in_dry_run, resolve
         from ..state import record
-        from ..tensors import parse_dtype, parse_size
+        from ..tensors import parse_dtype
+        from ..units import parse_size
 
         check_order(order)
         targets = check_selection_args(sizes, num, all_members, dry_run)

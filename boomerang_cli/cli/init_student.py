@@ -38,7 +38,9 @@ def init_student_cmd(
         from ..refs import pending_gguf, resolve
         from ..state import record
         from ..student import gguf_dry_run, init_student
-        from ..tensors import check_output_dir, parse_dtype, parse_size
+        from ..atomic import check_output_dir
+        from ..tensors import parse_dtype
+        from ..units import parse_size
 
         require_output(output, dry_run)
         if output is not None and not dry_run:

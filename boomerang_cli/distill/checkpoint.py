@@ -15,6 +15,7 @@ them back on load, so one code path serves one process and many.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -30,7 +31,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from ..errors import BoomerangError
-from ..tensors import atomic_write_text
+from ..atomic import atomic_write_text
+from .metrics import METRICS
 
 LATEST = "latest"
 STATE = "state.pt"
@@ -134,3 +136,28 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
     scheduler.load_state_dict(extra[0])
     rngs = extra[1]
     set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+
+
+def prepare_run_dir(ckpt: Path, *, overwrite: bool, resume: bool) -> Path | None:
+    """Create the checkpoint directory (emptied first by ``overwrite`` without ``resume``);
+    returns the checkpoint to resume from, if any."""
+    if overwrite and not resume:
+        remove_run_files(ckpt)
+    try:
+        ckpt.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BoomerangError(f"cannot write to {ckpt} ({exc.strerror or exc}); choose another --checkpoint-dir") from None
+    return latest(ckpt) if resume else None
+
+
+def remove_run_files(ckpt: Path) -> None:
+    """Remove what a run wrote to its checkpoint directory, and the directory if that empties it."""
+    if not ckpt.is_dir():
+        return
+    for p in ckpt.iterdir():
+        if p.name.startswith(("step-", ".step-")) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name in {LATEST, METRICS}:
+            p.unlink()
+    with contextlib.suppress(OSError):
+        ckpt.rmdir()

@@ -1,8 +1,8 @@
-"""Load a member in memory straight from teacher + student, without writing it.
+"""A written family opened again from its manifest: its teacher and student found and checked,
+its members named, any member built in memory (nothing written).
 
-Used by evaluation, calibrated orders and serving: the same composition the
-writer streams to disk is materialized as a ``PreTrainedModel`` instead, so an
-in-memory member is by construction the model ``family`` would save.
+Used by ``eval`` and ``export``, and by anyone serving members from a family
+directory.
 """
 
 from __future__ import annotations
@@ -12,21 +12,11 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .arch import ModelInfo
-from .errors import BoomerangError, PairMismatchError
-from .manifest import MANIFEST_NAME, FamilyManifest, MemberEntry
-from .member import Member
-from .models import model_from_composition
-
-
-def load_member(
-    member: Member,
-    models: Mapping[str, ModelInfo],
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-) -> Any:
-    """The member as a ready ``PreTrainedModel`` in eval mode."""
-    return model_from_composition(member.composition(models), dtype, device)
+from ..arch import ModelInfo
+from ..errors import BoomerangError, PairMismatchError
+from ..manifest import MANIFEST_NAME, FamilyManifest, MemberEntry
+from ..member import Member
+from ..models import load_member
 
 
 def member_from_entry(manifest: FamilyManifest, entry: MemberEntry) -> Member:
@@ -35,7 +25,7 @@ def member_from_entry(manifest: FamilyManifest, entry: MemberEntry) -> Member:
 
 def load_family_models(manifest: FamilyManifest, manifest_dir: Path) -> dict[str, ModelInfo]:
     """Teacher and student of a manifest, resolved from their recorded paths."""
-    from .refs import resolve
+    from ..refs import resolve
 
     out = {}
     for role, entry in (("teacher", manifest.teacher), ("student", manifest.student)):
@@ -95,7 +85,7 @@ def member_of(manifest: FamilyManifest, name: str) -> Member:
 
 def check_family_models(manifest: FamilyManifest, models: Mapping[str, ModelInfo]) -> None:
     """The teacher and student found now are the ones the family was built from."""
-    from .compose import fingerprint
+    from ..compose import fingerprint
 
     for role, entry in (("teacher", manifest.teacher), ("student", manifest.student)):
         if entry.fingerprint and fingerprint(models[role]) != entry.fingerprint:

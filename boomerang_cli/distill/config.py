@@ -1,0 +1,197 @@
+"""What a distillation run is asked (``DistillConfig``), what it reports (``DistillResult``), and
+the checks that need no model: flags, data sources, outputs, and whether a checkpoint may be resumed."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import DEFAULT_BOS, check_bos_policy, check_source
+from ..errors import BoomerangError, DataError
+from ..plan import Plan
+from ..atomic import check_output_dir
+from ..tensors import parse_dtype
+from ..units import parse_size
+from . import checkpoint
+from .losses import LossWeights
+from .metrics import MetricSink
+from .recipes import DEFAULT_RECIPE, get_recipe
+
+#: Config fields a resumed run must share with its checkpoint (they shape the trajectory).
+TRAJECTORY_FIELDS = (
+    "data", "text_field", "seq_len", "batch_size", "grad_accum", "seed", "lr", "betas", "eps",
+    "weight_decay", "warmup", "grad_clip", "weights", "loss_chunk", "freeze_embeddings", "bos",
+)
+
+
+@dataclass
+class DistillConfig:
+    """Everything a distillation run depends on; recorded in boomerang.json."""
+
+    teacher: str  # as later commands resolve it (absolute path for a local teacher)
+    output: Path
+    student: Path | None = None  # an existing student directory; else initialized from the plan
+    keep: str | None = None
+    keep_first: int = 1
+    every: int = 2
+    keep_last: int = 2
+    data: list[str] = field(default_factory=lambda: ["stdlib"])
+    text_field: str = "text"
+    seq_len: int = 1024
+    bos: str = DEFAULT_BOS  # BOS in front of every packed block: auto | always | never (data.block_bos)
+    batch_size: int = 8
+    grad_accum: int = 1
+    steps: int | None = None
+    tokens: int | None = None
+    eval_every: int = 0
+    eval_blocks: int = 32
+    log_every: int = 1
+    recipe: str = DEFAULT_RECIPE  # paper | short: where lr, warmup, weights and freezing default from
+    lr: float | None = None  # None: the recipe's
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    warmup: float | None = None  # fraction of steps; None: the recipe's
+    grad_clip: float = 1.0
+    weights: LossWeights | None = None  # None: the recipe's
+    #: keep the student's input embeddings and LM head equal to the teacher's (its final
+    #: norm still trains), so members are tied when the teacher is; None: freeze exactly
+    #: when the teacher ties them (docs/distill.md says why)
+    freeze_embeddings: bool | None = None
+    loss_chunk: int | None = None  # tokens per CE/KL chunk; None: automatic
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | bf16 | fp32
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    seed: int = 0
+    save_every: int = 100
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    keep_checkpoints: bool = False
+    report_to: list[str] = field(default_factory=list)
+    logging_dir: Path | None = None
+    dtype: str | None = None  # dtype of the saved student; None: as trained (fp32)
+    max_shard_size: str = "5GB"
+    overwrite: bool = False
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+    DEFAULT_STEPS = 500  # the paper's step count
+
+    def __post_init__(self) -> None:
+        r = get_recipe(self.recipe)
+        if self.lr is None:
+            self.lr = r.lr
+        if self.warmup is None:
+            self.warmup = r.warmup
+        if self.weights is None:
+            self.weights = r.weights
+        if self.freeze_embeddings is None:
+            self.freeze_embeddings = r.freeze_embeddings
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else Path(f"{self.output}-checkpoints")
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Path):
+                v = str(v)
+            elif isinstance(v, LossWeights):
+                v = v.to_json()
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[f.name] = v
+        return out
+
+
+@dataclass
+class DistillResult:
+    output: str
+    teacher: str  # as later commands resolve it (absolute path for a local teacher)
+    student_init: str  # the student directory, or "plan" when initialized here
+    plan: Plan
+    steps: int
+    tokens: int
+    final: dict[str, float]  # last logged training losses
+    eval: dict[str, float] | None
+    tokens_per_s: float
+    elapsed_s: float
+    resumed_from: int | None
+    checkpoint_dir: str | None  # kept checkpoints, if any
+    world_size: int
+    device: str
+    precision: str
+    warnings: list[str]
+    peak_memory_bytes: int | None = None  # CUDA: the most memory torch allocated on this process's GPU
+    frozen_embeddings: bool = False  # input embeddings and LM head kept as the teacher's
+    bos: bool = False  # every training and validation block started with BOS
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["plan"] = self.plan.to_json()
+        return d
+
+
+
+def validate(cfg: DistillConfig) -> None:
+    """Check every flag that needs no model or data, and the outputs.
+
+    Runs first, so that a typo costs no model loading and leaves nothing on disk.
+    """
+    for name in ("seq_len", "batch_size", "grad_accum", "log_every", "eval_blocks"):
+        if getattr(cfg, name) < 1:
+            raise BoomerangError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
+    for name in ("eval_every", "save_every"):
+        if getattr(cfg, name) < 0:
+            raise BoomerangError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(cfg, name)})")
+    if cfg.steps is not None and cfg.tokens is not None:
+        raise BoomerangError("pass --steps or --tokens, not both")
+    if (cfg.steps is not None and cfg.steps < 1) or (cfg.tokens is not None and cfg.tokens < 1):
+        raise BoomerangError("--steps/--tokens must be at least 1")
+    if not (cfg.lr > 0 and 0 <= cfg.warmup <= 1 and cfg.weight_decay >= 0 and cfg.grad_clip >= 0):
+        raise BoomerangError("--lr must be > 0, --warmup in [0, 1], --weight-decay and --grad-clip >= 0")
+    if cfg.dtype:
+        parse_dtype(cfg.dtype)
+    check_bos_policy(cfg.bos)
+    parse_size(cfg.max_shard_size)
+    MetricSink.check(cfg.report_to)
+    if not cfg.data:
+        raise DataError("no --data given")
+    for source in cfg.data:
+        check_source(source)
+    _check_writable(Path(cfg.output))
+    _check_writable(cfg.ckpt_dir)
+    check_output_dir(Path(cfg.output), cfg.overwrite)
+    if checkpoint.latest(cfg.ckpt_dir) is not None and not cfg.resume and not cfg.overwrite:
+        raise BoomerangError(f"{cfg.ckpt_dir} holds checkpoints of an earlier run; pass --resume to continue "
+                             "it or --overwrite to start over")
+
+
+def _check_writable(path: Path) -> None:
+    """``path`` can be created: its nearest existing ancestor is a writable directory."""
+    p = Path(path).absolute()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        raise BoomerangError(f"cannot write to {path} ({p} is not a writable directory); "
+                             "choose another -o or --checkpoint-dir")
+
+
+def check_resumable(cfg: DistillConfig, state: dict[str, Any], world: int, steps: int) -> None:
+    old = {"bos": "never", **state.get("config", {})}  # checkpoints from before --bos packed without it
+    new = cfg.to_json()
+    diffs = [k for k in TRAJECTORY_FIELDS if old.get(k) != new.get(k)]
+    if int(state.get("steps", steps)) != steps:
+        diffs.append("steps/tokens")
+    if diffs:
+        raise BoomerangError(f"cannot resume: {', '.join(diffs)} differ from the checkpoint's run; "
+                             "pass the same flags (or --overwrite to start over)")
+    if int(state.get("world_size", world)) != world:
+        raise BoomerangError(f"the checkpoint was written by {state['world_size']} processes; "
+                             f"resume with the same number (now {world})")

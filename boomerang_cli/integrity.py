@@ -1,0 +1,71 @@
+"""Integrity of written members: per-file checksums and sizes recorded in the manifest, checked on reuse.
+
+``family`` records them; a rerun verifies members before keeping them; ``eval``
+refuses to record results for a member whose directory is not the one the
+manifest describes (sizes by default, checksums with ``--verify``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from .manifest import MemberEntry
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def checksums(directory: Path) -> dict[str, str]:
+    """``sha256`` of every file of a member directory, by name."""
+    return {p.name: sha256_file(p) for p in sorted(Path(directory).iterdir()) if p.is_file()}
+
+
+def file_sizes(directory: Path) -> dict[str, int]:
+    """Bytes of every file of a member directory, by name (recorded beside the checksums)."""
+    return {p.name: p.stat().st_size for p in sorted(Path(directory).iterdir()) if p.is_file()}
+
+
+def member_problem(family_dir: Path, entry: MemberEntry, full: bool = False) -> str | None:
+    """Why a member's directory does not match its manifest entry, or None when it does.
+
+    The directory must lie inside the family (no ``../`` path, no symlink out of
+    it) and hold every recorded file; by default sizes are compared (cheap), with
+    ``full`` every checksum too.
+    """
+    if not entry.path:
+        return "it was never written (no path in the manifest)"
+    root = Path(family_dir).resolve()
+    d = Path(family_dir) / entry.path
+    real = d.resolve()
+    if d.is_symlink() or root not in real.parents:
+        return f"its directory {entry.path} is a link or path outside the family directory"
+    if not d.is_dir():
+        return f"its directory {d} is missing"
+    if not entry.files:
+        return "the manifest records none of its files"
+    for name, digest in entry.files.items():
+        p = d / name
+        if not p.is_file():
+            return f"{p} is missing"
+        if p.is_symlink() and real not in p.resolve().parents:
+            return f"{p} is a link out of the member directory"
+        size = entry.sizes.get(name)
+        if size is not None and p.stat().st_size != size:
+            return f"{p} has {p.stat().st_size} bytes, the manifest says {size}"
+        if full and sha256_file(p) != digest:
+            return f"{p} does not match its recorded checksum"
+    return None
+
+
+def verify_member(directory: Path, entry: MemberEntry) -> bool:
+    """Complete and unchanged: every recorded file exists with its recorded checksum."""
+    if not entry.files or not Path(directory).is_dir():
+        return False
+    for name, digest in entry.files.items():
+        p = Path(directory) / name
+        if not p.is_file() or sha256_file(p) != digest:
+            return False
+    return True
