@@ -12,24 +12,24 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from math import comb
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .arch import ModelInfo
-from .data import DEFAULT_BOS, check_bos_policy
+from .data import DEFAULT_BOS, IGNORE, check_bos_policy
 from .errors import BoomerangError, DataError
-from .evaluate.perplexity import EvalData, load_eval_data, model_logits
+from .evaluate.perplexity import CHUNK_ROWS, EvalData, load_eval_data, model_logits
 from .evaluate.trunk import LayerRunner, Stack, TrunkEvaluator
-from .member import Member
+from .member import ORDERS, Member, sequential_members
 from .models import attention_mask, load_model, load_tokenizer
-from .member import ORDERS, sequential_members
-from .orders import CALIBRATED_ORDERS, SearchResult, beam_width, dp_cost, run_search
+from .orders import CALIBRATED_ORDERS, SearchResult, beam_width, check_beam, dp_cost, run_search
 from .plan import Plan
 from .progress import NULL, Progress
+from .student import distilled_on
 
-ROWS_PER_CHUNK = 1024  # token rows per softmax chunk: bounds the fp32 vocab-sized temporaries
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,37 @@ class CalibrationSpec:
         return all(recorded.get(k, self.RECORDED_DEFAULTS.get(k)) == v for k, v in mine.items())
 
 
+def calibration_for(order: str, sources: Sequence[str], *, student: Path | str, samples: int = CalibrationSpec.samples,
+                    seq_len: int = CalibrationSpec.seq_len, beam: int | None = None,
+                    bos: str = DEFAULT_BOS) -> CalibrationSpec | None:
+    """The calibration of a calibrated ``order`` (None for a fixed order), checked before any work.
+
+    Without ``sources``, the text the student was distilled on (its
+    boomerang.json records it) calibrates the order: the tool already knows it.
+    """
+    sources = list(sources)
+    if order not in CALIBRATED_ORDERS:
+        given = [n for n, v in (("--calib-data", bool(sources)), ("--beam", beam is not None)) if v]
+        if given:
+            raise BoomerangError(f"{' and '.join(given)} apply to a calibrated --order "
+                                 f"({', '.join(CALIBRATED_ORDERS)}), not {order}")
+        return None
+    if beam is not None and order != "beam":
+        raise BoomerangError("--beam sets the width of --order beam (kl-greedy is a beam of 1); use --order beam")
+    check_beam(beam)
+    text_field = "text"
+    if not sources:
+        sources, text_field = distilled_on(student)
+        if not sources:
+            raise BoomerangError(
+                f"--order {order} measures each candidate's KL to the teacher on calibration text; pass "
+                "--calib-data SRC (files, a directory, .jsonl, a hub dataset or stdlib)"
+            )
+    spec = CalibrationSpec(tuple(sources), samples=samples, seq_len=seq_len, text_field=text_field, bos=bos)
+    spec.check()
+    return spec
+
+
 def check_sizes(samples: int | None, seq_len: int | None) -> None:
     """``--calib-samples`` and ``--calib-seq-len`` (None: not given, nothing to check)."""
     if samples is not None and samples < 1:
@@ -80,12 +111,12 @@ def token_kl(teacher_logprobs: torch.Tensor, logits: torch.Tensor, mask: torch.T
     s = logits.reshape(-1, logits.shape[-1])
     keep = mask.reshape(-1).bool().to(t.device)
     total = torch.zeros((), dtype=torch.float64, device=t.device)
-    for i in range(0, t.shape[0], ROWS_PER_CHUNK):
-        rows = keep[i:i + ROWS_PER_CHUNK]
+    for i in range(0, t.shape[0], CHUNK_ROWS):
+        rows = keep[i:i + CHUNK_ROWS]
         if not rows.any():
             continue
-        tl = t[i:i + ROWS_PER_CHUNK][rows].float()
-        sl = F.log_softmax(s[i:i + ROWS_PER_CHUNK][rows].float(), dim=-1)
+        tl = t[i:i + CHUNK_ROWS][rows].float()
+        sl = F.log_softmax(s[i:i + CHUNK_ROWS][rows].float(), dim=-1)
         total += (tl.exp() * (tl - sl)).sum().double()
     return float(total), int(keep.sum())
 
@@ -114,7 +145,7 @@ class KLScorer:
             loaded = {role: load_model(info, dtype, device) for role, info in models.items()}
         self.runners = {role: LayerRunner(m, models[role].arch.layers_path) for role, m in loaded.items()}
         # A position counts when it is real input (mask) and predicts something.
-        self.masks = [mask & (labels != -100) for _, labels, mask in self.data.batches(batch_size)]
+        self.masks = [mask & (labels != IGNORE) for _, labels, mask in self.data.batches(batch_size)]
         self.teacher_logprobs = []
         for ids, _, mask in self.data.batches(batch_size):
             logits = model_logits(loaded["teacher"], ids, mask)

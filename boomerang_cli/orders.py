@@ -39,6 +39,7 @@ CALIBRATED_ORDERS = ("kl-greedy", "beam", "kl-dp", "auto")
 #: Every ``--order``: the fixed ones (member.ORDERS, which ``sequential_members`` walks) and the searched ones.
 ALL_ORDERS = ORDERS + CALIBRATED_ORDERS
 DEFAULT_BEAM = 4  # --order beam without --beam
+DEFAULT_ORDER = "last-first"  # family --order: the paper's (SPEC section 4)
 
 
 def check_order(order: str, flag: str = "--order") -> None:

@@ -72,6 +72,21 @@ class StudentRecord:
             raise BoomerangError(f"{path}: unreadable boomerang.json ({exc}); re-create the student") from None
 
 
+def recorded_teacher(directory: Path | str) -> str | None:
+    """The teacher a student directory's boomerang.json names (None: no record, or not a directory)."""
+    path = Path(directory).expanduser()
+    rec = StudentRecord.read(path) if path.is_dir() else None
+    return rec.teacher_ref if rec is not None else None
+
+
+def distilled_on(directory: Path | str) -> tuple[list[str], str]:
+    """The data sources (and text field) a student was distilled on, from its boomerang.json; ``[]`` if none."""
+    path = Path(directory).expanduser()
+    rec = StudentRecord.read(path) if path.is_dir() else None
+    config = ((rec.training or {}).get("config") or {}) if rec is not None else {}
+    return list(config.get("data") or []), config.get("text_field") or "text"
+
+
 def student_plan(directory: Path, num_teacher_layers: int) -> tuple[Plan, StudentRecord | None]:
     """The plan of a student from boomerang.json, else the reference student_config.json."""
     rec = StudentRecord.read(directory)

@@ -40,6 +40,8 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 DTYPE_FLAGS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+#: Bytes converted at a time wherever a tensor changes dtype: bounds the extra memory whatever its size.
+CHUNK_BYTES = 16 << 20
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -262,7 +264,7 @@ def _chunks(info: TensorInfo, dtype: torch.dtype | None, elements: int) -> Itera
             yield t.to(dtype) if dtype is not None and dtype != src else t
 
 
-def _convert_range(info: TensorInfo, dtype: torch.dtype, out, chunk_bytes: int = 16 << 20) -> None:
+def _convert_range(info: TensorInfo, dtype: torch.dtype, out, chunk_bytes: int = CHUNK_BYTES) -> None:
     """Write ``info``'s tensor converted to ``dtype``, a slice of elements at a time.
 
     Conversion is element-wise on the flat row-major data, so slicing costs no
@@ -276,7 +278,7 @@ def _convert_range(info: TensorInfo, dtype: torch.dtype, out, chunk_bytes: int =
 _SAME: dict[tuple, bool] = {}
 
 
-def same_values(a: TensorInfo, b: TensorInfo, dtype: torch.dtype | None = None, chunk_bytes: int = 16 << 20) -> bool:
+def same_values(a: TensorInfo, b: TensorInfo, dtype: torch.dtype | None = None, chunk_bytes: int = CHUNK_BYTES) -> bool:
     """Whether two stored tensors hold identical values as they would be saved (``dtype``, else as stored).
 
     This decides tying by content (a member whose embedding and head are the

@@ -10,8 +10,8 @@ import re
 
 from .errors import BoomerangError
 
-COUNT_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
-_COUNT_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([KMBT]?)", re.IGNORECASE)
+COUNT_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}  # G: billion too
+_COUNT_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([KMBGT]?)", re.IGNORECASE)
 
 
 def parse_count(text: str) -> int | None:

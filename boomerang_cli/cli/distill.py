@@ -13,22 +13,23 @@ from rich.text import Text
 
 from .app import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress
-from ..distill.recipes import DEFAULT_RECIPE, RECIPES
+from ..distill.config import DistillConfig
+from ..distill.recipes import RECIPES
+from ..units import parse_count
 from .options import (AllowPickle, Bos, Dtype, Every, Json, Keep, KeepFirst, KeepLast, MaxShardSize, Overwrite,
-                      TrustRemoteCode)
+                      TrustRemoteCode, defaults)
 
-_COUNT = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMbBgGtT]?)\s*")
+D = defaults(DistillConfig)  # every flag's default, read from the config
 
 
-def parse_count(text: str) -> int:
-    """``2B``/``500M``/``10k``/``1000`` to an integer (B and G both mean billion)."""
+def parse_tokens(text: str) -> int:
+    """``--tokens 2B``/``500M``/``10k``/``1000`` to an integer."""
     from ..errors import BoomerangError
 
-    m = _COUNT.fullmatch(text)
-    if not m:
+    n = parse_count(text)
+    if n is None:
         raise BoomerangError(f"cannot read {text!r} as a number of tokens; write it like 2B, 500M or 100000")
-    mult = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}[m.group(2).lower()]
-    return int(float(m.group(1)) * mult)
+    return n
 
 
 def _name(ref: str) -> str:
@@ -46,7 +47,7 @@ def resolve_short_form(teacher: Optional[str], student: Optional[Path], output: 
     """
     from ..errors import BoomerangError
     from ..state import last
-    from ..student import StudentRecord
+    from ..student import recorded_teacher
 
     if teacher is None:
         if student is None:
@@ -55,10 +56,9 @@ def resolve_short_form(teacher: Optional[str], student: Optional[Path], output: 
         if student is None:
             raise BoomerangError("no TEACHER given and no student from an earlier step; run "
                                  "`boomerang distill TEACHER` (e.g. smollm2-135m) or `boomerang init-student` first")
-        rec = StudentRecord.read(student) if student.is_dir() else None
-        if rec is None:
+        teacher = recorded_teacher(student)
+        if teacher is None:
             raise BoomerangError(f"{student}: no boomerang.json names its teacher; pass TEACHER")
-        teacher = rec.teacher_ref
     if output is None:
         output = (student.parent / f"{student.name}-distilled") if student is not None else Path(f"{_name(teacher)}-distilled")
     return teacher, student, output
@@ -80,28 +80,28 @@ def distill_cmd(
     keep_last: int = KeepLast,
     keep: Optional[str] = Keep,
     data: List[str] = typer.Option(
-        ["stdlib"], "--data", help="Text files/directories, .jsonl, .parquet, a hub dataset (id, id:config, id@split) "
+        D["data"], "--data", help="Text files/directories, .jsonl, .parquet, a hub dataset (id, id:config, id@split) "
         "or 'stdlib' (Python's standard library); repeat to mix."),
-    text_field: str = typer.Option("text", "--text-field", help="Field holding the text in .jsonl/.parquet/hub rows."),
-    seq_len: int = typer.Option(1024, "--seq-len", help="Tokens per packed sequence."),
+    text_field: str = typer.Option(D["text_field"], "--text-field", help="Field holding the text in .jsonl/.parquet/hub rows."),
+    seq_len: int = typer.Option(D["seq_len"], "--seq-len", help="Tokens per packed sequence."),
     bos: str = Bos,
-    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per process and micro-step."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-steps per optimizer step."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (default: 500, the paper's)."),
+    batch_size: int = typer.Option(D["batch_size"], "--batch-size", help="Sequences per process and micro-step."),
+    grad_accum: int = typer.Option(D["grad_accum"], "--grad-accum", help="Micro-steps per optimizer step."),
+    steps: Optional[int] = typer.Option(None, "--steps", help=f"Optimizer steps (default: {DistillConfig.DEFAULT_STEPS}, the paper's)."),
     tokens: Optional[str] = typer.Option(None, "--tokens", help="Train on this many tokens instead of --steps, e.g. 50M."),
-    eval_every: int = typer.Option(0, "--eval-every", help="Evaluate on the held-out split every N steps and at the end (0: never)."),
-    eval_blocks: int = typer.Option(32, "--eval-blocks", help="Held-out sequences per evaluation."),
-    log_every: int = typer.Option(1, "--log-every", help="Write a metrics.jsonl row every N steps."),
-    recipe: str = typer.Option(DEFAULT_RECIPE, "--recipe", help="Defaults for lr, warmup and loss weights: "
+    eval_every: int = typer.Option(D["eval_every"], "--eval-every", help="Evaluate on the held-out split every N steps and at the end (0: never)."),
+    eval_blocks: int = typer.Option(D["eval_blocks"], "--eval-blocks", help="Held-out sequences per evaluation."),
+    log_every: int = typer.Option(D["log_every"], "--log-every", help="Write a metrics.jsonl row every N steps."),
+    recipe: str = typer.Option(D["recipe"], "--recipe", help="Defaults for lr, warmup and loss weights: "
         + "; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values()) + "."),
     freeze_embeddings: Optional[bool] = typer.Option(
         None, "--freeze-embeddings/--train-embeddings", help="Keep the student's input embeddings and LM head "
         "as the teacher's, so members stay tied and between student and teacher in size (default: freeze when "
         "the teacher ties its embeddings)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW, cosine schedule; default: the recipe's)."),
-    weight_decay: float = typer.Option(0.1, "--weight-decay", help="AdamW weight decay (matrices only)."),
+    weight_decay: float = typer.Option(D["weight_decay"], "--weight-decay", help="AdamW weight decay (matrices only)."),
     warmup: Optional[float] = typer.Option(None, "--warmup", help="Warmup, as a fraction of the steps (default: the recipe's)."),
-    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Clip the gradient norm to this (0: off)."),
+    grad_clip: float = typer.Option(D["grad_clip"], "--grad-clip", help="Clip the gradient norm to this (0: off)."),
     ce_weight: Optional[float] = typer.Option(None, "--ce-weight", help="Weight of the cross-entropy term (0: off; default: the recipe's, 1.0)."),
     kl_weight: Optional[float] = typer.Option(None, "--kl-weight", help="Weight of the KL term (0: off; default: the recipe's, 0.1)."),
     cos_weight: Optional[float] = typer.Option(None, "--cos-weight", help="Total weight of the cosine term, spread over the aligned pairs (0: off; default: the recipe's, 2.0)."),
@@ -110,12 +110,12 @@ def distill_cmd(
     no_kl: bool = typer.Option(False, "--no-kl", help="Switch the KL term off."),
     no_cos: bool = typer.Option(False, "--no-cos", help="Switch the cosine term off."),
     loss_chunk: Optional[int] = typer.Option(None, "--loss-chunk", help="Tokens per CE/KL chunk (default: about 64 MB of fp32 logits)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cuda or cpu."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on GPUs that support it), bf16 or fp32."),
+    device: str = typer.Option(D["device"], "--device", help="auto (CUDA if available), cuda or cpu."),
+    precision: str = typer.Option(D["precision"], "--precision", help="auto (bf16 autocast on GPUs that support it), bf16 or fp32."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute student activations in backward (less memory)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the student's decoder layers."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
-    save_every: int = typer.Option(100, "--save-every", help="Checkpoint every N steps (0: never)."),
+    seed: int = typer.Option(D["seed"], "--seed", help="Random seed."),
+    save_every: int = typer.Option(D["save_every"], "--save-every", help="Checkpoint every N steps (0: never)."),
     checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Where checkpoints and live metrics go (default: <output>-checkpoints)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint (start fresh if there is none)."),
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep the checkpoint directory after success."),
@@ -149,7 +149,7 @@ def distill_cmd(
             teacher=teacher, output=output, student=student, keep=keep, keep_first=keep_first, every=every,
             keep_last=keep_last, data=list(data), text_field=text_field, seq_len=seq_len, bos=bos,
             batch_size=batch_size, grad_accum=grad_accum, steps=steps,
-            tokens=parse_count(tokens) if tokens else None, eval_every=eval_every, eval_blocks=eval_blocks,
+            tokens=parse_tokens(tokens) if tokens else None, eval_every=eval_every, eval_blocks=eval_blocks,
             log_every=log_every, recipe=recipe, freeze_embeddings=freeze_embeddings, lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip,
             weights=weights, loss_chunk=loss_chunk, device=device, precision=precision,
             gradient_checkpointing=gradient_checkpointing, compile=compile_, seed=seed, save_every=save_every,

@@ -9,9 +9,14 @@ from typing import Any, List, Optional
 import typer
 from rich.table import Table
 
+from ..calibrate import CalibrationSpec
+from ..evaluate.options import EvalOptions
+from ..orders import DEFAULT_BEAM
 from .app import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress, split_list
-from .options import AllowPickle, Bos, Json, TrustRemoteCode
+from .options import AllowPickle, Bos, Json, TrustRemoteCode, defaults
+
+D = defaults(EvalOptions)  # every flag's default, read from the options
 
 
 def _targets(targets: List[str]) -> tuple[str, Any]:
@@ -56,14 +61,14 @@ def eval_cmd(
         None, "--members", help="Only these members of the family, e.g. member-18L,teacher (default: all, "
         "teacher and student included)."),
     data: List[str] = typer.Option(
-        ["stdlib"], "--data", help="Text files/directories, .jsonl, .parquet, a hub dataset id (name:config@split) "
+        D["sources"], "--data", help="Text files/directories, .jsonl, .parquet, a hub dataset id (name:config@split) "
         "or stdlib (repeat for several); the same sources as distill."),
-    split: str = typer.Option("validation", "--split", help="validation (the held-out 2%, default), train, or all (every document of --data)."),
-    text_field: str = typer.Option("text", "--text-field", help="Field holding the text in .jsonl/.parquet/hub rows."),
-    max_tokens: int = typer.Option(32768, "--max-tokens", help="Tokens to score (whole blocks: rounded up to --seq-len)."),
-    seq_len: int = typer.Option(512, "--seq-len", help="Tokens per block (at most the model's positions)."),
+    split: str = typer.Option(D["split"], "--split", help="validation (the held-out 2%, default), train, or all (every document of --data)."),
+    text_field: str = typer.Option(D["text_field"], "--text-field", help="Field holding the text in .jsonl/.parquet/hub rows."),
+    max_tokens: int = typer.Option(D["max_tokens"], "--max-tokens", help="Tokens to score (whole blocks: rounded up to --seq-len)."),
+    seq_len: int = typer.Option(D["seq_len"], "--seq-len", help="Tokens per block (at most the model's positions)."),
     bos: str = Bos,
-    batch_size: int = typer.Option(8, "--batch-size", help="Blocks per forward pass (also lm-eval's batch size)."),
+    batch_size: int = typer.Option(D["batch_size"], "--batch-size", help="Blocks per forward pass (also lm-eval's batch size)."),
     tasks: Optional[str] = typer.Option(
         None, "--tasks", help="lm-evaluation-harness tasks, e.g. arc_easy,hellaswag (needs the eval extra)."),
     task_dir: Optional[Path] = typer.Option(
@@ -75,7 +80,7 @@ def eval_cmd(
         [], "--baseline", help="prune: also evaluate the teacher pruned without training to each member's layer "
         "count (ShortGPT and the plan's layers); or just shortgpt / plan-prune."),
     calibration_tokens: int = typer.Option(
-        8192, "--calibration-tokens", help="ShortGPT: train-split tokens its block influence is measured on."),
+        D["calibration_tokens"], "--calibration-tokens", help="ShortGPT: train-split tokens its block influence is measured on."),
     compare_orders: Optional[str] = typer.Option(
         None, "--compare-orders", help="Also evaluate every member of these orders in memory (nothing written), "
         "e.g. last-first,first-last,kl-greedy,beam; one line per order on --plot. docs/orders.md."),
@@ -83,11 +88,13 @@ def eval_cmd(
         [], "--calib-data", help="kl-greedy/beam in --compare-orders: calibration text (default: the family's own "
         "calibration, else the train split of --data)."),
     calib_samples: Optional[int] = typer.Option(
-        None, "--calib-samples", help="kl-greedy/beam: calibration sequences (default: the family's, else 64)."),
+        None, "--calib-samples", help="kl-greedy/beam: calibration sequences (default: the family's, else "
+        f"{CalibrationSpec.samples})."),
     calib_seq_len: Optional[int] = typer.Option(
-        None, "--calib-seq-len", help="kl-greedy/beam: tokens per calibration sequence (default: the family's, else 128)."),
+        None, "--calib-seq-len", help="kl-greedy/beam: tokens per calibration sequence (default: the family's, "
+        f"else {CalibrationSpec.seq_len})."),
     beam: Optional[int] = typer.Option(None, "--beam", help="beam in --compare-orders: its width (default: the "
-                                       "family's, else 4)."),
+                                       f"family's, else {DEFAULT_BEAM})."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw parameters against perplexity (and task scores) into FILE.png."),
     no_trunk: bool = typer.Option(False, "--no-trunk", help="Evaluate every member on its own instead of sharing common layers."),
     no_perplexity: bool = typer.Option(False, "--no-perplexity", help="Skip perplexity (only --tasks)."),
@@ -97,7 +104,7 @@ def eval_cmd(
         None, "-o", "--output", help="Results JSON for plain model references (default: ./eval-results.json); "
         "a family's results go into its manifest."),
     dtype: str = typer.Option("fp32", "--dtype", help="Compute in fp32 (default), bf16 or fp16."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cuda or cpu."),
+    device: str = typer.Option(D["device"], "--device", help="auto (CUDA if available), cuda or cpu."),
     json_out: bool = Json,
     allow_pickle: bool = AllowPickle,
     trust_remote_code: bool = TrustRemoteCode,

@@ -9,6 +9,8 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from ..calibrate import CalibrationSpec
+from ..orders import DEFAULT_BEAM, DEFAULT_ORDER
 from .app import app
 from .common import emit_json, err_console, handle_errors, out_console, progress, split_list
 from .options import AllowPickle, Bos, Dtype, Json, MaxShardSize, Overwrite, TrustRemoteCode
@@ -19,45 +21,6 @@ ORDER_HELP = ("last-first: patch the last blocks first (head from the teacher); 
               "choices per size; kl-dp: each block scored once from each end, the best member of every size by dynamic "
               "programming (linear cost); auto: per size the lowest-KL member of kl-dp, first-last and last-first. "
               "See docs/orders.md.")
-
-
-def calibration_spec(order: str, calib_data: list[str], samples: int, seq_len: int, beam: Optional[int],
-                     student: str, bos: str):
-    """The calibration settings of a calibrated order (None for fixed orders), checked up front.
-
-    Without --calib-data, the text the student was distilled on (its
-    boomerang.json records it) calibrates the order: the tool already knows it.
-    """
-    from ..calibrate import CalibrationSpec
-    from ..errors import BoomerangError
-    from ..orders import CALIBRATED_ORDERS, check_beam
-    from ..student import StudentRecord
-
-    sources = split_list(calib_data)
-    if order not in CALIBRATED_ORDERS:
-        given = [n for n, v in (("--calib-data", bool(sources)), ("--beam", beam is not None)) if v]
-        if given:
-            raise BoomerangError(f"{' and '.join(given)} apply to a calibrated --order "
-                                 f"({', '.join(CALIBRATED_ORDERS)}), not {order}")
-        return None
-    if beam is not None and order != "beam":
-        raise BoomerangError("--beam sets the width of --order beam (kl-greedy is a beam of 1); use --order beam")
-    check_beam(beam)
-    text_field = "text"
-    if not sources:
-        path = Path(student).expanduser()
-        rec = StudentRecord.read(path) if path.is_dir() else None
-        config = ((rec.training or {}).get("config") or {}) if rec is not None else {}
-        sources = list(config.get("data") or [])
-        text_field = config.get("text_field") or "text"
-        if not sources:
-            raise BoomerangError(
-                f"--order {order} measures each candidate's KL to the teacher on calibration text; pass "
-                "--calib-data SRC (files, a directory, .jsonl, a hub dataset or stdlib)"
-            )
-    spec = CalibrationSpec(tuple(sources), samples=samples, seq_len=seq_len, text_field=text_field, bos=bos)
-    spec.check()
-    return spec
 
 
 def default_output(student_ref: str) -> Path | None:
@@ -73,7 +36,7 @@ def _resolve_pair_refs(teacher: Optional[str], student: Optional[str]) -> tuple[
     """Fill in omitted TEACHER/STUDENT: a lone argument or the last step's student, and its teacher."""
     from ..errors import BoomerangError
     from ..state import last
-    from ..student import BOOMERANG_JSON, StudentRecord
+    from ..student import BOOMERANG_JSON, recorded_teacher
 
     if teacher is not None and student is not None:
         return teacher, student
@@ -86,9 +49,8 @@ def _resolve_pair_refs(teacher: Optional[str], student: Optional[str]) -> tuple[
                 "no TEACHER STUDENT given and no earlier init-student/distill recorded a student here; "
                 "pass TEACHER STUDENT"
             )
-    path = Path(student).expanduser()
-    rec = StudentRecord.read(path) if path.is_dir() else None
-    if rec is None:
+    recorded = recorded_teacher(student)
+    if recorded is None:
         if lone:
             raise BoomerangError(
                 f"one model given ({student}) and it has no {BOOMERANG_JSON}; a lone argument must be a "
@@ -97,7 +59,7 @@ def _resolve_pair_refs(teacher: Optional[str], student: Optional[str]) -> tuple[
         raise BoomerangError(
             f"the last recorded student {student} has no {BOOMERANG_JSON} naming its teacher; pass TEACHER STUDENT"
         )
-    return rec.teacher_ref, student
+    return recorded, student
 
 
 @app.command("family")
@@ -113,14 +75,15 @@ def family_cmd(
         None, "--sizes", help="Target sizes, e.g. 2B,3.5B,500M (K/M/B/T): each picks the member with the closest parameter count."),
     num: Optional[int] = typer.Option(None, "--num", help="N members evenly spaced along the order."),
     all_members: bool = typer.Option(False, "--all", help="Every member between student and teacher."),
-    order: str = typer.Option("last-first", "--order", help=ORDER_HELP),
+    order: str = typer.Option(DEFAULT_ORDER, "--order", help=ORDER_HELP),
     calib_data: List[str] = typer.Option(
         [], "--calib-data", help="calibrated orders: calibration text (same sources as distill; repeatable). "
         "Default: the data the student was distilled on (its boomerang.json)."),
-    calib_samples: int = typer.Option(64, "--calib-samples", help="calibrated orders: calibration sequences (train split)."),
-    calib_seq_len: int = typer.Option(128, "--calib-seq-len", help="calibrated orders: tokens per calibration sequence."),
+    calib_samples: int = typer.Option(CalibrationSpec.samples, "--calib-samples", help="calibrated orders: calibration sequences (train split)."),
+    calib_seq_len: int = typer.Option(CalibrationSpec.seq_len, "--calib-seq-len", help="calibrated orders: tokens per calibration sequence."),
     bos: str = Bos,
-    beam: Optional[int] = typer.Option(None, "--beam", help="beam: choices kept per size (default 4; 1 = kl-greedy)."),
+    beam: Optional[int] = typer.Option(None, "--beam", help=f"beam: choices kept per size (default {DEFAULT_BEAM}; "
+                                       "1 = kl-greedy)."),
     device: str = typer.Option("auto", "--device", help="calibrated orders: where candidates are scored: auto (CUDA if "
                                "available), cuda or cpu. Writing members never needs a GPU."),
     keep: Optional[str] = typer.Option(
@@ -141,6 +104,7 @@ def family_cmd(
     Rerunning the same command resumes: members already written and verified are kept.
     """
     with handle_errors(), contextlib.ExitStack() as hold:
+        from ..calibrate import calibration_for
         from ..errors import BoomerangError
         from ..family import (achievable, build_family, calibrated_search, check_order, check_output,
                               check_selection_args, dry_run_json, open_pair, select)
@@ -169,7 +133,8 @@ def family_cmd(
         hold.enter_context(lock_if(output, not dry_run))  # one writer per family, held to the end
         t_ref = resolve(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         s_ref = resolve(student, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        spec = calibration_spec(order, calib_data, calib_samples, calib_seq_len, beam, student, bos)
+        spec = calibration_for(order, split_list(calib_data), student=student, samples=calib_samples,
+                               seq_len=calib_seq_len, beam=beam, bos=bos)
         pair = open_pair(t_ref, s_ref, keep=kept, force=force, dtype=torch_dtype,
                          trust_remote_code=trust_remote_code)
         if spec is not None and output is not None and not dry_run:

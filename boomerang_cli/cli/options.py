@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from ..data import DEFAULT_BOS
 from ..errors import BoomerangError
+from ..plan import Plan
+
+
+def defaults(config: type) -> dict[str, Any]:
+    """The default of every field of a config dataclass: flags read their defaults from it."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+_PAPER = inspect.signature(Plan.from_paper_flags).parameters
 
 Json = typer.Option(False, "--json", help="Print a machine-readable summary on stdout.")
 Overwrite = typer.Option(False, "--overwrite", help="Replace a non-empty output directory.")
@@ -18,9 +35,9 @@ Dtype = typer.Option(None, "--dtype", help="Save weights as bf16, fp16 or fp32 (
 MaxShardSize = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 2GB or 500MB.")
 # No typer ``min=``: out-of-range flags reach Plan.from_paper_flags, whose PlanError is
 # the one-line message every bad plan gets (typer's usage box is many lines).
-KeepFirst = typer.Option(1, "--keep-first", help="Paper flag first_layers_to_keep (>= 1).")
-Every = typer.Option(2, "--every", help="Paper flag alternate_every_n_layers: keep one layer of every N (>= 2).")
-KeepLast = typer.Option(2, "--keep-last", help="Paper flag last_layers_to_keep (>= 0).")
+KeepFirst = typer.Option(_PAPER["keep_first"].default, "--keep-first", help="Paper flag first_layers_to_keep (>= 1).")
+Every = typer.Option(_PAPER["every"].default, "--every", help="Paper flag alternate_every_n_layers: keep one layer of every N (>= 2).")
+KeepLast = typer.Option(_PAPER["keep_last"].default, "--keep-last", help="Paper flag last_layers_to_keep (>= 0).")
 Bos = typer.Option(
     DEFAULT_BOS, "--bos", help="BOS at the start of every packed block: auto (when the tokenizer adds one), always "
     "or never (SPEC section 7).")

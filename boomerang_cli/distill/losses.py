@@ -27,9 +27,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..data import IGNORE
 from ..errors import BoomerangError, UnsupportedArchitectureError
 
-IGNORE = -100
 #: Elements of one ``chunk x vocab`` fp32 tensor when the chunk is chosen automatically (64 MB).
 AUTO_CHUNK_ELEMENTS = 1 << 24
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..data import Block, collate
+from ..data import IGNORE, Block, collate
 from ..models import attention_mask
 from .model import Teacher
 
@@ -27,7 +27,7 @@ def forward_backward(model: Any, teacher: Teacher, acc: Any, ids: torch.Tensor, 
     """
     rank, world = acc.process_index, acc.num_processes
     device = acc.device
-    ce_denom, tok_denom = int((labels != -100).sum()), int(mask.sum())
+    ce_denom, tok_denom = int((labels != IGNORE).sum()), int(mask.sum())
     totals = torch.zeros(4, dtype=torch.float64, device=device)
     per_rank = batch_size * grad_accum
     for m in range(grad_accum):
@@ -67,7 +67,7 @@ def evaluate(model: Any, teacher: Teacher, acc: Any, blocks: list[Block], batch_
     """Loss terms on held-out blocks, each process scoring its share (collective)."""
     rank, world = acc.process_index, acc.num_processes
     ids, labels, mask = collate(blocks)
-    ce_denom, tok_denom = int((labels != -100).sum()), int(mask.sum())
+    ce_denom, tok_denom = int((labels != IGNORE).sum()), int(mask.sum())
     mine = list(range(rank, len(blocks), world))
     n_real = len(mine)
     mine += [0] * (math.ceil(len(blocks) / world) - n_real)  # equal work per rank: masked-out fillers
@@ -80,7 +80,7 @@ def evaluate(model: Any, teacher: Teacher, acc: Any, blocks: list[Block], batch_
             sel = torch.tensor(mine[s:s + batch_size])
             x = ids[sel].to(acc.device)
             msk = (mask[sel] & keep[s:s + batch_size].unsqueeze(1)).to(acc.device)
-            y = torch.where(msk, labels[sel].to(acc.device), torch.full_like(x, -100))
+            y = torch.where(msk, labels[sel].to(acc.device), torch.full_like(x, IGNORE))
             totals += _terms(_micro_batch(model, teacher, acc, x, y, msk, ce_denom, tok_denom, need_teacher))
     if was_training:
         model.train()

@@ -23,7 +23,7 @@ from ..errors import DataError
 from ..models import attention_mask
 
 #: Rows of logits turned into fp32 log-probabilities at once (bounds the extra memory).
-CHUNK_ROWS = 1024
+CHUNK_ROWS = 1024  # token rows per softmax chunk: bounds the fp32 vocab-sized temporaries
 
 
 @dataclass

@@ -20,7 +20,7 @@ from ..errors import BoomerangError, OutputExistsError
 from ..guard import check_disjoint
 from ..integrity import checksums, file_sizes, verify_member
 from ..manifest import MANIFEST_NAME, FamilyManifest, MemberEntry, OrderInfo
-from ..orders import CALIBRATED_ORDERS, check_order
+from ..orders import CALIBRATED_ORDERS, DEFAULT_ORDER, check_order
 from ..pair import Pair
 from ..progress import NULL, Progress
 from ..atomic import atomic_dir
@@ -114,7 +114,7 @@ def build_family(
     picks: Sequence[Pick],
     output: Path,
     *,
-    order: str | OrderInfo = "last-first",
+    order: str | OrderInfo = DEFAULT_ORDER,
     max_shard_size: int = 5 * 10**9,
     overwrite: bool = False,
     progress: Progress = NULL,

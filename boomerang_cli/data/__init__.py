@@ -1,0 +1,62 @@
+"""Text data for distillation and evaluation: sources, splits, tokenization, packing.
+
+A *source* is what the user passes as ``--data``: a text file or directory
+(``.txt``, ``.md``, ``.py``, ...), a ``.jsonl`` file (one JSON object per line,
+text under ``--text-field``), a ``.parquet`` file (needs pyarrow), a Hugging
+Face dataset id (streamed through ``datasets``, an optional extra), or the
+builtin ``stdlib`` corpus (the running Python's standard library sources).
+
+**Split rule.** Every document has a stable *key* (its path relative to the
+source, ``path:line`` for a JSONL row, ``path:row`` for a Parquet row,
+``id:row`` for a hub row). A document belongs to ``validation`` when
+``sha256(key)``'s first 8 bytes, as a big-endian integer, modulo 10000 is
+below 200 (2%), else to ``train``. The rule depends on nothing but the key, so
+every process, run and machine sees the same split, and a file never moves
+between splits when others are added.
+
+A text source with few files (a single file, or a directory of fewer than
+``FEW_FILES`` text files) is split *within* its files, so that it still has a
+held-out part: a file's documents are its paragraphs (separated by blank
+lines), or its lines when it is one paragraph; piece ``i`` has the key
+``key#i`` and the same 2% rule applies, and when that holds out none of a
+file's pieces, its piece of lowest hash is held out. ``all`` is every document
+of both splits.
+
+**Packing.** Each document is tokenized with the model's tokenizer
+(``add_special_tokens=True``, so a BOS is added where the model expects one),
+followed by EOS, and documents are concatenated into one stream that is cut
+into blocks of ``seq_len`` tokens: no padding, and every token is an input
+exactly once. A block's labels are the next tokens of the stream (the first
+token of the next block for its last position); the label at each document's
+EOS is ``-100`` (ignored), because the next document does not follow from it.
+Only a final partial block (``pad_last=True``, for evaluation) has padding,
+marked in ``mask`` and ignored by every loss.
+
+**BOS at every block** (SPEC section 7). A model whose tokenizer adds a BOS
+has only ever seen text behind one, so a block cut from the middle of a
+document is put behind one too: the block is the BOS, then ``seq_len - 1``
+tokens of the stream. The BOS position predicts nothing (label ``-100``), so
+the labels are the same stream tokens as without it, each predicted once with
+the context the block gives. A block that starts at a document's own BOS gets
+no second one. :func:`block_bos` decides (``--bos auto|always|never``):
+``auto`` follows the tokenizer (it adds a BOS when encoding, or says
+``add_bos_token``); a config's ``bos_token_id`` alone is no evidence (GPT-2 and
+SmolLM2 name one that their tokenizers never add).
+
+Two modules: :mod:`.sources` (what ``--data`` names, read as documents, and
+the split rule) and :mod:`.blocks` (tokenization, packing, BOS).
+"""
+
+from __future__ import annotations
+
+from .blocks import (BOS_POLICIES, DEFAULT_BOS, IGNORE, Block, BlockStream, StreamPosition, block_bos,
+                     check_bos_policy, collate, encode_document, eos_id_of, iter_blocks, tokenizer_adds_bos)
+from .sources import (FEW_FILES, SPLITS, STDLIB, STDLIB_SKIP_DIRS, check_source, check_text, load_all_documents,
+                      load_documents, public_source, public_sources, split_of, stdlib_files, stdlib_root)
+
+__all__ = [
+    "BOS_POLICIES", "DEFAULT_BOS", "IGNORE", "Block", "BlockStream", "StreamPosition", "block_bos",
+    "check_bos_policy", "collate", "encode_document", "eos_id_of", "iter_blocks", "tokenizer_adds_bos",
+    "FEW_FILES", "SPLITS", "STDLIB", "STDLIB_SKIP_DIRS", "check_source", "check_text", "load_all_documents",
+    "load_documents", "public_source", "public_sources", "split_of", "stdlib_files", "stdlib_root",
+]

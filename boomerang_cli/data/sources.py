@@ -1,0 +1,303 @@
+"""Data sources and the split rule: what ``--data`` names, read as documents of ``train`` or ``validation``.
+
+See the package docstring for the split rule and how few-file sources are split within their files.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import re
+import sysconfig
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from ..errors import DataError
+
+SPLITS = ("train", "validation", "all")  # "all": every document of the source, both splits
+VALIDATION_PER_10K = 200  # 2% of documents are held out
+#: A text source (file or directory) with fewer text files than this is split within its files.
+FEW_FILES = 50
+
+#: Suffixes read as one plain-text document per file when a directory is given.
+TEXT_SUFFIXES = frozenset({
+    ".txt", ".md", ".markdown", ".rst", ".tex", ".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".hpp",
+    ".rs", ".go", ".java", ".js", ".ts", ".sh", ".html", ".css", ".toml", ".yaml", ".yml",
+    ".ini", ".cfg",
+})
+JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
+PARQUET_SUFFIXES = frozenset({".parquet"})
+STDLIB = "stdlib"
+#: Directory names left out of the stdlib corpus (third-party code and test suites).
+STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
+
+
+def _key_hash(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+
+
+def split_of(key: str) -> str:
+    """``"validation"`` for 2% of document keys, chosen by hash, else ``"train"``."""
+    return "validation" if _key_hash(key) % 10_000 < VALIDATION_PER_10K else "train"
+
+
+def _in_split(key: str, split: str) -> bool:
+    return split == "all" or split_of(key) == split
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; use train, validation or all")
+
+
+def text_pieces(text: str) -> list[str]:
+    """A text file's documents when its source has few files: paragraphs (separated by blank
+    lines), or its lines when it is one paragraph."""
+    paragraphs = [p for p in re.split(r"\n[ \t\r\f\v]*\n", text) if p.strip()]
+    if len(paragraphs) > 1:
+        return paragraphs
+    return [line for line in text.splitlines() if line.strip()] or paragraphs
+
+
+def split_pieces(pieces: Sequence[str], key: str, split: str) -> list[str]:
+    """The pieces of one file in ``split``: piece ``i`` by the hash of ``key#i`` (the 2% rule), and
+    when the rule holds none out, the piece of lowest hash, so a file always has a held-out part."""
+    if split == "all":
+        return list(pieces)
+    hashes = [_key_hash(f"{key}#{i}") for i in range(len(pieces))]
+    held = {i for i, h in enumerate(hashes) if h % 10_000 < VALIDATION_PER_10K}
+    if not held and pieces:
+        held = {min(range(len(pieces)), key=hashes.__getitem__)}
+    return [p for i, p in enumerate(pieces) if (i in held) == (split == "validation")]
+
+
+# -- sources -----------------------------------------------------------------------------
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_files() -> list[tuple[str, Path]]:
+    """(relative key, path) of every stdlib ``.py`` file, sorted by key."""
+    root = stdlib_root()
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in STDLIB_SKIP_DIRS and not d.startswith(".")]
+        for name in filenames:
+            if name.endswith(".py"):
+                p = Path(dirpath) / name
+                out.append((p.relative_to(root).as_posix(), p))
+    return sorted(out)
+
+
+def check_text(data: bytes, where: object) -> str:
+    """``data`` as text, or a DataError naming ``where``: the one check that data is text, not binary.
+
+    NUL bytes mean binary data (a model, an archive, an image), and bytes that
+    are not UTF-8 would be silently replaced; either is refused rather than
+    trained or evaluated on.
+    """
+    if b"\0" in data:
+        raise DataError(f"{where}: binary data (NUL bytes), not text; pass text files, .jsonl or .parquet to --data")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}: not UTF-8 text (undecodable byte at offset {exc.start}); convert it to UTF-8 "
+                        "or leave it out of --data") from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return check_text(data, path)
+
+
+def _iter_jsonl(path: Path, key_prefix: str, split: str, text_field: str) -> Iterator[str]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not _in_split(f"{key_prefix}:{lineno}", split) or not raw.strip():
+                continue
+            line = check_text(raw, f"{path}:{lineno}")
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: not valid JSON; each line of a .jsonl file must be one object") from None
+            yield _field(record, text_field, f"{path}:{lineno}")
+
+
+def _field(record: Any, text_field: str, where: str) -> str:
+    if not isinstance(record, dict) or text_field not in record:
+        raise DataError(f"{where}: no field {text_field!r}; pass --text-field with the name of the text column")
+    value = record[text_field]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {text_field!r} is not a string; pass --text-field with the text column")
+    return value
+
+
+def _iter_parquet(path: Path, key_prefix: str, split: str, text_field: str) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading .parquet needs pyarrow; run: pip install 'boomerang-cli[data]'") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises its own error types
+        raise DataError(f"{path}: not a readable Parquet file ({exc})".splitlines()[0]) from None
+    if text_field not in pf.schema_arrow.names:
+        raise DataError(f"{path}: no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names[:8])}); "
+                        "pass --text-field")
+    row = 0
+    for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
+        for value in batch.column(0).to_pylist():
+            if _in_split(f"{key_prefix}:{row}", split) and isinstance(value, str):
+                yield value
+            row += 1
+
+
+def _iter_file(path: Path, key: str, split: str, text_field: str, pieces: bool = False) -> Iterator[str]:
+    """A file's documents in ``split``; ``pieces``: a text file is split within itself (few files)."""
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        yield from _iter_jsonl(path, key, split, text_field)
+    elif suffix in PARQUET_SUFFIXES:
+        yield from _iter_parquet(path, key, split, text_field)
+    elif pieces:
+        yield from split_pieces(text_pieces(_read_text(path)), key, split)
+    elif _in_split(key, split):
+        yield _read_text(path)
+
+
+def _dir_files(root: Path) -> list[tuple[str, Path]]:
+    known = TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
+        for name in filenames:
+            p = Path(dirpath) / name
+            if not name.startswith(".") and p.suffix.lower() in known:
+                out.append((p.relative_to(root).as_posix(), p))
+    return sorted(out)
+
+
+def _iter_hub(source: str, split: str, text_field: str) -> Iterator[str]:
+    """A hub dataset ``name[:config][@hub_split]``, streamed; our split by row hash."""
+    name, _, hub_split = source.removeprefix("hf:").partition("@")
+    name, _, config = name.partition(":")
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            f"{source}: Hugging Face datasets need the datasets package; run: pip install 'boomerang-cli[data]'"
+        ) from None
+    try:
+        ds = datasets.load_dataset(name, config or None, split=hub_split or "train", streaming=True)
+        rows = iter(ds)
+        first = next(rows, None)
+    except Exception as exc:  # datasets/hub raise many kinds (offline, not found, gated)
+        msg = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"{source}: cannot stream this dataset ({msg}); check the id and the network, or pass local files"
+        ) from None
+    if first is None:
+        return
+    row = 0
+    for record in _chain_one(first, rows):
+        if _in_split(f"{name}:{config}:{row}", split):
+            yield _field(record, text_field, f"{source} row {row}")
+        row += 1
+
+
+def _chain_one(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
+def _looks_like_path(source: str) -> bool:
+    suffix = Path(source).suffix.lower()
+    return (source.startswith((".", "/", "~")) or os.sep in source.replace("/", "", 1)
+            or suffix in TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES)
+
+
+def public_source(source: str) -> str:
+    """How a card names a data source: local files by name only (cards get published), others as given."""
+    if source == STDLIB or source.startswith("hf:") or not Path(source).expanduser().exists():
+        return f"`{source}`"
+    return f"a local `{Path(source).expanduser().resolve().name}`"
+
+
+def public_sources(sources: Sequence[str], split: str | None = None) -> str:
+    """``public_source`` of several sources, with the split when given."""
+    names = ", ".join(public_source(s) for s in sources)
+    return f"{names} ({split} split)" if split else names
+
+
+def check_source(source: str) -> None:
+    """Fail early, with the fix, on a source that cannot be read (hub sources are checked on use)."""
+    if source == STDLIB or source.startswith("hf:"):
+        return
+    path = Path(source).expanduser()
+    if not path.exists():
+        if _looks_like_path(source):
+            raise DataError(f"{source}: no such file or directory; pass files, a directory, "
+                            "a hub dataset id or 'stdlib' to --data")
+        return
+    if path.is_dir() and not _dir_files(path):
+        raise DataError(f"{source}: no text, .jsonl or .parquet files in this directory")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{source}: empty file; pass a file with text in it")
+    for p in ([path] if path.is_file() else [p for _, p in _dir_files(path)]):
+        if p.suffix.lower() not in PARQUET_SUFFIXES:
+            _sniff(p)
+
+
+def _sniff(path: Path, size: int = 8192) -> None:
+    """The start of a file is text (:func:`check_text`): a binary file fails before a run, not midway."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(size)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:  # incremental: a multi-byte character cut at the end of the sample is fine
+        ok = b"\0" not in head and codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < size) is not None
+    except UnicodeDecodeError:
+        ok = False
+    if not ok:
+        check_text(head, path)
+
+
+def load_documents(source: str, split: str = "train", text_field: str = "text") -> Iterator[str]:
+    """The documents of one source in one split, in a fixed order; empty (blank) documents are left out."""
+    return (text for text in _documents(source, split, text_field) if text.strip())
+
+
+def _documents(source: str, split: str, text_field: str) -> Iterator[str]:
+    _check_split(split)
+    check_source(source)
+    if source == STDLIB:
+        for key, path in stdlib_files():
+            if _in_split(key, split):
+                yield _read_text(path)
+        return
+    path = Path(source).expanduser()
+    if path.is_file():
+        yield from _iter_file(path, path.name, split, text_field, pieces=True)
+    elif path.is_dir():
+        files = _dir_files(path)
+        few = sum(p.suffix.lower() in TEXT_SUFFIXES for _, p in files) < FEW_FILES
+        for key, p in files:
+            yield from _iter_file(p, key, split, text_field, pieces=few)
+    else:
+        yield from _iter_hub(source, split, text_field)
+
+
+def load_all_documents(sources: Sequence[str], split: str = "train", text_field: str = "text") -> Iterator[str]:
+    """The documents of several sources, one after the other."""
+    for source in sources:
+        yield from load_documents(source, split, text_field)
+
+
