@@ -354,38 +354,3 @@ def write_safetensors(
         (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
         result.files.append(INDEX_FILE)
     return result
-
-
-def write_state_dict(
-    directory: Path, tensors: dict[str, torch.Tensor], max_shard_size: int = 5 * 10**9
-) -> WriteResult:
-    """Write in-memory tensors (e.g. a trained student) with the same layout rules."""
-    from safetensors.torch import save_file
-
-    items = list(tensors.items())
-    shards: list[list[tuple[str, torch.Tensor]]] = [[]]
-    size = 0
-    for name, t in items:
-        nb = t.numel() * t.element_size()
-        if shards[-1] and size + nb > max_shard_size:
-            shards.append([])
-            size = 0
-        shards[-1].append((name, t))
-        size += nb
-    n = len(shards)
-    result = WriteResult()
-    weight_map: dict[str, str] = {}
-    for i, shard in enumerate(shards):
-        fname = SINGLE_FILE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        save_file({k: v.detach().contiguous().cpu() for k, v in shard}, str(directory / fname),
-                  metadata={"format": "pt"})
-        for k, v in shard:
-            weight_map[k] = fname
-            result.num_params += v.numel()
-            result.total_bytes += v.numel() * v.element_size()
-        result.files.append(fname)
-    if n > 1:
-        index = {"metadata": {"total_size": result.total_bytes}, "weight_map": weight_map}
-        (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-        result.files.append(INDEX_FILE)
-    return result

@@ -243,7 +243,7 @@ def test_a_failed_export_leaves_no_output(families, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(export_mod, "write_metadata", boom)
+    monkeypatch.setattr(export_mod.writer, "write_metadata", boom)
     with pytest.raises(RuntimeError):
         export_family(fam, tmp_path / "out", "q8_0")
     assert not any(p.name.startswith((".out", "out")) for p in tmp_path.iterdir())
@@ -252,7 +252,7 @@ def test_a_failed_export_leaves_no_output(families, tmp_path, monkeypatch):
 def test_conversion_in_row_slices_gives_the_same_bytes(families, tmp_path, monkeypatch):
     fam = families("llama")
     whole = export_family(fam, tmp_path / "whole", "q8_0", members=["teacher"])
-    monkeypatch.setattr(export_mod, "CHUNK_BYTES", 4 * 32 * 3)  # three rows of 32 at a time
+    monkeypatch.setattr(export_mod.convert, "CHUNK_BYTES", 4 * 32 * 3)  # three rows of 32 at a time
     sliced = export_family(fam, tmp_path / "sliced", "q8_0", members=["teacher"])
     assert whole.files[0].sha256 == sliced.files[0].sha256
 

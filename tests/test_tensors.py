@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from boomerang_cli.errors import BoomerangError, OutputExistsError
 from boomerang_cli.atomic import atomic_dir, atomic_write_text, check_output_dir
 from boomerang_cli.tensors import (
-    INDEX_FILE, SINGLE_FILE, ModelWeights, OutTensor, parse_dtype, write_safetensors, write_state_dict,
+    INDEX_FILE, SINGLE_FILE, ModelWeights, OutTensor, parse_dtype, write_safetensors,
 )
 from boomerang_cli.units import parse_size
 
@@ -162,15 +162,6 @@ def test_duplicate_output_names_refused(tmp_path):
     w = ModelWeights(tmp_path)
     with pytest.raises(BoomerangError, match="duplicate"):
         write_safetensors(tmp_path, [OutTensor("y", w, "x"), OutTensor("y", w, "x")])
-
-
-def test_write_state_dict_sharded(tmp_path):
-    ref = {f"t{i}": torch.full((100,), float(i)) for i in range(6)}
-    res = write_state_dict(tmp_path, ref, max_shard_size=900)
-    assert len([f for f in res.files if f.endswith(".safetensors")]) == 3
-    w = ModelWeights(tmp_path)
-    for k, t in ref.items():
-        assert torch.equal(w.read(k), t)
 
 
 def test_atomic_dir_success_and_failure(tmp_path):

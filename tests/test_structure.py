@@ -1,0 +1,114 @@
+"""The package's shape: modules import only downward, the core never imports the CLI, modules stay small.
+
+Every import is counted, including those inside functions (they are how a
+circle hides). The graph is built from the source with ``ast``, so the test
+needs nothing imported and fails on a new circle whatever code path runs.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "boomerang_cli"
+MAX_LINES = 450
+#: Entry points above everything: they exist to start the CLI.
+ENTRY_POINTS = {"boomerang_cli.__main__"}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Package modules ``name`` imports (anywhere in the file), as module names."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            # ``from pkg import sub`` imports the submodule; ``from mod import name`` the module.
+            targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in modules else mod for a in node.names]
+        for t in targets:
+            while t not in modules and "." in t:
+                t = t.rpartition(".")[0]
+            if t in modules and t != name:
+                found.add(t)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circle():
+    assert _cycles(_graph()) == []
+
+
+def test_the_core_never_imports_the_cli():
+    bad = {m: sorted(t for t in deps if t == "boomerang_cli.cli" or t.startswith("boomerang_cli.cli."))
+           for m, deps in _graph().items()
+           if not (m == "boomerang_cli.cli" or m.startswith("boomerang_cli.cli.")) and m not in ENTRY_POINTS}
+    assert {m: d for m, d in bad.items() if d} == {}
+
+
+def test_modules_stay_small():
+    sizes = {name: len(path.read_text().splitlines()) for name, path in _modules().items()}
+    assert {n: s for n, s in sizes.items() if s > MAX_LINES} == {}
+
+
+def test_the_graph_sees_imports_inside_functions(tmp_path):
+    """The checker itself: a circle through a function-level import is found."""
+    graph = {"a": {"b"}, "b": {"a"}, "c": {"a"}}
+    assert _cycles(graph) == [["a", "b"]]
+    modules = _modules()
+    deps = _imports("boomerang_cli.cli.family", modules["boomerang_cli.cli.family"], modules)
+    assert "boomerang_cli.family" in deps  # imported inside the command function
