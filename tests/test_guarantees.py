@@ -451,8 +451,8 @@ def test_case(case: Case, w: World):
         errors = [line for line in out.splitlines() if line.startswith("error:")]
         assert len(errors) == 1, out
         assert case.message in errors[0], out
-    else:
-        assert case.message in out, out
+    else:  # a table's wrapping depends on the path length: compare with whitespace collapsed
+        assert case.message in " ".join(out.split()), out
     for name, old in before.items():
         now = w.tree(name) if (w / name).is_dir() else (w / name).read_bytes()
         assert now == old, f"{name} changed"
@@ -503,7 +503,7 @@ def test_strict_json_writer_marks_non_finite_numbers():
 def test_interrupted_family_leaves_a_resumable_output(w: World, monkeypatch):
     """Ctrl-C while a member is written: exit 130, no temp dirs or lock left, the manifest says
     incomplete (so eval refuses it), and the same command then finishes the family."""
-    import boomerang_cli.family as family
+    import boomerang_cli.family.writer as family
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -518,7 +518,7 @@ def test_interrupted_family_leaves_a_resumable_output(w: World, monkeypatch):
     r = invoke("eval", w / "fam2", *(_fill(a, w) for a in EVAL))
     assert r.exit_code == 2 and "incomplete" in r.output, r.output
     r = invoke("family", w / "teacher", w / "student", "-o", w / "fam2", "--all")
-    assert r.exit_code == 0 and "1 written" in r.output, r.output
+    assert r.exit_code == 0 and "1 written" in " ".join(r.output.split()), r.output
     assert json.loads((w / "fam2" / "family.json").read_text())["complete"] is True
 
 
