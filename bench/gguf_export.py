@@ -192,7 +192,7 @@ def main() -> None:
         if not args.no_timing:
             report["member_by_member"] = separate
         if args.convert_script is not None and not args.no_timing:  # the same files: student, every member, teacher
-            from boomerang_cli.loader import load_family_models
+            from boomerang_cli.family.open import load_family_models
 
             roles = load_family_models(manifest, fam.parent)
             dirs = {"student": Path(roles["student"].path), "teacher": Path(roles["teacher"].path),
