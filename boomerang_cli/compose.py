@@ -168,9 +168,14 @@ def write_model_dir(
     extra_json: Mapping[str, Any] | None = None,
     max_shard_size: int = 5 * 10**9,
     on_tensor: Callable[[int], None] | None = None,
+    hash_files: bool = False,
 ) -> WriteResult:
-    """Write a complete HF model directory (weights, config, tokenizer, card) into ``directory``."""
-    result = write_safetensors(directory, comp.tensors, max_shard_size, on_tensor)
+    """Write a complete HF model directory (weights, config, tokenizer, card) into ``directory``.
+
+    ``hash_files``: the weight files' sha256 come back in ``result.digests``,
+    computed as they are written (the small files are left to the caller).
+    """
+    result = write_safetensors(directory, comp.tensors, max_shard_size, on_tensor, hash_files)
     copy_aux_files(aux_from, directory)
     comp.config.to_json_file(str(directory / "config.json"))
     (directory / "README.md").write_text(card)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Mapping
 
 from .manifest import MemberEntry
 
@@ -18,9 +19,11 @@ def sha256_file(path: Path) -> str:
         return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def checksums(directory: Path) -> dict[str, str]:
-    """``sha256`` of every file of a member directory, by name."""
-    return {p.name: sha256_file(p) for p in sorted(Path(directory).iterdir()) if p.is_file()}
+def checksums(directory: Path, known: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``sha256`` of every file of a member directory, by name; files in ``known`` (hashed
+    as they were written) are not read again."""
+    known = known or {}
+    return {p.name: known.get(p.name) or sha256_file(p) for p in sorted(Path(directory).iterdir()) if p.is_file()}
 
 
 def file_sizes(directory: Path) -> dict[str, int]:

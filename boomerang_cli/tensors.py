@@ -11,6 +11,7 @@ into place, so a crash never leaves a half-written model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -207,6 +208,37 @@ class WriteResult:
     files: list[str] = field(default_factory=list)
     total_bytes: int = 0
     num_params: int = 0
+    digests: dict[str, str] = field(default_factory=dict)  # file -> "sha256:<hex>", when asked to hash
+
+
+class HashingFile:
+    """An output file that hashes every byte written to it (sha256): checksums without reading back."""
+
+    def __init__(self, raw) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.raw.write(data)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def digest(self) -> str:
+        return "sha256:" + self.sha.hexdigest()
+
+
+def _hashed_copy(src: Path, begin: int, n: int, out: HashingFile, buf: memoryview) -> None:
+    """Copy ``n`` bytes of ``src`` from ``begin`` through ``buf``, hashing them on the way (one pass)."""
+    with open(src, "rb", buffering=0) as f:
+        f.seek(begin)
+        while n:
+            got = f.readinto(buf[:min(n, len(buf))])
+            if not got:
+                raise BoomerangError(f"{src}: file ended early while copying weights")
+            out.write(buf[:got])
+            n -= got
 
 
 def _shard(items: Sequence[OutTensor], max_shard_size: int) -> list[list[OutTensor]]:
@@ -308,11 +340,15 @@ def write_safetensors(
     items: Sequence[OutTensor],
     max_shard_size: int = 5 * 10**9,
     on_tensor: Callable[[int], None] | None = None,
+    hash_files: bool = False,
 ) -> WriteResult:
     """Stream ``items`` into ``directory`` as (sharded) safetensors plus index.
 
     Peak memory is one 16 MB slice of a tensor when a dtype conversion is asked
     for, and a few pages otherwise. ``on_tensor(nbytes)`` is called after each tensor (progress).
+    ``hash_files``: every file's sha256 is computed from the bytes as they are
+    written (``result.digests``), in place of the kernel-side ``copy_file_range``,
+    so no checksum ever needs to read a file back.
     """
     names = [it.name for it in items]
     if len(set(names)) != len(names):
@@ -320,6 +356,7 @@ def write_safetensors(
     shards = _shard(items, max_shard_size)
     n = len(shards)
     result = WriteResult()
+    buf = memoryview(bytearray(CHUNK_BYTES)) if hash_files else memoryview(b"")
     weight_map: dict[str, str] = {}
     for i, shard in enumerate(shards):
         fname = SINGLE_FILE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
@@ -334,23 +371,31 @@ def write_safetensors(
             off += it.out_nbytes
         hbytes = json.dumps(header, separators=(",", ":")).encode()
         hbytes += b" " * (-len(hbytes) % 8)
-        with open(directory / fname, "wb") as out:
+        with open(directory / fname, "wb") as raw:
+            out = HashingFile(raw) if hash_files else raw
             out.write(struct.pack("<Q", len(hbytes)))
             out.write(hbytes)
             for it in shard:
                 info = it.info
-                if it.dtype is None or DTYPES[info.dtype] == it.dtype:
-                    _copy_range(info.file, info.begin, info.nbytes, out)
-                else:
+                if it.dtype is not None and DTYPES[info.dtype] != it.dtype:
                     _convert_range(info, it.dtype, out)
+                elif hash_files:
+                    _hashed_copy(info.file, info.begin, info.nbytes, out, buf)
+                else:
+                    _copy_range(info.file, info.begin, info.nbytes, out)
                 weight_map[it.name] = fname
                 result.num_params += info.numel
                 result.total_bytes += it.out_nbytes
                 if on_tensor is not None:
                     on_tensor(it.out_nbytes)
+            if hash_files:
+                result.digests[fname] = out.digest()
         result.files.append(fname)
     if n > 1:
         index = {"metadata": {"total_size": result.total_bytes}, "weight_map": weight_map}
-        (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        text = (json.dumps(index, indent=2) + "\n").encode()
+        (directory / INDEX_FILE).write_bytes(text)
         result.files.append(INDEX_FILE)
+        if hash_files:
+            result.digests[INDEX_FILE] = "sha256:" + hashlib.sha256(text).hexdigest()
     return result

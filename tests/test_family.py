@@ -177,6 +177,24 @@ def test_family_sizes_writes_members_and_manifest(tmp_path, pair_dirs):
     assert sum(p.numel() for p in saved.parameters()) == m.members[0].num_params
 
 
+def test_family_never_reads_its_weight_files_back_to_hash_them(tmp_path, pair_dirs, monkeypatch):
+    """Checksums of the weights come from the bytes as written; only the small files are read back."""
+    from boomerang_cli import integrity
+
+    teacher, student = pair_dirs
+    read_back: list[str] = []
+    real = integrity.sha256_file
+    monkeypatch.setattr(integrity, "sha256_file", lambda p: read_back.append(Path(p).name) or real(p))
+    out = tmp_path / "fam"
+    r = cli("family", teacher, student, "-o", out, "--all", "--max-shard-size", "40kB")
+    assert r.exit_code == 0, r.output
+    assert read_back and not [n for n in read_back if n.endswith(".safetensors")], read_back
+    m = FamilyManifest.read(out)
+    for e in m.members:
+        assert any(f.startswith("model-") for f in e.files)  # sharded: several files hashed as written
+        assert {f: real(out / e.path / f) for f in e.files} == e.files
+
+
 def test_family_json_prints_the_manifest(tmp_path, pair_dirs, state_file):
     teacher, student = pair_dirs
     out = tmp_path / "fam"

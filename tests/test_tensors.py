@@ -142,6 +142,25 @@ def test_dtype_conversion(tmp_path, dtype):
     assert res.total_bytes == sum(t.numel() for t in ref.values()) * torch.empty(0, dtype=dtype).element_size()
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_files_hashed_as_written_match_their_bytes(llama_dir, tmp_path, dtype):
+    """hash_files: each file's sha256 comes from the bytes as written, equal to hashing the file after."""
+    import hashlib
+
+    w = ModelWeights(llama_dir)
+    for shard, name in ((5 * 10**9, "one"), (parse_size("40kB"), "many")):
+        out = tmp_path / f"{name}-{dtype}"
+        out.mkdir()
+        res = write_safetensors(out, [OutTensor(k, w, k, dtype) for k in w.keys()], shard, hash_files=True)
+        assert set(res.digests) == set(res.files) and (name == "one") == (len(res.files) == 1)
+        for f in res.files:
+            assert res.digests[f] == "sha256:" + hashlib.sha256((out / f).read_bytes()).hexdigest(), f
+        plain = tmp_path / f"{name}-{dtype}-plain"
+        plain.mkdir()
+        again = write_safetensors(plain, [OutTensor(k, w, k, dtype) for k in w.keys()], shard)
+        assert again.digests == {} and all((plain / f).read_bytes() == (out / f).read_bytes() for f in res.files)
+
+
 def test_dtype_conversion_in_small_chunks(tmp_path):
     # The converter streams a tensor in slices; a slice size that does not divide the
     # tensor must still give exactly the converted tensor.
