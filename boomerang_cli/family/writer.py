@@ -23,7 +23,7 @@ from ..orders import CALIBRATED_ORDERS, DEFAULT_ORDER, check_order
 from ..pair import Pair
 from ..progress import NULL, Progress
 from ..atomic import atomic_dir
-from ..tensors import dtype_flag
+from ..tensors import TensorDigests, dtype_flag
 from .card import member_card
 from .select import Candidate, Pick, SizeTarget
 
@@ -190,17 +190,19 @@ def build_family(
     total = sum(t.out_nbytes for p in todo for t in comps[p.name].tensors)
     task = progress.task("writing members", total, unit="B")
     written: list[str] = []
-    # Checksums come from the bytes as they are written (tensors.HashingFile): the
-    # weights are never read back. The small files (config, tokenizer, card) are
-    # hashed from disk inside the temporary directory. A member enters the manifest
+    # Weight files get a sha256-tensors digest (tensors.TensorDigests): each source
+    # tensor is hashed once for the whole family and the copy stays kernel-side, so
+    # no member is read back. The small files (config, tokenizer, card) are hashed
+    # from disk inside the temporary directory. A member enters the manifest
     # only after its directory is renamed into place; a directory renamed but not
     # yet recorded (killed in between) is simply rewritten by a resumed run.
+    tensor_digests = TensorDigests()
     for p in todo:
         comp = comps[p.name]
         task.update(description=f"writing {p.name}")
         with atomic_dir(output / p.name, overwrite=True) as tmp:
             result = write_model_dir(tmp, comp, pair.teacher.path, member_card(pair, p.candidate, comp, info),
-                                     None, max_shard_size, task.advance, hash_files=True)
+                                     None, max_shard_size, task.advance, tensor_digests)
             files, sizes = checksums(tmp, known=result.digests), file_sizes(tmp)
         entries[p.name] = member_entry(pair, p.candidate, comp, p.name, p.targets, files)
         entries[p.name].sizes = sizes
