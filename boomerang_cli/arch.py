@@ -187,6 +187,21 @@ def require_causal_lm(config: Any, trust_remote_code: bool = False) -> None:
         return
     causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     if not any(a in causal for a in archs):
+        named = ", ".join(archs)
+        if "AutoModelForCausalLM" in auto_map:  # a causal LM whose class is the repository's own code
+            raise UnsupportedArchitectureError(
+                f"{named} is the model's own code (its config's auto_map), not a class transformers ships; "
+                "pass --trust-remote-code if you trust it"
+            )
+        standard = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+        if standard and any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+            # A custom causal-LM class over a known model type: reading it as the standard
+            # class could be wrong, so refuse, but say what it is and how to proceed.
+            raise UnsupportedArchitectureError(
+                f"{named} is a custom class, not transformers' {standard} for model type {model_type!r}; "
+                f"if the weights are a standard {model_type} checkpoint, set \"architectures\": [\"{standard}\"] "
+                "in its config.json"
+            )
         raise UnsupportedArchitectureError(
             f"{', '.join(archs)} (model type {model_type!r}) is not a causal language model; "
             "boomerang needs a decoder-only LM (a *ForCausalLM checkpoint)"

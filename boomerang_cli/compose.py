@@ -21,7 +21,7 @@ import torch
 from .arch import ModelInfo, derived_config
 from .errors import PairMismatchError
 from .refs import copy_aux_files
-from .tensors import OutTensor, WriteResult, same_values, write_safetensors
+from .tensors import OutTensor, TensorDigests, WriteResult, same_values, write_safetensors
 
 
 @dataclass(frozen=True)
@@ -168,9 +168,14 @@ def write_model_dir(
     extra_json: Mapping[str, Any] | None = None,
     max_shard_size: int = 5 * 10**9,
     on_tensor: Callable[[int], None] | None = None,
+    digests: TensorDigests | None = None,
 ) -> WriteResult:
-    """Write a complete HF model directory (weights, config, tokenizer, card) into ``directory``."""
-    result = write_safetensors(directory, comp.tensors, max_shard_size, on_tensor)
+    """Write a complete HF model directory (weights, config, tokenizer, card) into ``directory``.
+
+    ``digests``: the weight files' digests come back in ``result.digests``
+    (``tensors.TensorDigests``; the small files are left to the caller).
+    """
+    result = write_safetensors(directory, comp.tensors, max_shard_size, on_tensor, digests)
     copy_aux_files(aux_from, directory)
     comp.config.to_json_file(str(directory / "config.json"))
     (directory / "README.md").write_text(card)

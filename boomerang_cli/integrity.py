@@ -3,14 +3,25 @@
 ``family`` records them; a rerun verifies members before keeping them; ``eval``
 refuses to record results for a member whose directory is not the one the
 manifest describes (sizes by default, checksums with ``--verify``).
+
+Two kinds of checksum: ``sha256:<hex>`` of the whole file (config, tokenizer,
+card; the weights of families written before) and, for weight files,
+``sha256-tensors:<hex>`` (``tensors.tree_digest``): sha256 over the sha256 of
+the header and of each tensor's bytes, in file order. The second lets
+``family`` hash each source tensor once for the whole family instead of
+reading every member back; verifying either reads the file once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import struct
 from pathlib import Path
+from typing import Mapping
 
 from .manifest import MemberEntry
+from .tensors import CHUNK_BYTES, TENSORS_DIGEST, range_digest, tree_digest
 
 
 def sha256_file(path: Path) -> str:
@@ -18,9 +29,45 @@ def sha256_file(path: Path) -> str:
         return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def checksums(directory: Path) -> dict[str, str]:
-    """``sha256`` of every file of a member directory, by name."""
-    return {p.name: sha256_file(p) for p in sorted(Path(directory).iterdir()) if p.is_file()}
+def tensors_digest(path: Path) -> str | None:
+    """A safetensors file's ``sha256-tensors:`` digest, or None when its layout is not one the
+    writer makes (tensors contiguous from the header to the end of the file)."""
+    path = Path(path)
+    size = path.stat().st_size
+    buf = memoryview(bytearray(CHUNK_BYTES))
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) != 8:
+            return None
+        n = struct.unpack("<Q", prefix)[0]
+        if n > min(size - 8, 100_000_000):
+            return None
+        header = f.read(n)
+    try:
+        entries = json.loads(header.decode("utf-8"))
+        spans = sorted(tuple(v["data_offsets"]) for k, v in entries.items() if k != "__metadata__")
+    except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError):
+        return None
+    pos = 0
+    for begin, end in spans:  # contiguous, covering the data region exactly: no byte left out
+        if begin != pos or end < begin:
+            return None
+        pos = end
+    if 8 + n + pos != size:
+        return None
+    return tree_digest(prefix + header, [range_digest(path, 8 + n + b, e - b, buf) for b, e in spans])
+
+
+def digest_like(path: Path, recorded: str) -> str | None:
+    """``path``'s checksum in the kind ``recorded`` is (whole-file sha256, or per tensor)."""
+    return tensors_digest(path) if recorded.startswith(TENSORS_DIGEST) else sha256_file(path)
+
+
+def checksums(directory: Path, known: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``sha256`` of every file of a member directory, by name; files in ``known`` (hashed
+    as they were written) are not read again."""
+    known = known or {}
+    return {p.name: known.get(p.name) or sha256_file(p) for p in sorted(Path(directory).iterdir()) if p.is_file()}
 
 
 def file_sizes(directory: Path) -> dict[str, int]:
@@ -55,7 +102,7 @@ def member_problem(family_dir: Path, entry: MemberEntry, full: bool = False) -> 
         size = entry.sizes.get(name)
         if size is not None and p.stat().st_size != size:
             return f"{p} has {p.stat().st_size} bytes, the manifest says {size}"
-        if full and sha256_file(p) != digest:
+        if full and digest_like(p, digest) != digest:
             return f"{p} does not match its recorded checksum"
     return None
 
@@ -66,6 +113,6 @@ def verify_member(directory: Path, entry: MemberEntry) -> bool:
         return False
     for name, digest in entry.files.items():
         p = Path(directory) / name
-        if not p.is_file() or sha256_file(p) != digest:
+        if not p.is_file() or digest_like(p, digest) != digest:
             return False
     return True

@@ -128,7 +128,7 @@ class MemberEntry:
     head_from: str
     tied: bool
     targets: list[str] = field(default_factory=list)  # the --sizes that picked it
-    files: dict[str, str] = field(default_factory=dict)  # file name -> "sha256:<hex>"
+    files: dict[str, str] = field(default_factory=dict)  # file name -> "sha256:<hex>" | "sha256-tensors:<hex>"
     sizes: dict[str, int] = field(default_factory=dict)  # file name -> bytes (eval's cheap check)
     metrics: dict[str, Any] = field(default_factory=dict)
 

@@ -9,6 +9,7 @@ into a cache where needed (GGUF, and pickle checkpoints when allowed).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelNotFoundError
-from .atomic import atomic_dir
+from .atomic import atomic_dir, atomic_write_text
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 BUILTINS: dict[str, dict[str, str]] = {
@@ -124,11 +125,25 @@ def hub_id_of_url(url: Any) -> str | None:
     return m.group(1) if m else None
 
 
+_GGUF_METADATA: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
 def read_gguf_metadata(path: Path) -> dict[str, Any]:
     """What cards and generation configs need from a GGUF header: license, base models, end tokens.
 
-    The reader maps the file and parses only the header, so this is cheap even for a large model.
+    The reader parses every header field in Python, tokenizer arrays included
+    (7 s for SmolLM2's 49k-token vocabulary here), so the result is memoized per
+    file version (path, size, mtime): a family writes a card and a generation
+    config per member and must not pay that each time.
     """
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _GGUF_METADATA:
+        _GGUF_METADATA[key] = _read_gguf_metadata(path)
+    return dict(_GGUF_METADATA[key])
+
+
+def _read_gguf_metadata(path: Path) -> dict[str, Any]:
     import gguf as _gguf
 
     reader = _gguf.GGUFReader(str(path))
@@ -158,9 +173,12 @@ def source_metadata(directory: Path) -> dict[str, Any]:
     src = Path(str(data.get("converted_from", "")))
     if src.suffix == ".gguf" and src.is_file():
         try:
-            return read_gguf_metadata(src)
+            meta = read_gguf_metadata(src)
         except Exception:  # an unreadable header only costs the card its metadata
             return {"file": src.name}
+        with contextlib.suppress(OSError):  # record it, so later runs do not read the header again
+            atomic_write_text(Path(directory) / SOURCE_JSON, json.dumps({**data, "gguf": meta}, indent=2) + "\n")
+        return meta
     return {"file": src.name} if src.suffix == ".gguf" else {}
 
 

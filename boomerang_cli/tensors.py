@@ -11,6 +11,7 @@ into place, so a crash never leaves a half-written model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -207,6 +208,81 @@ class WriteResult:
     files: list[str] = field(default_factory=list)
     total_bytes: int = 0
     num_params: int = 0
+    digests: dict[str, str] = field(default_factory=dict)  # weight file -> digest, when asked (TensorDigests)
+
+
+#: A safetensors file's digest that needs no second pass over the family: sha256 over the
+#: sha256 of its header (length prefix included) and of each tensor's bytes, in file order.
+TENSORS_DIGEST = "sha256-tensors:"
+
+
+def tree_digest(header: bytes, tensor_digests: Sequence[bytes]) -> str:
+    """Combine a file's header and per-tensor sha256 digests into its ``sha256-tensors:`` digest."""
+    top = hashlib.sha256(hashlib.sha256(header).digest())
+    for d in tensor_digests:
+        top.update(d)
+    return TENSORS_DIGEST + top.hexdigest()
+
+
+def range_digest(path: Path, begin: int, n: int, buf: memoryview) -> bytes:
+    """sha256 of ``n`` bytes of ``path`` from ``begin``, read through ``buf``."""
+    sha = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        f.seek(begin)
+        while n:
+            got = f.readinto(buf[:min(n, len(buf))])
+            if not got:
+                raise BoomerangError(f"{path}: file ended early while hashing weights")
+            sha.update(buf[:got])
+            n -= got
+    return sha.digest()
+
+
+class _HashingWriter:
+    """Passes writes through to ``out`` and hashes them: a converted tensor's digest as written."""
+
+    def __init__(self, out) -> None:
+        self.out, self.sha = out, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.out.write(data)
+
+
+class TensorDigests:
+    """Each source tensor's digest as saved, computed once per family and reused by every member.
+
+    Keyed by the source range and its file's version (size, mtime) and the
+    saved dtype: a tensor shared by thirteen members is hashed once, not thirteen times.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[tuple, bytes] = {}
+        self._buf = memoryview(bytearray(CHUNK_BYTES))
+
+    @staticmethod
+    def key(it: "OutTensor") -> tuple:
+        st = os.stat(it.info.file)
+        return (str(it.info.file), it.info.begin, it.info.nbytes, st.st_size, st.st_mtime_ns, it.out_dtype)
+
+    def source(self, it: "OutTensor") -> bytes:
+        """The digest of a tensor copied unchanged (read from its source once)."""
+        k = self.key(it)
+        if k not in self._known:
+            self._known[k] = range_digest(it.info.file, it.info.begin, it.info.nbytes, self._buf)
+        return self._known[k]
+
+    def converted(self, it: "OutTensor", out) -> bytes:
+        """Write a converted tensor to ``out``; its digest from the bytes as written (or known)."""
+        k = self.key(it)
+        known = self._known.get(k)
+        if known is not None:
+            _convert_range(it.info, it.dtype, out)
+            return known
+        w = _HashingWriter(out)
+        _convert_range(it.info, it.dtype, w)
+        self._known[k] = w.sha.digest()
+        return self._known[k]
 
 
 def _shard(items: Sequence[OutTensor], max_shard_size: int) -> list[list[OutTensor]]:
@@ -308,11 +384,16 @@ def write_safetensors(
     items: Sequence[OutTensor],
     max_shard_size: int = 5 * 10**9,
     on_tensor: Callable[[int], None] | None = None,
+    digests: TensorDigests | None = None,
 ) -> WriteResult:
     """Stream ``items`` into ``directory`` as (sharded) safetensors plus index.
 
     Peak memory is one 16 MB slice of a tensor when a dtype conversion is asked
     for, and a few pages otherwise. ``on_tensor(nbytes)`` is called after each tensor (progress).
+    ``digests``: each weight file's ``sha256-tensors:`` digest goes into
+    ``result.digests``, from its header and the per-tensor digests (each source
+    tensor hashed once per ``TensorDigests``), so the copy stays kernel-side and
+    no file is read back.
     """
     names = [it.name for it in items]
     if len(set(names)) != len(names):
@@ -334,20 +415,28 @@ def write_safetensors(
             off += it.out_nbytes
         hbytes = json.dumps(header, separators=(",", ":")).encode()
         hbytes += b" " * (-len(hbytes) % 8)
+        tensor_digests: list[bytes] = []
         with open(directory / fname, "wb") as out:
             out.write(struct.pack("<Q", len(hbytes)))
             out.write(hbytes)
             for it in shard:
                 info = it.info
-                if it.dtype is None or DTYPES[info.dtype] == it.dtype:
-                    _copy_range(info.file, info.begin, info.nbytes, out)
+                if it.dtype is not None and DTYPES[info.dtype] != it.dtype:
+                    if digests is not None:
+                        tensor_digests.append(digests.converted(it, out))
+                    else:
+                        _convert_range(info, it.dtype, out)
                 else:
-                    _convert_range(info, it.dtype, out)
+                    _copy_range(info.file, info.begin, info.nbytes, out)
+                    if digests is not None:
+                        tensor_digests.append(digests.source(it))
                 weight_map[it.name] = fname
                 result.num_params += info.numel
                 result.total_bytes += it.out_nbytes
                 if on_tensor is not None:
                     on_tensor(it.out_nbytes)
+        if digests is not None:
+            result.digests[fname] = tree_digest(struct.pack("<Q", len(hbytes)) + hbytes, tensor_digests)
         result.files.append(fname)
     if n > 1:
         index = {"metadata": {"total_size": result.total_bytes}, "weight_map": weight_map}

@@ -177,6 +177,33 @@ def test_family_sizes_writes_members_and_manifest(tmp_path, pair_dirs):
     assert sum(p.numel() for p in saved.parameters()) == m.members[0].num_params
 
 
+def test_family_hashes_each_source_tensor_once_and_reads_no_member_back(tmp_path, pair_dirs, monkeypatch):
+    """Weight files get sha256-tensors digests from source tensors hashed once for the whole family;
+    no member's weights are read back; the digests verify from the files alone."""
+    from boomerang_cli import integrity, tensors
+
+    teacher, student = pair_dirs
+    read_back: list[str] = []
+    hashed: list[tuple] = []
+    real_file, real_range = integrity.sha256_file, tensors.range_digest
+    monkeypatch.setattr(integrity, "sha256_file", lambda p: read_back.append(Path(p).name) or real_file(p))
+    monkeypatch.setattr(tensors, "range_digest", lambda *a: hashed.append(a[:3]) or real_range(*a))
+    out = tmp_path / "fam"
+    r = cli("family", teacher, student, "-o", out, "--all", "--max-shard-size", "40kB")
+    assert r.exit_code == 0, r.output
+    assert read_back and not [n for n in read_back if n.endswith(".safetensors")], read_back
+    assert hashed and len(hashed) == len(set(hashed))  # every source range hashed once
+    assert all(str(p).startswith((str(teacher), str(student))) for p, _, _ in hashed)
+    m = FamilyManifest.read(out)
+    assert len(m.members) > 1
+    for e in m.members:
+        weights = [f for f in e.files if f.endswith(".safetensors")]
+        assert len(weights) > 1 and all(e.files[f].startswith("sha256-tensors:") for f in weights)
+        assert all(e.files[f].startswith("sha256:") for f in e.files if f not in weights)
+        assert verify_member(out / e.path, e)
+        assert {f: integrity.digest_like(out / e.path / f, d) for f, d in e.files.items()} == e.files
+
+
 def test_family_json_prints_the_manifest(tmp_path, pair_dirs, state_file):
     teacher, student = pair_dirs
     out = tmp_path / "fam"

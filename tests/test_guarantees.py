@@ -181,6 +181,16 @@ def nan_model(w: World, name: str) -> None:
     save_file(tensors, f, metadata={"format": "pt"})
 
 
+def custom_class(w: World, name: str, auto_map: bool, arch: str = "MyLlamaForCausalLM") -> None:
+    """A copy of the teacher whose config names a class transformers does not ship."""
+    shutil.copytree(w / "teacher", w / name)
+    cfg = json.loads((w / name / "config.json").read_text())
+    cfg["architectures"] = [arch]
+    if auto_map:
+        cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_my.MyLlamaForCausalLM"}
+    (w / name / "config.json").write_text(json.dumps(cfg))
+
+
 def strict_json(path: Path, expect_marker: bool = False) -> None:
     """Parses with a parser that refuses NaN/Infinity (as JavaScript's JSON.parse does)."""
     def refuse(x: str):
@@ -398,6 +408,16 @@ CASES: list[Case] = [
          "reused", setup=lambda w: (leftover(w, f"fam/.member-03L.old-{dead_pid()}"),
                                     leftover(w, f"fam/.member-03L.tmp-{dead_pid()}-x")),
          after=no_hidden_leftovers),
+    # 9. A custom class over a known model type is refused as what it is, not as "not a causal LM".
+    Case("init-student-custom-class", ["init-student", "{w}/custom", "-o", "{w}/s2"], 2,
+         "is a custom class, not transformers' LlamaForCausalLM", setup=lambda w: custom_class(w, "custom", False),
+         after=absent("s2"), keeps=unchanged("custom")),
+    Case("init-student-remote-code-class", ["init-student", "{w}/custom", "-o", "{w}/s2"], 2,
+         "pass --trust-remote-code", setup=lambda w: custom_class(w, "custom", True), after=absent("s2"),
+         keeps=unchanged("custom")),
+    Case("init-student-masked-lm-still-refused", ["init-student", "{w}/custom", "-o", "{w}/s2"], 2,
+         "not a causal language model", setup=lambda w: custom_class(w, "custom", False, "MyLlamaForMaskedLM"),
+         after=absent("s2")),
     # 7. Messages are plain text (no rich markup or emoji), long names are fine, too long ones exit 2.
     Case("message-keeps-brackets-and-colons", ["init-student", "{w}/teacher", "-o", "{w}/a[bold]b:train:"], 2,
          "a[bold]b:train: exists and is not empty", setup=lambda w: leftover(w, "a[bold]b:train:/x")),

@@ -474,10 +474,24 @@ def test_cards_from_a_gguf_teacher_carry_its_license_and_base_model_and_no_local
         tok = json.loads((out / "tokenizer_config.json").read_text())
         assert not {"local_files_only", "is_local"} & set(tok)
         assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [0, 1]
-    # A cache converted before the metadata was recorded: the GGUF's header is read again.
+    # A cache converted before the metadata was recorded: the GGUF's header is read again, once
+    # (memoized per file version, and recorded in the cache for later runs).
+    from boomerang_cli import refs as refs_mod
+
     src = ref.path / "boomerang_source.json"
     src.write_text(json.dumps({"converted_from": str(gguf_path.resolve())}))
-    assert source_metadata(ref.path)["license"] == "gemma"
+    refs_mod._GGUF_METADATA.clear()
+    reads: list[Path] = []
+    real = refs_mod._read_gguf_metadata
+    refs_mod._read_gguf_metadata = lambda p: reads.append(p) or real(p)
+    try:
+        assert [source_metadata(ref.path)["license"] for _ in range(3)] == ["gemma"] * 3
+        refs_mod._GGUF_METADATA.clear()
+        assert source_metadata(ref.path)["license"] == "gemma"  # from the upgraded record, no read
+    finally:
+        refs_mod._read_gguf_metadata = real
+    assert len(reads) == 1
+    assert json.loads(src.read_text())["gguf"]["license"] == "gemma"
 
 
 def test_card_license_from_the_teachers_own_card(tmp_path, llama):

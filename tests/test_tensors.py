@@ -142,6 +142,42 @@ def test_dtype_conversion(tmp_path, dtype):
     assert res.total_bytes == sum(t.numel() for t in ref.values()) * torch.empty(0, dtype=dtype).element_size()
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_tensor_digests_match_the_files_and_hash_each_source_once(llama_dir, tmp_path, dtype, monkeypatch):
+    """write_safetensors(digests=...): each weight file's sha256-tensors digest equals the one computed
+    from the file alone; a second write of the same tensors (another member) reads no source again."""
+    from boomerang_cli import tensors
+    from boomerang_cli.integrity import tensors_digest
+
+    w = ModelWeights(llama_dir)
+    digests = tensors.TensorDigests()
+    reads: list[int] = []
+    real = tensors.range_digest
+    monkeypatch.setattr(tensors, "range_digest", lambda *a: reads.append(a[2]) or real(*a))
+    results = []
+    for shard, name in ((5 * 10**9, "one"), (parse_size("40kB"), "many"), (parse_size("40kB"), "again")):
+        out = tmp_path / name
+        out.mkdir()
+        res = write_safetensors(out, [OutTensor(k, w, k, dtype) for k in w.keys()], shard, digests=digests)
+        weights = [f for f in res.files if f.endswith(".safetensors")]
+        assert set(res.digests) == set(weights) and (name == "one") == (len(weights) == 1)
+        for f in weights:
+            assert res.digests[f].startswith("sha256-tensors:") and res.digests[f] == tensors_digest(out / f), f
+        results.append(res)
+    assert len(reads) == (0 if dtype else len(w.keys())), reads  # each source tensor hashed once, ever
+    assert results[1].digests == results[2].digests
+    # Any byte changed, in a tensor or in the header, changes the digest; so does a trailing byte.
+    f = tmp_path / "one" / SINGLE_FILE
+    good = f.read_bytes()
+    for pos in (10, len(good) // 2, len(good) - 1):
+        bad = bytearray(good)
+        bad[pos] ^= 1
+        f.write_bytes(bytes(bad))
+        assert tensors_digest(f) != results[0].digests[SINGLE_FILE], pos
+    f.write_bytes(good + b"\0")
+    assert tensors_digest(f) is None
+
+
 def test_dtype_conversion_in_small_chunks(tmp_path):
     # The converter streams a tensor in slices; a slice size that does not divide the
     # tensor must still give exactly the converted tensor.

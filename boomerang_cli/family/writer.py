@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +23,7 @@ from ..orders import CALIBRATED_ORDERS, DEFAULT_ORDER, check_order
 from ..pair import Pair
 from ..progress import NULL, Progress
 from ..atomic import atomic_dir
-from ..tensors import dtype_flag
+from ..tensors import TensorDigests, dtype_flag
 from .card import member_card
 from .select import Candidate, Pick, SizeTarget
 
@@ -191,41 +190,24 @@ def build_family(
     total = sum(t.out_nbytes for p in todo for t in comps[p.name].tensors)
     task = progress.task("writing members", total, unit="B")
     written: list[str] = []
-    # Checksums read each member back from the page cache. One helper thread does
-    # that for member i while member i+1 is written (the copy is kernel work), so
-    # hashing costs a second core rather than wall time. A member enters the
-    # manifest only once its checksums are in; a directory renamed into place
-    # but not yet recorded is simply rewritten by a resumed run.
-    pool = ThreadPoolExecutor(1)
-    hashing: list[tuple[Pick, Composition, Future]] = []
-
-    def record(block: bool) -> None:
-        while hashing and (block or hashing[0][2].done()):
-            p, comp, fut = hashing.pop(0)
-            entries[p.name] = member_entry(pair, p.candidate, comp, p.name, p.targets, fut.result())
-            entries[p.name].sizes = file_sizes(output / p.name)
-            written.append(p.name)
-            save()
-
-    try:
-        for p in todo:
-            comp = comps[p.name]
-            task.update(description=f"writing {p.name}")
-            with atomic_dir(output / p.name, overwrite=True) as tmp:
-                write_model_dir(tmp, comp, pair.teacher.path, member_card(pair, p.candidate, comp, info),
-                                None, max_shard_size, task.advance)
-            hashing.append((p, comp, pool.submit(checksums, output / p.name)))
-            record(block=len(hashing) > 1)  # at most one member hashed behind the writer
-        record(block=True)
-    except BaseException:
-        # Interrupted or failed while writing: keep what is complete for the resume.
-        try:
-            record(block=True)
-        except Exception:  # the original error matters more
-            pass
-        raise
-    finally:
-        pool.shutdown(wait=True)
+    # Weight files get a sha256-tensors digest (tensors.TensorDigests): each source
+    # tensor is hashed once for the whole family and the copy stays kernel-side, so
+    # no member is read back. The small files (config, tokenizer, card) are hashed
+    # from disk inside the temporary directory. A member enters the manifest
+    # only after its directory is renamed into place; a directory renamed but not
+    # yet recorded (killed in between) is simply rewritten by a resumed run.
+    tensor_digests = TensorDigests()
+    for p in todo:
+        comp = comps[p.name]
+        task.update(description=f"writing {p.name}")
+        with atomic_dir(output / p.name, overwrite=True) as tmp:
+            result = write_model_dir(tmp, comp, pair.teacher.path, member_card(pair, p.candidate, comp, info),
+                                     None, max_shard_size, task.advance, tensor_digests)
+            files, sizes = checksums(tmp, known=result.digests), file_sizes(tmp)
+        entries[p.name] = member_entry(pair, p.candidate, comp, p.name, p.targets, files)
+        entries[p.name].sizes = sizes
+        written.append(p.name)
+        save()
     progress.finish(task)
     manifest.complete = True
     save()
