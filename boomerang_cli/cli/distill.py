@@ -114,6 +114,10 @@ def distill_cmd(
     precision: str = typer.Option(D["precision"], "--precision", help="auto (bf16 autocast on GPUs that support it), bf16 or fp32."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute student activations in backward (less memory)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the student's decoder layers."),
+    fsdp: bool = typer.Option(False, "--fsdp", help="Shard student and teacher with FSDP2 across the processes "
+        "of torchrun/accelerate launch (the same as --shard student,teacher; default: DDP, whole copies)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="What FSDP2 shards: student, teacher or "
+        "student,teacher (see docs/distill.md)."),
     seed: int = typer.Option(D["seed"], "--seed", help="Random seed."),
     save_every: int = typer.Option(D["save_every"], "--save-every", help="Checkpoint every N steps (0: never)."),
     checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Where checkpoints and live metrics go (default: <output>-checkpoints)."),
@@ -143,6 +147,10 @@ def distill_cmd(
         from ..state import record
 
         teacher, student, output = resolve_short_form(teacher, student, output)
+        if fsdp and shard:
+            from ..errors import BoomerangError
+
+            raise BoomerangError("--fsdp means --shard student,teacher; pass one of them, not both")
         weights = get_recipe(recipe).loss_weights(0.0 if no_ce else ce_weight, 0.0 if no_kl else kl_weight,
                                                   0.0 if no_cos else cos_weight, temperature)
         cfg = DistillConfig(
@@ -156,6 +164,7 @@ def distill_cmd(
             checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints,
             report_to=list(report_to), logging_dir=logging_dir, dtype=dtype, max_shard_size=max_shard_size,
             overwrite=overwrite, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+            shard=["student", "teacher"] if fsdp else ([shard] if shard else []),
         )
         with (lock_if(output, main_rank), lock_if(cfg.ckpt_dir, main_rank),  # one writer per output
               progress(not json_out and main_rank) as bar):

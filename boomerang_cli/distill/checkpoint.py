@@ -21,7 +21,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -86,26 +86,37 @@ def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.O
     rngs = _gather_rng()
     final = None
     if is_main:
-        root = Path(root)
-        name = f"step-{step:07d}"
-        final = root / name
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
-        try:
-            torch.save({"model": model_sd, "optimizer": optim_sd, "scheduler": scheduler.state_dict(),
-                        "rng": rngs}, tmp / STATE)
-            (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        atomic_write_text(root / LATEST, name + "\n")
-        for old in root.glob("step-*"):
-            if old.name != name and old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
+        state = {"model": model_sd, "optimizer": optim_sd, "scheduler": scheduler.state_dict(), "rng": rngs}
+        final = commit(root, step, temp_dir(root, step), trainer_state, lambda tmp: torch.save(state, tmp / STATE))
     if _distributed():
         dist.barrier()
+    return final
+
+
+def temp_dir(root: Path, step: int) -> Path:
+    """A fresh directory under ``root`` for checkpoint ``step`` to be written into (rank 0)."""
+    return Path(tempfile.mkdtemp(prefix=f".step-{step:07d}.tmp-", dir=root))
+
+
+def commit(root: Path, step: int, tmp: Path, trainer_state: dict[str, Any], write: Callable[[Path], None]) -> Path:
+    """Rank 0: ``write(tmp)``, add ``trainer_state.json``, rename ``tmp`` into place, point
+    ``latest`` at it and remove older checkpoints; ``tmp`` is removed if any of that fails."""
+    root = Path(root)
+    name = f"step-{step:07d}"
+    final = root / name
+    try:
+        write(tmp)
+        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(root / LATEST, name + "\n")
+    for old in root.glob("step-*"):
+        if old.name != name and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -78,6 +78,7 @@ class DistillConfig:
     overwrite: bool = False
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    shard: list[str] = field(default_factory=list)  # FSDP2 (fsdp.py): "student", "teacher"; empty: DDP
 
     DEFAULT_STEPS = 500  # the paper's step count
 
@@ -131,6 +132,7 @@ class DistillResult:
     peak_memory_bytes: int | None = None  # CUDA: the most memory torch allocated on this process's GPU
     frozen_embeddings: bool = False  # input embeddings and LM head kept as the teacher's
     bos: bool = False  # every training and validation block started with BOS
+    memory: list[dict[str, int]] | None = None  # per rank, after the first step (fsdp.memory_report)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -15,6 +15,7 @@ import torch
 
 from ..data import IGNORE, Block, collate
 from ..models import attention_mask
+from . import fsdp
 from .model import Teacher
 
 
@@ -54,8 +55,9 @@ def _micro_batch(model: Any, teacher: Teacher, acc: Any, x: torch.Tensor, y: tor
     if need_teacher:
         with acc.autocast():
             t_out = teacher(x, attn)
-    return model(x, y, msk, attn, t_out.final if t_out else None, t_out.aligned if t_out else [],
-                 ce_denom, tok_denom)
+    with fsdp.teacher_head(teacher, model):  # a sharded teacher's head, gathered for KL
+        return model(x, y, msk, attn, t_out.final if t_out else None, t_out.aligned if t_out else [],
+                     ce_denom, tok_denom)
 
 
 def _terms(out: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -4,8 +4,9 @@ The recipe reads top to bottom like a nanoGPT/torchtune training script:
 models and plan, data, optimizer and schedule, resume, the loop (teacher
 forward, student forward + loss, backward, clip, step), evaluation,
 checkpoints, and the final model directory. Accelerate is only the engine:
-it picks the device, wraps the student for DDP or FSDP under ``accelerate
+it picks the device, wraps the student for DDP under ``accelerate
 launch``/``torchrun``, and supplies autocast; everything else is plain PyTorch.
+``--fsdp`` shards student and teacher with FSDP2 instead (:mod:`.fsdp`).
 
 Batches: ``--batch-size`` sequences per process and micro-step, ``--grad-accum``
 micro-steps per optimizer step, so a step sees ``batch x accum x processes``
@@ -40,7 +41,7 @@ from ..refs import ModelRef, resolve
 from ..student import StudentRecord, write_trained_student
 from ..tensors import parse_dtype
 from ..units import parse_size
-from . import checkpoint
+from . import checkpoint, fsdp, sharded_checkpoint
 from .config import DistillConfig, DistillResult, check_resumable, validate
 from .losses import LogitHead, verify_head
 from .metrics import METRICS, MetricSink
@@ -147,11 +148,12 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
     device = acc.device
     progress = progress if is_main else NULL
     _on_main(acc, lambda: validate(cfg))
+    sharding = fsdp.Sharding.create(cfg.shard, world, device, bf16)  # FSDP2 or not
 
     # 1. Teacher, plan and student; refuse a mismatched pair early.
     t_ref, t_info, plan, pair = open_models(cfg)
     student_dir = Path(pair.student_ref.path) if pair is not None else None
-    warnings = list(pair.warnings) if pair is not None else []
+    warnings = (list(pair.warnings) if pair is not None else []) + sharding.warnings
     inputs = [("teacher", t_ref.path), ("student", student_dir), *local_sources(cfg.data)]
     check_disjoint(cfg.output, inputs)
     check_disjoint(cfg.ckpt_dir, inputs, "--checkpoint-dir")
@@ -186,8 +188,9 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
     random.seed(cfg.seed)
     w = cfg.weights
     teacher_dtype = torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
-    teacher_model = load_model(t_ref.path, teacher_dtype, device, cfg.trust_remote_code)
     layers_path = t_info.arch.layers_path
+    teacher_model = sharding.shard_teacher(load_model(t_ref.path, teacher_dtype, "cpu", cfg.trust_remote_code),
+                                           layers_path)  # on the device, whole or sharded
     student_model = (load_model(student_dir, torch.float32, "cpu", cfg.trust_remote_code) if student_dir
                      else student_from_plan(t_info, plan, cfg.trust_remote_code))
     verify_head(student_model, LogitHead.of(student_model), int(text_config(student_model.config).vocab_size))
@@ -206,12 +209,14 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
         for layer in student_model.get_submodule(layers_path):
             layer.forward = torch.compile(layer.forward)
 
-    # 4. Optimizer and schedule (paper defaults), then the distributed wrapping.
+    # 4. Optimizer and schedule (paper defaults), then the distributed wrapping (FSDP2: before the optimizer).
+    model = sharding.shard_student(model, layers_path)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
                                   eps=cfg.eps, fused=False)
     warmup = math.ceil(cfg.warmup * steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(steps, warmup))
-    model, optimizer = acc.prepare(model, optimizer)
+    if not sharding.student:
+        model, optimizer = acc.prepare(model, optimizer)
 
     # 5. The checkpoint directory; resume: weights, optimizer, schedule, RNG and data position.
     resume_from = _on_main(acc, lambda: checkpoint.prepare_run_dir(cfg.ckpt_dir, overwrite=cfg.overwrite,
@@ -227,7 +232,7 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
         if resume_from is not None:
             state = checkpoint.read_trainer_state(resume_from)
             check_resumable(cfg, state, world, steps)
-            checkpoint.load(resume_from, model, optimizer, scheduler, rank, is_main)
+            sharded_checkpoint.load(resume_from, model, optimizer, scheduler, rank, is_main)  # either kind
             start_step, tokens_seen = int(state["step"]), int(state["tokens"])
             position = StreamPosition.from_json(state["position"])
             resumed_from = start_step
@@ -240,6 +245,7 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
         final: dict[str, float] = {}
         last_eval: dict[str, float] | None = None
         train_time, train_tokens = 0.0, 0
+        memory = None
         task = progress.task("distilling", steps, unit="step")
         task.advance(start_step)
         if val_blocks and start_step == 0:  # the starting point, to compare the end with
@@ -259,6 +265,8 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
                 raise _diverged(f"the gradient norm became {grad_norm}", step, last_good, cfg)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
+            if step == start_step:
+                memory = fsdp.memory_report(model, optimizer, teacher_model, device)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             dt = time.time() - t0
@@ -280,12 +288,13 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
                 trainer_state = {"step": done, "tokens": tokens_seen, "position": stream.position.to_json(),
                                  "world_size": world, "steps": steps, "config": cfg.to_json(),
                                  "boomerang_version": __version__}
-                last_good = checkpoint.save(cfg.ckpt_dir, done, model, optimizer, scheduler, trainer_state, is_main)
+                save = sharded_checkpoint.save if sharding.student else checkpoint.save
+                last_good = save(cfg.ckpt_dir, done, model, optimizer, scheduler, trainer_state, is_main)
         progress.finish(task)
         sink.close()
 
         # 7. The distilled student, a standard HF directory (rank 0 writes; FSDP gathers on all ranks).
-        state_dict = acc.get_state_dict(model)
+        state_dict = sharding.state_dict(acc, model)
         elapsed = time.time() - t_start
         result = DistillResult(
             output=str(cfg.output), teacher=t_ref.stable_ref,
@@ -296,7 +305,7 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
             device=str(device.type), precision="bf16" if bf16 else "fp32", warnings=warnings,
             peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
             frozen_embeddings=frozen,
-            bos=bos_id is not None,
+            bos=bos_id is not None, memory=memory,
         )
         if is_main:
             _write_student(cfg, t_ref, t_info, plan, student_dir, acc.unwrap_model(model).model, state_dict, result)

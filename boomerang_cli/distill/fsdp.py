@@ -1,0 +1,220 @@
+"""FSDP2 for ``boomerang distill --fsdp``: student and frozen teacher sharded per decoder layer.
+
+``torch.distributed.fsdp.fully_shard`` is applied here directly, on every
+device, instead of through Accelerate's FSDP plugin:
+
+* Accelerate turns its plugin on only for GPU-like devices (``MULTI_CPU``
+  never becomes ``DistributedType.FSDP``), so the plugin path cannot run, or be
+  tested, on CPU processes over gloo; ``fully_shard`` runs on gloo and NCCL alike.
+* The plugin shards what goes through ``accelerator.prepare``: the student. The
+  frozen teacher needs its own, forward-only sharding, and its LM head gathered
+  while the student's loss computes KL against it (:func:`teacher_head`).
+
+Layout (the torchtitan one): every decoder layer is one FSDP unit, gathered
+for its forward (and, for the student, again in backward) and resharded right
+after; the root unit holds what is left (embeddings, final norm, LM head).
+So a rank holds ``1 / world`` of each model plus, briefly, one layer in full.
+On GPU with bf16 the student keeps fp32 shards and gathers bf16 copies
+(``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``) under the same
+autocast the unsharded path uses; the teacher is bf16 already.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import resource
+import sys
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+
+from ..errors import BoomerangError
+from .losses import LogitHead
+
+SHARDABLE = ("student", "teacher")
+#: sharded teacher -> (the FSDP unit holding its head's weight, whether that is the input embedding)
+_HEADS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[Any, bool]]" = weakref.WeakKeyDictionary()
+
+
+def parse_shard(shard: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"student,teacher"`` / ``["teacher"]`` / ``"none"`` to the sorted names to shard."""
+    if shard is None:
+        return ()
+    items = shard.split(",") if isinstance(shard, str) else [p for s in shard for p in str(s).split(",")]
+    names = {s.strip().lower() for s in items if s.strip()} - {"none"}
+    bad = sorted(names - set(SHARDABLE))
+    if bad:
+        raise BoomerangError(f"--shard {','.join(bad)}: name student, teacher or both (student,teacher), or none")
+    return tuple(sorted(names))
+
+
+@dataclass
+class Sharding:
+    """What a run shards, over which mesh; ``student``/``teacher`` False: the unsharded (DDP) path."""
+
+    student: bool = False
+    teacher: bool = False
+    bf16: bool = False
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    mesh: Any = None
+    warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, shard: str | Sequence[str] | None, world: int, device: torch.device, bf16: bool) -> "Sharding":
+        names = parse_shard(shard)
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+            raise BoomerangError("accelerate's --use_fsdp would shard only the student, untested; drop it from "
+                                 "`accelerate launch` and pass --fsdp to boomerang distill (it shards both models)")
+        warnings = []
+        if names and world == 1:
+            warnings.append(f"--shard {','.join(names)} with one process: nothing to shard across, training "
+                            "unsharded (launch with torchrun --nproc_per_node N to shard)")
+            names = ()
+        mesh = None
+        if names:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh(device.type, (world,))
+        return cls("student" in names, "teacher" in names, bf16, device, mesh, warnings)
+
+    def shard_teacher(self, model: torch.nn.Module, layers_path: str) -> torch.nn.Module:
+        """The frozen teacher on this rank: on the device whole, or 1/world of it (forward only)."""
+        if not self.teacher:
+            return model.to(self.device)
+        from torch.distributed.fsdp import fully_shard
+
+        model.requires_grad_(False)
+        for layer in model.get_submodule(layers_path):
+            fully_shard(layer, mesh=self.mesh, reshard_after_forward=True)
+        head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+        tied = head.weight is emb.weight
+        if not tied:  # its own unit, gathered by teacher_head only
+            fully_shard(head, mesh=self.mesh)
+        # The teacher runs base_model (no logits), so that is the root: embeddings and final norm,
+        # resharded after forward even as the root (reshard_after_forward=True, not the default).
+        fully_shard(model.base_model, mesh=self.mesh, reshard_after_forward=True)
+        if tied:  # the head outside base_model still holds the full matrix: point it at the shard
+            head.weight = emb.weight
+        _HEADS[model] = (model.base_model if tied else head, tied)
+        for name, p in model.named_parameters():
+            if not hasattr(p, "to_local"):
+                raise BoomerangError(f"internal: teacher weight {name} lies outside its base model and head; "
+                                     "drop --shard teacher for this architecture")
+        return model
+
+    def shard_student(self, model: torch.nn.Module, layers_path: str) -> torch.nn.Module:
+        """Shard the student (a DistillStudent, its HF model at ``.model``) before the optimizer sees it."""
+        if not self.student:
+            return model
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.bf16
+              else MixedPrecisionPolicy())
+        for layer in model.model.get_submodule(layers_path):
+            fully_shard(layer, mesh=self.mesh, mp_policy=mp)
+        fully_shard(model, mesh=self.mesh, mp_policy=mp)
+        if self.bf16:  # what accelerator.prepare does for an unsharded student
+            model.forward = torch.autocast(self.device.type, dtype=torch.bfloat16)(model.forward)
+        return model
+
+    def state_dict(self, acc: Any, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The student's full state dict on rank 0, on CPU (collective; other ranks get an empty one)."""
+        if not self.student:
+            return acc.get_state_dict(model)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # Gathered one by one, tied weights come back as copies; tie them again, so that the
+        # writer stores one matrix as it does for the unsharded student.
+        aliases: dict[int, list[str]] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            aliases.setdefault(id(p), []).append(name)
+        for first, *rest in aliases.values():
+            for name in rest:
+                if first in sd and name in sd:
+                    sd[name] = sd[first]
+        return sd
+
+
+@contextlib.contextmanager
+def teacher_head(teacher: Any, model: torch.nn.Module) -> Iterator[None]:
+    """A sharded teacher's root unit gathered while the student's forward computes KL against its head.
+
+    The student's loss reads the teacher's head weight (``DistillStudent.teacher_head``),
+    which outside the teacher's forward is a shard; gather it here and point the
+    loss at the full weight, and reshard the root afterwards. No-op for an unsharded teacher.
+    """
+    student = getattr(model, "module", model)  # DDP keeps the DistillStudent at .module
+    unit, tied = _HEADS.get(teacher.model, (None, False))
+    if student.teacher_head is None or unit is None:
+        yield
+        return
+    with torch.inference_mode():  # like the teacher's forward, where FSDP first made the gathered parameters
+        unit.unshard()
+    head = LogitHead.of(teacher.model)
+    if tied:  # gathered on the input embeddings (the head module keeps pointing at the shard)
+        head = dataclasses.replace(head, weight=teacher.model.get_input_embeddings().weight)
+    student.teacher_head = head
+    try:
+        yield
+    finally:
+        unit.reshard()
+
+
+# -- memory accounting ------------------------------------------------------------------------
+
+
+def _local_bytes(t: torch.Tensor | None) -> int:
+    if t is None:
+        return 0
+    if hasattr(t, "to_local"):  # a DTensor: this rank's shard
+        t = t.to_local()
+    return t.numel() * t.element_size()
+
+
+def _unique(params: Any) -> list[torch.Tensor]:
+    seen, out = set(), []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def _rss() -> int:
+    """This process's resident set now (Linux; 0 elsewhere)."""
+    try:
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def memory_report(model: torch.nn.Module, optimizer: torch.optim.Optimizer, teacher_model: torch.nn.Module,
+                  device: torch.device) -> list[dict[str, int]]:
+    """Per rank (collective): bytes this rank holds of the student's parameters, gradients and
+    optimizer state, and of the teacher's parameters, counted tensor by tensor (local shards
+    only); its resident set now and at its peak; and on CUDA the peak allocated. Call after a step, before ``zero_grad``.
+    """
+    student = _unique(model.parameters())
+    mine = {
+        "student_params": sum(_local_bytes(p) for p in student),
+        "student_grads": sum(_local_bytes(p.grad) for p in student),
+        "optimizer_state": sum(_local_bytes(v) for s in optimizer.state.values() for v in s.values()
+                               if isinstance(v, torch.Tensor)),
+        "teacher_params": sum(_local_bytes(p) for p in _unique(teacher_model.parameters())),
+        "rss": _rss(),
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024),
+    }
+    mine["student_total"] = mine["student_params"] + mine["student_grads"] + mine["optimizer_state"]
+    if device.type == "cuda":
+        mine["cuda_peak_allocated"] = int(torch.cuda.max_memory_allocated(device))
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [mine]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, mine)
+    return out
