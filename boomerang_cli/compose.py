@@ -35,18 +35,61 @@ class LayerSource:
         return [self.model, self.layer]
 
 
+@dataclass(frozen=True)
+class Stack:
+    """What a model computes: embeddings of one source, layers in order, final norm + head of one source."""
+
+    embed_from: str
+    layers: tuple[LayerSource, ...]
+    head_from: str
+
+    @classmethod
+    def of_member(cls, member: Any) -> "Stack":
+        """A ``member.Member``'s stack (typed loosely: member.py sits above this module)."""
+        return cls(member.embed_from, tuple(member.layers), member.head_from)
+
+    @classmethod
+    def whole(cls, model: str, num_layers: int) -> "Stack":
+        """A source model itself (the teacher or the student)."""
+        return cls(model, tuple(LayerSource(model, i) for i in range(num_layers)), model)
+
+    @classmethod
+    def of_layers(cls, model: str, layers: Sequence[int]) -> "Stack":
+        """``model`` with only ``layers`` kept (a pruning baseline)."""
+        return cls(model, tuple(LayerSource(model, int(i)) for i in layers), model)
+
+    @property
+    def sources(self) -> set[str]:
+        return {self.embed_from, self.head_from} | {ls.model for ls in self.layers}
+
+    @property
+    def mixed(self) -> bool:
+        return len(self.sources) > 1
+
+
 @dataclass
 class Composition:
-    """Everything needed to write (or count) one composed model."""
+    """Everything needed to write (or count) one composed model: what it is made of (its
+    :class:`Stack`) and the tensors, config and tying that come out of that."""
 
     tensors: list[OutTensor]
     config: Any
     tied: bool
     num_params: int
-    layers: tuple[LayerSource, ...]
-    embed_from: str
-    head_from: str
+    stack: Stack
     rename: dict[str, str]  # output (checkpoint) name -> state-dict key, for in-memory loading
+
+    @property
+    def layers(self) -> tuple[LayerSource, ...]:
+        return self.stack.layers
+
+    @property
+    def embed_from(self) -> str:
+        return self.stack.embed_from
+
+    @property
+    def head_from(self) -> str:
+        return self.stack.head_from
 
     def state_dict_key(self, name: str) -> str:
         return self.rename.get(name, name)
@@ -94,7 +137,7 @@ def compose(
     per_layer = [models[ls.model].arch.per_layer_config(models[ls.model].config)[ls.layer] for ls in layers]
     config = derived_config(naming.config, arch, per_layer, tied=tied, dtype=dtype)
     num_params = sum(t.info.numel for t in out)
-    return Composition(out, config, tied, num_params, tuple(layers), embed_from, head_from,
+    return Composition(out, config, tied, num_params, Stack(embed_from, tuple(layers), head_from),
                        dict(arch.rename))
 
 

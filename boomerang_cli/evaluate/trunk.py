@@ -27,45 +27,13 @@ from __future__ import annotations
 import contextlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn as nn
 
-from ..compose import LayerSource
+from ..compose import LayerSource, Stack
 from ..errors import UnsupportedArchitectureError
-from ..member import Member
-
-
-@dataclass(frozen=True)
-class Stack:
-    """What a model computes: embeddings of one source, layers in order, final norm + head of one source."""
-
-    embed_from: str
-    layers: tuple[LayerSource, ...]
-    head_from: str
-
-    @classmethod
-    def of_member(cls, member: Member) -> "Stack":
-        return cls(member.embed_from, tuple(member.layers), member.head_from)
-
-    @classmethod
-    def whole(cls, model: str, num_layers: int) -> "Stack":
-        """A source model itself (the teacher or the student)."""
-        return cls(model, tuple(LayerSource(model, i) for i in range(num_layers)), model)
-
-    @classmethod
-    def of_layers(cls, model: str, layers: Sequence[int]) -> "Stack":
-        """``model`` with only ``layers`` kept (a pruning baseline)."""
-        return cls(model, tuple(LayerSource(model, int(i)) for i in layers), model)
-
-    @property
-    def sources(self) -> set[str]:
-        return {self.embed_from, self.head_from} | {ls.model for ls in self.layers}
-
-    @property
-    def mixed(self) -> bool:
-        return len(self.sources) > 1
 
 
 # -- running one model's stages --------------------------------------------------------
