@@ -95,6 +95,12 @@ def remove_dead_siblings(final: Path) -> None:
                 p.unlink()
 
 
+def file_version(path: Path | str) -> tuple[str, int, int]:
+    """A file's identity for memoizing what was read from it: resolved path, size, mtime (ns)."""
+    st = os.stat(path)
+    return (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -15,13 +15,13 @@ reading every member back; verifying either reads the file once.
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from pathlib import Path
 from typing import Mapping
 
+from .errors import BoomerangError
 from .manifest import MemberEntry
-from .tensors import CHUNK_BYTES, TENSORS_DIGEST, range_digest, tree_digest
+from .tensors import CHUNK_BYTES, TENSORS_DIGEST, range_digest, read_header, tree_digest
 
 
 def sha256_file(path: Path) -> str:
@@ -33,29 +33,23 @@ def tensors_digest(path: Path) -> str | None:
     """A safetensors file's ``sha256-tensors:`` digest, or None when its layout is not one the
     writer makes (tensors contiguous from the header to the end of the file)."""
     path = Path(path)
-    size = path.stat().st_size
-    buf = memoryview(bytearray(CHUNK_BYTES))
+    try:
+        entries, _ = read_header(path)  # validated: every tensor within the file
+    except BoomerangError:
+        return None
     with open(path, "rb") as f:
         prefix = f.read(8)
-        if len(prefix) != 8:
-            return None
-        n = struct.unpack("<Q", prefix)[0]
-        if n > min(size - 8, 100_000_000):
-            return None
-        header = f.read(n)
-    try:
-        entries = json.loads(header.decode("utf-8"))
-        spans = sorted(tuple(v["data_offsets"]) for k, v in entries.items() if k != "__metadata__")
-    except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError):
-        return None
-    pos = 0
+        header = f.read(struct.unpack("<Q", prefix)[0])
+    spans = sorted((e.begin, e.end) for e in entries.values())
+    pos = len(prefix) + len(header)
     for begin, end in spans:  # contiguous, covering the data region exactly: no byte left out
-        if begin != pos or end < begin:
+        if begin != pos:
             return None
         pos = end
-    if 8 + n + pos != size:
+    if pos != path.stat().st_size:
         return None
-    return tree_digest(prefix + header, [range_digest(path, 8 + n + b, e - b, buf) for b, e in spans])
+    buf = memoryview(bytearray(CHUNK_BYTES))
+    return tree_digest(prefix + header, [range_digest(path, b, e - b, buf) for b, e in spans])
 
 
 def digest_like(path: Path, recorded: str) -> str | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelNotFoundError
-from .atomic import atomic_dir, atomic_write_text
+from .atomic import atomic_dir, atomic_write_text, file_version
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 BUILTINS: dict[str, dict[str, str]] = {
@@ -136,8 +136,7 @@ def read_gguf_metadata(path: Path) -> dict[str, Any]:
     file version (path, size, mtime): a family writes a card and a generation
     config per member and must not pay that each time.
     """
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    key = file_version(path)
     if key not in _GGUF_METADATA:
         _GGUF_METADATA[key] = _read_gguf_metadata(path)
     return dict(_GGUF_METADATA[key])

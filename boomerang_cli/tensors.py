@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from .atomic import file_version
 from .errors import BoomerangError
 
 DTYPES: dict[str, torch.dtype] = {
@@ -262,8 +263,7 @@ class TensorDigests:
 
     @staticmethod
     def key(it: "OutTensor") -> tuple:
-        st = os.stat(it.info.file)
-        return (str(it.info.file), it.info.begin, it.info.nbytes, st.st_size, st.st_mtime_ns, it.out_dtype)
+        return (file_version(it.info.file), it.info.begin, it.info.nbytes, it.out_dtype)
 
     def source(self, it: "OutTensor") -> bytes:
         """The digest of a tensor copied unchanged (read from its source once)."""
@@ -366,11 +366,7 @@ def same_values(a: TensorInfo, b: TensorInfo, dtype: torch.dtype | None = None, 
     if (a.file, a.begin) == (b.file, b.begin):
         return True
 
-    def version(i: TensorInfo) -> tuple:
-        st = os.stat(i.file)
-        return (i, st.st_size, st.st_mtime_ns)
-
-    key = (version(a), version(b), dtype)
+    key = (a, file_version(a.file), b, file_version(b.file), dtype)
     if key not in _SAME:
         elements = max(1, chunk_bytes // 4)
         # Bytes, not values: as saved, the two must be one tensor (NaN and -0.0 included).
