@@ -7,7 +7,9 @@ moved or uploaded as a whole.
 
 Schema 2 keys each perplexity result by how it was measured
 (:func:`perplexity_key`), so results of other settings sit beside each other;
-a schema-1 file is read and migrated (:func:`migrate_metrics_v1`).
+schema 3 records carry bits per byte and word perplexity, and records measured
+under the old split rule are keyed apart. Older files are read and migrated
+(:func:`migrate_metrics`).
 """
 
 from __future__ import annotations
@@ -22,47 +24,74 @@ from . import __version__, jsonio
 from .errors import BoomerangError, PlanError
 from .plan import Plan
 from .atomic import atomic_write_text
+from .data.sources import SPLIT_RULE, split_rule_changed
 
 FORMAT = "boomerang-family"
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: perplexity keyed by data alone, migrated on read
+SCHEMA_VERSION = 3
+#: 1: perplexity keyed by data alone; 2: records without bits per byte, under split rule 1; both migrated on read
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_NAME = "family.json"
 
 
 def perplexity_key(entry: dict[str, Any]) -> str:
     """What identifies a perplexity measurement: data source and split, block length, tokens scored,
-    BOS policy and dtype, e.g. ``stdlib:validation|seq_len=512|tokens=32640|bos=false|dtype=float32``.
+    BOS policy and dtype, e.g. ``stdlib:validation|seq_len=512|tokens=32640|bos=false|dtype=float32``,
+    then ``|window=rolling`` for lm-eval's windows and ``|split_rule=1`` for a record of a text source
+    measured when few-file sources were cut into paragraphs (:func:`migrate_metrics`).
 
     Two results under one key were measured the same way and may be compared;
     a measurement with other settings gets another key, beside the old one.
     """
     bos = entry.get("bos")
-    return (f"{entry.get('data')}|seq_len={entry.get('seq_len')}|tokens={entry.get('tokens')}"
-            f"|bos={'true' if bos else 'false'}|dtype={entry.get('dtype')}")
+    key = (f"{entry.get('data')}|seq_len={entry.get('seq_len')}|tokens={entry.get('tokens')}"
+           f"|bos={'true' if bos else 'false'}|dtype={entry.get('dtype')}")
+    if entry.get("window", "packed") != "packed":
+        key += f"|window={entry.get('window')}"
+    if entry.get("split_rule", SPLIT_RULE) != SPLIT_RULE:
+        key += f"|split_rule={entry.get('split_rule')}"
+    return key
 
 
-def migrate_metrics_v1(metrics: Any) -> Any:
-    """Schema 1 kept one perplexity per data key (``stdlib:validation``); re-key each by
-    :func:`perplexity_key`. Those blocks never had a BOS put in front (``bos: false``)."""
+def _rule_unchanged(data_key: Any) -> bool:
+    """Whether every source of a record's data key (``a+b:split``) split the same way under rules 1 and 2."""
+    if not isinstance(data_key, str) or ":" not in data_key:
+        return False
+    return not split_rule_changed(data_key.rsplit(":", 1)[0].split("+"))
+
+
+def migrate_metrics(metrics: Any, version: int) -> Any:
+    """Perplexity records of schema ``version`` (1 or 2) re-keyed by :func:`perplexity_key`.
+
+    Schema 1 kept one perplexity per data key (``stdlib:validation``); those blocks
+    never had a BOS put in front (``bos: false``). Schemas 1 and 2 were measured
+    under split rule 1, which cut a text source of fewer than 50 files into
+    paragraphs: a record whose data may have been such a source gets
+    ``split_rule: 1`` (and its own key), so it is never compared with, or
+    replaced by, a measurement on whole files.
+    """
     if not isinstance(metrics, dict) or not isinstance(metrics.get("perplexity"), dict):
         return metrics
     out: dict[str, Any] = {}
-    for data_key, entry in metrics["perplexity"].items():
-        if isinstance(entry, dict):
-            entry = {"data": data_key, "bos": False, **entry}
-            out[perplexity_key(entry)] = entry
+    for key, entry in metrics["perplexity"].items():
+        if not isinstance(entry, dict):
+            continue
+        if version == 1:
+            entry = {"data": key, "bos": False, **entry}
+        if "split_rule" not in entry:
+            entry = {**entry, "split_rule": SPLIT_RULE if _rule_unchanged(entry.get("data")) else 1}
+        out[perplexity_key(entry)] = entry
     return {**metrics, "perplexity": out}
 
 
-def _migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
+def _migrate(data: dict[str, Any], version: int) -> dict[str, Any]:
     data = dict(data)
     for role in ("teacher", "student"):
         if isinstance(data.get(role), dict):
-            data[role] = {**data[role], "metrics": migrate_metrics_v1(data[role].get("metrics", {}))}
+            data[role] = {**data[role], "metrics": migrate_metrics(data[role].get("metrics", {}), version)}
     for group in ("members", "baselines"):
         if isinstance(data.get(group), list):
-            data[group] = [{**e, "metrics": migrate_metrics_v1(e.get("metrics", {}))} if isinstance(e, dict) else e
-                           for e in data[group]]
+            data[group] = [{**e, "metrics": migrate_metrics(e.get("metrics", {}), version)} if isinstance(e, dict)
+                           else e for e in data[group]]
     data["schema_version"] = SCHEMA_VERSION
     return data
 
@@ -215,8 +244,8 @@ class FamilyManifest:
                 f"{', '.join(map(str, READABLE_VERSIONS))}; rebuild the family with `boomerang family` "
                 f"(or use boomerang {data.get('tool_version', '?')})"
             )
-        if version == 1:
-            data = _migrate_v1(data)
+        if version != SCHEMA_VERSION:
+            data = _migrate(data, version)
             version = SCHEMA_VERSION
         try:
             return cls(

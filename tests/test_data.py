@@ -68,11 +68,11 @@ def test_text_directory_jsonl_and_parquet(tmp_path):
     (d / "skip.bin").write_bytes(b"\0")
     train = list(D.load_documents(str(d), "train"))
     val = list(D.load_documents(str(d), "validation"))
-    assert sorted(train + val) == sorted(texts.values())
-    assert val and not set(train) & set(val)
+    # Every text file is one document: its head in train, its held-out tail in validation, in the order
+    # of the sorted relative paths; nothing else is read.
+    assert [a + b for a, b in zip(train, val)] == [texts[k] for k in sorted(texts)]
+    assert list(D.load_documents(str(d), "all")) == [texts[k] for k in sorted(texts)]
     assert "never" not in train + val
-    # Order is the sorted relative paths.
-    assert train == [texts[k] for k in sorted(texts) if D.split_of(k) == "train"]
 
     rows = [f"row {i}" for i in range(300)]
     j = _jsonl(tmp_path / "a.jsonl", rows, field="body")
@@ -250,3 +250,45 @@ def test_bos_blocks_resume_and_need_room(bos_tokenizer, tokenizer):
     # --bos always on a tokenizer that adds none: its BOS goes in front of every block.
     forced = list(D.BlockStream(lambda: iter(texts), tokenizer, 8, bos_id=D.block_bos(tokenizer, "always")))
     assert all(int(b.input_ids[0]) == tokenizer.bos_token_id for b in forced)
+
+
+STDLIB_TEXT = Path(__import__("textwrap").__file__).read_text()
+
+
+def test_a_text_file_is_one_document_with_a_contiguous_held_out_tail(tmp_path):
+    """Train + validation is the file, each one contiguous span; the tail is ~2% and starts a line;
+    `all` is the whole file; the same whether the file is alone or in a directory of 1, 20 or 60."""
+    f = tmp_path / "one.py"
+    f.write_text(STDLIB_TEXT)
+    [head], [tail] = D.load_documents(str(f), "train"), D.load_documents(str(f), "validation")
+    assert head + tail == STDLIB_TEXT and list(D.load_documents(str(f), "all")) == [STDLIB_TEXT]
+    assert head.endswith("\n") and 0.02 <= len(tail.rstrip()) / len(STDLIB_TEXT.rstrip()) < 0.03
+    assert (head.starts, head.ends, tail.starts, tail.ends) == (True, False, False, True)
+    for n in (1, 20, 60):
+        d = tmp_path / f"dir{n}"
+        d.mkdir()
+        for i in range(n):
+            (d / f"f{i:02d}.py").write_text(STDLIB_TEXT if i == 0 else f"x = {i}\ny = {i}\n")
+        assert next(D.load_documents(str(d), "validation")) == tail
+        assert next(D.load_documents(str(d), "train")) == head
+        assert next(D.load_documents(str(d), "all")) == STDLIB_TEXT
+
+
+def test_a_file_too_short_to_hold_out_anything(tmp_path):
+    f = tmp_path / "short.txt"
+    f.write_text("oneword\n")
+    with pytest.raises(DataError, match="too short to hold out a validation part.*--split all"):
+        list(D.load_documents(str(f), "validation"))
+    assert list(D.load_documents(str(f), "train")) == ["oneword\n"]
+    assert list(D.load_documents(str(f), "all")) == ["oneword\n"]
+
+
+def test_spans_get_special_tokens_only_where_the_file_has_them(bos_tokenizer):
+    """A head gets the BOS and no EOS (the file goes on), a tail the EOS and no BOS; a whole file both."""
+    text = "alpha beta\ngamma delta\n" * 40
+    head, tail = D.split_text(text, "train"), D.split_text(text, "validation")
+    eos, bos = bos_tokenizer.eos_token_id, bos_tokenizer.bos_token_id
+    h, t, w = (D.encode_document(bos_tokenizer, x, eos) for x in (head, tail, text))
+    assert h[0] == bos and h[-1] != eos
+    assert t[0] != bos and t[-1] == eos
+    assert w[0] == bos and w[-1] == eos

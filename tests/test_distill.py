@@ -353,3 +353,23 @@ def test_a_checkpoint_from_before_bos_resumes_with_bos_never(teacher, corpus, tm
     with pytest.raises(BoomerangError, match="bos differ"):
         _check_resumable(cfg, state, 1, 4)
     _check_resumable(_cfg(teacher, corpus, tmp_path / "s", bos="never"), state, 1, 4)
+
+
+def test_a_checkpoint_of_split_rule_1_resumes_only_where_the_rule_changed_nothing(teacher, corpus, tmp_path):
+    """Split rule 1 cut text sources of < 50 files into paragraphs: a checkpoint made so over a text file
+    cannot continue (its data position indexes paragraphs); over JSONL rows it resumes as before."""
+    from boomerang_cli.distill.config import check_resumable as _check_resumable
+    from boomerang_cli.errors import BoomerangError
+
+    text = tmp_path / "notes.txt"
+    text.write_text("one line\nand another\n" * 50)
+    for data, refused in ((text, True), (corpus, False)):
+        cfg = _cfg(teacher, data, tmp_path / "s")
+        old = {k: v for k, v in cfg.to_json().items() if k != "split_rule"}  # written before split_rule
+        state = {"config": old, "steps": 4, "world_size": 1}
+        if refused:
+            with pytest.raises(BoomerangError, match="split rule 1.*start over with --overwrite"):
+                _check_resumable(cfg, state, 1, 4)
+        else:
+            _check_resumable(cfg, state, 1, 4)
+        _check_resumable(cfg, {"config": cfg.to_json(), "steps": 4, "world_size": 1}, 1, 4)

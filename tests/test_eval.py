@@ -242,7 +242,7 @@ def test_plain_models_write_a_results_file(tmp_path: Path) -> None:
     out = tmp_path / "res.json"
     report = evaluate_models([str(a), str(b)], opts_for(corpus), out)
     data = json.loads(out.read_text())
-    assert data["format"] == "boomerang-eval" and data["schema_version"] == 2
+    assert data["format"] == "boomerang-eval" and data["schema_version"] == 3
     refs = {e["ref"]: e for e in data["models"]}
     assert set(refs) == {str(a), str(b)}
     tok = load_tokenizer(a)
@@ -263,7 +263,7 @@ def test_plain_models_write_a_results_file(tmp_path: Path) -> None:
         e["metrics"], f"{corpus}:train").items() if k not in ("data", "bos")}}}) for e in data["models"]]
     out.write_text(json.dumps(v1))
     migrated = read_results(out)
-    assert migrated["schema_version"] == 2
+    assert migrated["schema_version"] == 3
     assert all(ppl_for(e["metrics"], f"{corpus}:train")["bos"] is False for e in migrated["models"])
 
 

@@ -433,9 +433,10 @@ CASES: list[Case] = [
     Case("eval-paragraph-file", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL[2:], "--data", "{w}/p.txt"], 0,
          "results written", setup=lambda w: (w / "p.txt").write_text("\n\n".join(CORPUS.splitlines()[:40])),
          after=scored_on("p.txt:validation")),
-    Case("eval-one-line-train", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL[2:], "--data", "{w}/one.txt",
-                                 "--split", "train"], 2, "no documents",
-         setup=lambda w: (w / "one.txt").write_text("a single line of text\n"), after=absent("r.json")),
+    Case("eval-one-word-validation", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL[2:], "--data",
+                                      "{w}/one.txt", "--split", "validation"], 2,
+         "too short to hold out a validation part (its last 2% must start at a line or word boundary); pass "
+         "--split all", setup=lambda w: (w / "one.txt").write_text("oneword\n"), after=absent("r.json")),
     Case("eval-bad-split", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL, "--split", "test"], 2,
          "use validation (held out), train or all", after=absent("r.json")),
     # 7. eval -o is checked before any evaluation (results are never computed only to be lost).

@@ -113,7 +113,7 @@ def test_schema_documents_every_field_written(family):
 
 @pytest.mark.parametrize("break_it", [
     lambda d: d.pop("members"),
-    lambda d: d.update(schema_version=3),
+    lambda d: d.update(schema_version=4),
     lambda d: d.update(format="something-else"),
     lambda d: d["members"][0].update(num_params="12M"),
     lambda d: d["members"][0].update(layers=[["teacher", 0, 1]]),
@@ -148,7 +148,7 @@ def test_round_trip_and_unknown_fields(family, tmp_path):
 
 
 @pytest.mark.parametrize("edit,match", [
-    (lambda d: d.update(schema_version=3), "schema version 3"),
+    (lambda d: d.update(schema_version=4), "schema version 4"),
     (lambda d: d.pop("format"), "not a boomerang family manifest"),
     (lambda d: d.pop("teacher"), "malformed manifest"),
     (lambda d: d["members"][0].pop("name"), "malformed manifest"),
@@ -191,13 +191,33 @@ def test_schema_1_is_read_and_perplexity_rekeyed(family, tmp_path):
     v1["members"][0]["metrics"] = {"perplexity": {"stdlib:validation": old}, "tasks": {"arc_easy": {"acc": 0.5}}}
     v1["teacher"]["metrics"] = {"perplexity": {"stdlib:validation": dict(old, nll=1.0)}}
     m = FamilyManifest.from_json(v1)
-    assert m.schema_version == 2
+    assert m.schema_version == 3
     key = "stdlib:validation|seq_len=128|tokens=4000|bos=false|dtype=float32"
     assert perplexity_key(m.members[0].metrics["perplexity"][key]) == key
-    assert m.members[0].metrics["perplexity"] == {key: dict(old, data="stdlib:validation", bos=False)}
+    assert m.members[0].metrics["perplexity"] == {key: dict(old, data="stdlib:validation", bos=False, split_rule=2)}
     assert m.members[0].metrics["tasks"] == {"arc_easy": {"acc": 0.5}}
     assert list(m.teacher.metrics["perplexity"]) == [key]
     m.write(tmp_path / "family.json")
     written = json.loads((tmp_path / "family.json").read_text())
-    assert written["schema_version"] == 2
+    assert written["schema_version"] == 3
     VALIDATOR.validate(written)
+
+
+def test_schema_2_records_of_text_sources_are_keyed_apart(family, tmp_path):
+    """Split rule 1 cut text sources of < 50 files into paragraphs: such a record (a text path, or a hub id
+    that could be one) gets split_rule 1 and its own key, never shared with a whole-file measurement;
+    stdlib and row sources split the same way under both rules and keep their keys."""
+    path, _ = family
+    v2 = json.loads(path.read_text())
+    v2["schema_version"] = 2
+    base = {"nll": 2.0, "ppl": 7.389, "tokens": 4000, "seq_len": 128, "bos": False, "dtype": "float32"}
+    datas = ["stdlib:validation", "notes.txt:validation", "corpus/+rows.jsonl:train", "hf:org/x:all", "org/x:all"]
+    v2["members"][0]["metrics"] = {"perplexity": {perplexity_key(dict(base, data=d)): dict(base, data=d)
+                                                  for d in datas}}
+    records = FamilyManifest.from_json(v2).members[0].metrics["perplexity"]
+    rules = {r["data"]: (r["split_rule"], k.endswith("|split_rule=1")) for k, r in records.items()}
+    assert rules == {"stdlib:validation": (2, False), "notes.txt:validation": (1, True),
+                     "corpus/+rows.jsonl:train": (1, True), "hf:org/x:all": (2, False), "org/x:all": (1, True)}
+    fresh = dict(base, data="notes.txt:validation", split_rule=2, window="packed")
+    assert perplexity_key(fresh) not in records and perplexity_key(dict(fresh, window="rolling")).endswith(
+        "|window=rolling")

@@ -68,6 +68,10 @@ def eval_cmd(
     max_tokens: int = typer.Option(D["max_tokens"], "--max-tokens", help="Tokens to score (whole blocks: rounded up to --seq-len)."),
     seq_len: int = typer.Option(D["seq_len"], "--seq-len", help="Tokens per block (at most the model's positions)."),
     bos: str = Bos,
+    window: str = typer.Option(D["window"], "--window", help="packed (blocks of --seq-len over the token stream, "
+                               "default) or rolling (lm-eval's loglikelihood_rolling windows, document by document)."),
+    metric: str = typer.Option(D["metric"], "--metric", help="What the table and --plot show: ppl (token "
+                               "perplexity), bits-per-byte, word-ppl or byte-ppl (every record holds all four)."),
     batch_size: int = typer.Option(D["batch_size"], "--batch-size", help="Blocks per forward pass (also lm-eval's batch size)."),
     tasks: Optional[str] = typer.Option(
         None, "--tasks", help="lm-evaluation-harness tasks, e.g. arc_easy,hellaswag (needs the eval extra)."),
@@ -138,6 +142,7 @@ def eval_cmd(
             raise BoomerangError("--compare-orders is empty; name orders like --compare-orders last-first,kl-greedy")
         opts = EvalOptions(
             sources=split_list(data) or ["stdlib"], split=split, text_field=text_field, seq_len=seq_len, bos=bos,
+            window=window, metric=metric,
             max_tokens=max_tokens, batch_size=batch_size, dtype=parse_dtype(dtype), device=device,
             trunk=not no_trunk, perplexity=not no_perplexity, tasks=parse_tasks(tasks), task_dir=task_dir,
             limit=int(limit) if limit is not None and limit >= 1 else limit, num_fewshot=num_fewshot,
@@ -182,30 +187,36 @@ def eval_cmd(
                      else "models") + f" ({report.dtype})"
             if report.orders:
                 title += ": patch orders compared"
-            plot_results([r.plot_point() for r in report.rows], plot, title=title,
+            plot_results([r.plot_point(metric) for r in report.rows], plot, title=title,
                          data_key=report.data["key"] if report.data else None, tasks=report.tasks,
-                         by_layers=bool(report.orders))
+                         by_layers=bool(report.orders), metric_label=METRIC_LABELS[metric])
     if json_out:
         out = report.to_json()
         out["plot"] = str(plot) if plot is not None else None
         emit_json(out)
         return
-    _table(report)
+    _table(report, metric)
     if plot is not None:
         out_console.print(f"plot: {plot}", highlight=False)
 
 
-def _table(report: Any) -> None:
+METRIC_LABELS = {"ppl": "perplexity", "bits-per-byte": "bits per byte", "word-ppl": "word perplexity",
+                 "byte-ppl": "byte perplexity"}
+METRIC_COLUMNS = {"ppl": "ppl", "bits-per-byte": "bpb", "word-ppl": "word ppl", "byte-ppl": "byte ppl"}
+
+
+def _table(report: Any, metric: str = "ppl") -> None:
     from ..evaluate.lmeval import primary_metric
 
     d = report.data
     title = f"eval of {report.target}"
     if d:
-        title += (f" on {d['key']} ({d['tokens']:,} tokens, {d['seq_len']}-token blocks"
-                  f"{', each starting with BOS' if d.get('bos') else ''})")
+        shape = ("lm-eval rolling windows of " if d.get("window") == "rolling" else "") + f"{d['seq_len']}-token"
+        title += (f" on {d['key']} ({d['tokens']:,} tokens, {d.get('bytes', 0):,} bytes, {shape} blocks"
+                  f"{', each starting with BOS' if d.get('bos') and d.get('window') != 'rolling' else ''})")
     t = Table(title=title)
     t.add_column("name", no_wrap=True, min_width=max(len(r.name) for r in report.rows))
-    for col, just in (("kind", "left"), ("layers", "right"), ("params", "right"), ("ppl", "right"),
+    for col, just in (("kind", "left"), ("layers", "right"), ("params", "right"), (METRIC_COLUMNS[metric], "right"),
                       ("Δ teacher", "right")):
         t.add_column(col, justify=just, no_wrap=True)
     metric_of: dict[str, str] = {}
@@ -213,13 +224,15 @@ def _table(report: Any) -> None:
         names = {p[0] for r in report.rows if task in r.tasks for p in [primary_metric(r.tasks[task])] if p}
         metric_of[task] = names.pop() if len(names) == 1 else "score"
         t.add_column(f"{task} {metric_of[task]}", justify="right")
-    teacher = report.teacher_ppl
+    teacher = report.teacher_metric(metric)
     for r in report.rows:
         delta = ""
-        if r.ppl is not None and teacher is not None and r.kind != "teacher":
-            delta = f"{r.ppl / teacher - 1:+.1%}"
+        value = r.metric(metric)
+        if value is not None and teacher and r.kind != "teacher":
+            delta = f"{value / teacher - 1:+.1%}"
         kind = r.kind
-        cells = [r.name, kind, str(r.num_layers), human(r.num_params), _fmt(r.ppl), delta]
+        cells = [r.name, kind, str(r.num_layers), human(r.num_params), _fmt(value, 4 if metric == "bits-per-byte" else 3),
+                 delta]
         for task in report.tasks:
             p = primary_metric(r.tasks.get(task, {}))
             cells.append(_fmt(p[1]) if p else "-")

@@ -6,21 +6,26 @@ text under ``--text-field``), a ``.parquet`` file (needs pyarrow), a Hugging
 Face dataset id (streamed through ``datasets``, an optional extra), or the
 builtin ``stdlib`` corpus (the running Python's standard library sources).
 
-**Split rule.** Every document has a stable *key* (its path relative to the
-source, ``path:line`` for a JSONL row, ``path:row`` for a Parquet row,
-``id:row`` for a hub row). A document belongs to ``validation`` when
-``sha256(key)``'s first 8 bytes, as a big-endian integer, modulo 10000 is
-below 200 (2%), else to ``train``. The rule depends on nothing but the key, so
-every process, run and machine sees the same split, and a file never moves
-between splits when others are added.
+**Split rule** (``SPLIT_RULE`` 2). A document is what the user gave as one: a
+text file, a JSONL/Parquet row, a hub row, a stdlib file. It is never cut into
+documents of its own. Rows and stdlib files have a stable *key* (``path:line``
+for a JSONL row, ``path:row`` for a Parquet row, ``id:row`` for a hub row, the
+path relative to the stdlib root); one belongs to ``validation`` when
+``sha256(key)``'s first 8 bytes, as a big-endian integer, modulo 10000 is below
+200 (2%), else to ``train``. The rule depends on nothing but the key, so every
+process, run and machine sees the same split, and a row never moves between
+splits when others are added.
 
-A text source with few files (a single file, or a directory of fewer than
-``FEW_FILES`` text files) is split *within* its files, so that it still has a
-held-out part: a file's documents are its paragraphs (separated by blank
-lines), or its lines when it is one paragraph; piece ``i`` has the key
-``key#i`` and the same 2% rule applies, and when that holds out none of a
-file's pieces, its piece of lowest hash is held out. ``all`` is every document
-of both splits.
+A text file given in ``--data`` (alone or in a directory, whatever the number
+of files) holds out its own tail: ``validation`` is the part from the start of
+the line that holds the point 2% of its characters (trailing whitespace not
+counted) before its end (after the last space for a one-line text), ``train``
+the part before it (:func:`~.sources.split_text`). Both are contiguous natural
+text and ``train + validation`` is the file; the head gets the tokenizer's BOS
+and no EOS, the tail an EOS and no BOS (:class:`~.sources.TextSpan`), so no
+special token is put where the file has none. ``all`` is every document whole.
+Split rule 1 (before schema 3) cut a text source of fewer than 50 files into
+paragraphs instead; results and checkpoints record the rule (``split_rule``).
 
 **Packing.** Each document is tokenized with the model's tokenizer
 (``add_special_tokens=True``, so a BOS is added where the model expects one),
@@ -51,12 +56,13 @@ from __future__ import annotations
 
 from .blocks import (BOS_POLICIES, DEFAULT_BOS, IGNORE, Block, BlockStream, StreamPosition, block_bos,
                      check_bos_policy, collate, encode_document, eos_id_of, iter_blocks, tokenizer_adds_bos)
-from .sources import (FEW_FILES, SPLITS, STDLIB, STDLIB_SKIP_DIRS, check_source, check_text, load_all_documents,
-                      load_documents, public_source, public_sources, split_of, stdlib_files, stdlib_root)
+from .sources import (SPLIT_RULE, SPLITS, STDLIB, STDLIB_SKIP_DIRS, check_source, check_text, load_all_documents,
+                      load_documents, public_source, public_sources, split_of, stdlib_files, stdlib_root,
+                      TextSpan, split_text, holdout_start)
 
 __all__ = [
     "BOS_POLICIES", "DEFAULT_BOS", "IGNORE", "Block", "BlockStream", "StreamPosition", "block_bos",
     "check_bos_policy", "collate", "encode_document", "eos_id_of", "iter_blocks", "tokenizer_adds_bos",
-    "FEW_FILES", "SPLITS", "STDLIB", "STDLIB_SKIP_DIRS", "check_source", "check_text", "load_all_documents",
+    "SPLIT_RULE", "SPLITS", "TextSpan", "split_text", "holdout_start", "STDLIB", "STDLIB_SKIP_DIRS", "check_source", "check_text", "load_all_documents",
     "load_documents", "public_source", "public_sources", "split_of", "stdlib_files", "stdlib_root",
 ]

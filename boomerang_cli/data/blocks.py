@@ -20,9 +20,11 @@ IGNORE = -100  # label of a position no loss scores
 
 
 def encode_document(tokenizer: Any, text: str, eos_id: int) -> list[int]:
-    """A document's tokens with the model's own special tokens, then EOS."""
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    if not ids or ids[-1] != eos_id:
+    """A document's tokens with the model's own special tokens, then EOS; a span of a file
+    (:class:`~.sources.TextSpan`) gets them only where the file itself starts or ends."""
+    starts, ends = getattr(text, "starts", True), getattr(text, "ends", True)
+    ids = list(tokenizer(str(text), add_special_tokens=starts)["input_ids"])
+    if ends and (not ids or ids[-1] != eos_id):
         ids.append(eos_id)
     return ids
 

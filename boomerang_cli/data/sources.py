@@ -1,6 +1,6 @@
 """Data sources and the split rule: what ``--data`` names, read as documents of ``train`` or ``validation``.
 
-See the package docstring for the split rule and how few-file sources are split within their files.
+See the package docstring for the split rule: rows and stdlib files by key hash, a text file's tail held out.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from typing import Any, Iterator, Sequence
 from ..errors import DataError
 
 SPLITS = ("train", "validation", "all")  # "all": every document of the source, both splits
-VALIDATION_PER_10K = 200  # 2% of documents are held out
-#: A text source (file or directory) with fewer text files than this is split within its files.
-FEW_FILES = 50
+VALIDATION_PER_10K = 200  # 2% of documents (of a text file's characters) are held out
+#: What ``train``/``validation`` mean for a source's documents, recorded with results and checkpoints:
+#: 1 cut text sources of fewer than 50 files into paragraphs (manifest schema <= 2); 2 keeps every file whole
+#: and holds out the tail of each text file. Rows and the stdlib corpus split the same way under both.
+SPLIT_RULE = 2
 
 #: Suffixes read as one plain-text document per file when a directory is given.
 TEXT_SUFFIXES = frozenset({
@@ -32,6 +34,31 @@ PARQUET_SUFFIXES = frozenset({".parquet"})
 STDLIB = "stdlib"
 #: Directory names left out of the stdlib corpus (third-party code and test suites).
 STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
+
+
+def split_rule_changed(sources: Sequence[str]) -> bool:
+    """Whether split rule 1 may have read ``sources`` otherwise than rule 2: any source that is not the
+    stdlib corpus, a JSONL/Parquet file of rows or an ``hf:`` dataset (a text path, or a hub id that
+    could name a local directory), so records and checkpoints of rule 1 are not mixed with rule 2's."""
+    rows = tuple(JSONL_SUFFIXES | PARQUET_SUFFIXES)
+    return not all(s == STDLIB or s.startswith("hf:") or s.lower().endswith(rows) for s in sources)
+
+
+class TextSpan(str):
+    """A contiguous part of one document (a text file's train head or held-out tail).
+
+    It is still text (a ``str``); ``starts``/``ends`` say whether it begins or ends the
+    file, so packing puts the tokenizer's BOS only where the file starts and an EOS
+    only where it ends, never where the file has none.
+    """
+
+    starts: bool
+    ends: bool
+
+    def __new__(cls, text: str, starts: bool, ends: bool) -> "TextSpan":
+        span = super().__new__(cls, text)
+        span.starts, span.ends = starts, ends
+        return span
 
 
 def _key_hash(key: str) -> int:
@@ -52,25 +79,28 @@ def _check_split(split: str) -> None:
         raise DataError(f"unknown split {split!r}; use train, validation or all")
 
 
-def text_pieces(text: str) -> list[str]:
-    """A text file's documents when its source has few files: paragraphs (separated by blank
-    lines), or its lines when it is one paragraph."""
-    paragraphs = [p for p in re.split(r"\n[ \t\r\f\v]*\n", text) if p.strip()]
-    if len(paragraphs) > 1:
-        return paragraphs
-    return [line for line in text.splitlines() if line.strip()] or paragraphs
+def holdout_start(text: str) -> int:
+    """Where a text file's held-out tail starts: at the start of the line that holds the point 2% of its
+    characters (trailing whitespace not counted) before its end, or after the last space when the text
+    is one line; ``len(text)`` (nothing held out) when neither boundary exists."""
+    body = len(text.rstrip())
+    if body < 2:
+        return len(text)
+    pos = body - max(1, -(-body * VALIDATION_PER_10K // 10_000))
+    cut = text.rfind("\n", 0, pos) + 1
+    if cut == 0:
+        cut = max(text.rfind(" ", 0, pos), text.rfind("\t", 0, pos)) + 1
+    return cut if cut > 0 else len(text)
 
 
-def split_pieces(pieces: Sequence[str], key: str, split: str) -> list[str]:
-    """The pieces of one file in ``split``: piece ``i`` by the hash of ``key#i`` (the 2% rule), and
-    when the rule holds none out, the piece of lowest hash, so a file always has a held-out part."""
+def split_text(text: str, split: str) -> TextSpan | None:
+    """One text file's part in ``split``: all of it, its head (train) or its held-out tail (validation);
+    None when that part is empty. ``train + validation`` is the file's text, both contiguous."""
     if split == "all":
-        return list(pieces)
-    hashes = [_key_hash(f"{key}#{i}") for i in range(len(pieces))]
-    held = {i for i, h in enumerate(hashes) if h % 10_000 < VALIDATION_PER_10K}
-    if not held and pieces:
-        held = {min(range(len(pieces)), key=hashes.__getitem__)}
-    return [p for i, p in enumerate(pieces) if (i in held) == (split == "validation")]
+        return TextSpan(text, True, True)
+    cut = holdout_start(text)
+    part = TextSpan(text[:cut], True, cut == len(text)) if split == "train" else TextSpan(text[cut:], cut == 0, True)
+    return part if part else None
 
 
 # -- sources -----------------------------------------------------------------------------
@@ -159,17 +189,22 @@ def _iter_parquet(path: Path, key_prefix: str, split: str, text_field: str) -> I
             row += 1
 
 
-def _iter_file(path: Path, key: str, split: str, text_field: str, pieces: bool = False) -> Iterator[str]:
-    """A file's documents in ``split``; ``pieces``: a text file is split within itself (few files)."""
+def _is_rows(path: Path) -> bool:
+    """A file of rows (JSONL, Parquet), each a document; any other file is one text document."""
+    return path.suffix.lower() in JSONL_SUFFIXES | PARQUET_SUFFIXES
+
+
+def _iter_file(path: Path, key: str, split: str, text_field: str) -> Iterator[str]:
+    """A file's documents in ``split``: JSONL/Parquet rows by key hash, a text file's span (split_text)."""
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
         yield from _iter_jsonl(path, key, split, text_field)
     elif suffix in PARQUET_SUFFIXES:
         yield from _iter_parquet(path, key, split, text_field)
-    elif pieces:
-        yield from split_pieces(text_pieces(_read_text(path)), key, split)
-    elif _in_split(key, split):
-        yield _read_text(path)
+    else:
+        part = split_text(_read_text(path), split)
+        if part is not None:
+            yield part
 
 
 def _dir_files(root: Path) -> list[tuple[str, Path]]:
@@ -284,15 +319,18 @@ def _documents(source: str, split: str, text_field: str) -> Iterator[str]:
                 yield _read_text(path)
         return
     path = Path(source).expanduser()
-    if path.is_file():
-        yield from _iter_file(path, path.name, split, text_field, pieces=True)
-    elif path.is_dir():
-        files = _dir_files(path)
-        few = sum(p.suffix.lower() in TEXT_SUFFIXES for _, p in files) < FEW_FILES
-        for key, p in files:
-            yield from _iter_file(p, key, split, text_field, pieces=few)
-    else:
+    if not (path.is_file() or path.is_dir()):
         yield from _iter_hub(source, split, text_field)
+        return
+    files = [(path.name, path)] if path.is_file() else _dir_files(path)
+    held = False
+    for key, p in files:
+        for doc in _iter_file(p, key, split, text_field):
+            held = held or not _is_rows(p)
+            yield doc
+    if split == "validation" and not held and not any(_is_rows(p) for _, p in files):
+        raise DataError(f"{source}: too short to hold out a validation part (its last 2% must start at a "
+                        "line or word boundary); pass --split all to use all of it, or add text")
 
 
 def load_all_documents(sources: Sequence[str], split: str = "train", text_field: str = "text") -> Iterator[str]:

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import DEFAULT_BOS, check_bos_policy, check_source
+from ..data import DEFAULT_BOS, SPLIT_RULE, check_bos_policy, check_source
+from ..data.sources import split_rule_changed
 from ..errors import BoomerangError, DataError
 from ..plan import Plan
 from ..atomic import check_output_dir
@@ -108,6 +109,7 @@ class DistillConfig:
             elif isinstance(v, tuple):
                 v = list(v)
             out[f.name] = v
+        out["split_rule"] = SPLIT_RULE  # what the data's train split means (data.SPLIT_RULE)
         return out
 
 
@@ -188,6 +190,10 @@ def _check_writable(path: Path) -> None:
 def check_resumable(cfg: DistillConfig, state: dict[str, Any], world: int, steps: int) -> None:
     old = {"bos": "never", **state.get("config", {})}  # checkpoints from before --bos packed without it
     new = cfg.to_json()
+    if old.get("split_rule", 1) != SPLIT_RULE and split_rule_changed(cfg.data):
+        raise BoomerangError(f"cannot resume: this checkpoint read --data under split rule {old.get('split_rule', 1)} "
+                             "(text sources of fewer than 50 files cut into paragraphs), so its data position "
+                             "means nothing now; start over with --overwrite")
     diffs = [k for k in TRAJECTORY_FIELDS if old.get(k) != new.get(k)]
     if int(state.get("steps", steps)) != steps:
         diffs.append("steps/tokens")

@@ -109,7 +109,7 @@ def evaluate_family(
     if opts.perplexity:
         t = time.perf_counter()
         data = load_eval_data(opts.sources, opts.split, tokenizer, seq_len, opts.max_tokens, opts.text_field,
-                              opts.bos)
+                              opts.bos, opts.window)
         seconds["data"] = time.perf_counter() - t
 
     baselines: list[Baseline] = []

@@ -11,10 +11,17 @@ import torch
 
 from ..arch import max_positions
 from ..data import DEFAULT_BOS, STDLIB, check_bos_policy
+from ..data.windows import DEFAULT_WINDOW, check_window
 from ..errors import BoomerangError, DataError
 from ..models import resolve_device
 from . import lmeval
 from .baselines import METHODS
+
+
+#: What tables and plots show of a perplexity record (--metric): its field in the record.
+METRICS = {"ppl": "ppl", "bits-per-byte": "bits_per_byte", "word-ppl": "word_perplexity",
+           "byte-ppl": "byte_perplexity"}
+DEFAULT_METRIC = "ppl"
 
 
 @dataclass
@@ -27,6 +34,8 @@ class EvalOptions:
     seq_len: int = 512
     max_tokens: int = 32768
     bos: str = DEFAULT_BOS  # --bos: BOS in front of every block (data.block_bos)
+    window: str = DEFAULT_WINDOW  # --window: packed blocks, or lm-eval's rolling windows (data.windows)
+    metric: str = DEFAULT_METRIC  # --metric: what tables and plots show (METRICS)
     batch_size: int = 8
     dtype: torch.dtype = torch.float32
     device: str = "auto"
@@ -63,6 +72,9 @@ class EvalOptions:
         if not self.sources:
             raise DataError("no evaluation data; pass --data (files, a directory, a hub dataset or stdlib)")
         check_bos_policy(self.bos)
+        check_window(self.window)
+        if self.metric not in METRICS:
+            raise BoomerangError(f"unknown --metric {self.metric!r}; use {', '.join(METRICS)}")
         bad = [m for m in self.baselines if m not in METHODS]
         if bad:
             raise BoomerangError(f"unknown baseline {bad[0]!r}; use prune (= {', '.join(METHODS)}) or one of them")
@@ -99,6 +111,10 @@ class Row:
     def ppl(self) -> float | None:
         return None if self.perplexity is None else self.perplexity["ppl"]
 
+    def metric(self, name: str = DEFAULT_METRIC) -> float | None:
+        """The record's value of ``--metric name`` (None when not measured)."""
+        return None if self.perplexity is None else self.perplexity.get(METRICS[name])
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind, "num_params": self.num_params,
                                "num_layers": self.num_layers}
@@ -110,14 +126,14 @@ class Row:
         out["tasks"] = self.tasks
         return out
 
-    def plot_point(self) -> dict[str, Any]:
+    def plot_point(self, metric: str = DEFAULT_METRIC) -> dict[str, Any]:
         tasks = {}
         for task, scores in self.tasks.items():
             primary = lmeval.primary_metric(scores)
             if primary is not None:
                 tasks[task] = primary
         return {"name": self.name, "kind": self.kind, "method": self.method, "num_params": self.num_params,
-                "num_layers": self.num_layers, "ppl": self.ppl, "tasks": tasks}
+                "num_layers": self.num_layers, "ppl": self.metric(metric), "tasks": tasks}
 
 
 @dataclass
@@ -152,9 +168,12 @@ class EvalReport:
 
     @property
     def teacher_ppl(self) -> float | None:
+        return self.teacher_metric()
+
+    def teacher_metric(self, metric: str = DEFAULT_METRIC) -> float | None:
         for r in self.rows:
             if r.kind == "teacher":
-                return r.ppl
+                return r.metric(metric)
         return None
 
     def to_json(self) -> dict[str, Any]:

@@ -11,14 +11,17 @@ second full-size copy of the logits.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..data import DEFAULT_BOS, IGNORE, block_bos, collate, iter_blocks
+from ..data import DEFAULT_BOS, IGNORE, Block, BlockStream, block_bos, collate, eos_id_of, load_all_documents
+from ..data.windows import (DEFAULT_WINDOW, TextCount, check_window, covered_text, document_tokens, prefix_token,
+                            rolling_blocks)
 from ..errors import DataError
 from ..models import attention_mask
 
@@ -43,11 +46,23 @@ class NLL:
 
     @property
     def ppl(self) -> float:
-        nll = self.nll
-        return math.exp(nll) if nll < 700 else math.inf
+        return _exp(self.nll)
+
+    def units(self, text: TextCount) -> dict[str, Any]:
+        """Tokenizer-free units over the scored text, as lm-eval reports them: bits per byte, byte and
+        word perplexity (None where the text has no bytes or words)."""
+        bpb = self.total / (text.bytes * math.log(2)) if text.bytes else None
+        word = self.total / text.words if text.words else None
+        return {"bytes": text.bytes, "words": text.words, "bits_per_byte": bpb,
+                "byte_perplexity": None if bpb is None else _exp(bpb * math.log(2)),
+                "word_perplexity": None if word is None else _exp(word)}
 
     def to_json(self, **extra: Any) -> dict[str, Any]:
         return {"nll": self.nll, "ppl": self.ppl, "tokens": self.tokens, **extra}
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf
 
 
 def batch_nll(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> tuple[float, int]:
@@ -75,7 +90,9 @@ class EvalData:
     sources: list[str] = field(default_factory=list)
     split: str = "validation"
     seq_len: int = 0
-    bos: bool = False  # every block starts with BOS (data.block_bos)
+    bos: bool = False  # every block starts with BOS (data.block_bos); rolling: the prefix token is the BOS
+    window: str = DEFAULT_WINDOW  # packed | rolling (data.windows)
+    text: TextCount = field(default_factory=TextCount)  # bytes and words of the scored text
 
     @property
     def num_blocks(self) -> int:
@@ -102,13 +119,56 @@ class EvalData:
 
     def describe(self) -> dict[str, Any]:
         return {"key": self.key, "sources": list(self.sources), "split": self.split, "seq_len": self.seq_len,
-                "bos": self.bos, "blocks": self.num_blocks, "tokens": self.num_tokens,
-                "fingerprint": self.fingerprint()}
+                "bos": self.bos, "window": self.window, "blocks": self.num_blocks, "tokens": self.num_tokens,
+                "bytes": self.text.bytes, "words": self.text.words, "fingerprint": self.fingerprint()}
 
 
 def data_key(sources: Sequence[str], split: str) -> str:
     """``stdlib:validation``, ``corpus/+notes.jsonl:train``: the key metrics are stored under."""
     return f"{'+'.join(sources)}:{split}"
+
+
+def _recorded(documents: Iterable[str], seen: list[str]) -> Iterator[str]:
+    for text in documents:
+        seen.append(text)
+        yield text
+
+
+def _packed(docs: Iterable[str], tokenizer: Any, seq_len: int, max_tokens: int, bos_id: int | None,
+            describe: str) -> tuple[list[Block], TextCount]:
+    """The first blocks of the packed stream, and the text their labels cover: every document the
+    stream passed whole, and the prefix of the one it stopped in."""
+    seen: list[str] = []
+    stream = BlockStream(lambda: _recorded(docs, seen), tokenizer, seq_len, pad_last=True, describe=describe,
+                         bos_id=bos_id)
+    blocks = list(itertools.islice(stream, -(-max_tokens // seq_len)))
+    pos, count = stream.position, TextCount()
+    whole = len(seen) if pos.epoch > 0 else pos.doc
+    for text in seen[:whole]:
+        count.add(text)
+    if pos.epoch == 0 and pos.offset > 0:  # inputs [0, offset) of this document: labels up to token offset
+        count.add(covered_text(tokenizer, seen[pos.doc], pos.offset + 1))
+    return blocks, count
+
+
+def _rolling(docs: Iterable[str], tokenizer: Any, seq_len: int, max_tokens: int) -> tuple[list[Block], TextCount]:
+    """lm-eval's rolling windows over each document until ``max_tokens`` tokens are scored (the last
+    document cut there)."""
+    prefix, blocks, count, left = prefix_token(tokenizer), [], TextCount(), max_tokens
+    pad = getattr(tokenizer, "pad_token_id", None)
+    pad_id = int(pad) if pad is not None else eos_id_of(tokenizer)
+    for text in docs:
+        tokens, skipped = document_tokens(tokenizer, text)
+        if len(tokens) > left:
+            tokens = tokens[:left]
+            count.add(covered_text(tokenizer, text, left + skipped))
+        else:
+            count.add(text)
+        blocks.extend(rolling_blocks(tokens, prefix, seq_len, pad_id))
+        left -= len(tokens)
+        if left <= 0:
+            break
+    return blocks, count
 
 
 def load_eval_data(
@@ -119,26 +179,33 @@ def load_eval_data(
     max_tokens: int,
     text_field: str = "text",
     bos: str = DEFAULT_BOS,
+    window: str = DEFAULT_WINDOW,
 ) -> EvalData:
-    """The first ``max_tokens`` input tokens of ``split`` of ``sources``, packed into blocks.
+    """The first ``max_tokens`` tokens of ``split`` of ``sources``, in blocks of ``seq_len``.
 
-    Whole blocks are taken (the last one may be padded when the split runs out),
-    so the count is rounded up to a multiple of ``seq_len``. ``bos`` is the
-    ``--bos`` policy (:func:`boomerang_cli.data.block_bos`).
+    ``packed``: whole blocks of the packed stream are taken (the last one may be
+    padded when the split runs out), so the count is rounded up to a multiple of
+    ``seq_len``; ``bos`` is the ``--bos`` policy (:func:`boomerang_cli.data.block_bos`).
+    ``rolling``: lm-eval's windows, document by document, ``max_tokens`` scored tokens.
     """
     if max_tokens < 1:
         raise DataError(f"--max-tokens must be at least 1 (got {max_tokens})")
     if not sources:
         raise DataError("no evaluation data; pass --data (files, a directory, a hub dataset or stdlib)")
-    max_blocks = -(-max_tokens // seq_len)
-    bos_id = block_bos(tokenizer, bos)
-    blocks = list(iter_blocks(list(sources), split, tokenizer, seq_len, text_field=text_field,
-                              pad_last=True, max_blocks=max_blocks, bos_id=bos_id))
+    check_window(window)
     key = data_key(sources, split)
+    docs = load_all_documents(list(sources), split, text_field)
+    if window == "rolling":
+        blocks, count = _rolling(docs, tokenizer, seq_len, max_tokens)
+        bos_flag = prefix_token(tokenizer) == getattr(tokenizer, "bos_token_id", None)
+    else:
+        bos_id = block_bos(tokenizer, bos)
+        blocks, count = _packed(docs, tokenizer, seq_len, max_tokens, bos_id, f"{split} split of {', '.join(sources)}")
+        bos_flag = bos_id is not None
     if not blocks:
         raise DataError(f"{key}: no tokens to evaluate on; check --data and --split")
     ids, labels, mask = collate(blocks)
-    data = EvalData(ids, labels, mask, key, list(sources), split, seq_len, bos_id is not None)
+    data = EvalData(ids, labels, mask, key, list(sources), split, seq_len, bos_flag, window, count)
     if data.num_tokens == 0:
         raise DataError(f"{key}: the blocks hold no token to predict; add data or raise --max-tokens")
     return data

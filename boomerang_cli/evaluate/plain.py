@@ -54,7 +54,7 @@ def evaluate_models(
             t = time.perf_counter()
             seq_len = bounded_seq_len(opts, info.config, notes)
             data = load_eval_data(opts.sources, opts.split, tokenizer, seq_len, opts.max_tokens, opts.text_field,
-                                  opts.bos)
+                                  opts.bos, opts.window)
             nll = model_nll(model, data, opts.batch_size)
             row.perplexity = perplexity_entry(nll, data, opts.dtype, False, now())
             described = described or data.describe()

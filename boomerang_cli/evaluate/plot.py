@@ -122,8 +122,10 @@ def plot_results(
     data_key: str | None,
     tasks: Sequence[str] = (),
     by_layers: bool = False,
+    metric_label: str = "perplexity",
 ) -> Path:
-    """Draw ``rows`` (dicts with name, kind, method, num_params, ppl, tasks) into a PNG file.
+    """Draw ``rows`` (dicts with name, kind, method, num_params, ppl, tasks) into a PNG file; ``ppl``
+    holds the value of the chosen ``--metric``, named on the axis by ``metric_label``.
 
     Perplexity goes on a log axis when it spans more than a factor of 20 (pruned
     baselines are often orders of magnitude off); task scores, when there are
@@ -143,7 +145,7 @@ def plot_results(
     has_tasks = bool(tasks) and any(r.get("tasks") for r in rows)
     ncols = 2 if has_tasks else 1
     fig, axes = plt.subplots(1, ncols, figsize=(7.5 * ncols, 5.5), squeeze=False)
-    ok = _panel(axes[0][0], rows, lambda r: r.get("ppl"), f"perplexity ({data_key})" if data_key else "perplexity",
+    ok = _panel(axes[0][0], rows, lambda r: r.get("ppl"), f"{metric_label} ({data_key})" if data_key else metric_label,
                 label_points=sum(r["kind"] not in ("baseline", "order") for r in rows) <= 24)
     ppls = [r["ppl"] for r in rows if r.get("ppl")]
     if ok and max(ppls) / min(ppls) > 20:  # pruned baselines can be orders of magnitude off

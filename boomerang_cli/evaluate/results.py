@@ -16,19 +16,23 @@ import torch
 from .. import __version__, jsonio
 from ..errors import BoomerangError
 from ..guard import check_disjoint
-from ..manifest import BaselineEntry, FamilyManifest, migrate_metrics_v1, perplexity_key
+from ..data import SPLIT_RULE
+from ..manifest import BaselineEntry, FamilyManifest, migrate_metrics, perplexity_key
 from ..atomic import atomic_write_text
 from .options import Row, now
 from .perplexity import NLL, EvalData
 
 RESULTS_FORMAT = "boomerang-eval"
-RESULTS_VERSION = 2  # 2: perplexity keyed by manifest.perplexity_key; 1 is migrated on read
+#: 2: perplexity keyed by manifest.perplexity_key; 3: records carry bits per byte and word perplexity, and
+#: those measured under split rule 1 are keyed apart (manifest.migrate_metrics_v2). Older ones are migrated.
+RESULTS_VERSION = 3
 DEFAULT_RESULTS = "eval-results.json"
 
 
 def perplexity_entry(nll: NLL, data: EvalData, dtype: torch.dtype, trunk: bool, stamp: str) -> dict[str, Any]:
     """A perplexity result with every setting that identifies it (``manifest.perplexity_key``)."""
-    return nll.to_json(data=data.key, seq_len=data.seq_len, bos=data.bos, blocks=data.num_blocks,
+    return nll.to_json(data=data.key, seq_len=data.seq_len, bos=data.bos, window=data.window,
+                       split_rule=SPLIT_RULE, **nll.units(data.text), blocks=data.num_blocks,
                        data_fingerprint=data.fingerprint(), trunk=trunk, dtype=str(dtype).removeprefix("torch."),
                        evaluated=stamp)
 
@@ -95,9 +99,10 @@ def read_results(path: Path) -> dict[str, Any]:
         raise BoomerangError(f"{path}: not valid JSON ({exc}); pass another --output") from None
     if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
         raise BoomerangError(f"{path}: not a boomerang eval results file; pass another --output")
-    if data.get("schema_version") == 1:  # perplexity keyed by data alone: re-key it
-        data["models"] = [{**e, "metrics": migrate_metrics_v1(e.get("metrics", {}))} if isinstance(e, dict) else e
-                          for e in data.get("models", [])]
+    version = data.get("schema_version")
+    if version in (1, 2):  # re-keyed by how each record was measured (manifest.migrate_metrics)
+        data["models"] = [{**e, "metrics": migrate_metrics(e.get("metrics", {}), version)} if isinstance(e, dict)
+                          else e for e in data.get("models", [])]
         data["schema_version"] = RESULTS_VERSION
     if data.get("schema_version") != RESULTS_VERSION:
         raise BoomerangError(f"{path}: results schema version {data.get('schema_version')} but this boomerang "
