@@ -301,6 +301,8 @@ ROWS = [
      AUTH, 400, "max_tokens", "128 tokens in all"),
     ("token outside vocabulary", "/v1/completions", {**OK, "prompt": [5, 99999]}, AUTH, 400, "prompt", "vocabulary"),
     ("auto without budget", "/v1/completions", {**OK, "model": "auto"}, AUTH, 400, "max_perplexity", "needs"),
+    ("auto, unknown record", "/v1/completions", {**OK, "model": "auto", "max_perplexity": 50, "perplexity_key": "x"},
+     AUTH, 400, "perplexity_key", "no member has a perplexity recorded under 'x'"),
     ("no API key", "/v1/completions", OK, {}, 401, None, "Authorization: Bearer"),
     ("wrong API key", "/v1/models", None, {"Authorization": "Bearer nope"}, 401, None, "API key"),
     ("body over the cap", "/v1/completions", {**OK, "prompt": "x" * 70_000}, AUTH, 413, None, "at most 64000"),

@@ -25,6 +25,9 @@ def serve_cmd(
         "$BOOMERANG_API_KEY if set, else no key)."),
     dtype: str = typer.Option("fp32", "--dtype", help="Hold the weights as fp32 (default), bf16 or fp16."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="CPU threads per forward pass (default: torch's; 1 is fastest when other "
+        "processes share the CPUs)."),
     max_batch: int = typer.Option(16, "--max-batch", help="Most requests one member decodes together."),
     batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", help="How long a member waits for more requests "
                                         "to batch with the first."),
@@ -61,6 +64,12 @@ def serve_cmd(
             raise BoomerangError("--members is empty; name members like --members student,teacher")
         if max_batch < 1:
             raise BoomerangError("--max-batch must be at least 1")
+        if threads is not None:
+            if threads < 1:
+                raise BoomerangError("--threads must be at least 1")
+            import torch
+
+            torch.set_num_threads(threads)
         sock = bind(host, port)  # before loading: a taken port fails in a second, not after minutes
         served = open_members(family, names, parse_dtype(dtype), resolve_device(device), trust_remote_code)
         options = ServeOptions(api_key=api_key or os.environ.get("BOOMERANG_API_KEY") or None,

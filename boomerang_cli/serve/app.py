@@ -16,12 +16,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
-from ..errors import BoomerangError
 from .api import ApiError, ChatRequest, CompletionRequest, TextStream, validation_error
 from .batching import Job, MemberWorker
 from .generate import Sampling
 from .limits import Guard
-from .members import Served, ServedMember, pick_auto
+from .members import AutoChoiceError, Served, ServedMember, pick_auto
 
 COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default for /v1/completions
 
@@ -70,8 +69,8 @@ class Server:
                                param="max_perplexity")
             try:
                 name = pick_auto(self.served, req.max_perplexity, req.perplexity_key or self.options.auto_key)
-            except BoomerangError as exc:
-                raise ApiError(400, str(exc), param="max_perplexity") from None
+            except AutoChoiceError as exc:
+                raise ApiError(400, str(exc), param=exc.field) from None
             return self.served.members[name]
         if req.model not in self.served.members:
             raise ApiError(404, f"the model {req.model!r} does not exist; models: "

@@ -86,9 +86,10 @@ def _forward(model: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch
 
 def _step(rows: list[Row], logits: torch.Tensor, eos: set[int]) -> list[int]:
     """Pick each live row's token, report it, and mark the rows that end; returns the tokens."""
+    greedy = logits.argmax(dim=-1).tolist()  # every greedy row in one step (one device sync)
     tokens = []
     for i, r in enumerate(rows):
-        tok = pick(logits[i], r.sampling, r._gen)
+        tok = greedy[i] if r.sampling.temperature <= 0 else pick(logits[i], r.sampling, r._gen)
         tokens.append(tok)
         r.generated += 1
         if tok in eos or not r.on_token(tok):  # EOS is never shown; a stop string ends the row too

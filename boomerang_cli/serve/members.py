@@ -139,6 +139,14 @@ def perplexity_keys(served: Served) -> list[str]:
     return sorted(keys)
 
 
+class AutoChoiceError(BoomerangError):
+    """``model: "auto"`` could not choose; ``field`` is the request field to change."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def pick_auto(served: Served, max_perplexity: float, key: str | None = None) -> str:
     """``model: "auto"``: the smallest member (fewest parameters) whose perplexity recorded under
     ``key`` is at most ``max_perplexity``. Without ``key``, the one key every record uses, if only one."""
@@ -146,16 +154,17 @@ def pick_auto(served: Served, max_perplexity: float, key: str | None = None) -> 
     if key is None:
         if len(keys) != 1:
             found = "; ".join(keys) if keys else "none (run `boomerang eval` on the family first)"
-            raise BoomerangError(f"name the perplexity record to judge by in perplexity_key; recorded: {found}")
+            raise AutoChoiceError(f"name the perplexity record to judge by in perplexity_key; recorded: {found}",
+                                  "perplexity_key")
         key = keys[0]
     elif key not in keys:
-        raise BoomerangError(f"no member has a perplexity recorded under {key!r}; recorded: "
-                             f"{'; '.join(keys) or 'none'}")
+        raise AutoChoiceError(f"no member has a perplexity recorded under {key!r}; recorded: "
+                              f"{'; '.join(keys) or 'none'}", "perplexity_key")
     scored = [(m.metrics["perplexity"][key]["ppl"], m) for m in served.members.values()
               if isinstance((m.metrics.get("perplexity") or {}).get(key, {}).get("ppl"), (int, float))]
     within = [m for ppl, m in scored if ppl <= max_perplexity]
     if not within:
         ppl, best = min(scored, key=lambda s: s[0])
-        raise BoomerangError(f"no member has perplexity <= {max_perplexity:g} under {key!r}; the lowest is "
-                             f"{best.name} at {ppl:.4g}")
+        raise AutoChoiceError(f"no member has perplexity <= {max_perplexity:g} under {key!r}; the lowest is "
+                              f"{best.name} at {ppl:.4g}", "max_perplexity")
     return min(within, key=lambda m: (m.num_params, m.num_layers)).name
