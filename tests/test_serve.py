@@ -432,3 +432,27 @@ def test_smollm2_greedy_through_the_api_equals_saved_members(tmp_path, monkeypat
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         want = reference(tmp_path / "fam", "teacher", ids, 8)
         assert chat.choices[0].message.content == tok.decode(want, skip_special_tokens=True)
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def test_cli_refuses_a_missing_family_and_a_taken_port(tmp_path, family):
+    import socket
+
+    from .test_family import runner
+
+    from boomerang_cli.cli import app
+
+    r = runner.invoke(app, ["serve", str(tmp_path / "nothing"), "--port", "0"])
+    assert r.exit_code == 2 and "no such family or model" in r.output
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        r = runner.invoke(app, ["serve", str(family), "--port", str(taken.getsockname()[1])])
+        assert r.exit_code == 2 and "cannot listen on 127.0.0.1:" in r.output and "--port" in r.output
+    finally:
+        taken.close()
+    r = runner.invoke(app, ["serve", str(family), "--members", ",", "--port", "0"])
+    assert r.exit_code == 2 and "--members is empty" in r.output

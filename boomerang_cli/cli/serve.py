@@ -56,7 +56,7 @@ def serve_cmd(
         except ImportError:
             raise BoomerangError("serving needs FastAPI and uvicorn; pip install 'boomerang-cli[serve]'") from None
         from ..serve.app import ServeOptions, Server, create_app
-        from ..serve.members import open_members
+        from ..serve.members import open_members, require_source
         from ..serve.run import bind, bound_port, serve_forever
 
         names = split_list([members]) if members else None
@@ -70,6 +70,7 @@ def serve_cmd(
             import torch
 
             torch.set_num_threads(threads)
+        require_source(family)
         sock = bind(host, port)  # before loading: a taken port fails in a second, not after minutes
         served = open_members(family, names, parse_dtype(dtype), resolve_device(device), trust_remote_code)
         options = ServeOptions(api_key=api_key or os.environ.get("BOOMERANG_API_KEY") or None,

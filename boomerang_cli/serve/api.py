@@ -76,9 +76,10 @@ class ChatRequest(_Common):
 
 def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     """A pydantic/FastAPI validation failure as one 400 naming the first bad field."""
-    first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
+    first: dict[str, Any] = errors[0] if errors else {"msg": "invalid request", "loc": ()}
     if first.get("type") == "json_invalid":
-        return ApiError(400, f"malformed JSON body: {first.get('ctx', {}).get('error', first.get('msg'))}")
+        ctx: dict[str, Any] = first.get("ctx") or {}
+        return ApiError(400, f"malformed JSON body: {ctx.get('error', first.get('msg'))}")
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
     where = f"field {param!r}: " if param else ""

@@ -171,8 +171,9 @@ async def respond(server: Server, req: CompletionRequest | ChatRequest, m: Serve
     from fastapi.responses import JSONResponse, StreamingResponse
 
     chat = isinstance(req, ChatRequest)
-    asked = (req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens) if chat \
-        else req.max_tokens
+    asked = req.max_tokens
+    if isinstance(req, ChatRequest) and req.max_completion_tokens is not None:
+        asked = req.max_completion_tokens
     n = server.budget(m, len(ids), asked, None if chat else COMPLETION_DEFAULT_TOKENS,
                       "messages" if chat else "prompt")
     events, stream, cancel = server.submit(m, ids, _sampling(req, n), req.stops())

@@ -87,14 +87,20 @@ def _records(manifest: FamilyManifest, name: str, models: dict[str, ModelInfo]) 
     return dict(e.metrics), weights or None
 
 
-def open_members(path: Path | str, names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu", trust_remote_code: bool = False) -> Served:
-    """Every chosen member of the family (or the one model) at ``path``, built over one pool."""
+def require_source(path: Path | str) -> Path:
+    """``path`` as given, refused at once when there is nothing there (before a port is taken)."""
     path = Path(path).expanduser()
-    pool = TensorPool(dtype, torch.device(device))
     if not path.exists():
         raise BoomerangError(f"{path}: no such family or model; pass a family directory, its family.json "
                              "or a model directory")
+    return path
+
+
+def open_members(path: Path | str, names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu", trust_remote_code: bool = False) -> Served:
+    """Every chosen member of the family (or the one model) at ``path``, built over one pool."""
+    path = require_source(path)
+    pool = TensorPool(dtype, torch.device(device))
     if not _is_family(path):
         return _open_single(path, names, pool, trust_remote_code)
     mpath, manifest = read_complete_manifest(path)

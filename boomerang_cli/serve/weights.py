@@ -73,7 +73,7 @@ def _digest(value: torch.Tensor) -> str:
     return hashlib.blake2b(flat.view(torch.uint8).numpy().data, digest_size=20).hexdigest()
 
 
-def _empty_model(config: Any, trust_remote_code: bool = False) -> nn.Module:
+def _empty_model(config: Any, trust_remote_code: bool = False) -> Any:
     """The model of ``config`` with every parameter on the meta device (no memory), buffers real.
 
     Buffers (rotary frequencies, position ids) are computed by the modules
