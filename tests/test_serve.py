@@ -432,6 +432,8 @@ def test_smollm2_greedy_through_the_api_equals_saved_members(tmp_path, monkeypat
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         want = reference(tmp_path / "fam", "teacher", ids, 8)
         assert chat.choices[0].message.content == tok.decode(want, skip_special_tokens=True)
+    solo = open_members(DEFAULT_TEACHER)  # a model reference, served under the name given
+    assert solo.names() == [DEFAULT_TEACHER] and solo.pool.nbytes == served.members["teacher"].num_params * 4
 
 
 # -- the command line -------------------------------------------------------------------------

@@ -87,22 +87,29 @@ def _records(manifest: FamilyManifest, name: str, models: dict[str, ModelInfo]) 
     return dict(e.metrics), weights or None
 
 
-def require_source(path: Path | str) -> Path:
-    """``path`` as given, refused at once when there is nothing there (before a port is taken)."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise BoomerangError(f"{path}: no such family or model; pass a family directory, its family.json "
-                             "or a model directory")
-    return path
+def require_source(ref: Path | str) -> tuple[Path, str]:
+    """Where ``ref`` is (a path, else a model reference: builtin, hub id, GGUF) and the name a single
+    model is served as; refused at once when there is nothing (before a port is taken)."""
+    from ..errors import ModelNotFoundError
+    from ..refs import resolve
+
+    path = Path(ref).expanduser()
+    if path.exists():
+        return path, path.name
+    try:
+        return resolve(str(ref)).path, str(ref)
+    except ModelNotFoundError as exc:
+        raise BoomerangError(f"no such family or model: {exc}; pass a family directory, its family.json, "
+                             "a model directory or a model reference") from None
 
 
 def open_members(path: Path | str, names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu", trust_remote_code: bool = False) -> Served:
     """Every chosen member of the family (or the one model) at ``path``, built over one pool."""
-    path = require_source(path)
+    path, single_name = require_source(path)
     pool = TensorPool(dtype, torch.device(device))
     if not _is_family(path):
-        return _open_single(path, names, pool, trust_remote_code)
+        return _open_single(path, single_name, names, pool, trust_remote_code)
     mpath, manifest = read_complete_manifest(path)
     models = load_family_models(manifest, mpath.parent)
     check_family_models(manifest, models)
@@ -120,12 +127,12 @@ def open_members(path: Path | str, names: Sequence[str] | None = None, dtype: to
     return Served(out, pool, manifest_file(mpath))
 
 
-def _open_single(path: Path, names: Sequence[str] | None, pool: TensorPool, trust_remote_code: bool) -> Served:
-    """A plain model directory served as one member named after the directory."""
+def _open_single(path: Path, name: str, names: Sequence[str] | None, pool: TensorPool,
+                 trust_remote_code: bool) -> Served:
+    """A plain model served as one member, named after its directory (or the reference given)."""
     from ..refs import resolve
 
     info = ModelInfo.load(resolve(str(path)).path, trust_remote_code)
-    name = path.name
     if names and list(names) != [name]:
         raise BoomerangError(f"{path} is one model, {name!r}; --members can only name it")
     n = info.arch.num_layers
