@@ -359,6 +359,34 @@ def test_concurrent_requests_are_batched_per_member(client, live, served):
     assert any(server.workers[n].stats.largest > max(before[n], 1) for n in names)
 
 
+def test_members_decode_side_by_side_not_behind_one_lock(monkeypatch):
+    """Three members' batches, each 0.4 s of (GIL-free) work, finish together, not one after another."""
+    from boomerang_cli.serve import batching
+    from boomerang_cli.serve.batching import Job, MemberWorker
+    from boomerang_cli.serve.generate import Sampling
+
+    def slow_batch(model, rows, pad_id, eos):
+        time.sleep(0.4)
+        for r in rows:
+            r.finish_reason = "length"
+
+    monkeypatch.setattr(batching, "run_batch", slow_batch)
+    workers = [MemberWorker(f"m{i}", None, 0, set(), wait_s=0.05) for i in range(3)]
+    for w in workers:
+        w.start()
+    finished: list[float] = []
+    t = time.monotonic()
+    for w in workers:
+        for _ in range(2):
+            w.submit(Job([1], Sampling(), lambda tok: True, lambda reason, err: finished.append(time.monotonic())))
+    for w in workers:
+        w.stop(5)
+    assert len(finished) == 6
+    wall = max(finished) - t
+    assert wall < 1.0  # serialised, three batches would take 1.2 s
+    assert [w.stats.to_json()["largest_batch"] for w in workers] == [2, 2, 2]
+
+
 # -- shutdown ---------------------------------------------------------------------------------
 
 
