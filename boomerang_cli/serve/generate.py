@@ -77,10 +77,19 @@ def _prefill_inputs(rows: Sequence[Row], pad_id: int, device: torch.device) -> t
     return ids.to(device), mask.to(device)
 
 
-def _forward(model: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+def _cache_arg(model: Any) -> str:
+    """The forward's name for the KV cache: ``cache`` from transformers 5.25 (``past_key_values``,
+    deprecated there, before)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _forward(model: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
+             cache_arg: str) -> torch.Tensor:
     """Last-position logits; no mask passed when nothing is padding (the same path ``generate`` takes)."""
     out = model(input_ids=ids, attention_mask=None if bool(mask.all()) else mask, position_ids=positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                use_cache=True, logits_to_keep=1, **{cache_arg: cache})
     return out.logits[:, -1, :]
 
 
@@ -115,8 +124,9 @@ def run_batch(model: Any, rows: Sequence[Row], pad_id: int, eos: set[int]) -> No
     ids, mask = _prefill_inputs(live, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
+    arg = _cache_arg(model)
     with torch.inference_mode():
-        logits = _forward(model, ids, mask, positions, cache)
+        logits = _forward(model, ids, mask, positions, cache, arg)
         while True:
             tokens = _step(live, logits, eos)
             keep = [i for i, r in enumerate(live) if r.finish_reason is None]
@@ -131,4 +141,4 @@ def run_batch(model: Any, rows: Sequence[Row], pad_id: int, eos: set[int]) -> No
             mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
             positions = positions[:, -1:] + 1
             step_ids = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
-            logits = _forward(model, step_ids, mask, positions, cache)
+            logits = _forward(model, step_ids, mask, positions, cache, arg)
