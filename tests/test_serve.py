@@ -292,6 +292,8 @@ ROWS = [
     ("malformed JSON", "/v1/completions", b'{"model": "student", "prompt": ', AUTH, 400, None, "malformed JSON"),
     ("wrong type", "/v1/completions", {**OK, "max_tokens": "many"}, AUTH, 400, "max_tokens", "integer"),
     ("out of range", "/v1/completions", {**OK, "temperature": 9}, AUTH, 400, "temperature", "less than"),
+    ("union field", "/v1/completions", {**OK, "stop": 5}, AUTH, 400, "stop", "Input should be"),
+    ("batch of prompts", "/v1/completions", {**OK, "prompt": ["a", "b"]}, AUTH, 400, "prompt", "Input should be"),
     ("missing field", "/v1/completions", {"model": "student"}, AUTH, 400, "prompt", "required"),
     ("bad message", "/v1/chat/completions", {"model": "student", "messages": [{"role": "robot"}]}, AUTH, 400,
      "messages.0.role", "Input should be"),

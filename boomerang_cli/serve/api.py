@@ -8,6 +8,7 @@ budget of ``model: "auto"``), and each choice's ``token_ids`` in answers.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -74,13 +75,17 @@ class ChatRequest(_Common):
     max_completion_tokens: int | None = Field(None, ge=0)
 
 
+_TYPE_TAG = re.compile(r"str|int|float|bool|none|.*\[.*\]")
+
+
 def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     """A pydantic/FastAPI validation failure as one 400 naming the first bad field."""
     first: dict[str, Any] = errors[0] if errors else {"msg": "invalid request", "loc": ()}
     if first.get("type") == "json_invalid":
         ctx: dict[str, Any] = first.get("ctx") or {}
         return ApiError(400, f"malformed JSON body: {ctx.get('error', first.get('msg'))}")
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    # A union's error names the member type it tried (``prompt.str``, ``stop.list[str]``): not a field.
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _TYPE_TAG.fullmatch(str(p))]
     param = ".".join(loc) or None
     where = f"field {param!r}: " if param else ""
     return ApiError(400, f"{where}{first.get('msg', 'invalid value')}", param=param)
