@@ -7,7 +7,7 @@ imported; importing this package imports them all.
 from __future__ import annotations
 
 # In pipeline order: ``--help`` lists commands in the order they register.
-from . import init_student, family, distill, eval, demo, export  # noqa: F401,I001
+from . import init_student, family, distill, eval, demo, export, serve  # noqa: F401,I001
 from .app import app
 
 __all__ = ["app"]
