@@ -118,7 +118,9 @@ def distill_cmd(
         "of torchrun/accelerate launch (the same as --shard student,teacher; default: DDP, whole copies)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="What FSDP2 shards: student, teacher or "
         "student,teacher (see docs/distill.md)."),
-    seed: int = typer.Option(D["seed"], "--seed", help="Random seed."),
+    seed: int = typer.Option(D["seed"], "--seed", help="Seed of torch's and Python's RNGs. Nothing in "
+                            "distillation draws from them today (the data is read in order, the student starts from "
+                            "the teacher's layers), so runs that differ only in --seed are identical."),
     save_every: int = typer.Option(D["save_every"], "--save-every", help="Checkpoint every N steps (0: never)."),
     checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Where checkpoints and live metrics go (default: <output>-checkpoints)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint (start fresh if there is none)."),
