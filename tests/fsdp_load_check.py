@@ -1,7 +1,8 @@
 """Run under ``torchrun --nproc_per_node 2``: a sharded load (meta, then each rank's rows) equals a full
 load then sharded, shard for shard, buffers (rotary ``inv_freq``) included, tied weights tied, and gives
 the same first-step loss (the teacher's KL target and the student's CE + KL + cosine) to 1e-6; for a
-tied teacher (its student's head frozen, the same bytes) KL reads the student's own gathered head.
+tied teacher (its student's head frozen, the same bytes) KL reads the student's own gathered head; a
+whole directory as the student (``--student DIR``) loads by rows the same.
 
 ``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/fsdp_load_check.py TEACHER_DIR...``;
 rank 0 prints one JSON line of what it compared (tests/test_fsdp.py reads it).
@@ -69,6 +70,15 @@ def check(teacher_dir: str) -> dict:
         ba, bb = dict(a.named_buffers()), dict(b.named_buffers())
         assert ba.keys() == bb.keys() and all(torch.equal(ba[k], bb[k]) for k in ba), sorted(ba)
     tied = part.model.get_output_embeddings().weight is part.model.get_input_embeddings().weight
+    # --student DIR: a whole directory as the student (here the teacher's own), read by rows likewise.
+    sh = fsdp.Sharding.create("student", dist.get_world_size(), torch.device("cpu"), False)
+    path = info.arch.layers_path
+    pairs = [DistillStudent(m, path, ce_weight=1.0, kl_weight=0.0, cos_weight=0.0, temperature=1.0,
+                            teacher_head=None) for m in (load_model(info.path),
+                                                         sharded_load.student(sh, info, plan, info.path))]
+    da, db = (dict(sh.shard_student(m, path).named_parameters()) for m in pairs)
+    assert da.keys() == db.keys() and all(torch.equal(da[k].to_local(), db[k].to_local()) for k in da)
+    shards += len(da)
     ids = torch.randint(0, info.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids, dtype=torch.bool)
     acc = _Acc(dist.get_rank(), dist.get_world_size())
