@@ -88,7 +88,7 @@ def read_rows(info: TensorInfo, start: int, rows: int) -> torch.Tensor:
     return flat.reshape(shape)
 
 
-def _local_rows(p: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+def _local_rows(p: Any) -> tuple[torch.Tensor, int, int]:
     """This rank's tensor of ``p`` and the rows of dim 0 it holds: (tensor, first row, row count)."""
     if not hasattr(p, "to_local"):
         return p, 0, p.shape[0] if p.ndim else 0
