@@ -22,8 +22,10 @@ from .metrics import MetricSink
 from .recipes import DEFAULT_RECIPE, get_recipe
 
 #: Config fields a resumed run must share with its checkpoint (they shape the trajectory).
+#: ``batch_size`` and ``grad_accum`` are not among them: only the global batch (their product
+#: times the process count) shapes it, so a run may resume on another number of processes.
 TRAJECTORY_FIELDS = (
-    "data", "text_field", "seq_len", "batch_size", "grad_accum", "seed", "lr", "betas", "eps",
+    "data", "text_field", "seq_len", "seed", "lr", "betas", "eps",
     "weight_decay", "warmup", "grad_clip", "weights", "loss_chunk", "freeze_embeddings", "bos",
 )
 
@@ -200,6 +202,13 @@ def check_resumable(cfg: DistillConfig, state: dict[str, Any], world: int, steps
     if diffs:
         raise BoomerangError(f"cannot resume: {', '.join(diffs)} differ from the checkpoint's run; "
                              "pass the same flags (or --overwrite to start over)")
-    if int(state.get("world_size", world)) != world:
-        raise BoomerangError(f"the checkpoint was written by {state['world_size']} processes; "
-                             f"resume with the same number (now {world})")
+    # Every process reads the one block stream and takes its slice of each global batch, and loss
+    # terms are sums over the global batch: with the same global batch the run continues unchanged.
+    was_world = int(state.get("world_size", world))
+    was = int(old.get("batch_size", cfg.batch_size)) * int(old.get("grad_accum", cfg.grad_accum)) * was_world
+    now = cfg.batch_size * cfg.grad_accum * world
+    if was != now:
+        fix = (f"with {world} processes set --batch-size x --grad-accum to {was // world}" if was % world == 0
+               else f"launch a number of processes that divides {was}")
+        raise BoomerangError(f"the checkpoint's global batch is {was} blocks (--batch-size x --grad-accum x "
+                             f"{was_world} processes), now {now}; {fix}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import resource
 import sys
@@ -34,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import BoomerangError
+from . import sharded_load
 from .losses import LogitHead
 
 SHARDABLE = ("student", "teacher")
@@ -63,10 +65,13 @@ class Sharding:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     mesh: Any = None
     warnings: list[str] = field(default_factory=list)
+    #: the student was asked to be sharded: checkpoints are distributed (DCP) ones, even with one
+    #: process, so that a run resumes on any number of processes (``sharded_checkpoint``)
+    dcp: bool = False
 
     @classmethod
     def create(cls, shard: str | Sequence[str] | None, world: int, device: torch.device, bf16: bool) -> "Sharding":
-        names = parse_shard(shard)
+        names = asked = parse_shard(shard)
         if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
             raise BoomerangError("accelerate's --use_fsdp would shard only the student, untested; drop it from "
                                  "`accelerate launch` and pass --fsdp to boomerang distill (it shards both models)")
@@ -80,7 +85,7 @@ class Sharding:
             from torch.distributed.device_mesh import init_device_mesh
 
             mesh = init_device_mesh(device.type, (world,))
-        return cls("student" in names, "teacher" in names, bf16, device, mesh, warnings)
+        return cls("student" in names, "teacher" in names, bf16, device, mesh, warnings, "student" in asked)
 
     def shard_teacher(self, model: torch.nn.Module, layers_path: str) -> torch.nn.Module:
         """The frozen teacher on this rank: on the device whole, or 1/world of it (forward only)."""
@@ -100,6 +105,8 @@ class Sharding:
         fully_shard(model.base_model, mesh=self.mesh, reshard_after_forward=True)
         if tied:  # the head outside base_model still holds the full matrix: point it at the shard
             head.weight = emb.weight
+        if sharded_load.is_meta(model):  # built on meta: read this rank's rows only
+            sharded_load.materialize(model, model, self.device)
         _HEADS[model] = (model.base_model if tied else head, tied)
         for name, p in model.named_parameters():
             if not hasattr(p, "to_local"):
@@ -118,6 +125,16 @@ class Sharding:
         for layer in model.model.get_submodule(layers_path):
             fully_shard(layer, mesh=self.mesh, mp_policy=mp)
         fully_shard(model, mesh=self.mesh, mp_policy=mp)
+        if sharded_load.is_meta(model.model):  # built on meta: read this rank's rows only
+            sharded_load.materialize(model, model.model, self.device)
+        teacher = next((t for t in _HEADS if model.teacher_head is not None
+                        and sharded_load.same_head(t, model.model)), None)
+        head = model.model.get_output_embeddings()
+        if teacher is not None and not head.weight.requires_grad:
+            # The student's frozen head is the teacher's, byte for byte (its embeddings kept as the
+            # teacher's): KL reads it from the student's own root unit, gathered for its forward
+            # anyway, instead of gathering the teacher's copy too (one vocab x hidden matrix less).
+            model.teacher_head_is_own = True
         if self.bf16:  # what accelerator.prepare does for an unsharded student
             model.forward = torch.autocast(self.device.type, dtype=torch.bfloat16)(model.forward)
         return model
@@ -141,6 +158,18 @@ class Sharding:
         return sd
 
 
+def release(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """After the last step: drop the AdamW state and the student's hold on the teacher's head.
+
+    With the caller's references to the teacher gone too, both are freed before
+    the final state dict is gathered (and written), so that gather does not
+    add to the peak on top of them (bench/fsdp_memory.py measures the peak).
+    """
+    optimizer.state.clear()
+    getattr(model, "module", model).teacher_head = None
+    gc.collect()
+
+
 @contextlib.contextmanager
 def teacher_head(teacher: Any, model: torch.nn.Module) -> Iterator[None]:
     """A sharded teacher's root unit gathered while the student's forward computes KL against its head.
@@ -151,7 +180,7 @@ def teacher_head(teacher: Any, model: torch.nn.Module) -> Iterator[None]:
     """
     student = getattr(model, "module", model)  # DDP keeps the DistillStudent at .module
     unit, tied = _HEADS.get(teacher.model, (None, False))
-    if student.teacher_head is None or unit is None:
+    if student.teacher_head is None or unit is None or student.teacher_head_is_own:
         yield
         return
     with torch.inference_mode():  # like the teacher's forward, where FSDP first made the gathered parameters

@@ -126,6 +126,8 @@ class DistillStudent(torch.nn.Module):
         self.ce_weight, self.kl_weight, self.cos_weight = ce_weight, kl_weight, cos_weight
         self.temperature, self.chunk = temperature, chunk
         self.teacher_head = teacher_head
+        #: the teacher's head is this student's own, frozen, same values (fsdp.Sharding.shard_student)
+        self.teacher_head_is_own = False
         # Student hidden i (0..S) aligns with teacher hidden aligned[i]; all S+1 are kept.
         self.capture = HiddenCapture(model, layers_path, range(self.num_layers)) if cos_weight else None
         if not ce_weight and not kl_weight:
@@ -169,8 +171,9 @@ class DistillStudent(torch.nn.Module):
                 ht = ht[rows] if ht is not None else None
             T = self.temperature
             cd = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else None
+            own = LogitHead.of(self.model)
             head_loss, ce_sum, kl_sum = head_losses(
-                h, lab, LogitHead.of(self.model), teacher_hidden=ht, teacher=self.teacher_head,
+                h, lab, own, teacher_hidden=ht, teacher=own if self.teacher_head_is_own else self.teacher_head,
                 ce_coef=self.ce_weight / ce_denom if ce_denom else 0.0,
                 kl_coef=self.kl_weight * T * T / tok_denom, temperature=T,
                 chunk=self.chunk, compute_dtype=cd,

@@ -9,10 +9,12 @@ Every rank writes into one temporary directory that rank 0 then renames into
 place, so a kill at any moment leaves the previous checkpoint intact.
 
 :func:`load` reads either kind: a sharded checkpoint into a sharded or an
-unsharded student, a full one (``state.pt`` with weights) into either, as
-``torch.distributed.checkpoint.state_dict`` maps between the two. The world
-size must match (``distill._check_resumable``): the global batch, and so the
-trajectory, depends on it.
+unsharded student, as ``torch.distributed.checkpoint`` reshards on load: a
+run saved on 2 ranks resumes on 1 and again on 2 (``config.check_resumable``
+asks only for the same global batch). A full checkpoint (``state.pt`` with
+weights) resumes unsharded only (:func:`check_resume`): sharded, every rank
+would read the whole student. The data position is one for all ranks (every
+rank reads the same block stream), so it does not depend on the world size.
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ DCP_DIR = "dcp"
 
 def is_sharded(path: Path) -> bool:
     return (Path(path) / DCP_DIR).is_dir()
+
+
+def check_resume(ckpt_dir: Path, resume: bool, dcp_run: bool) -> None:
+    """Refuse, before anything loads or is written, to resume a sharded run from a full checkpoint."""
+    latest = checkpoint.latest(ckpt_dir) if resume else None
+    if latest is not None and dcp_run and not is_sharded(latest):
+        raise BoomerangError(f"{latest} is a full (unsharded) checkpoint, not a distributed one; resume it "
+                             "without --fsdp/--shard student, or start over with --overwrite")
 
 
 def _broadcast(obj: Any) -> Any:

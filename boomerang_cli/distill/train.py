@@ -28,12 +28,12 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..arch import ModelInfo, max_positions, text_config
+from ..arch import ModelInfo, max_positions
 from ..compose import fingerprint, model_card
 from ..data import Block, BlockStream, StreamPosition, block_bos, collate, iter_blocks, load_all_documents, public_sources
 from ..errors import BoomerangError, PairMismatchError, TrainingDivergedError
 from ..guard import check_disjoint, local_sources
-from ..models import load_model, load_tokenizer, student_from_plan
+from ..models import load_tokenizer
 from ..pair import Pair, open_pair
 from ..plan import Plan
 from ..progress import NULL, Progress
@@ -41,9 +41,8 @@ from ..refs import ModelRef, resolve
 from ..student import StudentRecord, write_trained_student
 from ..tensors import parse_dtype
 from ..units import parse_size
-from . import checkpoint, fsdp, sharded_checkpoint
+from . import checkpoint, fsdp, sharded_checkpoint, sharded_load
 from .config import DistillConfig, DistillResult, check_resumable, validate
-from .losses import LogitHead, verify_head
 from .metrics import METRICS, MetricSink
 from .model import DistillStudent, Teacher
 from .step import evaluate, forward_backward
@@ -149,8 +148,12 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
     progress = progress if is_main else NULL
     _on_main(acc, lambda: validate(cfg))
     sharding = fsdp.Sharding.create(cfg.shard, world, device, bf16)  # FSDP2 or not
+    _on_main(acc, lambda: sharded_checkpoint.check_resume(cfg.ckpt_dir, cfg.resume, sharding.dcp))
 
-    # 1. Teacher, plan and student; refuse a mismatched pair early.
+    # 1. Teacher, plan and student; refuse a mismatched pair early. Rank 0 first: it converts a
+    # GGUF or pickle source into the cache once, which every rank then reads (its rows when sharded).
+    if world > 1:
+        _on_main(acc, lambda: open_models(cfg))
     t_ref, t_info, plan, pair = open_models(cfg)
     student_dir = Path(pair.student_ref.path) if pair is not None else None
     warnings = (list(pair.warnings) if pair is not None else []) + sharding.warnings
@@ -189,11 +192,10 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
     w = cfg.weights
     teacher_dtype = torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
     layers_path = t_info.arch.layers_path
-    teacher_model = sharding.shard_teacher(load_model(t_ref.path, teacher_dtype, "cpu", cfg.trust_remote_code),
+    # Sharded (--fsdp/--shard): built on meta, each rank reads only its rows when sharded (sharded_load).
+    teacher_model = sharding.shard_teacher(sharded_load.teacher(sharding, t_info, teacher_dtype, cfg.trust_remote_code),
                                            layers_path)  # on the device, whole or sharded
-    student_model = (load_model(student_dir, torch.float32, "cpu", cfg.trust_remote_code) if student_dir
-                     else student_from_plan(t_info, plan, cfg.trust_remote_code))
-    verify_head(student_model, LogitHead.of(student_model), int(text_config(student_model.config).vocab_size))
+    student_model = sharded_load.student(sharding, t_info, plan, student_dir, cfg.trust_remote_code)
     frozen = (cfg.freeze_embeddings if cfg.freeze_embeddings is not None else t_info.arch.tied)
     if frozen:
         freeze_embeddings(student_model)
@@ -288,12 +290,14 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
                 trainer_state = {"step": done, "tokens": tokens_seen, "position": stream.position.to_json(),
                                  "world_size": world, "steps": steps, "config": cfg.to_json(),
                                  "boomerang_version": __version__}
-                save = sharded_checkpoint.save if sharding.student else checkpoint.save
+                save = sharded_checkpoint.save if sharding.dcp else checkpoint.save
                 last_good = save(cfg.ckpt_dir, done, model, optimizer, scheduler, trainer_state, is_main)
         progress.finish(task)
         sink.close()
 
         # 7. The distilled student, a standard HF directory (rank 0 writes; FSDP gathers on all ranks).
+        del teacher, teacher_model  # done with: freed, with the AdamW state, before the gather (fsdp.release)
+        fsdp.release(model, optimizer)
         state_dict = sharding.state_dict(acc, model)
         elapsed = time.time() - t_start
         result = DistillResult(
