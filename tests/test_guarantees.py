@@ -246,8 +246,33 @@ def read_only_dir(w: World, name: str) -> None:
     (w / name).chmod(0o555)
 
 
+def trained(w: World, keep: str = "0,2") -> None:
+    """out-checkpoints/ holding step-0000001 of a 2-step run (its output removed, as after a kill)."""
+    r = invoke("distill", w / "teacher", "-o", w / "out", *(_fill(a, w) for a in TRAIN2), "--keep", keep,
+               "--keep-checkpoints")
+    assert r.exit_code == 0, r.output
+    shutil.rmtree(w / "out")
+    assert (w / "out-checkpoints" / "step-0000001" / "trainer_state.json").is_file()
+
+
+def edit_trainer_state(w: World, change: Callable[[dict], object]) -> None:
+    path = w / "out-checkpoints" / "step-0000001" / "trainer_state.json"
+    state = json.loads(path.read_text())
+    change(state)
+    path.write_text(json.dumps(state))
+
+
+def resumed_from(step: int) -> Check:
+    def check(w: World) -> None:
+        assert json.loads((w / "out" / "boomerang.json").read_text())["training"]["resumed_from"] == step
+        no_hidden_leftovers(w)
+    return check
+
+
 EVAL = ["--data", "{w}/corpus.txt", "--max-tokens", "32", "--seq-len", "16"]  # one file: validation split
 TRAIN = ["--data", "{w}/corpus.txt", "--steps", "1", "--seq-len", "16", "--batch-size", "1", "--save-every", "0"]
+TRAIN2 = ["--data", "{w}/corpus.txt", "--steps", "2", "--seq-len", "16", "--batch-size", "1", "--save-every", "1"]
+RESUME = ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN2, "--keep", "0,2", "--resume"]
 
 CASES: list[Case] = [
     # 1. An output never overlaps an input, whatever --overwrite says.
@@ -289,6 +314,32 @@ CASES: list[Case] = [
     Case("family-o-calib-data", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/corpus.txt", "--all",
                                  "--order", "kl-greedy", "--calib-data", "{w}/corpus.txt", "--overwrite"], 2,
          "the data source", keeps=unchanged("corpus.txt")),
+    # 1b. Resume continues the checkpoint's trajectory or refuses, naming what differs; never starts over.
+    Case("resume-latest-pointer-missing", RESUME, 0, "distilled",
+         setup=lambda w: (trained(w), (w / "out-checkpoints" / "latest").unlink()), after=resumed_from(1)),
+    Case("no-resume-latest-pointer-missing", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN2, "--keep", "0,2"],
+         2, "holds checkpoints of an earlier run", setup=lambda w: (trained(w), (w / "out-checkpoints" / "latest").unlink()),
+         keeps=unchanged("out-checkpoints"), after=absent("out")),
+    Case("resume-no-complete-step", RESUME, 2, "holds no complete checkpoint",
+         setup=lambda w: (trained(w), (w / "out-checkpoints" / "step-0000001" / "state.pt").unlink()),
+         keeps=unchanged("out-checkpoints"), after=absent("out")),
+    Case("resume-other-teacher-same-shapes", [*RESUME[:1], "{w}/t2", *RESUME[2:]], 2, "teacher (",
+         setup=lambda w: (trained(w), shutil.copytree(w / "teacher", w / "t2"), perturb_saved(w / "t2", seed=9)),
+         keeps=unchanged("out-checkpoints", "t2"), after=absent("out")),
+    Case("resume-teacher-changed-in-place", RESUME, 2, "teacher (",
+         setup=lambda w: (trained(w), flip_byte(w / "teacher" / "model.safetensors")),
+         keeps=unchanged("out-checkpoints", "teacher"), after=absent("out")),
+    Case("resume-other-plan-same-depth", [*RESUME[:-3], "--keep", "0,1", "--resume"], 2,
+         "plan (--keep 0,1, the checkpoint's 0,2)", setup=lambda w: trained(w),
+         keeps=unchanged("out-checkpoints"), after=absent("out")),
+    Case("resume-trainer-state-list", RESUME, 2, "trainer_state.json: not a JSON object",
+         setup=lambda w: (trained(w), (w / "out-checkpoints" / "step-0000001" / "trainer_state.json").write_text("[]")),
+         keeps=unchanged("out-checkpoints"), after=absent("out")),
+    Case("resume-trainer-state-step-string", RESUME, 2, "step should be int, not str",
+         setup=lambda w: (trained(w), edit_trainer_state(w, lambda st: st.update(step="1"))),
+         keeps=unchanged("out-checkpoints"), after=absent("out")),
+    Case("distill-o-nonempty", ["distill", "{w}/teacher", "-o", "{w}/fam", *TRAIN], 2, "--overwrite",
+         keeps=unchanged("fam")),
     # 2. One writer per output: a second run is refused at once, naming the holder.
     Case("family-locked", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam", "--all"], 2,
          "being written by another boomerang run (pid", setup=lambda w: w.hold_lock("fam"), keeps=unchanged("fam")),

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..data import DEFAULT_BOS, check_bos_policy, check_source
 from ..errors import BoomerangError, DataError
+from ..integrity import identity_problem, model_identity
 from ..plan import Plan
 from ..atomic import check_output_dir
 from ..tensors import parse_dtype
@@ -25,6 +26,8 @@ TRAJECTORY_FIELDS = (
     "data", "text_field", "seq_len", "batch_size", "grad_accum", "seed", "lr", "betas", "eps",
     "weight_decay", "warmup", "grad_clip", "weights", "loss_chunk", "freeze_embeddings", "bos",
 )
+#: Config fields compared only when the checkpoint recorded them (older checkpoints did not).
+RECORDED_FIELDS = ("recipe",)
 
 
 @dataclass
@@ -170,7 +173,7 @@ def validate(cfg: DistillConfig) -> None:
     _check_writable(Path(cfg.output))
     _check_writable(cfg.ckpt_dir)
     check_output_dir(Path(cfg.output), cfg.overwrite)
-    if checkpoint.latest(cfg.ckpt_dir) is not None and not cfg.resume and not cfg.overwrite:
+    if checkpoint.run_files(cfg.ckpt_dir) and not cfg.resume and not cfg.overwrite:
         raise BoomerangError(f"{cfg.ckpt_dir} holds checkpoints of an earlier run; pass --resume to continue "
                              "it or --overwrite to start over")
 
@@ -185,15 +188,53 @@ def _check_writable(path: Path) -> None:
                              "choose another -o or --checkpoint-dir")
 
 
-def check_resumable(cfg: DistillConfig, state: dict[str, Any], world: int, steps: int) -> None:
+def run_identity(teacher_dir: Path | str | None, teacher_ref: str, student_dir: Path | None,
+                 plan: Plan) -> dict[str, Any]:
+    """What a checkpoint records of its run beside the flags: teacher and student by content
+    (per-file digests, :func:`integrity.model_identity`) and the plan."""
+    return {"teacher": model_identity(teacher_dir) or teacher_ref,
+            "student": model_identity(student_dir) if student_dir is not None else "plan",
+            "plan": plan.to_json()}
+
+
+def _identity_diffs(recorded: Any, now: dict[str, Any], dirs: dict[str, Path | str | None]) -> list[str]:
+    """Which of teacher, student and plan are not those ``recorded``, each with why."""
+    if not isinstance(recorded, dict):
+        return []  # a checkpoint from before identities were recorded
+    diffs = []
+    for key in ("teacher", "student", "plan"):
+        if key not in recorded:
+            continue
+        old, new = recorded[key], now[key]
+        if key != "plan" and isinstance(old, dict) and old and isinstance(new, dict) and new:
+            why = identity_problem(dirs[key], old)
+            if why is not None:
+                diffs.append(f"{key} ({why})")
+        elif old != new and key == "plan":
+            kept = old.get("kept") if isinstance(old, dict) else old
+            was = ",".join(map(str, kept)) if isinstance(kept, list) else kept
+            diffs.append(f"plan (--keep {','.join(map(str, new['kept']))}, the checkpoint's {was})")
+        elif old != new:
+            diffs.append(key)
+    return diffs
+
+
+def check_resumable(cfg: DistillConfig, state: dict[str, Any], world: int, steps: int,
+                    identity: dict[str, Any] | None = None,
+                    dirs: dict[str, Path | str | None] | None = None) -> None:
+    """Refuse a resume that would not continue the checkpoint's trajectory, naming what differs:
+    flags, steps, and (``identity``, :func:`run_identity`) teacher, student and plan by content."""
     old = {"bos": "never", **state.get("config", {})}  # checkpoints from before --bos packed without it
     new = cfg.to_json()
     diffs = [k for k in TRAJECTORY_FIELDS if old.get(k) != new.get(k)]
-    if int(state.get("steps", steps)) != steps:
+    diffs += [k for k in RECORDED_FIELDS if k in old and old[k] != new.get(k)]
+    if state.get("steps", steps) != steps:
         diffs.append("steps/tokens")
+    if identity is not None:
+        diffs += _identity_diffs(state.get("identity"), identity, dirs or {})
     if diffs:
         raise BoomerangError(f"cannot resume: {', '.join(diffs)} differ from the checkpoint's run; "
                              "pass the same flags (or --overwrite to start over)")
-    if int(state.get("world_size", world)) != world:
+    if state.get("world_size", world) != world:
         raise BoomerangError(f"the checkpoint was written by {state['world_size']} processes; "
                              f"resume with the same number (now {world})")
