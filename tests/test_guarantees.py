@@ -215,6 +215,20 @@ def break_header(w: World, name: str, kind: str) -> None:
         data = data[:8 + n // 2]
     elif kind == "data":
         data = data[:-10]
+    elif kind in ("dtype", "overlap", "shape"):
+        entries = json.loads(header)
+        names = sorted((k for k in entries if k != "__metadata__"), key=lambda k: entries[k]["data_offsets"])
+        first, second = entries[names[0]], entries[names[1]]
+        if kind == "dtype":
+            first["dtype"] = "Q7"
+        elif kind == "overlap":  # the second tensor reads the first one's bytes
+            second["data_offsets"] = [first["data_offsets"][0], first["data_offsets"][0] + second["data_offsets"][1]
+                                      - second["data_offsets"][0]]
+        else:
+            first["shape"] = [first["shape"][0] * 2, *first["shape"][1:]]
+        raw = json.dumps(entries).encode()
+        raw += b" " * (-len(raw) % 8)
+        data = len(raw).to_bytes(8, "little") + raw + data[8 + n:]
     else:
         data = data[:5]
     f.write_bytes(data)
@@ -430,12 +444,16 @@ CASES: list[Case] = [
          setup=lambda w: nan_model(w, "nan"), after=absent("out")),
     # 6. Broken files and manifests: one line, exit 2, never a traceback, nothing written.
     *[Case(f"{cmd}-header-{kind}", [*args, *extra], 2, msg, setup=lambda w, k=kind: break_header(w, "bad", k),
-           after=absent("s2", "fam2", "r.json"))
+           after=absent("s2", "fam2", "r.json", "out"), keeps=unchanged("bad"))
       for kind, msg in (("utf8", "header is not UTF-8"), ("json", "header is not JSON"),
-                        ("cut", "ends inside its"), ("data", "truncated:"), ("short", "truncated header"))
+                        ("cut", "ends inside its"), ("data", "truncated:"), ("short", "truncated header"),
+                        ("dtype", "has dtype 'Q7'"), ("overlap", "overlaps"), ("shape", "but its data_offsets span"))
       for cmd, args, extra in (("init-student", ["init-student", "{w}/bad", "-o", "{w}/s2"], []),
                                ("family", ["family", "{w}/bad", "{w}/student", "-o", "{w}/fam2", "--all"], []),
-                               ("eval", ["eval", "{w}/bad", "-o", "{w}/r.json"], EVAL))],
+                               ("eval", ["eval", "{w}/bad", "-o", "{w}/r.json"], EVAL),
+                               ("distill", ["distill", "{w}/bad", "-o", "{w}/out"], TRAIN),
+                               ("distill-student", ["distill", "{w}/teacher", "--student", "{w}/bad", "-o",
+                                                    "{w}/out"], TRAIN))],
     Case("index-not-json", ["init-student", "{w}/bad", "-o", "{w}/s2"], 2, "not a valid safetensors index",
          setup=lambda w: (shutil.copytree(w / "teacher", w / "bad"),
                           (w / "bad" / "model.safetensors.index.json").write_text("{")), after=absent("s2")),
