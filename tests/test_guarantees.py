@@ -260,6 +260,20 @@ def read_only_dir(w: World, name: str) -> None:
     (w / name).chmod(0o555)
 
 
+def change_unsampled(w: World, name: str = "teacher") -> None:
+    """Change one byte of ``name``'s weights that the sampled fingerprint (compose.fingerprint) never reads."""
+    from boomerang_cli.tensors import read_header
+
+    f = w / name / "model.safetensors"
+    entries, _ = read_header(f)
+    e = max(entries.values(), key=lambda e: e.nbytes)
+    sampled = {e.begin + (e.nbytes - 64) * j // 15 + k for j in range(16) for k in range(64)}
+    off = next(o for o in range(e.begin, e.end) if o not in sampled)
+    data = bytearray(f.read_bytes())
+    data[off] ^= 0x01
+    f.write_bytes(bytes(data))
+
+
 def trained(w: World, keep: str = "0,2") -> None:
     """out-checkpoints/ holding step-0000001 of a 2-step run (its output removed, as after a kill)."""
     r = invoke("distill", w / "teacher", "-o", w / "out", *(_fill(a, w) for a in TRAIN2), "--keep", keep,
@@ -433,6 +447,24 @@ CASES: list[Case] = [
     Case("eval-members-leave-out-missing", ["eval", "{w}/fam", "--members", "student,teacher", *EVAL], 0,
          "results written", setup=lambda w: shutil.rmtree(w / "fam" / "member-03L")),
     Case("eval-family-verify-ok", ["eval", "{w}/fam", "--verify", *EVAL], 0, "results written",
+         after=no_hidden_leftovers),
+    # 4b. Teacher and student are checked by content (recorded per-file digests), not by sampled bytes.
+    Case("family-rerun-teacher-changed-unsampled", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam",
+                                                    "--all"], 2, "another teacher (",
+         setup=change_unsampled, keeps=unchanged("fam")),
+    Case("eval-family-teacher-changed-unsampled", ["eval", "{w}/fam", *EVAL], 2,
+         "model.safetensors differs in content); restore it", setup=change_unsampled, keeps=unchanged("fam")),
+    Case("eval-family-student-changed-unsampled", ["eval", "{w}/fam", *EVAL], 2,
+         "differs in content", setup=lambda w: change_unsampled(w, "student"), keeps=unchanged("fam")),
+    Case("eval-manifest-embed-from-elsewhere", ["eval", "{w}/fam", *EVAL], 2, "has embed_from 'elsewhere'",
+         setup=lambda w: edit_manifest(w, lambda m: m["members"][0].update(embed_from="elsewhere")),
+         keeps=unchanged("fam")),
+    Case("eval-manifest-head-from-swapped", ["eval", "{w}/fam", *EVAL], 2, "has head_from",
+         setup=lambda w: edit_manifest(w, lambda m: m["members"][0].update(
+             head_from="teacher" if m["members"][0]["head_from"] == "student" else "student")),
+         keeps=unchanged("fam")),
+    Case("family-rerun-touched-teacher-reuses", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam", "--all"],
+         0, "reused", setup=lambda w: os.utime(w / "teacher" / "model.safetensors"), keeps=unchanged("fam/member-03L"),
          after=no_hidden_leftovers),
     # 5. Strict JSON: NaN weights give null perplexities, marked, never bare NaN.
     Case("eval-nan-model-strict-json", ["eval", "{w}/nan", "-o", "{w}/r.json", "--json", *EVAL], 0, '"finite": false',
