@@ -230,7 +230,7 @@ def write_trained_student(
             data = json.loads(cfg_path.read_text())
             data["dtype"] = str(dtype).removeprefix("torch.")
             cfg_path.write_text(json.dumps(data, indent=2) + "\n")
-        (tmp / "README.md").write_text(card)
+        (tmp / "README.md").write_text(card, errors="backslashreplace")  # a file name that is not UTF-8
         for name, data in record.files().items():
             (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
         for extra in extra_files:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import sys
 import warnings
 from typing import Any, Iterator, Sequence
@@ -22,8 +23,36 @@ from .. import jsonio
 from ..errors import BoomerangError
 from ..units import format_params
 
-err_console = Console(stderr=True)
-out_console = Console()
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` as written, except the bytes of a file name that are not UTF-8 (``os.fsdecode``'s
+    surrogate escapes), shown as ``\\xNN``: printing a path never raises UnicodeEncodeError."""
+    def escape(m: re.Match) -> str:
+        c = ord(m.group())
+        return f"\\x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"\\u{c:04x}"
+    return _SURROGATE.sub(escape, text)
+
+
+class _Stream:
+    """``sys.stdout``/``sys.stderr`` as they are at each write (pipes and test runners swap them),
+    every write passed through :func:`printable`."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(getattr(sys, self._name), attr)
+
+    def write(self, text: str) -> int:
+        return getattr(sys, self._name).write(printable(text))
+
+
+# The one printer of every command: text (paths, model names, notes, table cells) is printed as
+# written, never read as rich markup ("[bold]") or emoji (":train:"); styles come from Text/style=.
+err_console = Console(file=_Stream("stderr"), markup=False, emoji=False, highlight=False)  # type: ignore[arg-type]
+out_console = Console(file=_Stream("stdout"), markup=False, emoji=False, highlight=False)  # type: ignore[arg-type]
 
 
 def quiet_libraries() -> None:
@@ -145,6 +174,12 @@ def progress(enabled: bool = True) -> Iterator[RichProgressReporter]:
         yield reporter
     finally:
         reporter.stop()
+
+
+def say(text: str, console: Console | None = None, style: str = "") -> None:
+    """Print one line as written (the output-path printer): no markup, no emoji, no highlighting,
+    and no line breaks inserted into a long path (``soft_wrap``), so it can be copied back."""
+    (console or out_console).print(Text(text, style=style), soft_wrap=True)
 
 
 def emit_json(data: Any) -> None:

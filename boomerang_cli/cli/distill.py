@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .app import app
-from .common import emit_json, err_console, handle_errors, human, out_console, progress
+from .common import emit_json, err_console, handle_errors, human, out_console, progress, say
 from ..distill.config import DistillConfig
 from ..distill.recipes import RECIPES
 from ..units import parse_count
@@ -191,3 +191,4 @@ def distill_cmd(
               f"({result.precision})")
     t.add_row("time", f"{result.elapsed_s:.1f} s")
     out_console.print(t)
+    say(f"written to {output}")

@@ -35,7 +35,7 @@ STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests",
 
 
 def _key_hash(key: str) -> int:
-    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()[:8], "big")
 
 
 def split_of(key: str) -> str:
