@@ -59,9 +59,20 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def short_name(name: str, limit: int = 200) -> str:
+    """``name`` itself, or one longer than ``limit`` cut with a hash of the whole name: siblings
+    (locks, temporaries) keep a legal 255-byte name, and two names sharing a prefix do not share them."""
+    if len(os.fsencode(name)) <= limit:
+        return name
+    import hashlib
+
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    return os.fsencode(name)[:limit - 17].decode("utf-8", "ignore") + "-" + digest
+
+
 def _sibling_prefix(final: Path) -> str:
     """``.NAME`` for the temporary and old siblings of ``final``, short enough for a 255-byte file name."""
-    return "." + final.name[:200]
+    return "." + short_name(final.name)
 
 
 _SIBLING = re.compile(r"\.(tmp-(\d+)-.*|old-(\d+))")

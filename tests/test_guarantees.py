@@ -274,6 +274,17 @@ def change_unsampled(w: World, name: str = "teacher") -> None:
     f.write_bytes(bytes(data))
 
 
+def state_at(w: World, cwd: str | None = None, env: str | None = None) -> None:
+    """Run from ``cwd`` with the default state file, or with ``BOOMERANG_STATE`` set to ``env``
+    (the fixture's monkeypatch restores both)."""
+    if env is None:
+        os.environ.pop("BOOMERANG_STATE", None)
+    else:
+        os.environ["BOOMERANG_STATE"] = _fill(env, w)
+    if cwd is not None:
+        os.chdir(w / cwd)
+
+
 def trained(w: World, keep: str = "0,2") -> None:
     """out-checkpoints/ holding step-0000001 of a 2-step run (its output removed, as after a kill)."""
     r = invoke("distill", w / "teacher", "-o", w / "out", *(_fill(a, w) for a in TRAIN2), "--keep", keep,
@@ -388,6 +399,35 @@ CASES: list[Case] = [
          setup=lambda w: w.hold_lock("r.json"), after=absent("r.json")),
     Case("family-other-output-not-locked", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam2", "--all"], 0,
          "1 written", setup=lambda w: w.hold_lock("fam"), after=present("fam2/family.json")),
+    # 2b. Every written path passes the guard: plots, the remembered state, locks, a second output.
+    Case("eval-plot-inside-teacher", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL, "--plot",
+                                      "{w}/teacher/p.png"], 2, "--plot {w}/teacher/p.png is inside the model",
+         keeps=unchanged("teacher"), after=absent("r.json")),
+    Case("eval-family-plot-inside-member", ["eval", "{w}/fam", *EVAL, "--plot", "{w}/fam/member-03L/p.png"], 2,
+         "is inside the member member-03L", keeps=unchanged("fam")),
+    Case("eval-family-plot-inside-teacher", ["eval", "{w}/fam", *EVAL, "--plot", "{w}/teacher/p.png"], 2,
+         "is inside the teacher", keeps=unchanged("fam", "teacher")),
+    Case("eval-o-fifo", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL], 2, "exists and is not a regular file",
+         setup=lambda w: os.mkfifo(w / "r.json")),
+    Case("state-not-written-inside-teacher", ["init-student", "{w}/teacher", "-o", "{w}/s2"], 0,
+         "not remembering this step", setup=lambda w: state_at(w, cwd="teacher"), keeps=unchanged("teacher"),
+         after=present("s2/boomerang.json")),
+    Case("state-not-written-inside-family", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam", "--all"], 0,
+         "not remembering this step", setup=lambda w: state_at(w, cwd="fam"), after=absent("fam/.boomerang")),
+    Case("state-under-a-regular-file-init", ["init-student", "{w}/teacher", "-o", "{w}/s2"], 0,
+         "not remembering this step", setup=lambda w: state_at(w, env="{w}/corpus.txt/state.json"),
+         keeps=unchanged("corpus.txt"), after=present("s2/boomerang.json")),
+    Case("state-under-a-regular-file-family", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam2", "--all"],
+         0, "not remembering this step", setup=lambda w: state_at(w, env="{w}/corpus.txt/state.json"),
+         keeps=unchanged("corpus.txt"), after=present("fam2/family.json")),
+    Case("lock-keyed-by-the-whole-name", ["init-student", "{w}/teacher", "-o", "{w}/" + "n" * 210 + "b"], 0,
+         "written to", setup=lambda w: w.hold_lock("n" * 210 + "a"), after=present("n" * 210 + "b/boomerang.json")),
+    Case("distill-checkpoint-dir-is-output", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN,
+                                              "--checkpoint-dir", "{w}/out"], 2,
+         "--checkpoint-dir {w}/out is -o {w}/out", after=lambda w: (absent("out")(w), no_hidden_leftovers(w))),
+    Case("distill-checkpoint-dir-inside-output", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN,
+                                                  "--checkpoint-dir", "{w}/out/ck"], 2,
+         "--checkpoint-dir {w}/out/ck is inside -o {w}/out", after=lambda w: (absent("out")(w), no_hidden_leftovers(w))),
     # 3. Data and plans: nothing silently trained or evaluated on something else than asked.
     Case("distill-empty-file", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN[2:], "--data", "{w}/empty.txt"],
          2, "empty.txt: empty file", setup=lambda w: (w / "empty.txt").write_text(""), after=absent("out")),

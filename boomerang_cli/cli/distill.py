@@ -170,7 +170,10 @@ def distill_cmd(
               progress(not json_out and main_rank) as bar):
             result = distill(cfg, progress=bar)
         if main_rank:
-            record(student=output, teacher=result.teacher)
+            remember_warning = record([("teacher", result.teacher), ("student", student), ("output", output)],
+                                      student=output, teacher=result.teacher)
+            if remember_warning:
+                say(f"warning: {remember_warning}", err_console)
     if not main_rank:
         return
     for w in result.warnings:

@@ -144,7 +144,7 @@ def eval_cmd(
             baselines=list(dict.fromkeys(methods)), calibration_tokens=calibration_tokens,
             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
             compare_orders=list(dict.fromkeys(order_list)), calib_data=split_list(calib_data),
-            calib_samples=calib_samples, calib_seq_len=calib_seq_len, beam=beam, verify=verify,
+            calib_samples=calib_samples, calib_seq_len=calib_seq_len, beam=beam, verify=verify, plot=plot,
         )
         opts.check()
         if task_dir is not None and not opts.tasks:

@@ -165,7 +165,9 @@ def family_cmd(
         with progress(not json_out) as bar:
             result = build_family(pair, picks, output, order=info, max_shard_size=shard,
                                   overwrite=overwrite, progress=bar)
-        record(family=result.manifest_path)
+        remember_warning = record([*pair.inputs.items(), ("family", output)], family=result.manifest_path)
+        if remember_warning:
+            say(f"warning: {remember_warning}", err_console)
     if json_out:
         emit_json(result.manifest.to_json())
         for note in result.notes:

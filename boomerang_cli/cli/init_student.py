@@ -60,7 +60,10 @@ def init_student_cmd(
                     summary = init_student(ref, plan, output, dtype=torch_dtype, max_shard_size=shard,
                                            overwrite=overwrite, dry_run=dry_run, teacher=info, progress=bar)
         if not dry_run and output is not None:
-            record(student=output, teacher=ref.stable_ref)
+            remember_warning = record([("teacher", ref.path), ("student", output)], student=output,
+                                      teacher=ref.stable_ref)
+            if remember_warning:
+                say(f"warning: {remember_warning}", err_console)
     if json_out:
         emit_json(summary.to_json())
         return

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..data import DEFAULT_BOS, check_bos_policy, check_source
 from ..errors import BoomerangError, DataError
+from ..guard import check_apart
 from ..integrity import identity_problem, model_identity
 from ..plan import Plan
 from ..atomic import check_output_dir
@@ -95,6 +96,7 @@ class DistillConfig:
             self.weights = r.weights
         if self.freeze_embeddings is None:
             self.freeze_embeddings = r.freeze_embeddings
+        check_apart(self.output, "-o", self.ckpt_dir, "--checkpoint-dir")  # before either is locked
 
     @property
     def ckpt_dir(self) -> Path:
@@ -170,6 +172,7 @@ def validate(cfg: DistillConfig) -> None:
         raise DataError("no --data given")
     for source in cfg.data:
         check_source(source)
+    check_apart(cfg.output, "-o", cfg.ckpt_dir, "--checkpoint-dir")
     _check_writable(Path(cfg.output))
     _check_writable(cfg.ckpt_dir)
     check_output_dir(Path(cfg.output), cfg.overwrite)

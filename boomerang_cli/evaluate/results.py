@@ -15,7 +15,7 @@ import torch
 
 from .. import __version__, jsonio
 from ..errors import BoomerangError
-from ..guard import check_disjoint
+from ..guard import check_written_file
 from ..manifest import BaselineEntry, FamilyManifest, migrate_metrics_v1, perplexity_key
 from ..atomic import atomic_write_text
 from .options import Row, now
@@ -72,7 +72,7 @@ def write_family(path: Path, rows: Mapping[str, Row]) -> None:
 def check_results_output(path: Path, inputs: Sequence[tuple[str, Any]] = ()) -> None:
     """Refuse a results file ``eval`` could not write, before minutes of evaluation, not after."""
     path = Path(path)
-    check_disjoint(path, inputs)
+    check_written_file(path, inputs, "-o")  # no input overlapped, no FIFO read (it would hang)
     if path.is_dir():
         raise BoomerangError(f"-o {path} is a directory; give a results .json file")
     read_results(path)  # an existing file must be a results file this run can merge into
