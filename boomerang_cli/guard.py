@@ -157,8 +157,13 @@ def _acquire(lock: Path, output: Path | str) -> int:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:  # a full disk: no lock file left behind (the run goes on unlocked)
+                os.unlink(lock)
+                os.close(fd)
+                return -1
             return fd
         os.close(fd)
 

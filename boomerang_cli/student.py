@@ -224,7 +224,13 @@ def write_trained_student(
         state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     with atomic_dir(Path(output), overwrite) as tmp:
         copy_aux_files(aux_from, tmp)
-        model.save_pretrained(str(tmp), state_dict=state_dict, max_shard_size=max_shard_size)
+        from safetensors import SafetensorError
+
+        try:
+            model.save_pretrained(str(tmp), state_dict=state_dict, max_shard_size=max_shard_size)
+        except (RuntimeError, SafetensorError) as exc:  # a full disk, as safetensors/torch report it
+            raise BoomerangError(f"cannot write {output} ({str(exc).splitlines()[0][:160]}); free disk space or "
+                                 "choose another -o") from None
         if dtype is not None:
             cfg_path = tmp / "config.json"
             data = json.loads(cfg_path.read_text())

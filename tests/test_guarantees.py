@@ -13,6 +13,7 @@ two writers) are the tests after the table.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -116,6 +117,7 @@ class Case:
     setup: Setup | None = None
     after: Check | None = None  # what must be on disk afterwards
     keeps: list[str] = field(default_factory=list)  # world entries that must be byte-for-byte unchanged
+    patch: Callable[[pytest.MonkeyPatch], None] | None = None  # a fault injected during the command only
 
 
 def _fill(arg: str, w: World) -> str:
@@ -285,6 +287,42 @@ def state_at(w: World, cwd: str | None = None, env: str | None = None) -> None:
         os.chdir(w / cwd)
 
 
+def disk_full(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def enospc(target: str, error: Callable = disk_full) -> Callable[[pytest.MonkeyPatch], None]:
+    """The write at ``target`` ("module:attribute") fails as on a full disk."""
+    module, attr = target.split(":")
+    return lambda m: m.setattr(f"{module}.{attr}", error)
+
+
+def torch_disk_full(*_args, **_kwargs):
+    raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                       "data/0: file write failed")
+
+
+def interrupt_after_rename(name: str) -> Callable[[pytest.MonkeyPatch], None]:
+    """Ctrl-C arrives just after the output ``name`` was renamed into place (the signal, not the rename, wins)."""
+    real = os.replace
+
+    def replace(src, dst, *a, **k):
+        real(src, dst, *a, **k)
+        if Path(dst).name == name:
+            raise KeyboardInterrupt
+    return lambda m: m.setattr(os, "replace", replace)
+
+
+def then_rerun(*args: str, message: str = "") -> Check:
+    """Nothing left behind, and the same command run again (no fault now) finishes the job."""
+    def check(w: World) -> None:
+        no_hidden_leftovers(w)
+        r = invoke(*(_fill(a, w) for a in args))
+        assert r.exit_code == 0 and message in " ".join(r.output.split()), r.output
+        no_hidden_leftovers(w)
+    return check
+
+
 def trained(w: World, keep: str = "0,2") -> None:
     """out-checkpoints/ holding step-0000001 of a 2-step run (its output removed, as after a kill)."""
     r = invoke("distill", w / "teacher", "-o", w / "out", *(_fill(a, w) for a in TRAIN2), "--keep", keep,
@@ -428,6 +466,38 @@ CASES: list[Case] = [
     Case("distill-checkpoint-dir-inside-output", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN,
                                                   "--checkpoint-dir", "{w}/out/ck"], 2,
          "--checkpoint-dir {w}/out/ck is inside -o {w}/out", after=lambda w: (absent("out")(w), no_hidden_leftovers(w))),
+    # 6. A full disk is one line, exit 2, nothing left; an interrupt at the final rename leaves nothing either.
+    Case("distill-disk-full-checkpoint", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN2], 2,
+         "cannot write checkpoint", patch=enospc("torch:save", torch_disk_full),
+         after=lambda w: (absent("out", "out-checkpoints")(w),
+                          then_rerun("distill", "{w}/teacher", "-o", "{w}/out", *TRAIN2, message="distilled")(w))),
+    Case("distill-disk-full-output", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN], 2, "the disk is full",
+         patch=enospc("transformers.PreTrainedModel:save_pretrained"),
+         after=lambda w: (absent("out", "out-checkpoints")(w),
+                          then_rerun("distill", "{w}/teacher", "-o", "{w}/out", *TRAIN, message="distilled")(w))),
+    Case("distill-disk-full-output-resumes", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN2], 2,
+         "the disk is full", patch=enospc("transformers.PreTrainedModel:save_pretrained"),
+         after=lambda w: (absent("out")(w), then_rerun("distill", "{w}/teacher", "-o", "{w}/out", *TRAIN2,
+                                                      "--resume", message="resumed at 1")(w))),
+    Case("eval-disk-full", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL], 2, "the disk is full",
+         patch=enospc("boomerang_cli.atomic:_write"),
+         after=lambda w: (absent("r.json")(w), then_rerun("eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL)(w))),
+    Case("eval-family-disk-full", ["eval", "{w}/fam", *EVAL], 2, "the disk is full",
+         patch=enospc("boomerang_cli.atomic:_write"), keeps=unchanged("fam"),
+         after=then_rerun("eval", "{w}/fam", *EVAL, message="results written")),
+    Case("eval-removes-dead-tmp", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL], 0, "results written",
+         setup=lambda w: (w / f".r.json.tmp-{dead_pid()}-abc").write_text("{"), after=no_hidden_leftovers),
+    Case("family-removes-dead-manifest-tmp", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam", "--all"], 0,
+         "reused", setup=lambda w: (w / "fam" / f".family.json.tmp-{dead_pid()}-x").write_text("{"),
+         after=no_hidden_leftovers),
+    Case("init-student-interrupted-at-rename", ["init-student", "{w}/teacher", "-o", "{w}/s2"], 130, "interrupted",
+         patch=interrupt_after_rename("s2"),
+         after=lambda w: (absent("s2")(w), then_rerun("init-student", "{w}/teacher", "-o", "{w}/s2",
+                                                     message="written to")(w))),
+    Case("export-interrupted-at-rename", ["export", "{w}/fam", "-o", "{w}/gg", "--type", "f32"], 130, "interrupted",
+         patch=interrupt_after_rename("gg"), keeps=unchanged("fam"),
+         after=lambda w: (absent("gg")(w), then_rerun("export", "{w}/fam", "-o", "{w}/gg", "--type", "f32",
+                                                     message="export.json")(w))),
     # 3. Data and plans: nothing silently trained or evaluated on something else than asked.
     Case("distill-empty-file", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN[2:], "--data", "{w}/empty.txt"],
          2, "empty.txt: empty file", setup=lambda w: (w / "empty.txt").write_text(""), after=absent("out")),
@@ -632,11 +702,14 @@ CASES: list[Case] = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_case(case: Case, w: World):
+def test_case(case: Case, w: World, monkeypatch):
     if case.setup is not None:
         case.setup(w)
     before = {name: w.tree(name) if (w / name).is_dir() else (w / name).read_bytes() for name in case.keeps}
-    r = invoke(*(_fill(a, w) for a in case.args))
+    with monkeypatch.context() as m:
+        if case.patch is not None:
+            case.patch(m)
+        r = invoke(*(_fill(a, w) for a in case.args))
     out = r.output
     assert not isinstance(r.exception, Exception) or isinstance(r.exception, SystemExit), \
         f"traceback instead of a message: {r.exception!r}\n{out}"

@@ -216,8 +216,8 @@ _OS_FIXES = {
     errno.EEXIST: ("a parent of that path is a file, not a directory; choose another path", 2),
     errno.EISDIR: ("it is a directory; give a file", 2),
     errno.ENAMETOOLONG: ("a name in it is too long for the file system; choose a shorter path", 2),
-    errno.ENOSPC: ("the disk is full; free space or write elsewhere", 1),
-    errno.EDQUOT: ("the disk quota is exceeded; free space or write elsewhere", 1),
+    errno.ENOSPC: ("the disk is full; free space or write elsewhere", 2),
+    errno.EDQUOT: ("the disk quota is exceeded; free space or write elsewhere", 2),
 }
 
 

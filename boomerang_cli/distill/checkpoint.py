@@ -133,8 +133,12 @@ def commit(root: Path, step: int, tmp: Path, trainer_state: dict[str, Any], writ
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, (OSError, RuntimeError)):  # torch.save reports a full disk as a RuntimeError
+            why = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            raise BoomerangError(f"cannot write checkpoint {final} ({why}); free disk space or choose another "
+                                 "--checkpoint-dir (an earlier checkpoint is kept)") from None
         raise
     atomic_write_text(root / LATEST, name + "\n")
     for old in root.glob("step-*"):
