@@ -323,6 +323,29 @@ def then_rerun(*args: str, message: str = "") -> Check:
     return check
 
 
+def results_file(w: World, change: Callable[[dict], object]) -> None:
+    """r.json as eval writes it, then changed by ``change``."""
+    r = invoke("eval", w / "teacher", "-o", w / "r.json", *(_fill(a, w) for a in EVAL))
+    assert r.exit_code == 0, r.output
+    data = json.loads((w / "r.json").read_text())
+    change(data)
+    (w / "r.json").write_text(json.dumps(data))
+
+
+def edit_config(w: World, name: str, text: Callable[[str], str]) -> None:
+    """A copy of the teacher whose config.json text is changed by ``text``."""
+    shutil.copytree(w / "teacher", w / name)
+    f = w / name / "config.json"
+    f.write_text(text(f.read_text()))
+
+
+def nan_field(text: str) -> str:
+    cfg = json.loads(text)
+    cfg["rms_norm_eps"] = float("nan")
+    cfg["max_position_embeddings"] = float("nan")
+    return json.dumps(cfg)
+
+
 def trained(w: World, keep: str = "0,2") -> None:
     """out-checkpoints/ holding step-0000001 of a 2-step run (its output removed, as after a kill)."""
     r = invoke("distill", w / "teacher", "-o", w / "out", *(_fill(a, w) for a in TRAIN2), "--keep", keep,
@@ -498,6 +521,33 @@ CASES: list[Case] = [
          patch=interrupt_after_rename("gg"), keeps=unchanged("fam"),
          after=lambda w: (absent("gg")(w), then_rerun("export", "{w}/fam", "-o", "{w}/gg", "--type", "f32",
                                                      message="export.json")(w))),
+    # 7. The last tracebacks: a results file, a config or a calibration length of the wrong shape.
+    Case("eval-o-models-not-a-list", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL], 2, "models should be a list",
+         setup=lambda w: results_file(w, lambda d: d.update(models={"a": 1})), keeps=unchanged("r.json")),
+    Case("eval-o-metrics-a-string", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL], 2, "metrics should be an object",
+         setup=lambda w: results_file(w, lambda d: d["models"][0].update(metrics="x")), keeps=unchanged("r.json")),
+    Case("eval-o-model-not-an-object", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL], 2, "should be an object",
+         setup=lambda w: results_file(w, lambda d: d.update(models=[1])), keeps=unchanged("r.json")),
+    Case("eval-o-v1-record-gone-bad", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL], 2, "perplexity should be an object",
+         setup=lambda w: results_file(w, lambda d: (d.update(schema_version=1),
+                                                    d["models"][0].update(metrics={"perplexity": [1, 2]}))),
+         keeps=unchanged("r.json")),
+    Case("init-student-config-nan", ["init-student", "{w}/bad", "-o", "{w}/s2"], 2, "config.json",
+         setup=lambda w: edit_config(w, "bad", nan_field), after=absent("s2"), keeps=unchanged("bad")),
+    Case("eval-config-nan", ["eval", "{w}/bad", "-o", "{w}/r.json", *EVAL], 2, "config.json",
+         setup=lambda w: edit_config(w, "bad", nan_field), after=absent("r.json"), keeps=unchanged("bad")),
+    Case("distill-config-nan", ["distill", "{w}/bad", "-o", "{w}/out", *TRAIN], 2, "config.json",
+         setup=lambda w: edit_config(w, "bad", nan_field), after=absent("out"), keeps=unchanged("bad")),
+    Case("init-student-config-truncated", ["init-student", "{w}/bad", "-o", "{w}/s2"], 2, "config.json",
+         setup=lambda w: edit_config(w, "bad", lambda t: t[:len(t) // 2]), after=absent("s2"), keeps=unchanged("bad")),
+    Case("eval-config-truncated", ["eval", "{w}/bad", "-o", "{w}/r.json", *EVAL], 2, "config.json",
+         setup=lambda w: edit_config(w, "bad", lambda t: t[:len(t) // 2]), after=absent("r.json")),
+    Case("family-config-truncated", ["family", "{w}/bad", "{w}/student", "-o", "{w}/fam2", "--all"], 2,
+         "config.json", setup=lambda w: edit_config(w, "bad", lambda t: t[:len(t) // 2]), after=absent("fam2")),
+    Case("family-calib-seq-len-past-positions", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam2",
+                                                 "--all", "--order", "kl-greedy", "--calib-data", "{w}/corpus.txt",
+                                                 "--calib-seq-len", "100000"], 2, "--calib-seq-len 100000",
+         after=absent("fam2")),
     # 3. Data and plans: nothing silently trained or evaluated on something else than asked.
     Case("distill-empty-file", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN[2:], "--data", "{w}/empty.txt"],
          2, "empty.txt: empty file", setup=lambda w: (w / "empty.txt").write_text(""), after=absent("out")),

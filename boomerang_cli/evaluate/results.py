@@ -95,6 +95,7 @@ def read_results(path: Path) -> dict[str, Any]:
         raise BoomerangError(f"{path}: not valid JSON ({exc}); pass another --output") from None
     if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
         raise BoomerangError(f"{path}: not a boomerang eval results file; pass another --output")
+    _check_shape(path, data)
     if data.get("schema_version") == 1:  # perplexity keyed by data alone: re-key it
         data["models"] = [{**e, "metrics": migrate_metrics_v1(e.get("metrics", {}))} if isinstance(e, dict) else e
                           for e in data.get("models", [])]
@@ -103,6 +104,27 @@ def read_results(path: Path) -> dict[str, Any]:
         raise BoomerangError(f"{path}: results schema version {data.get('schema_version')} but this boomerang "
                              f"writes {RESULTS_VERSION}; pass another --output")
     return data
+
+
+def _check_shape(path: Path, data: dict[str, Any]) -> None:
+    """The parts of a results file a merge reads: models a list of objects with a ``ref`` and
+    object ``metrics`` (and ``perplexity``); anything else is one line, not a traceback."""
+    def bad(what: str, should: str, value: Any) -> BoomerangError:
+        return BoomerangError(f"{path}: {what} should be {should}, not {type(value).__name__}; "
+                              "fix it or pass another --output")
+    models = data.get("models", [])
+    if not isinstance(models, list):
+        raise bad("models", "a list", models)
+    for i, entry in enumerate(models):
+        if not isinstance(entry, dict):
+            raise bad(f"models[{i}]", "an object", entry)
+        if not isinstance(entry.get("ref"), str):
+            raise bad(f"models[{i}].ref", "a string", entry.get("ref"))
+        metrics = entry.get("metrics", {})
+        if not isinstance(metrics, dict):
+            raise bad(f"models[{i}].metrics", "an object", metrics)
+        if not isinstance(metrics.get("perplexity", {}), dict):
+            raise bad(f"models[{i}].metrics.perplexity", "an object", metrics["perplexity"])
 
 
 def write_results(path: Path, rows: Sequence[Row], refs: Sequence[Any]) -> None:
