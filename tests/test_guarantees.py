@@ -475,6 +475,9 @@ CASES: list[Case] = [
          after=present("s2/boomerang.json")),
     Case("state-not-written-inside-family", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam", "--all"], 0,
          "not remembering this step", setup=lambda w: state_at(w, cwd="fam"), after=absent("fam/.boomerang")),
+    Case("state-not-written-inside-teacher-distill", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN], 0,
+         "not remembering this step", setup=lambda w: state_at(w, cwd="teacher"), keeps=unchanged("teacher"),
+         after=present("out/boomerang.json")),
     Case("state-under-a-regular-file-init", ["init-student", "{w}/teacher", "-o", "{w}/s2"], 0,
          "not remembering this step", setup=lambda w: state_at(w, env="{w}/corpus.txt/state.json"),
          keeps=unchanged("corpus.txt"), after=present("s2/boomerang.json")),
@@ -703,6 +706,15 @@ CASES: list[Case] = [
          after=present("g[/b]/export.json")),
     Case("eval-o-emoji-code", ["eval", "{w}/teacher", "-o", "{w}/r:train:.json", *EVAL], 0,
          "results written to {w}/r:train:.json", after=present("r:train:.json")),
+    Case("family-teacher-named-tag", ["family", "{w}/t[/b]", "{w}/student", "-o", "{w}/fam2", "--all"], 0,
+         "1 written", setup=lambda w: shutil.copytree(w / "teacher", w / "t[/b]"), after=present("fam2/family.json")),
+    Case("eval-family-named-tag", ["eval", "{w}/f[b]", *EVAL], 0, "results written to {w}/f[b]/family.json",
+         setup=lambda w: shutil.copytree(w / "fam", w / "f[b]")),
+    Case("distill-student-named-tag", ["distill", "{w}/teacher", "--student", "{w}/s[/i]", "-o", "{w}/out", *TRAIN],
+         0, "written to {w}/out", setup=lambda w: shutil.copytree(w / "student", w / "s[/i]"),
+         after=present("out/boomerang.json")),
+    Case("eval-o-not-utf8-name", ["eval", "{w}/teacher", "-o", os.fsdecode(b"{w}/r\xff.json"), *EVAL], 0,
+         "results written to {w}/r\\xff.json", after=present(os.fsdecode(b"r\xff.json"))),
     Case("distill-data-not-utf8-name", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN[2:], "--data",
                                         os.fsdecode(b"{w}/c\xff.txt")], 0, "distilled",
          setup=lambda w: shutil.copy(w / "corpus.txt", w.root / os.fsdecode(b"c\xff.txt")),
@@ -805,6 +817,22 @@ def test_two_writers_then_kill_9_of_the_first(w: World):
     r = invoke("family", w / "teacher", w / "student", "-o", w / "fam", "--all")
     assert r.exit_code == 0, r.output
     no_hidden_leftovers(w)
+
+
+def test_sigterm_is_an_interrupt_while_a_command_runs():
+    """SIGTERM raises KeyboardInterrupt inside a command (so cleanup and rollbacks run, exit 130),
+    and the previous handler is back afterwards."""
+    import typer
+
+    from boomerang_cli.cli.common import handle_errors
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(typer.Exit) as exit_info:
+        with handle_errors():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert exit_info.value.exit_code == 130
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_strict_json_writer_marks_non_finite_numbers():

@@ -6,7 +6,9 @@ import contextlib
 import errno
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
 from typing import Any, Iterator, Sequence
 
@@ -195,7 +197,14 @@ def fail(message: str, code: int = 2) -> None:
 
 @contextlib.contextmanager
 def handle_errors() -> Iterator[None]:
-    """Map core errors to a one-line message and exit code (2 for bad input)."""
+    """Map core errors to a one-line message and exit code (2 for bad input).
+
+    SIGTERM is an interrupt like Ctrl-C while a command runs, so the core's
+    cleanup (temporary directories, a rename rolled back) runs for it too.
+    """
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield
     except BoomerangError as exc:
@@ -204,6 +213,13 @@ def handle_errors() -> Iterator[None]:
         fail("interrupted; rerun the same command to resume where supported", 130)
     except OSError as exc:
         fail(*os_error_message(exc))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 #: errno -> (what to do, exit code): a path the user gave is wrong (2) or the machine is (1).
