@@ -173,4 +173,5 @@ def lock_if(output: Path | str | None, enabled: bool = True) -> contextlib.Abstr
     return output_lock(output) if output is not None and enabled else contextlib.nullcontext()
 
 
-__all__ = ["lock_if", "check_disjoint", "check_apart", "check_written_file", "local_sources", "output_lock", "lock_path", "OutputLockedError"]
+__all__ = ["lock_if", "check_disjoint", "check_apart", "check_written_file", "local_sources", "output_lock",
+           "lock_path", "OutputLockedError"]
