@@ -107,13 +107,18 @@ def output_lock(output: Path | str) -> Iterator[None]:
     """Hold ``output``'s lock for the ``with`` block; refuse if another process holds it.
 
     The lock file is removed on release, and so are parent directories created
-    for it that the run left empty. Where no lock file can be made (a parent is
+    for it that the run left empty. No lock is made inside a model directory
+    (an output there overlaps an input and is refused): a kill -9 then leaves
+    nothing in the teacher. Where no lock file can be made (a parent is
     a file, a read-only place, a file system without ``flock``) the run goes on
     unlocked, and the command's own checks name what is wrong with the output.
     """
     lock = lock_path(output)
     created: list[Path] = []
     fd = -1
+    if _in_model_dir(lock.parent):  # an output there is refused by check_disjoint: write nothing into an input
+        yield
+        return
     try:
         missing = [p for p in [lock.parent, *lock.parent.parents] if not p.exists()]
         for d in reversed(missing):
@@ -132,6 +137,15 @@ def output_lock(output: Path | str) -> Iterator[None]:
         for d in reversed(created):
             with contextlib.suppress(OSError):
                 d.rmdir()
+
+
+def _in_model_dir(directory: Path) -> bool:
+    """Whether ``directory`` is, or lies inside, a model directory (config.json beside safetensors weights)."""
+    for d in [directory, *directory.parents]:
+        if (d / "config.json").is_file() and ((d / "model.safetensors").is_file()
+                                              or (d / "model.safetensors.index.json").is_file()):
+            return True
+    return False
 
 
 def _acquire(lock: Path, output: Path | str) -> int:

@@ -839,6 +839,17 @@ def test_sigterm_is_an_interrupt_while_a_command_runs():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_no_lock_file_inside_a_model_directory(w: World):
+    """An output inside the teacher (refused by the overlap check) gets no lock file there, so even a
+    kill -9 at that moment leaves the teacher as it was; an output beside it is locked as usual."""
+    with output_lock(w / "teacher" / "r.json"):
+        assert not (w / "teacher" / ".r.json.lock").exists()
+    with output_lock(w / "teacher" / "sub" / "r.json"):
+        assert not (w / "teacher" / "sub").exists()
+    with output_lock(w / "r.json"):
+        assert (w / ".r.json.lock").exists()
+
+
 def test_strict_json_writer_marks_non_finite_numbers():
     from boomerang_cli.jsonio import dumps
 
