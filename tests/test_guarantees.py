@@ -2,8 +2,10 @@
 
 Each row of ``CASES`` is a case a careful but hostile user tries: the command,
 the exit code, a fragment of the one-line message, and what must (or must not)
-be on disk afterwards. Rows for the failures issue 14 found sit beside rows for
-neighbouring cases that already behaved, so a regression in either fails here.
+be on disk afterwards. Rows for the failures issues 14 and 25 found sit beside
+rows for neighbouring cases that already behaved, so a regression in either
+fails here. A row may inject a fault during the command only (``patch``: a full
+disk, Ctrl-C just after a rename) and check that a rerun then finishes.
 Every row runs in-process on tiny models (``tests/common.py``) in a fresh copy
 of one small world: a 4-layer teacher, its 2-layer student, a family of them
 and a text corpus. The cases that need a second process (kill -9 and resume,
@@ -848,6 +850,24 @@ def test_no_lock_file_inside_a_model_directory(w: World):
         assert not (w / "teacher" / "sub").exists()
     with output_lock(w / "r.json"):
         assert (w / ".r.json.lock").exists()
+
+
+def test_sigterm_at_the_final_rename_leaves_nothing_and_the_rerun_finishes(w: World):
+    """A real SIGTERM delivered just after init-student renamed its output into place: exit 130, the
+    output taken back (nothing of the run left), and the same command then writes it."""
+    code = ("import os, signal, sys\nreal = os.replace\n"
+            "def replace(src, dst, *a, **k):\n    real(src, dst, *a, **k)\n"
+            "    if os.path.basename(dst) == 's2':\n        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "os.replace = replace\nfrom boomerang_cli.cli import app\n"
+            "sys.argv = ['boomerang', 'init-student', sys.argv[1], '-o', sys.argv[2]]\napp()\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(w / "teacher"), str(w / "s2")], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 130 and "error: interrupted" in proc.stderr, proc.stderr
+    assert not (w / "s2").exists()
+    no_hidden_leftovers(w)
+    r = invoke("init-student", w / "teacher", "-o", w / "s2")
+    assert r.exit_code == 0 and (w / "s2" / "boomerang.json").is_file(), r.output
+    no_hidden_leftovers(w)
 
 
 def test_strict_json_writer_marks_non_finite_numbers():
