@@ -33,7 +33,7 @@ import torch
 from typer.testing import CliRunner
 
 from boomerang_cli.cli import app
-from boomerang_cli.guard import output_lock
+from boomerang_cli.guard import lock_path, output_lock
 
 from .common import perturb_saved, tiny_model_dir
 
@@ -68,10 +68,12 @@ def base(tmp_path_factory) -> Path:
 class World:
     root: Path
     held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    expected: set[str] = field(default_factory=set)  # hidden entries that are not leftovers (held locks)
 
     def hold_lock(self, name: str) -> None:
         """Another writer (this process, on another file description) holds ``name``'s lock."""
         self.held.enter_context(output_lock(self.root / name))
+        self.expected.add(lock_path(self.root / name).name)
 
     def __truediv__(self, name: str) -> Path:
         return self.root / name
@@ -120,6 +122,7 @@ class Case:
     after: Check | None = None  # what must be on disk afterwards
     keeps: list[str] = field(default_factory=list)  # world entries that must be byte-for-byte unchanged
     patch: Callable[[pytest.MonkeyPatch], None] | None = None  # a fault injected during the command only
+    leftovers: bool = False  # hidden siblings (a held lock, a live run's temp dir) are expected afterwards
 
 
 def _fill(arg: str, w: World) -> str:
@@ -147,7 +150,8 @@ def present(*names: str) -> Check:
 def no_hidden_leftovers(w: World) -> None:
     """No temp dirs, lock files or .old entries next to any output."""
     junk = [p.name for d in (w.root, w / "fam") if d.is_dir() for p in d.iterdir()
-            if p.name.startswith(".") and (".tmp-" in p.name or p.name.endswith(".lock") or ".old-" in p.name)]
+            if p.name.startswith(".") and (".tmp-" in p.name or p.name.endswith(".lock") or ".old-" in p.name)
+            and p.name not in w.expected]
     assert not junk, junk
 
 
@@ -673,7 +677,7 @@ CASES: list[Case] = [
     Case("init-student-removes-dead-tmp", ["init-student", "{w}/teacher", "-o", "{w}/s2"], 0, "written to",
          setup=lambda w: leftover(w, f".s2.tmp-{dead_pid()}-abc"), after=lambda w: (no_hidden_leftovers(w))),
     Case("init-student-keeps-live-tmp", ["init-student", "{w}/teacher", "-o", "{w}/s2"], 0, "written to",
-         setup=lambda w: leftover(w, ".s2.tmp-1-abc"), after=present(".s2.tmp-1-abc")),
+         setup=lambda w: leftover(w, ".s2.tmp-1-abc"), after=present(".s2.tmp-1-abc"), leftovers=True),
     Case("family-removes-dead-member-siblings", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam", "--all"], 0,
          "reused", setup=lambda w: (leftover(w, f"fam/.member-03L.old-{dead_pid()}"),
                                     leftover(w, f"fam/.member-03L.tmp-{dead_pid()}-x")),
@@ -792,6 +796,8 @@ def test_case(case: Case, w: World, monkeypatch):
     for name, old in before.items():
         now = w.tree(name) if (w / name).is_dir() else (w / name).read_bytes()
         assert now == old, f"{name} changed"
+    if not case.leftovers:  # whatever the outcome, the run left no temp file, lock or .old sibling
+        no_hidden_leftovers(w)
     if case.after is not None:
         case.after(w)
 
