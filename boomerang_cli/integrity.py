@@ -128,35 +128,40 @@ def file_digest(path: Path) -> str:
     return _DIGESTS[key]
 
 
-def model_identity(directory: Path | str | None) -> dict[str, dict[str, Any]]:
-    """A model directory's identity by content: file name -> size, mtime and digest of its
-    weights, config and index. Empty for what is not a local directory."""
-    if directory is None or not Path(directory).is_dir():
-        return {}
-    d = Path(directory)
+def files_identity(files: Mapping[str, Path]) -> dict[str, dict[str, Any]]:
+    """Name -> size, mtime and digest of each of ``files`` (what :func:`files_problem` checks)."""
     out: dict[str, dict[str, Any]] = {}
-    for p in sorted(d.iterdir()):
-        if p.is_file() and (p.name.endswith(".safetensors") or p.name in _IDENTITY_FILES):
-            st = os.stat(p)
-            out[p.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "digest": file_digest(p)}
+    for name, p in sorted(files.items()):
+        st = os.stat(p)
+        out[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "digest": file_digest(p)}
     return out
 
 
-def identity_problem(directory: Path | str | None, recorded: Mapping[str, Any]) -> str | None:
-    """Why ``directory`` is not the model ``recorded`` (:func:`model_identity`) describes, or None.
+def _model_files(directory: Path | str | None) -> dict[str, Path]:
+    if directory is None or not Path(directory).is_dir():
+        return {}
+    return {p.name: p for p in sorted(Path(directory).iterdir())
+            if p.is_file() and (p.name.endswith(".safetensors") or p.name in _IDENTITY_FILES)}
+
+
+def model_identity(directory: Path | str | None) -> dict[str, dict[str, Any]]:
+    """A model directory's identity by content: file name -> size, mtime and digest of its
+    weights, config and index. Empty for what is not a local directory."""
+    return files_identity(_model_files(directory))
+
+
+def files_problem(files: Mapping[str, Path], recorded: Mapping[str, Any]) -> str | None:
+    """Why ``files`` are not the ones ``recorded`` (:func:`files_identity`) describes, or None.
 
     Cheap when nothing changed: a file whose size and mtime are the recorded
     ones is taken as recorded; any other is hashed and its digest compared.
     """
     if not isinstance(recorded, Mapping):
         return "its recorded identity is not an object"
-    d = Path(directory) if directory is not None else None
-    names = {p.name for p in d.iterdir() if p.is_file() and (p.name.endswith(".safetensors") or
-                                                          p.name in _IDENTITY_FILES)} if d and d.is_dir() else set()
-    if names != set(recorded):
-        return f"its files differ ({', '.join(sorted(names ^ set(recorded)))})"
+    if set(files) != set(recorded):
+        return f"its files differ ({', '.join(sorted(set(files) ^ set(recorded)))})"
     for name, rec in recorded.items():
-        p = d / name  # type: ignore[operator]
+        p = files[name]
         st = os.stat(p)
         if not isinstance(rec, Mapping) or not isinstance(rec.get("digest"), str):
             return f"the record of {name} is not an object with a digest"
@@ -166,3 +171,8 @@ def identity_problem(directory: Path | str | None, recorded: Mapping[str, Any]) 
         if st.st_size != rec.get("size") or file_digest(p) != rec["digest"]:
             return f"{p} differs in content"
     return None
+
+
+def identity_problem(directory: Path | str | None, recorded: Mapping[str, Any]) -> str | None:
+    """Why ``directory`` is not the model ``recorded`` (:func:`model_identity`) describes, or None."""
+    return files_problem(_model_files(directory), recorded)

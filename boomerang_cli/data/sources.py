@@ -172,6 +172,11 @@ def _iter_file(path: Path, key: str, split: str, text_field: str, pieces: bool =
         yield _read_text(path)
 
 
+def dir_files(root: Path) -> list[tuple[str, Path]]:
+    """The data files of directory ``root`` as the loader reads them: (relative posix path, path), sorted."""
+    return _dir_files(root)
+
+
 def _dir_files(root: Path) -> list[tuple[str, Path]]:
     known = TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES
     out = []

@@ -7,12 +7,13 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..data import DEFAULT_BOS, check_bos_policy, check_source
+from ..data.sources import dir_files
 from ..errors import BoomerangError, DataError
-from ..guard import check_apart
-from ..integrity import identity_problem, model_identity
+from ..guard import check_apart, local_sources
+from ..integrity import files_identity, files_problem, identity_problem, model_identity
 from ..plan import Plan
 from ..atomic import check_output_dir
 from ..tensors import parse_dtype
@@ -192,24 +193,41 @@ def _check_writable(path: Path) -> None:
 
 
 def run_identity(teacher_dir: Path | str | None, teacher_ref: str, student_dir: Path | None,
-                 plan: Plan) -> dict[str, Any]:
+                 plan: Plan, data: Sequence[str] = ()) -> dict[str, Any]:
     """What a checkpoint records of its run beside the flags: teacher and student by content
-    (per-file digests, :func:`integrity.model_identity`) and the plan."""
+    (per-file digests, :func:`integrity.model_identity`), the plan, and the local data files."""
     return {"teacher": model_identity(teacher_dir) or teacher_ref,
             "student": model_identity(student_dir) if student_dir is not None else "plan",
-            "plan": plan.to_json()}
+            "plan": plan.to_json(), "data": files_identity(data_files(data))}
 
 
-def _identity_diffs(recorded: Any, now: dict[str, Any], dirs: dict[str, Path | str | None]) -> list[str]:
+def data_files(sources: Sequence[str]) -> dict[str, Path]:
+    """The local files of ``sources`` (a file, or a directory's text files), keyed ``source`` or
+    ``source/relative``; builtin and hub sources have none."""
+    out: dict[str, Path] = {}
+    for source in sources:
+        path = Path(source).expanduser()
+        if not local_sources([source]):
+            continue
+        for rel, f in ([("", path)] if path.is_file() else dir_files(path)):
+            out[f"{source}/{rel}" if rel else source] = f
+    return out
+
+
+def _identity_diffs(recorded: Any, now: dict[str, Any], dirs: dict[str, Any]) -> list[str]:
     """Which of teacher, student and plan are not those ``recorded``, each with why."""
     if not isinstance(recorded, dict):
         return []  # a checkpoint from before identities were recorded
     diffs = []
-    for key in ("teacher", "student", "plan"):
+    for key in ("teacher", "student", "plan", "data"):
         if key not in recorded:
             continue
         old, new = recorded[key], now[key]
-        if key != "plan" and isinstance(old, dict) and old and isinstance(new, dict) and new:
+        if key == "data":
+            why = files_problem(data_files(dirs.get("data") or []), old if isinstance(old, dict) else {})
+            if why is not None:
+                diffs.append(f"data ({why})")
+        elif key != "plan" and isinstance(old, dict) and old and isinstance(new, dict) and new:
             why = identity_problem(dirs[key], old)
             if why is not None:
                 diffs.append(f"{key} ({why})")
@@ -224,7 +242,7 @@ def _identity_diffs(recorded: Any, now: dict[str, Any], dirs: dict[str, Path | s
 
 def check_resumable(cfg: DistillConfig, state: dict[str, Any], world: int, steps: int,
                     identity: dict[str, Any] | None = None,
-                    dirs: dict[str, Path | str | None] | None = None) -> None:
+                    dirs: dict[str, Any] | None = None) -> None:
     """Refuse a resume that would not continue the checkpoint's trajectory, naming what differs:
     flags, steps, and (``identity``, :func:`run_identity`) teacher, student and plan by content."""
     old = {"bos": "never", **state.get("config", {})}  # checkpoints from before --bos packed without it

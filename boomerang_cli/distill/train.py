@@ -231,12 +231,12 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
                           run_name, cfg.to_json(), is_main)
         saves = bool(cfg.save_every) and cfg.save_every < steps
         # Teacher and student by content: hashed on rank 0 only (once; rank 0 writes the checkpoints).
-        identity = _on_main(acc, lambda: run_identity(t_ref.path, t_ref.stable_ref, student_dir, plan)) if (
-            resume_from is not None or saves) else None
+        identity = _on_main(acc, lambda: run_identity(t_ref.path, t_ref.stable_ref, student_dir, plan,
+                                                      cfg.data)) if (resume_from is not None or saves) else None
         if resume_from is not None:
             state = checkpoint.read_trainer_state(resume_from)
-            _on_main(acc, lambda: check_resumable(cfg, state, world, steps, identity,
-                                                  {"teacher": t_ref.path, "student": student_dir}))
+            _on_main(acc, lambda: check_resumable(cfg, state, world, steps, identity, {
+                "teacher": t_ref.path, "student": student_dir, "data": cfg.data}))
             sharded_checkpoint.load(resume_from, model, optimizer, scheduler, rank, is_main)  # either kind
             start_step, tokens_seen = int(state["step"]), int(state["tokens"])
             position = StreamPosition.from_json(state["position"])
