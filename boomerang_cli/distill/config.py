@@ -215,7 +215,7 @@ def data_files(sources: Sequence[str]) -> dict[str, Path]:
 
 
 def _identity_diffs(recorded: Any, now: dict[str, Any], dirs: dict[str, Any]) -> list[str]:
-    """Which of teacher, student and plan are not those ``recorded``, each with why."""
+    """Which of teacher, student, plan and data are not those ``recorded``, each with why."""
     if not isinstance(recorded, dict):
         return []  # a checkpoint from before identities were recorded
     diffs = []
@@ -244,7 +244,8 @@ def check_resumable(cfg: DistillConfig, state: dict[str, Any], world: int, steps
                     identity: dict[str, Any] | None = None,
                     dirs: dict[str, Any] | None = None) -> None:
     """Refuse a resume that would not continue the checkpoint's trajectory, naming what differs:
-    flags, steps, and (``identity``, :func:`run_identity`) teacher, student and plan by content."""
+    flags, steps, and (``identity``, :func:`run_identity`) the plan, and teacher, student and data
+    by content (``dirs``: where they are now)."""
     old = {"bos": "never", **state.get("config", {})}  # checkpoints from before --bos packed without it
     new = cfg.to_json()
     diffs = [k for k in TRAJECTORY_FIELDS if old.get(k) != new.get(k)]
