@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .errors import UnsupportedArchitectureError
+from .jsonio import read_object
 from .tensors import ModelWeights
 
 
@@ -154,8 +155,11 @@ def max_positions(config: Any) -> int | None:
 
 
 def load_config(path: Path, trust_remote_code: bool = False) -> Any:
+    """The model's config; a config.json missing, not a strict JSON object (cut off, NaN) is one line."""
     from transformers import AutoConfig
 
+    cfg = Path(path) / "config.json"
+    read_object(cfg, "fix or re-download the model's config.json")
     try:
         return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except ValueError as exc:
@@ -165,6 +169,11 @@ def load_config(path: Path, trust_remote_code: bool = False) -> Any:
                 f"{path}: this model needs its own code; pass --trust-remote-code if you trust it"
             ) from None
         raise UnsupportedArchitectureError(f"{path}: unreadable config ({msg})") from None
+    except Exception as exc:  # OSError, huggingface_hub's strict dataclasses: a field of the wrong type
+        if not isinstance(exc, (OSError, TypeError)) and "StrictDataclass" not in type(exc).__name__:
+            raise
+        raise UnsupportedArchitectureError(f"{cfg}: {(str(exc).splitlines() or [type(exc).__name__])[0][:160]}; "
+                                           "fix or re-download the model's config.json") from None
 
 
 def require_causal_lm(config: Any, trust_remote_code: bool = False) -> None:

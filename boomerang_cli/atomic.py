@@ -50,18 +50,47 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _swap_into_place(tmp, final)
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final`` (the old ``final`` moved aside, then removed).
+
+    An interrupt (Ctrl-C, SIGTERM mapped to KeyboardInterrupt) or an error
+    during the swap puts back what was there and removes ``tmp``: the run then
+    left nothing of itself, so rerunning the same command does the job.
+    """
     trash = None
-    if final.exists():
-        trash = final.parent / f"{_sibling_prefix(final)}.old-{os.getpid()}"
-        os.replace(final, trash)
-    os.replace(tmp, final)
+    try:
+        if final.exists():
+            trash = final.parent / f"{_sibling_prefix(final)}.old-{os.getpid()}"
+            os.replace(final, trash)
+        os.replace(tmp, final)
+    except BaseException:
+        if not tmp.exists() and final.exists():  # the new output had landed: take it back
+            shutil.rmtree(final, ignore_errors=True)
+        if trash is not None and trash.exists() and not final.exists():
+            os.replace(trash, final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def short_name(name: str, limit: int = 200) -> str:
+    """``name`` itself, or one longer than ``limit`` cut with a hash of the whole name: siblings
+    (locks, temporaries) keep a legal 255-byte name, and two names sharing a prefix do not share them."""
+    if len(os.fsencode(name)) <= limit:
+        return name
+    import hashlib
+
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    return os.fsencode(name)[:limit - 17].decode("utf-8", "ignore") + "-" + digest
+
+
 def _sibling_prefix(final: Path) -> str:
     """``.NAME`` for the temporary and old siblings of ``final``, short enough for a 255-byte file name."""
-    return "." + final.name[:200]
+    return "." + short_name(final.name)
 
 
 _SIBLING = re.compile(r"\.(tmp-(\d+)-.*|old-(\d+))")
@@ -107,12 +136,33 @@ def _umask() -> int:
     return mask
 
 
+def _write(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd`` (one place where a full disk shows up, and tests simulate it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a small file via a temporary sibling and ``os.replace``."""
+    """Write a small file via a temporary sibling and ``os.replace``.
+
+    The sibling is ``.NAME.tmp-PID-*``, so a killed run's is found and removed
+    by the next write (:func:`remove_dead_siblings`); a failed write (a full
+    disk) removes its own before raising.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    remove_dead_siblings(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_sibling_prefix(path)}.tmp-{os.getpid()}-", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        _write(fd, text.encode("utf-8", "surrogateescape"))
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .arch import ModelInfo
+from .arch import ModelInfo, max_positions
 from .data import DEFAULT_BOS, IGNORE, check_bos_policy
 from .errors import BoomerangError, DataError
 from .evaluate.perplexity import CHUNK_ROWS, EvalData, load_eval_data, model_logits
@@ -136,6 +136,10 @@ class KLScorer:
     ) -> None:
         """``loaded``: teacher and student already in memory (``eval`` has them), else loaded here."""
         spec.check()
+        limit = max_positions(models["teacher"].config)  # before tokens are packed or a model runs
+        if limit is not None and spec.seq_len > limit:
+            raise DataError(f"--calib-seq-len {spec.seq_len} is longer than the teacher's {limit} positions; "
+                            f"use --calib-seq-len {limit} or less")
         self.batch_size = batch_size
         device = torch.device(device)
         tokenizer = load_tokenizer(models["teacher"].path)

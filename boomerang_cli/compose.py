@@ -221,7 +221,7 @@ def write_model_dir(
     result = write_safetensors(directory, comp.tensors, max_shard_size, on_tensor, digests)
     copy_aux_files(aux_from, directory)
     comp.config.to_json_file(str(directory / "config.json"))
-    (directory / "README.md").write_text(card)
+    (directory / "README.md").write_text(card, errors="backslashreplace")  # a file name that is not UTF-8
     for name, data in (extra_json or {}).items():
         (directory / name).write_text(json.dumps(data, indent=2) + "\n")
     return result

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
+from .atomic import short_name
 from .errors import BoomerangError, OutputExistsError
 
 
@@ -60,6 +61,27 @@ def check_disjoint(output: Path | str, inputs: Inputs, flag: str = "-o") -> None
         )
 
 
+def check_apart(first: Path | str, first_flag: str, second: Path | str, second_flag: str) -> None:
+    """Refuse two outputs of one run that overlap (neither need exist yet): checked before either
+    is locked, so the message names the overlap, not a lock."""
+    a, b = _real(first), _real(second)
+    how = "is" if a == b else "contains" if b in a.parents else "is inside" if a in b.parents else None
+    if how is not None:
+        raise OutputExistsError(f"{second_flag} {second} {how} {first_flag} {first}; the two may not overlap: "
+                                f"choose another {second_flag}")
+
+
+def check_written_file(path: Path | str | None, inputs: Inputs, flag: str) -> None:
+    """A file a run will write (``-o r.json``, ``--plot``): not overlapping an input, and, if it
+    exists, a regular file (a FIFO or device would hang or be destroyed)."""
+    if path is None:
+        return
+    check_disjoint(path, inputs, flag)
+    p = Path(path)
+    if p.exists() and not p.is_dir() and not p.is_file():
+        raise OutputExistsError(f"{flag} {path} exists and is not a regular file; choose another {flag}")
+
+
 def local_sources(sources: Iterable[str]) -> list[tuple[str, Path]]:
     """The data sources that are local files or directories, as inputs for :func:`check_disjoint`."""
     return [("data source", Path(s).expanduser()) for s in sources
@@ -69,7 +91,7 @@ def local_sources(sources: Iterable[str]) -> list[tuple[str, Path]]:
 def lock_path(output: Path | str) -> Path:
     """Where the lock of ``output`` lives: ``.NAME.lock`` beside it (the output itself may be replaced)."""
     out = _real(output)
-    return out.parent / f".{out.name[:200]}.lock"  # a legal 255-byte output name keeps a legal lock name
+    return out.parent / f".{short_name(out.name)}.lock"  # legal for any legal name; keyed by the whole name
 
 
 def _holder(path: Path) -> str:
@@ -85,13 +107,18 @@ def output_lock(output: Path | str) -> Iterator[None]:
     """Hold ``output``'s lock for the ``with`` block; refuse if another process holds it.
 
     The lock file is removed on release, and so are parent directories created
-    for it that the run left empty. Where no lock file can be made (a parent is
+    for it that the run left empty. No lock is made inside a model directory
+    (an output there overlaps an input and is refused): a kill -9 then leaves
+    nothing in the teacher. Where no lock file can be made (a parent is
     a file, a read-only place, a file system without ``flock``) the run goes on
     unlocked, and the command's own checks name what is wrong with the output.
     """
     lock = lock_path(output)
     created: list[Path] = []
     fd = -1
+    if _in_model_dir(lock.parent):  # an output there is refused by check_disjoint: write nothing into an input
+        yield
+        return
     try:
         missing = [p for p in [lock.parent, *lock.parent.parents] if not p.exists()]
         for d in reversed(missing):
@@ -110,6 +137,15 @@ def output_lock(output: Path | str) -> Iterator[None]:
         for d in reversed(created):
             with contextlib.suppress(OSError):
                 d.rmdir()
+
+
+def _in_model_dir(directory: Path) -> bool:
+    """Whether ``directory`` is, or lies inside, a model directory (config.json beside safetensors weights)."""
+    for d in [directory, *directory.parents]:
+        if (d / "config.json").is_file() and ((d / "model.safetensors").is_file()
+                                              or (d / "model.safetensors.index.json").is_file()):
+            return True
+    return False
 
 
 def _acquire(lock: Path, output: Path | str) -> int:
@@ -135,8 +171,13 @@ def _acquire(lock: Path, output: Path | str) -> int:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:  # a full disk: no lock file left behind (the run goes on unlocked)
+                os.unlink(lock)
+                os.close(fd)
+                return -1
             return fd
         os.close(fd)
 
@@ -146,4 +187,5 @@ def lock_if(output: Path | str | None, enabled: bool = True) -> contextlib.Abstr
     return output_lock(output) if output is not None and enabled else contextlib.nullcontext()
 
 
-__all__ = ["lock_if", "check_disjoint", "local_sources", "output_lock", "lock_path", "OutputLockedError"]
+__all__ = ["lock_if", "check_disjoint", "check_apart", "check_written_file", "local_sources", "output_lock",
+           "lock_path", "OutputLockedError"]

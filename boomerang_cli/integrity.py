@@ -15,10 +15,12 @@ reading every member back; verifying either reads the file once.
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
+from .atomic import file_version
 from .errors import BoomerangError
 from .manifest import MemberEntry
 from .tensors import CHUNK_BYTES, TENSORS_DIGEST, range_digest, read_header, tree_digest
@@ -110,3 +112,67 @@ def verify_member(directory: Path, entry: MemberEntry) -> bool:
         if not p.is_file() or digest_like(p, digest) != digest:
             return False
     return True
+
+
+#: The files whose content is a model's identity: its weights and what maps them (config, index).
+_IDENTITY_FILES = ("config.json", "model.safetensors.index.json")
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """``path``'s checksum (per tensor for a writer-layout safetensors file, else whole-file),
+    hashed once per file version (size, mtime) in this process."""
+    key = file_version(path)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = (tensors_digest(path) if str(path).endswith(".safetensors") else None) or sha256_file(path)
+    return _DIGESTS[key]
+
+
+def files_identity(files: Mapping[str, Path]) -> dict[str, dict[str, Any]]:
+    """Name -> size, mtime and digest of each of ``files`` (what :func:`files_problem` checks)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, p in sorted(files.items()):
+        st = os.stat(p)
+        out[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "digest": file_digest(p)}
+    return out
+
+
+def _model_files(directory: Path | str | None) -> dict[str, Path]:
+    if directory is None or not Path(directory).is_dir():
+        return {}
+    return {p.name: p for p in sorted(Path(directory).iterdir())
+            if p.is_file() and (p.name.endswith(".safetensors") or p.name in _IDENTITY_FILES)}
+
+
+def model_identity(directory: Path | str | None) -> dict[str, dict[str, Any]]:
+    """A model directory's identity by content: file name -> size, mtime and digest of its
+    weights, config and index. Empty for what is not a local directory."""
+    return files_identity(_model_files(directory))
+
+
+def files_problem(files: Mapping[str, Path], recorded: Mapping[str, Any]) -> str | None:
+    """Why ``files`` are not the ones ``recorded`` (:func:`files_identity`) describes, or None.
+
+    Cheap when nothing changed: a file whose size and mtime are the recorded
+    ones is taken as recorded; any other is hashed and its digest compared.
+    """
+    if not isinstance(recorded, Mapping):
+        return "its recorded identity is not an object"
+    if set(files) != set(recorded):
+        return f"its files differ ({', '.join(sorted(set(files) ^ set(recorded)))})"
+    for name, rec in recorded.items():
+        p = files[name]
+        st = os.stat(p)
+        if not isinstance(rec, Mapping) or not isinstance(rec.get("digest"), str):
+            return f"the record of {name} is not an object with a digest"
+        if (st.st_size, st.st_mtime_ns) == (rec.get("size"), rec.get("mtime_ns")):
+            _DIGESTS.setdefault(file_version(p), rec["digest"])  # unchanged: its digest need not be read again
+            continue
+        if st.st_size != rec.get("size") or file_digest(p) != rec["digest"]:
+            return f"{p} differs in content"
+    return None
+
+
+def identity_problem(directory: Path | str | None, recorded: Mapping[str, Any]) -> str | None:
+    """Why ``directory`` is not the model ``recorded`` (:func:`model_identity`) describes, or None."""
+    return files_problem(_model_files(directory), recorded)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 
@@ -57,4 +58,23 @@ def dumps(obj: Any, **kwargs: Any) -> str:
     return json.dumps(finite(obj), allow_nan=False, **kwargs)
 
 
-__all__ = ["finite", "dumps"]
+def read_object(path: Path | str, fix: str) -> dict[str, Any]:
+    """A JSON object from ``path``, strictly (no NaN or Infinity); anything else is one
+    BoomerangError naming the file, what is wrong and ``fix``."""
+    from .errors import BoomerangError
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not a number")
+
+    try:
+        data = json.loads(Path(path).read_bytes(), parse_constant=refuse)
+    except OSError as exc:
+        raise BoomerangError(f"{path}: {(exc.strerror or type(exc).__name__).lower()}; {fix}") from None
+    except ValueError as exc:  # cut off, not UTF-8, not JSON, NaN
+        raise BoomerangError(f"{path}: not valid JSON ({str(exc).splitlines()[0][:120]}); {fix}") from None
+    if not isinstance(data, dict):
+        raise BoomerangError(f"{path}: not a JSON object; {fix}")
+    return data
+
+
+__all__ = ["finite", "dumps", "read_object"]

@@ -141,6 +141,8 @@ class ModelEntry:
     num_layers: int
     num_params: int
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: file name -> size, mtime_ns and digest (integrity.model_identity): what reuse and eval verify
+    identity: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

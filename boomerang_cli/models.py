@@ -20,6 +20,7 @@ from .compose import Composition, LayerSource, compose
 from .errors import BoomerangError, DataError
 from .member import Member
 from .plan import Plan
+from .tensors import ModelWeights
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,6 +40,8 @@ def load_model(path: Path | str | ModelInfo, dtype: torch.dtype = torch.float32,
     from transformers import AutoModelForCausalLM
 
     where = path.path if isinstance(path, ModelInfo) else path
+    if not isinstance(path, ModelInfo):
+        ModelWeights(where)  # every header validated (tensors.read_header) before transformers reads it
     model = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype, use_safetensors=True,
                                                  trust_remote_code=trust_remote_code)
     return model.to(device).eval()

@@ -17,6 +17,7 @@ import torch
 
 from .arch import ModelInfo
 from .compose import check_same_family, fingerprint
+from .integrity import model_identity
 from .errors import BoomerangError, PairMismatchError, PlanError
 from .manifest import ModelEntry
 from .member import Member
@@ -54,7 +55,9 @@ class Pair:
         """What an output must not overlap (guard.check_disjoint)."""
         return {"teacher": Path(self.teacher_ref.path), "student": Path(self.student_ref.path)}
 
-    def entry(self, role: str) -> ModelEntry:
+    def entry(self, role: str, with_identity: bool = False) -> ModelEntry:
+        """The manifest's record of ``role``; ``with_identity``: with its per-file digests
+        (hashed once per process, and not at all where a verified record gave them)."""
         ref = self.teacher_ref if role == "teacher" else self.student_ref
         info = self.teacher if role == "teacher" else self.student
         fp = self.teacher_fingerprint if role == "teacher" else self.student_fingerprint
@@ -63,6 +66,7 @@ class Pair:
         return ModelEntry(
             ref=ref.stable_ref, path=str(Path(ref.path).resolve()), fingerprint=fp,
             num_layers=info.arch.num_layers, num_params=full.composition(self.models).num_params,
+            identity=model_identity(ref.path) if with_identity else {},
         )
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_text
+from .errors import BoomerangError
+from .guard import Inputs, check_disjoint
 
 
 def state_path() -> Path:
@@ -29,12 +31,29 @@ def read_state() -> dict[str, Any]:
         return {}
 
 
-def record(**values: Any) -> None:
-    """Remember outputs (absolute paths) of the step that just finished."""
+def record(inputs: Inputs = (), **values: Any) -> str | None:
+    """Remember outputs (absolute paths) of the step that just finished.
+
+    A convenience that never blocks a command: where the record cannot be
+    written (a read-only directory, ``$BOOMERANG_STATE`` under a regular file)
+    or would be written inside an input (the teacher as the working
+    directory), nothing is remembered and the warning to show is returned.
+    """
+    path = state_path()
+    try:
+        check_disjoint(path, inputs, "the remembered last step")
+    except BoomerangError:
+        return (f"not remembering this step: {path} would be written inside an input; "
+                "run from another directory or set BOOMERANG_STATE")
     data = read_state()
     for k, v in values.items():
         data[k] = str(Path(v).resolve()) if isinstance(v, (str, Path)) and k != "teacher" else v
-    atomic_write_text(state_path(), json.dumps(data, indent=2) + "\n")
+    try:
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    except (OSError, UnicodeError) as exc:
+        return (f"not remembering this step: cannot write {path} ({getattr(exc, 'strerror', None) or exc}); "
+                "set BOOMERANG_STATE to a writable file")
+    return None
 
 
 def last(key: str) -> str | None:

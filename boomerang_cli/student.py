@@ -224,13 +224,19 @@ def write_trained_student(
         state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     with atomic_dir(Path(output), overwrite) as tmp:
         copy_aux_files(aux_from, tmp)
-        model.save_pretrained(str(tmp), state_dict=state_dict, max_shard_size=max_shard_size)
+        from safetensors import SafetensorError
+
+        try:
+            model.save_pretrained(str(tmp), state_dict=state_dict, max_shard_size=max_shard_size)
+        except (RuntimeError, SafetensorError) as exc:  # a full disk, as safetensors/torch report it
+            raise BoomerangError(f"cannot write {output} ({str(exc).splitlines()[0][:160]}); free disk space or "
+                                 "choose another -o") from None
         if dtype is not None:
             cfg_path = tmp / "config.json"
             data = json.loads(cfg_path.read_text())
             data["dtype"] = str(dtype).removeprefix("torch.")
             cfg_path.write_text(json.dumps(data, indent=2) + "\n")
-        (tmp / "README.md").write_text(card)
+        (tmp / "README.md").write_text(card, errors="backslashreplace")  # a file name that is not UTF-8
         for name, data in record.files().items():
             (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
         for extra in extra_files:

@@ -26,16 +26,8 @@ from .atomic import file_version
 from .errors import BoomerangError
 
 DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 #: How ``--dtype`` (and the manifest's ``dtype``) spell a dtype.
@@ -56,9 +48,7 @@ def parse_dtype(name: str) -> torch.dtype:
     try:
         return aliases[name.lower()]
     except KeyError:
-        raise BoomerangError(
-            f"unknown dtype {name!r}; use one of bf16, fp16, fp32"
-        ) from None
+        raise BoomerangError(f"unknown dtype {name!r}; use one of bf16, fp16, fp32") from None
 
 
 def dtype_flag(dtype: torch.dtype | None) -> str | None:
@@ -90,12 +80,15 @@ def _broken(path: Path, what: str) -> BoomerangError:
     return BoomerangError(f"{path}: not a valid safetensors file ({what}); re-download or rebuild the model")
 
 
-def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Parse one safetensors file's header into :class:`TensorInfo` entries.
+DTYPE_SIZES = {name: torch.empty(0, dtype=dt).element_size() for name, dt in DTYPES.items()}
 
-    Anything malformed (a header cut off, not UTF-8 or not JSON, entries of the
-    wrong shape, tensors reaching past the end of a truncated file) is one
-    BoomerangError naming the file, never a traceback.
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse one safetensors file's header into :class:`TensorInfo` entries, validated.
+
+    The one check every reader passes (``ModelWeights``, so ``arch`` and ``models.load_model``):
+    a header cut off, not UTF-8 or JSON, a bad entry or dtype, a shape whose size is not its
+    byte range, tensors overlapping, leaving holes or past the end: one line naming the file.
     """
     with open(path, "rb") as f:
         raw = f.read(8)
@@ -116,21 +109,37 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         raise _broken(path, "header is not JSON") from None
     if not isinstance(header, dict):
         raise _broken(path, "header is not a JSON object")
-    base = 8 + n
     meta = header.pop("__metadata__", {}) or {}
-    out = {}
-    for name, e in header.items():
-        try:
-            dtype, shape, (lo, hi) = e["dtype"], tuple(int(d) for d in e["shape"]), e["data_offsets"]
-            ok = isinstance(dtype, str) and isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi
-        except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise _broken(path, f"bad header entry for {name}")
-        if base + hi > size:
-            raise _broken(path, f"truncated: {name} ends at byte {base + hi} of a {size}-byte file")
-        out[name] = TensorInfo(name, dtype, shape, path, base + lo, base + hi)
+    out = {name: _entry(path, name, e, 8 + n, size) for name, e in header.items()}
+    pos, prev = 8 + n, None  # the tensors tile the data region exactly, as the format requires
+    for e in sorted(out.values(), key=lambda e: (e.begin, e.end)):
+        if e.begin != pos:
+            raise _broken(path, f"{e.name} overlaps {prev}" if e.begin < pos else
+                          f"bytes {pos - 8 - n} to {e.begin - 8 - n} of its data belong to no tensor")
+        pos, prev = e.end, e.name
+    if pos != size:
+        raise _broken(path, f"{size - pos} bytes after its last tensor belong to no tensor")
     return out, meta
+
+
+def _entry(path: Path, name: str, e: object, base: int, size: int) -> TensorInfo:
+    """One header entry: well-formed, a known dtype, inside the file, its shape's size its byte range."""
+    try:
+        dtype, shape, (lo, hi) = e["dtype"], tuple(e["shape"]), e["data_offsets"]  # type: ignore[index]
+        ok = (isinstance(dtype, str) and isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi
+              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape))
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise _broken(path, f"bad header entry for {name}")
+    if dtype not in DTYPE_SIZES:
+        raise _broken(path, f"{name} has dtype {dtype!r}, not one of {', '.join(DTYPE_SIZES)}")
+    if base + hi > size:
+        raise _broken(path, f"truncated: {name} ends at byte {base + hi} of a {size}-byte file")
+    if math.prod(shape) * DTYPE_SIZES[dtype] != hi - lo:
+        raise _broken(path, f"{name} is {list(shape)} {dtype}, {math.prod(shape) * DTYPE_SIZES[dtype]} bytes, "
+                            f"but its data_offsets span {hi - lo}")
+    return TensorInfo(name, dtype, shape, path, base + lo, base + hi)
 
 
 class ModelWeights:

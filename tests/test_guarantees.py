@@ -2,8 +2,10 @@
 
 Each row of ``CASES`` is a case a careful but hostile user tries: the command,
 the exit code, a fragment of the one-line message, and what must (or must not)
-be on disk afterwards. Rows for the failures issue 14 found sit beside rows for
-neighbouring cases that already behaved, so a regression in either fails here.
+be on disk afterwards. Rows for the failures issues 14 and 25 found sit beside
+rows for neighbouring cases that already behaved, so a regression in either
+fails here. A row may inject a fault during the command only (``patch``: a full
+disk, Ctrl-C just after a rename) and check that a rerun then finishes.
 Every row runs in-process on tiny models (``tests/common.py``) in a fresh copy
 of one small world: a 4-layer teacher, its 2-layer student, a family of them
 and a text corpus. The cases that need a second process (kill -9 and resume,
@@ -13,6 +15,7 @@ two writers) are the tests after the table.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -30,7 +33,7 @@ import torch
 from typer.testing import CliRunner
 
 from boomerang_cli.cli import app
-from boomerang_cli.guard import output_lock
+from boomerang_cli.guard import lock_path, output_lock
 
 from .common import perturb_saved, tiny_model_dir
 
@@ -65,10 +68,12 @@ def base(tmp_path_factory) -> Path:
 class World:
     root: Path
     held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    expected: set[str] = field(default_factory=set)  # hidden entries that are not leftovers (held locks)
 
     def hold_lock(self, name: str) -> None:
         """Another writer (this process, on another file description) holds ``name``'s lock."""
         self.held.enter_context(output_lock(self.root / name))
+        self.expected.add(lock_path(self.root / name).name)
 
     def __truediv__(self, name: str) -> Path:
         return self.root / name
@@ -116,6 +121,8 @@ class Case:
     setup: Setup | None = None
     after: Check | None = None  # what must be on disk afterwards
     keeps: list[str] = field(default_factory=list)  # world entries that must be byte-for-byte unchanged
+    patch: Callable[[pytest.MonkeyPatch], None] | None = None  # a fault injected during the command only
+    leftovers: bool = False  # hidden siblings (a held lock, a live run's temp dir) are expected afterwards
 
 
 def _fill(arg: str, w: World) -> str:
@@ -143,7 +150,8 @@ def present(*names: str) -> Check:
 def no_hidden_leftovers(w: World) -> None:
     """No temp dirs, lock files or .old entries next to any output."""
     junk = [p.name for d in (w.root, w / "fam") if d.is_dir() for p in d.iterdir()
-            if p.name.startswith(".") and (".tmp-" in p.name or p.name.endswith(".lock") or ".old-" in p.name)]
+            if p.name.startswith(".") and (".tmp-" in p.name or p.name.endswith(".lock") or ".old-" in p.name)
+            and p.name not in w.expected]
     assert not junk, junk
 
 
@@ -215,6 +223,20 @@ def break_header(w: World, name: str, kind: str) -> None:
         data = data[:8 + n // 2]
     elif kind == "data":
         data = data[:-10]
+    elif kind in ("dtype", "overlap", "shape"):
+        entries = json.loads(header)
+        names = sorted((k for k in entries if k != "__metadata__"), key=lambda k: entries[k]["data_offsets"])
+        first, second = entries[names[0]], entries[names[1]]
+        if kind == "dtype":
+            first["dtype"] = "Q7"
+        elif kind == "overlap":  # the second tensor reads the first one's bytes
+            second["data_offsets"] = [first["data_offsets"][0], first["data_offsets"][0] + second["data_offsets"][1]
+                                      - second["data_offsets"][0]]
+        else:
+            first["shape"] = [first["shape"][0] * 2, *first["shape"][1:]]
+        raw = json.dumps(entries).encode()
+        raw += b" " * (-len(raw) % 8)
+        data = len(raw).to_bytes(8, "little") + raw + data[8 + n:]
     else:
         data = data[:5]
     f.write_bytes(data)
@@ -246,8 +268,117 @@ def read_only_dir(w: World, name: str) -> None:
     (w / name).chmod(0o555)
 
 
+def change_unsampled(w: World, name: str = "teacher") -> None:
+    """Change one byte of ``name``'s weights that the sampled fingerprint (compose.fingerprint) never reads."""
+    from boomerang_cli.tensors import read_header
+
+    f = w / name / "model.safetensors"
+    entries, _ = read_header(f)
+    e = max(entries.values(), key=lambda e: e.nbytes)
+    sampled = {e.begin + (e.nbytes - 64) * j // 15 + k for j in range(16) for k in range(64)}
+    off = next(o for o in range(e.begin, e.end) if o not in sampled)
+    data = bytearray(f.read_bytes())
+    data[off] ^= 0x01
+    f.write_bytes(bytes(data))
+
+
+def state_at(w: World, cwd: str | None = None, env: str | None = None) -> None:
+    """Run from ``cwd`` with the default state file, or with ``BOOMERANG_STATE`` set to ``env``
+    (the fixture's monkeypatch restores both)."""
+    if env is None:
+        os.environ.pop("BOOMERANG_STATE", None)
+    else:
+        os.environ["BOOMERANG_STATE"] = _fill(env, w)
+    if cwd is not None:
+        os.chdir(w / cwd)
+
+
+def disk_full(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def enospc(target: str, error: Callable = disk_full) -> Callable[[pytest.MonkeyPatch], None]:
+    """The write at ``target`` ("module:attribute") fails as on a full disk."""
+    module, attr = target.split(":")
+    return lambda m: m.setattr(f"{module}.{attr}", error)
+
+
+def torch_disk_full(*_args, **_kwargs):
+    raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                       "data/0: file write failed")
+
+
+def interrupt_after_rename(name: str) -> Callable[[pytest.MonkeyPatch], None]:
+    """Ctrl-C arrives just after the output ``name`` was renamed into place (the signal, not the rename, wins)."""
+    real = os.replace
+
+    def replace(src, dst, *a, **k):
+        real(src, dst, *a, **k)
+        if Path(dst).name == name:
+            raise KeyboardInterrupt
+    return lambda m: m.setattr(os, "replace", replace)
+
+
+def then_rerun(*args: str, message: str = "") -> Check:
+    """Nothing left behind, and the same command run again (no fault now) finishes the job."""
+    def check(w: World) -> None:
+        no_hidden_leftovers(w)
+        r = invoke(*(_fill(a, w) for a in args))
+        assert r.exit_code == 0 and message in " ".join(r.output.split()), r.output
+        no_hidden_leftovers(w)
+    return check
+
+
+def results_file(w: World, change: Callable[[dict], object]) -> None:
+    """r.json as eval writes it, then changed by ``change``."""
+    r = invoke("eval", w / "teacher", "-o", w / "r.json", *(_fill(a, w) for a in EVAL))
+    assert r.exit_code == 0, r.output
+    data = json.loads((w / "r.json").read_text())
+    change(data)
+    (w / "r.json").write_text(json.dumps(data))
+
+
+def edit_config(w: World, name: str, text: Callable[[str], str]) -> None:
+    """A copy of the teacher whose config.json text is changed by ``text``."""
+    shutil.copytree(w / "teacher", w / name)
+    f = w / name / "config.json"
+    f.write_text(text(f.read_text()))
+
+
+def nan_field(text: str) -> str:
+    cfg = json.loads(text)
+    cfg["rms_norm_eps"] = float("nan")
+    cfg["max_position_embeddings"] = float("nan")
+    return json.dumps(cfg)
+
+
+def trained(w: World, keep: str = "0,2") -> None:
+    """out-checkpoints/ holding step-0000001 of a 2-step run (its output removed, as after a kill)."""
+    r = invoke("distill", w / "teacher", "-o", w / "out", *(_fill(a, w) for a in TRAIN2), "--keep", keep,
+               "--keep-checkpoints")
+    assert r.exit_code == 0, r.output
+    shutil.rmtree(w / "out")
+    assert (w / "out-checkpoints" / "step-0000001" / "trainer_state.json").is_file()
+
+
+def edit_trainer_state(w: World, change: Callable[[dict], object]) -> None:
+    path = w / "out-checkpoints" / "step-0000001" / "trainer_state.json"
+    state = json.loads(path.read_text())
+    change(state)
+    path.write_text(json.dumps(state))
+
+
+def resumed_from(step: int) -> Check:
+    def check(w: World) -> None:
+        assert json.loads((w / "out" / "boomerang.json").read_text())["training"]["resumed_from"] == step
+        no_hidden_leftovers(w)
+    return check
+
+
 EVAL = ["--data", "{w}/corpus.txt", "--max-tokens", "32", "--seq-len", "16"]  # one file: validation split
 TRAIN = ["--data", "{w}/corpus.txt", "--steps", "1", "--seq-len", "16", "--batch-size", "1", "--save-every", "0"]
+TRAIN2 = ["--data", "{w}/corpus.txt", "--steps", "2", "--seq-len", "16", "--batch-size", "1", "--save-every", "1"]
+RESUME = ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN2, "--keep", "0,2", "--resume"]
 
 CASES: list[Case] = [
     # 1. An output never overlaps an input, whatever --overwrite says.
@@ -289,6 +420,38 @@ CASES: list[Case] = [
     Case("family-o-calib-data", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/corpus.txt", "--all",
                                  "--order", "kl-greedy", "--calib-data", "{w}/corpus.txt", "--overwrite"], 2,
          "the data source", keeps=unchanged("corpus.txt")),
+    # 1b. Resume continues the checkpoint's trajectory or refuses, naming what differs; never starts over.
+    Case("resume-latest-pointer-missing", RESUME, 0, "distilled",
+         setup=lambda w: (trained(w), (w / "out-checkpoints" / "latest").unlink()), after=resumed_from(1)),
+    Case("no-resume-latest-pointer-missing", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN2, "--keep", "0,2"],
+         2, "holds checkpoints of an earlier run",
+         setup=lambda w: (trained(w), (w / "out-checkpoints" / "latest").unlink()),
+         keeps=unchanged("out-checkpoints"), after=absent("out")),
+    Case("resume-no-complete-step", RESUME, 2, "holds no complete checkpoint",
+         setup=lambda w: (trained(w), (w / "out-checkpoints" / "step-0000001" / "state.pt").unlink()),
+         keeps=unchanged("out-checkpoints"), after=absent("out")),
+    Case("resume-other-teacher-same-shapes", [*RESUME[:1], "{w}/t2", *RESUME[2:]], 2, "teacher (",
+         setup=lambda w: (trained(w), shutil.copytree(w / "teacher", w / "t2"), perturb_saved(w / "t2", seed=9)),
+         keeps=unchanged("out-checkpoints", "t2"), after=absent("out")),
+    Case("resume-teacher-changed-in-place", RESUME, 2, "teacher (",
+         setup=lambda w: (trained(w), flip_byte(w / "teacher" / "model.safetensors")),
+         keeps=unchanged("out-checkpoints", "teacher"), after=absent("out")),
+    Case("resume-other-plan-same-depth", [*RESUME[:-3], "--keep", "0,1", "--resume"], 2,
+         "plan (--keep 0,1, the checkpoint's 0,2)", setup=lambda w: trained(w),
+         keeps=unchanged("out-checkpoints"), after=absent("out")),
+    Case("resume-data-changed-in-place", RESUME, 2, "data (",
+         setup=lambda w: (trained(w), (w / "corpus.txt").write_text(CORPUS.replace("fox", "cat"))),
+         keeps=unchanged("out-checkpoints", "corpus.txt"), after=absent("out")),
+    Case("resume-data-touched-resumes", RESUME, 0, "distilled",
+         setup=lambda w: (trained(w), os.utime(w / "corpus.txt")), after=resumed_from(1)),
+    Case("resume-trainer-state-list", RESUME, 2, "trainer_state.json: not a JSON object",
+         setup=lambda w: (trained(w), (w / "out-checkpoints" / "step-0000001" / "trainer_state.json").write_text("[]")),
+         keeps=unchanged("out-checkpoints"), after=absent("out")),
+    Case("resume-trainer-state-step-string", RESUME, 2, "step should be int, not str",
+         setup=lambda w: (trained(w), edit_trainer_state(w, lambda st: st.update(step="1"))),
+         keeps=unchanged("out-checkpoints"), after=absent("out")),
+    Case("distill-o-nonempty", ["distill", "{w}/teacher", "-o", "{w}/fam", *TRAIN], 2, "--overwrite",
+         keeps=unchanged("fam")),
     # 2. One writer per output: a second run is refused at once, naming the holder.
     Case("family-locked", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam", "--all"], 2,
          "being written by another boomerang run (pid", setup=lambda w: w.hold_lock("fam"), keeps=unchanged("fam")),
@@ -309,6 +472,100 @@ CASES: list[Case] = [
          setup=lambda w: w.hold_lock("r.json"), after=absent("r.json")),
     Case("family-other-output-not-locked", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam2", "--all"], 0,
          "1 written", setup=lambda w: w.hold_lock("fam"), after=present("fam2/family.json")),
+    # 2b. Every written path passes the guard: plots, the remembered state, locks, a second output.
+    Case("eval-plot-inside-teacher", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL, "--plot",
+                                      "{w}/teacher/p.png"], 2, "--plot {w}/teacher/p.png is inside the model",
+         keeps=unchanged("teacher"), after=absent("r.json")),
+    Case("eval-family-plot-inside-member", ["eval", "{w}/fam", *EVAL, "--plot", "{w}/fam/member-03L/p.png"], 2,
+         "is inside the member member-03L", keeps=unchanged("fam")),
+    Case("eval-family-plot-inside-teacher", ["eval", "{w}/fam", *EVAL, "--plot", "{w}/teacher/p.png"], 2,
+         "is inside the teacher", keeps=unchanged("fam", "teacher")),
+    Case("eval-o-fifo", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL], 2, "exists and is not a regular file",
+         setup=lambda w: os.mkfifo(w / "r.json")),
+    Case("state-not-written-inside-teacher", ["init-student", "{w}/teacher", "-o", "{w}/s2"], 0,
+         "not remembering this step", setup=lambda w: state_at(w, cwd="teacher"), keeps=unchanged("teacher"),
+         after=present("s2/boomerang.json")),
+    Case("state-not-written-inside-family", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam", "--all"], 0,
+         "not remembering this step", setup=lambda w: state_at(w, cwd="fam"), after=absent("fam/.boomerang")),
+    Case("state-not-written-inside-teacher-distill", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN], 0,
+         "not remembering this step", setup=lambda w: state_at(w, cwd="teacher"), keeps=unchanged("teacher"),
+         after=present("out/boomerang.json")),
+    Case("state-under-a-regular-file-init", ["init-student", "{w}/teacher", "-o", "{w}/s2"], 0,
+         "not remembering this step", setup=lambda w: state_at(w, env="{w}/corpus.txt/state.json"),
+         keeps=unchanged("corpus.txt"), after=present("s2/boomerang.json")),
+    Case("state-under-a-regular-file-family", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam2", "--all"],
+         0, "not remembering this step", setup=lambda w: state_at(w, env="{w}/corpus.txt/state.json"),
+         keeps=unchanged("corpus.txt"), after=present("fam2/family.json")),
+    Case("lock-keyed-by-the-whole-name", ["init-student", "{w}/teacher", "-o", "{w}/" + "n" * 210 + "b"], 0,
+         "written to", setup=lambda w: w.hold_lock("n" * 210 + "a"), after=present("n" * 210 + "b/boomerang.json")),
+    Case("distill-checkpoint-dir-is-output", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN,
+                                              "--checkpoint-dir", "{w}/out"], 2,
+         "--checkpoint-dir {w}/out is -o {w}/out", after=lambda w: (absent("out")(w), no_hidden_leftovers(w))),
+    Case("distill-checkpoint-dir-inside-output", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN,
+                                                  "--checkpoint-dir", "{w}/out/ck"], 2,
+         "--checkpoint-dir {w}/out/ck is inside -o {w}/out",
+         after=lambda w: (absent("out")(w), no_hidden_leftovers(w))),
+    # 6. A full disk is one line, exit 2, nothing left; an interrupt at the final rename leaves nothing either.
+    Case("distill-disk-full-checkpoint", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN2], 2,
+         "cannot write checkpoint", patch=enospc("torch:save", torch_disk_full),
+         after=lambda w: (absent("out", "out-checkpoints")(w),
+                          then_rerun("distill", "{w}/teacher", "-o", "{w}/out", *TRAIN2, message="distilled")(w))),
+    Case("distill-disk-full-output", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN], 2, "the disk is full",
+         patch=enospc("transformers.PreTrainedModel:save_pretrained"),
+         after=lambda w: (absent("out", "out-checkpoints")(w),
+                          then_rerun("distill", "{w}/teacher", "-o", "{w}/out", *TRAIN, message="distilled")(w))),
+    Case("distill-disk-full-output-resumes", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN2], 2,
+         "the disk is full", patch=enospc("transformers.PreTrainedModel:save_pretrained"),
+         after=lambda w: (absent("out")(w), then_rerun("distill", "{w}/teacher", "-o", "{w}/out", *TRAIN2,
+                                                      "--resume", message="resumed at 1")(w))),
+    Case("eval-disk-full", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL], 2, "the disk is full",
+         patch=enospc("boomerang_cli.atomic:_write"),
+         after=lambda w: (absent("r.json")(w), then_rerun("eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL)(w))),
+    Case("eval-family-disk-full", ["eval", "{w}/fam", *EVAL], 2, "the disk is full",
+         patch=enospc("boomerang_cli.atomic:_write"), keeps=unchanged("fam"),
+         after=then_rerun("eval", "{w}/fam", *EVAL, message="results written")),
+    Case("eval-removes-dead-tmp", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL], 0, "results written",
+         setup=lambda w: (w / f".r.json.tmp-{dead_pid()}-abc").write_text("{"), after=no_hidden_leftovers),
+    Case("family-removes-dead-manifest-tmp", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam", "--all"], 0,
+         "reused", setup=lambda w: (w / "fam" / f".family.json.tmp-{dead_pid()}-x").write_text("{"),
+         after=no_hidden_leftovers),
+    Case("init-student-interrupted-at-rename", ["init-student", "{w}/teacher", "-o", "{w}/s2"], 130, "interrupted",
+         patch=interrupt_after_rename("s2"),
+         after=lambda w: (absent("s2")(w), then_rerun("init-student", "{w}/teacher", "-o", "{w}/s2",
+                                                     message="written to")(w))),
+    Case("export-interrupted-at-rename", ["export", "{w}/fam", "-o", "{w}/gg", "--type", "f32"], 130, "interrupted",
+         patch=interrupt_after_rename("gg"), keeps=unchanged("fam"),
+         after=lambda w: (absent("gg")(w), then_rerun("export", "{w}/fam", "-o", "{w}/gg", "--type", "f32",
+                                                     message="export.json")(w))),
+    # 7. The last tracebacks: a results file, a config or a calibration length of the wrong shape.
+    Case("eval-o-models-not-a-list", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL], 2, "models should be a list",
+         setup=lambda w: results_file(w, lambda d: d.update(models={"a": 1})), keeps=unchanged("r.json")),
+    Case("eval-o-metrics-a-string", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL], 2,
+         "metrics should be an object",
+         setup=lambda w: results_file(w, lambda d: d["models"][0].update(metrics="x")), keeps=unchanged("r.json")),
+    Case("eval-o-model-not-an-object", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL], 2, "should be an object",
+         setup=lambda w: results_file(w, lambda d: d.update(models=[1])), keeps=unchanged("r.json")),
+    Case("eval-o-v1-record-gone-bad", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL], 2,
+         "perplexity should be an object",
+         setup=lambda w: results_file(w, lambda d: (d.update(schema_version=1),
+                                                    d["models"][0].update(metrics={"perplexity": [1, 2]}))),
+         keeps=unchanged("r.json")),
+    Case("init-student-config-nan", ["init-student", "{w}/bad", "-o", "{w}/s2"], 2, "config.json",
+         setup=lambda w: edit_config(w, "bad", nan_field), after=absent("s2"), keeps=unchanged("bad")),
+    Case("eval-config-nan", ["eval", "{w}/bad", "-o", "{w}/r.json", *EVAL], 2, "config.json",
+         setup=lambda w: edit_config(w, "bad", nan_field), after=absent("r.json"), keeps=unchanged("bad")),
+    Case("distill-config-nan", ["distill", "{w}/bad", "-o", "{w}/out", *TRAIN], 2, "config.json",
+         setup=lambda w: edit_config(w, "bad", nan_field), after=absent("out"), keeps=unchanged("bad")),
+    Case("init-student-config-truncated", ["init-student", "{w}/bad", "-o", "{w}/s2"], 2, "config.json",
+         setup=lambda w: edit_config(w, "bad", lambda t: t[:len(t) // 2]), after=absent("s2"), keeps=unchanged("bad")),
+    Case("eval-config-truncated", ["eval", "{w}/bad", "-o", "{w}/r.json", *EVAL], 2, "config.json",
+         setup=lambda w: edit_config(w, "bad", lambda t: t[:len(t) // 2]), after=absent("r.json")),
+    Case("family-config-truncated", ["family", "{w}/bad", "{w}/student", "-o", "{w}/fam2", "--all"], 2,
+         "config.json", setup=lambda w: edit_config(w, "bad", lambda t: t[:len(t) // 2]), after=absent("fam2")),
+    Case("family-calib-seq-len-past-positions", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam2",
+                                                 "--all", "--order", "kl-greedy", "--calib-data", "{w}/corpus.txt",
+                                                 "--calib-seq-len", "100000"], 2, "--calib-seq-len 100000",
+         after=absent("fam2")),
     # 3. Data and plans: nothing silently trained or evaluated on something else than asked.
     Case("distill-empty-file", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN[2:], "--data", "{w}/empty.txt"],
          2, "empty.txt: empty file", setup=lambda w: (w / "empty.txt").write_text(""), after=absent("out")),
@@ -369,6 +626,24 @@ CASES: list[Case] = [
          "results written", setup=lambda w: shutil.rmtree(w / "fam" / "member-03L")),
     Case("eval-family-verify-ok", ["eval", "{w}/fam", "--verify", *EVAL], 0, "results written",
          after=no_hidden_leftovers),
+    # 4b. Teacher and student are checked by content (recorded per-file digests), not by sampled bytes.
+    Case("family-rerun-teacher-changed-unsampled", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam",
+                                                    "--all"], 2, "another teacher (",
+         setup=change_unsampled, keeps=unchanged("fam")),
+    Case("eval-family-teacher-changed-unsampled", ["eval", "{w}/fam", *EVAL], 2,
+         "model.safetensors differs in content); restore it", setup=change_unsampled, keeps=unchanged("fam")),
+    Case("eval-family-student-changed-unsampled", ["eval", "{w}/fam", *EVAL], 2,
+         "differs in content", setup=lambda w: change_unsampled(w, "student"), keeps=unchanged("fam")),
+    Case("eval-manifest-embed-from-elsewhere", ["eval", "{w}/fam", *EVAL], 2, "has embed_from 'elsewhere'",
+         setup=lambda w: edit_manifest(w, lambda m: m["members"][0].update(embed_from="elsewhere")),
+         keeps=unchanged("fam")),
+    Case("eval-manifest-head-from-swapped", ["eval", "{w}/fam", *EVAL], 2, "has head_from",
+         setup=lambda w: edit_manifest(w, lambda m: m["members"][0].update(
+             head_from="teacher" if m["members"][0]["head_from"] == "student" else "student")),
+         keeps=unchanged("fam")),
+    Case("family-rerun-touched-teacher-reuses", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam", "--all"],
+         0, "reused", setup=lambda w: os.utime(w / "teacher" / "model.safetensors"), keeps=unchanged("fam/member-03L"),
+         after=no_hidden_leftovers),
     # 5. Strict JSON: NaN weights give null perplexities, marked, never bare NaN.
     Case("eval-nan-model-strict-json", ["eval", "{w}/nan", "-o", "{w}/r.json", "--json", *EVAL], 0, '"finite": false',
          setup=lambda w: nan_model(w, "nan"), after=lambda w: strict_json(w / "r.json", expect_marker=True)),
@@ -379,12 +654,16 @@ CASES: list[Case] = [
          setup=lambda w: nan_model(w, "nan"), after=absent("out")),
     # 6. Broken files and manifests: one line, exit 2, never a traceback, nothing written.
     *[Case(f"{cmd}-header-{kind}", [*args, *extra], 2, msg, setup=lambda w, k=kind: break_header(w, "bad", k),
-           after=absent("s2", "fam2", "r.json"))
+           after=absent("s2", "fam2", "r.json", "out"), keeps=unchanged("bad"))
       for kind, msg in (("utf8", "header is not UTF-8"), ("json", "header is not JSON"),
-                        ("cut", "ends inside its"), ("data", "truncated:"), ("short", "truncated header"))
+                        ("cut", "ends inside its"), ("data", "truncated:"), ("short", "truncated header"),
+                        ("dtype", "has dtype 'Q7'"), ("overlap", "overlaps"), ("shape", "but its data_offsets span"))
       for cmd, args, extra in (("init-student", ["init-student", "{w}/bad", "-o", "{w}/s2"], []),
                                ("family", ["family", "{w}/bad", "{w}/student", "-o", "{w}/fam2", "--all"], []),
-                               ("eval", ["eval", "{w}/bad", "-o", "{w}/r.json"], EVAL))],
+                               ("eval", ["eval", "{w}/bad", "-o", "{w}/r.json"], EVAL),
+                               ("distill", ["distill", "{w}/bad", "-o", "{w}/out"], TRAIN),
+                               ("distill-student", ["distill", "{w}/teacher", "--student", "{w}/bad", "-o",
+                                                    "{w}/out"], TRAIN))],
     Case("index-not-json", ["init-student", "{w}/bad", "-o", "{w}/s2"], 2, "not a valid safetensors index",
          setup=lambda w: (shutil.copytree(w / "teacher", w / "bad"),
                           (w / "bad" / "model.safetensors.index.json").write_text("{")), after=absent("s2")),
@@ -403,7 +682,7 @@ CASES: list[Case] = [
     Case("init-student-removes-dead-tmp", ["init-student", "{w}/teacher", "-o", "{w}/s2"], 0, "written to",
          setup=lambda w: leftover(w, f".s2.tmp-{dead_pid()}-abc"), after=lambda w: (no_hidden_leftovers(w))),
     Case("init-student-keeps-live-tmp", ["init-student", "{w}/teacher", "-o", "{w}/s2"], 0, "written to",
-         setup=lambda w: leftover(w, ".s2.tmp-1-abc"), after=present(".s2.tmp-1-abc")),
+         setup=lambda w: leftover(w, ".s2.tmp-1-abc"), after=present(".s2.tmp-1-abc"), leftovers=True),
     Case("family-removes-dead-member-siblings", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/fam", "--all"], 0,
          "reused", setup=lambda w: (leftover(w, f"fam/.member-03L.old-{dead_pid()}"),
                                     leftover(w, f"fam/.member-03L.tmp-{dead_pid()}-x")),
@@ -421,6 +700,48 @@ CASES: list[Case] = [
     # 7. Messages are plain text (no rich markup or emoji), long names are fine, too long ones exit 2.
     Case("message-keeps-brackets-and-colons", ["init-student", "{w}/teacher", "-o", "{w}/a[bold]b:train:"], 2,
          "a[bold]b:train: exists and is not empty", setup=lambda w: leftover(w, "a[bold]b:train:/x")),
+    Case("init-student-o-closing-tag", ["init-student", "{w}/teacher", "-o", "{w}/x[/bold]"], 0, "{w}/x[/bold]",
+         after=lambda w: (present("x[/bold]/boomerang.json")(w), no_hidden_leftovers(w))),
+    Case("init-student-o-bold-tags", ["init-student", "{w}/teacher", "-o", "{w}/[bold]x[/bold]"], 0,
+         "written to {w}/[bold]x[/bold]", after=present("[bold]x[/bold]/boomerang.json")),
+    Case("init-student-o-emoji-code", ["init-student", "{w}/teacher", "-o", "{w}/a:train:b"], 0,
+         "written to {w}/a:train:b", after=present("a:train:b/boomerang.json")),
+    Case("init-student-teacher-named-tag", ["init-student", "{w}/t[/b]", "-o", "{w}/s2"], 0, "t[/b]",
+         setup=lambda w: shutil.copytree(w / "teacher", w / "t[/b]"), after=present("s2/boomerang.json")),
+    Case("distill-o-closing-tag", ["distill", "{w}/teacher", "-o", "{w}/x[/bold]", *TRAIN], 0, "x[/bold]",
+         after=present("x[/bold]/boomerang.json")),
+    Case("distill-teacher-named-tag", ["distill", "{w}/t[/b]", "-o", "{w}/out", *TRAIN], 0, "t[/b]",
+         setup=lambda w: shutil.copytree(w / "teacher", w / "t[/b]"), after=present("out/boomerang.json")),
+    Case("family-o-closing-tag", ["family", "{w}/teacher", "{w}/student", "-o", "{w}/f[/b]", "--all"], 0,
+         "1 written", after=present("f[/b]/family.json")),
+    Case("eval-teacher-named-tag", ["eval", "{w}/t[/b]", "-o", "{w}/r[/b].json", *EVAL], 0,
+         "results written to {w}/r[/b].json", setup=lambda w: shutil.copytree(w / "teacher", w / "t[/b]"),
+         after=present("r[/b].json")),
+    Case("export-o-closing-tag", ["export", "{w}/fam", "-o", "{w}/g[/b]", "--type", "f32"], 0, "g[/b]",
+         after=present("g[/b]/export.json")),
+    Case("eval-o-emoji-code", ["eval", "{w}/teacher", "-o", "{w}/r:train:.json", *EVAL], 0,
+         "results written to {w}/r:train:.json", after=present("r:train:.json")),
+    Case("family-teacher-named-tag", ["family", "{w}/t[/b]", "{w}/student", "-o", "{w}/fam2", "--all"], 0,
+         "1 written", setup=lambda w: shutil.copytree(w / "teacher", w / "t[/b]"), after=present("fam2/family.json")),
+    Case("eval-family-named-tag", ["eval", "{w}/f[b]", *EVAL], 0, "results written to {w}/f[b]/family.json",
+         setup=lambda w: shutil.copytree(w / "fam", w / "f[b]")),
+    Case("distill-student-named-tag", ["distill", "{w}/teacher", "--student", "{w}/s[/i]", "-o", "{w}/out", *TRAIN],
+         0, "written to {w}/out", setup=lambda w: shutil.copytree(w / "student", w / "s[/i]"),
+         after=present("out/boomerang.json")),
+    Case("eval-o-not-utf8-name", ["eval", "{w}/teacher", "-o", os.fsdecode(b"{w}/r\xff.json"), *EVAL], 0,
+         "results written to {w}/r\\xff.json", after=present(os.fsdecode(b"r\xff.json"))),
+    Case("distill-data-not-utf8-name", ["distill", "{w}/teacher", "-o", "{w}/out", *TRAIN[2:], "--data",
+                                        os.fsdecode(b"{w}/c\xff.txt")], 0, "distilled",
+         setup=lambda w: shutil.copy(w / "corpus.txt", w.root / os.fsdecode(b"c\xff.txt")),
+         after=present("out/boomerang.json")),
+    Case("eval-data-not-utf8-name", ["eval", "{w}/teacher", "-o", "{w}/r.json", *EVAL[2:], "--data",
+                                     os.fsdecode(b"{w}/c\xff.txt")], 0, "results written",
+         setup=lambda w: shutil.copy(w / "corpus.txt", w.root / os.fsdecode(b"c\xff.txt")), after=present("r.json")),
+    Case("init-student-o-not-utf8-name", ["init-student", "{w}/teacher", "-o", os.fsdecode(b"{w}/s\xff")], 0,
+         "written to {w}/s\\xff", after=lambda w: (present(os.fsdecode(b"s\xff") + "/boomerang.json")(w),
+                                                 no_hidden_leftovers(w))),
+    Case("init-student-o-not-utf8-refused", ["init-student", "{w}/teacher", "-o", os.fsdecode(b"{w}/s\xff")], 2,
+         "s\\xff exists and is not empty", setup=lambda w: leftover(w, os.fsdecode(b"s\xff") + "/x")),
     Case("output-name-250-chars", ["init-student", "{w}/teacher", "-o", "{w}/" + "n" * 250], 0, "written to",
          after=lambda w: (present("n" * 250 + "/boomerang.json")(w), no_hidden_leftovers(w))),
     Case("output-name-too-long", ["init-student", "{w}/teacher", "-o", "{w}/" + "n" * 300], 2, "too long",
@@ -459,24 +780,30 @@ CASES: list[Case] = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_case(case: Case, w: World):
+def test_case(case: Case, w: World, monkeypatch):
     if case.setup is not None:
         case.setup(w)
     before = {name: w.tree(name) if (w / name).is_dir() else (w / name).read_bytes() for name in case.keeps}
-    r = invoke(*(_fill(a, w) for a in case.args))
+    with monkeypatch.context() as m:
+        if case.patch is not None:
+            case.patch(m)
+        r = invoke(*(_fill(a, w) for a in case.args))
     out = r.output
     assert not isinstance(r.exception, Exception) or isinstance(r.exception, SystemExit), \
         f"traceback instead of a message: {r.exception!r}\n{out}"
     assert r.exit_code == case.code, out
+    message = _fill(case.message, w)
     if case.code != 0:
         errors = [line for line in out.splitlines() if line.startswith("error:")]
         assert len(errors) == 1, out
-        assert case.message in errors[0], out
+        assert message in errors[0], out
     else:  # a table's wrapping depends on the path length: compare with whitespace collapsed
-        assert case.message in " ".join(out.split()), out
+        assert message in " ".join(out.split()), out
     for name, old in before.items():
         now = w.tree(name) if (w / name).is_dir() else (w / name).read_bytes()
         assert now == old, f"{name} changed"
+    if not case.leftovers:  # whatever the outcome, the run left no temp file, lock or .old sibling
+        no_hidden_leftovers(w)
     if case.after is not None:
         case.after(w)
 
@@ -507,6 +834,51 @@ def test_two_writers_then_kill_9_of_the_first(w: World):
     assert (w / ".fam.lock").exists()  # SIGKILL leaves the file; the kernel dropped the lock
     r = invoke("family", w / "teacher", w / "student", "-o", w / "fam", "--all")
     assert r.exit_code == 0, r.output
+    no_hidden_leftovers(w)
+
+
+def test_sigterm_is_an_interrupt_while_a_command_runs():
+    """SIGTERM raises KeyboardInterrupt inside a command (so cleanup and rollbacks run, exit 130),
+    and the previous handler is back afterwards."""
+    import typer
+
+    from boomerang_cli.cli.common import handle_errors
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(typer.Exit) as exit_info:
+        with handle_errors():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert exit_info.value.exit_code == 130
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_no_lock_file_inside_a_model_directory(w: World):
+    """An output inside the teacher (refused by the overlap check) gets no lock file there, so even a
+    kill -9 at that moment leaves the teacher as it was; an output beside it is locked as usual."""
+    with output_lock(w / "teacher" / "r.json"):
+        assert not (w / "teacher" / ".r.json.lock").exists()
+    with output_lock(w / "teacher" / "sub" / "r.json"):
+        assert not (w / "teacher" / "sub").exists()
+    with output_lock(w / "r.json"):
+        assert (w / ".r.json.lock").exists()
+
+
+def test_sigterm_at_the_final_rename_leaves_nothing_and_the_rerun_finishes(w: World):
+    """A real SIGTERM delivered just after init-student renamed its output into place: exit 130, the
+    output taken back (nothing of the run left), and the same command then writes it."""
+    code = ("import os, signal, sys\nreal = os.replace\n"
+            "def replace(src, dst, *a, **k):\n    real(src, dst, *a, **k)\n"
+            "    if os.path.basename(dst) == 's2':\n        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "os.replace = replace\nfrom boomerang_cli.cli import app\n"
+            "sys.argv = ['boomerang', 'init-student', sys.argv[1], '-o', sys.argv[2]]\napp()\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(w / "teacher"), str(w / "s2")], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 130 and "error: interrupted" in proc.stderr, proc.stderr
+    assert not (w / "s2").exists()
+    no_hidden_leftovers(w)
+    r = invoke("init-student", w / "teacher", "-o", w / "s2")
+    assert r.exit_code == 0 and (w / "s2" / "boomerang.json").is_file(), r.output
     no_hidden_leftovers(w)
 
 

@@ -496,4 +496,4 @@ def test_os_errors_map_to_one_line_messages():
     msg, code = os_error_message(PermissionError(errno.EACCES, "Permission denied", "/data/out"))
     assert code == 2 and msg == "cannot use /data/out: permission denied; check its permissions or choose another path"
     msg, code = os_error_message(OSError(errno.ENOSPC, "No space left on device", "/data/out/x"))
-    assert code == 1 and "free space" in msg and "\n" not in msg
+    assert code == 2 and "free space" in msg and "\n" not in msg  # the user can fix it: exit 2

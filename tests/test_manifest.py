@@ -96,6 +96,7 @@ def test_schema_documents_every_field_written(family):
                           "teacher_layers": [0, 1, 2, 5], "metrics": {}}]
     VALIDATOR.validate(data)
     free = ("teacher.metrics", "student.metrics", "members[].metrics", "members[].files", "members[].sizes",
+            "teacher.identity", "student.identity",
             "baselines[].metrics",
             "order.calibration", "order.steps")
     written: set[str] = set()
@@ -108,7 +109,8 @@ def test_schema_documents_every_field_written(family):
     assert set(SCHEMA["required"]) == set(data)
     # (sizes came later within schema version 2, so older manifests lack it: written every time, not required)
     assert set(SCHEMA["$defs"]["member"]["required"]) == set(data["members"][0]) - {"sizes"}
-    assert set(SCHEMA["$defs"]["model"]["required"]) == set(data["teacher"])
+    # (identity, too, came later within schema version 2)
+    assert set(SCHEMA["$defs"]["model"]["required"]) == set(data["teacher"]) - {"identity"}
 
 
 @pytest.mark.parametrize("break_it", [

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import signal
 import sys
+import threading
 import warnings
 from typing import Any, Iterator, Sequence
 
@@ -22,8 +25,36 @@ from .. import jsonio
 from ..errors import BoomerangError
 from ..units import format_params
 
-err_console = Console(stderr=True)
-out_console = Console()
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` as written, except the bytes of a file name that are not UTF-8 (``os.fsdecode``'s
+    surrogate escapes), shown as ``\\xNN``: printing a path never raises UnicodeEncodeError."""
+    def escape(m: re.Match) -> str:
+        c = ord(m.group())
+        return f"\\x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"\\u{c:04x}"
+    return _SURROGATE.sub(escape, text)
+
+
+class _Stream:
+    """``sys.stdout``/``sys.stderr`` as they are at each write (pipes and test runners swap them),
+    every write passed through :func:`printable`."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(getattr(sys, self._name), attr)
+
+    def write(self, text: str) -> int:
+        return getattr(sys, self._name).write(printable(text))
+
+
+# The one printer of every command: text (paths, model names, notes, table cells) is printed as
+# written, never read as rich markup ("[bold]") or emoji (":train:"); styles come from Text/style=.
+err_console = Console(file=_Stream("stderr"), markup=False, emoji=False, highlight=False)  # type: ignore[arg-type]
+out_console = Console(file=_Stream("stdout"), markup=False, emoji=False, highlight=False)  # type: ignore[arg-type]
 
 
 def quiet_libraries() -> None:
@@ -147,6 +178,12 @@ def progress(enabled: bool = True) -> Iterator[RichProgressReporter]:
         reporter.stop()
 
 
+def say(text: str, console: Console | None = None, style: str = "") -> None:
+    """Print one line as written (the output-path printer): no markup, no emoji, no highlighting,
+    and no line breaks inserted into a long path (``soft_wrap``), so it can be copied back."""
+    (console or out_console).print(Text(text, style=style), soft_wrap=True)
+
+
 def emit_json(data: Any) -> None:
     sys.stdout.write(jsonio.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
@@ -160,7 +197,14 @@ def fail(message: str, code: int = 2) -> None:
 
 @contextlib.contextmanager
 def handle_errors() -> Iterator[None]:
-    """Map core errors to a one-line message and exit code (2 for bad input)."""
+    """Map core errors to a one-line message and exit code (2 for bad input).
+
+    SIGTERM is an interrupt like Ctrl-C while a command runs, so the core's
+    cleanup (temporary directories, a rename rolled back) runs for it too.
+    """
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield
     except BoomerangError as exc:
@@ -169,6 +213,13 @@ def handle_errors() -> Iterator[None]:
         fail("interrupted; rerun the same command to resume where supported", 130)
     except OSError as exc:
         fail(*os_error_message(exc))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 #: errno -> (what to do, exit code): a path the user gave is wrong (2) or the machine is (1).
@@ -181,8 +232,8 @@ _OS_FIXES = {
     errno.EEXIST: ("a parent of that path is a file, not a directory; choose another path", 2),
     errno.EISDIR: ("it is a directory; give a file", 2),
     errno.ENAMETOOLONG: ("a name in it is too long for the file system; choose a shorter path", 2),
-    errno.ENOSPC: ("the disk is full; free space or write elsewhere", 1),
-    errno.EDQUOT: ("the disk quota is exceeded; free space or write elsewhere", 1),
+    errno.ENOSPC: ("the disk is full; free space or write elsewhere", 2),
+    errno.EDQUOT: ("the disk quota is exceeded; free space or write elsewhere", 2),
 }
 
 

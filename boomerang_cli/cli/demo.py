@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ..demo import DemoConfig
 from .app import app
@@ -71,8 +72,8 @@ def demo_cmd(
                   f"{r['ppl']:.3f}" if r.get("ppl") is not None else "-")
     out_console.print(t)
     for c in result.checks:
-        mark = "[green]yes[/]" if c.passed else "[red]no[/]"
-        out_console.print(f"{mark}  {c.name}: {c.detail}", highlight=False)
+        mark = Text("yes", style="green") if c.passed else Text("no", style="red")
+        out_console.print(mark + Text(f"  {c.name}: {c.detail}"))
     out_console.print(
         f"student: {result.student}\nfamily:  {result.manifest}\nplot:    {result.plot}\n"
         + "stages:  " + ", ".join(f"{k} {v} ({result.seconds.get(k, 0):.0f} s)" for k, v in result.stages.items()),

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .app import app
-from .common import emit_json, err_console, handle_errors, human, out_console, progress
+from .common import emit_json, err_console, handle_errors, human, out_console, progress, say
 from ..distill.config import DistillConfig
 from ..distill.recipes import RECIPES
 from ..units import parse_count
@@ -172,7 +172,10 @@ def distill_cmd(
               progress(not json_out and main_rank) as bar):
             result = distill(cfg, progress=bar)
         if main_rank:
-            record(student=output, teacher=result.teacher)
+            remember_warning = record([("teacher", result.teacher), ("student", student), ("output", output)],
+                                      student=output, teacher=result.teacher)
+            if remember_warning:
+                say(f"warning: {remember_warning}", err_console)
     if not main_rank:
         return
     for w in result.warnings:
@@ -193,3 +196,4 @@ def distill_cmd(
               f"({result.precision})")
     t.add_row("time", f"{result.elapsed_s:.1f} s")
     out_console.print(t)
+    say(f"written to {output}")

@@ -13,7 +13,7 @@ from ..calibrate import CalibrationSpec
 from ..evaluate.options import EvalOptions
 from ..orders import DEFAULT_BEAM
 from .app import app
-from .common import emit_json, err_console, handle_errors, human, out_console, progress, split_list
+from .common import emit_json, err_console, handle_errors, human, out_console, progress, split_list, say
 from .options import AllowPickle, Bos, Json, TrustRemoteCode, defaults
 
 D = defaults(EvalOptions)  # every flag's default, read from the options
@@ -149,7 +149,7 @@ def eval_cmd(
             baselines=list(dict.fromkeys(methods)), calibration_tokens=calibration_tokens,
             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
             compare_orders=list(dict.fromkeys(order_list)), calib_data=split_list(calib_data),
-            calib_samples=calib_samples, calib_seq_len=calib_seq_len, beam=beam, verify=verify,
+            calib_samples=calib_samples, calib_seq_len=calib_seq_len, beam=beam, verify=verify, plot=plot,
         )
         opts.check()
         if task_dir is not None and not opts.tasks:
@@ -260,5 +260,4 @@ def _table(report: Any, metric: str = "ppl") -> None:
         err_console.print(f"note: {note}", highlight=False, markup=False, emoji=False)
     secs = report.seconds
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in secs.items() if k != "total")
-    out_console.print(f"results written to {report.written} ({timing}; total {secs.get('total', 0):.1f}s)",
-                      highlight=False)
+    say(f"results written to {report.written} ({timing}; total {secs.get('total', 0):.1f}s)")

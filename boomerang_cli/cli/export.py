@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from .app import app
-from .common import emit_json, handle_errors, human, out_console, progress, split_list
+from .common import emit_json, handle_errors, human, out_console, progress, split_list, say
 from .options import Json, Overwrite
 
 
@@ -71,7 +71,7 @@ def export_cmd(
                   f"{f.size / 1e6:.1f} MB", f.sha256.removeprefix("sha256:")[:12])
     out_console.print(t)
     secs = result.seconds
-    out_console.print(
+    say(
         f"{result.unique_tensors} unique tensors converted once for {result.tensor_references} tensors written "
         f"({secs.get('convert', 0):.1f}s converting, {secs.get('write', 0):.1f}s writing); "
-        f"manifest: {result.output / 'export.json'}", highlight=False)
+        f"manifest: {result.output / 'export.json'}")

@@ -12,7 +12,7 @@ from rich.table import Table
 from ..calibrate import CalibrationSpec
 from ..orders import DEFAULT_BEAM, DEFAULT_ORDER
 from .app import app
-from .common import emit_json, err_console, handle_errors, out_console, progress, split_list
+from .common import emit_json, err_console, handle_errors, out_console, progress, split_list, say
 from .options import AllowPickle, Bos, Dtype, Json, MaxShardSize, Overwrite, TrustRemoteCode
 
 ORDER_HELP = ("last-first: patch the last blocks first (head from the teacher); first-last: the "
@@ -165,7 +165,9 @@ def family_cmd(
         with progress(not json_out) as bar:
             result = build_family(pair, picks, output, order=info, max_shard_size=shard,
                                   overwrite=overwrite, progress=bar)
-        record(family=result.manifest_path)
+        remember_warning = record([*pair.inputs.items(), ("family", output)], family=result.manifest_path)
+        if remember_warning:
+            say(f"warning: {remember_warning}", err_console)
     if json_out:
         emit_json(result.manifest.to_json())
         for note in result.notes:
@@ -286,8 +288,8 @@ def _result_table(result, ref_student, ref_teacher, teacher: str, student: str, 
     m = result.manifest
     if result.reused:
         out_console.print("reused: already written and verified against the manifest's checksums", style="dim")
-    out_console.print(
+    say(
         f"{len(result.picks)} member(s) in {result.manifest_path.parent} ({len(result.written)} written, "
         f"{len(result.reused)} reused); manifest {result.manifest_path}"
-        + (" [forced]" if m.forced else ""), highlight=False, markup=False,
+        + (" [forced]" if m.forced else ""),
     )

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from .app import app
-from .common import emit_json, err_console, handle_errors, human, out_console, progress
+from .common import emit_json, err_console, handle_errors, human, out_console, progress, say
 from .options import (AllowPickle, Dtype, Every, Json, Keep, KeepFirst, KeepLast, MaxShardSize,
                       Overwrite, TrustRemoteCode, require_output)
 
@@ -60,7 +60,10 @@ def init_student_cmd(
                     summary = init_student(ref, plan, output, dtype=torch_dtype, max_shard_size=shard,
                                            overwrite=overwrite, dry_run=dry_run, teacher=info, progress=bar)
         if not dry_run and output is not None:
-            record(student=output, teacher=ref.stable_ref)
+            remember_warning = record([("teacher", ref.path), ("student", output)], student=output,
+                                      teacher=ref.stable_ref)
+            if remember_warning:
+                say(f"warning: {remember_warning}", err_console)
     if json_out:
         emit_json(summary.to_json())
         return
@@ -72,7 +75,7 @@ def init_student_cmd(
         t.add_row(str(b.index), f"{b.start}" if b.size == 1 else f"{b.start}-{b.end - 1}",
                   "patchable" if b.patchable else "singleton")
     out_console.print(t)
-    out_console.print(
+    say(
         f"{plan.num_student_layers} of {plan.num_teacher_layers} layers kept "
         f"({len(plan.patchable_blocks)} patchable blocks); "
         f"{human(summary.num_params)} of {human(summary.teacher_params)} parameters"

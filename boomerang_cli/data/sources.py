@@ -62,7 +62,7 @@ class TextSpan(str):
 
 
 def _key_hash(key: str) -> int:
-    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()[:8], "big")
 
 
 def split_of(key: str) -> str:
@@ -205,6 +205,11 @@ def _iter_file(path: Path, key: str, split: str, text_field: str) -> Iterator[st
         part = split_text(_read_text(path), split)
         if part is not None:
             yield part
+
+
+def dir_files(root: Path) -> list[tuple[str, Path]]:
+    """The data files of directory ``root`` as the loader reads them: (relative posix path, path), sorted."""
+    return _dir_files(root)
 
 
 def _dir_files(root: Path) -> list[tuple[str, Path]]:

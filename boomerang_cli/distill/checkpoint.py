@@ -67,14 +67,37 @@ def _gather_rng() -> list[dict[str, Any]]:
     return out
 
 
+def _complete(path: Path) -> bool:
+    return path.is_dir() and (path / STATE).is_file() and (path / TRAINER_STATE).is_file()
+
+
 def latest(root: Path) -> Path | None:
-    """The newest complete checkpoint under ``root``, or None."""
-    pointer = Path(root) / LATEST
+    """The newest complete checkpoint under ``root``, or None.
+
+    ``latest`` names it; where that pointer is missing or names nothing complete
+    (a kill between the rename and the pointer, a user's cleanup), the complete
+    ``step-N`` with the highest N is it: a resume never starts over, and never
+    deletes, what is there.
+    """
+    root = Path(root)
     try:
-        path = Path(root) / pointer.read_text().strip()
-    except OSError:
-        return None
-    return path if (path / STATE).exists() and (path / TRAINER_STATE).exists() else None
+        path = root / (root / LATEST).read_text().strip()
+        if path.name.startswith("step-") and _complete(path):
+            return path
+    except (OSError, ValueError):
+        pass
+    steps = sorted((p for p in root.glob("step-*") if p.name[5:].isdigit() and _complete(p)),
+                   key=lambda p: int(p.name[5:]))
+    return steps[-1] if steps else None
+
+
+def run_files(root: Path) -> list[Path]:
+    """What a run wrote to checkpoint directory ``root`` (steps, ``latest``, metrics), if anything."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir()
+                  if (p.name.startswith("step-") and p.is_dir()) or p.name in {LATEST, METRICS})
 
 
 def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -110,8 +133,12 @@ def commit(root: Path, step: int, tmp: Path, trainer_state: dict[str, Any], writ
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, (OSError, RuntimeError)):  # torch.save reports a full disk as a RuntimeError
+            why = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            raise BoomerangError(f"cannot write checkpoint {final} ({why}); free disk space or choose another "
+                                 "--checkpoint-dir (an earlier checkpoint is kept)") from None
         raise
     atomic_write_text(root / LATEST, name + "\n")
     for old in root.glob("step-*"):
@@ -120,11 +147,29 @@ def commit(root: Path, step: int, tmp: Path, trainer_state: dict[str, Any], writ
     return final
 
 
+#: The fields of ``trainer_state.json`` a resume reads, and their types.
+_STATE_FIELDS = {"step": int, "tokens": int, "position": dict, "config": dict}
+
+
 def read_trainer_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's trainer state, checked for the shape a resume reads (one line if it is not)."""
     try:
-        return json.loads((Path(path) / TRAINER_STATE).read_text())
+        state = json.loads((Path(path) / TRAINER_STATE).read_text())
     except (OSError, ValueError) as exc:
         raise BoomerangError(f"{path}: unreadable checkpoint ({exc}); delete it or start without --resume") from None
+    if not isinstance(state, dict):
+        raise BoomerangError(f"{path / TRAINER_STATE}: not a JSON object; delete the checkpoint or start "
+                             "without --resume")
+    for key, kind in _STATE_FIELDS.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise BoomerangError(f"{path / TRAINER_STATE}: {key} should be {kind.__name__}, not "
+                                 f"{type(value).__name__}; delete the checkpoint or start without --resume")
+    for key in ("steps", "world_size"):
+        if key in state and (not isinstance(state[key], int) or isinstance(state[key], bool)):
+            raise BoomerangError(f"{path / TRAINER_STATE}: {key} should be int, not {type(state[key]).__name__}; "
+                                 "delete the checkpoint or start without --resume")
+    return state
 
 
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -151,14 +196,24 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
 
 def prepare_run_dir(ckpt: Path, *, overwrite: bool, resume: bool) -> Path | None:
     """Create the checkpoint directory (emptied first by ``overwrite`` without ``resume``);
-    returns the checkpoint to resume from, if any."""
+    returns the checkpoint to resume from, if any.
+
+    ``resume`` over a directory that holds steps but none complete is refused:
+    starting from 0 would replace (and then delete) what is there.
+    """
     if overwrite and not resume:
         remove_run_files(ckpt)
     try:
         ckpt.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BoomerangError(f"cannot write to {ckpt} ({exc.strerror or exc}); choose another --checkpoint-dir") from None
-    return latest(ckpt) if resume else None
+    if not resume:
+        return None
+    found = latest(ckpt)
+    if found is None and any(p.name.startswith("step-") for p in run_files(ckpt)):
+        raise BoomerangError(f"cannot resume: {ckpt} holds no complete checkpoint (each step-N needs {STATE} and "
+                             f"{TRAINER_STATE}); delete it or pass --overwrite to start over")
+    return found
 
 
 def remove_run_files(ckpt: Path) -> None:

@@ -7,11 +7,13 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..data import DEFAULT_BOS, SPLIT_RULE, check_bos_policy, check_source
-from ..data.sources import split_rule_changed
+from ..data.sources import dir_files, split_rule_changed
 from ..errors import BoomerangError, DataError
+from ..guard import check_apart, local_sources
+from ..integrity import files_identity, files_problem, identity_problem, model_identity
 from ..plan import Plan
 from ..atomic import check_output_dir
 from ..tensors import parse_dtype
@@ -28,6 +30,8 @@ TRAJECTORY_FIELDS = (
     "data", "text_field", "seq_len", "seed", "lr", "betas", "eps",
     "weight_decay", "warmup", "grad_clip", "weights", "loss_chunk", "freeze_embeddings", "bos",
 )
+#: Config fields compared only when the checkpoint recorded them (older checkpoints did not).
+RECORDED_FIELDS = ("recipe",)
 
 
 @dataclass
@@ -95,6 +99,7 @@ class DistillConfig:
             self.weights = r.weights
         if self.freeze_embeddings is None:
             self.freeze_embeddings = r.freeze_embeddings
+        check_apart(self.output, "-o", self.ckpt_dir, "--checkpoint-dir")  # before either is locked
 
     @property
     def ckpt_dir(self) -> Path:
@@ -171,10 +176,11 @@ def validate(cfg: DistillConfig) -> None:
         raise DataError("no --data given")
     for source in cfg.data:
         check_source(source)
+    check_apart(cfg.output, "-o", cfg.ckpt_dir, "--checkpoint-dir")
     _check_writable(Path(cfg.output))
     _check_writable(cfg.ckpt_dir)
     check_output_dir(Path(cfg.output), cfg.overwrite)
-    if checkpoint.latest(cfg.ckpt_dir) is not None and not cfg.resume and not cfg.overwrite:
+    if checkpoint.run_files(cfg.ckpt_dir) and not cfg.resume and not cfg.overwrite:
         raise BoomerangError(f"{cfg.ckpt_dir} holds checkpoints of an earlier run; pass --resume to continue "
                              "it or --overwrite to start over")
 
@@ -189,7 +195,60 @@ def _check_writable(path: Path) -> None:
                              "choose another -o or --checkpoint-dir")
 
 
-def check_resumable(cfg: DistillConfig, state: dict[str, Any], world: int, steps: int) -> None:
+def run_identity(teacher_dir: Path | str | None, teacher_ref: str, student_dir: Path | None,
+                 plan: Plan, data: Sequence[str] = ()) -> dict[str, Any]:
+    """What a checkpoint records of its run beside the flags: teacher and student by content
+    (per-file digests, :func:`integrity.model_identity`), the plan, and the local data files."""
+    return {"teacher": model_identity(teacher_dir) or teacher_ref,
+            "student": model_identity(student_dir) if student_dir is not None else "plan",
+            "plan": plan.to_json(), "data": files_identity(data_files(data))}
+
+
+def data_files(sources: Sequence[str]) -> dict[str, Path]:
+    """The local files of ``sources`` (a file, or a directory's text files), keyed ``source`` or
+    ``source/relative``; builtin and hub sources have none."""
+    out: dict[str, Path] = {}
+    for source in sources:
+        path = Path(source).expanduser()
+        if not local_sources([source]):
+            continue
+        for rel, f in ([("", path)] if path.is_file() else dir_files(path)):
+            out[f"{source}/{rel}" if rel else source] = f
+    return out
+
+
+def _identity_diffs(recorded: Any, now: dict[str, Any], dirs: dict[str, Any]) -> list[str]:
+    """Which of teacher, student, plan and data are not those ``recorded``, each with why."""
+    if not isinstance(recorded, dict):
+        return []  # a checkpoint from before identities were recorded
+    diffs = []
+    for key in ("teacher", "student", "plan", "data"):
+        if key not in recorded:
+            continue
+        old, new = recorded[key], now[key]
+        if key == "data":
+            why = files_problem(data_files(dirs.get("data") or []), old if isinstance(old, dict) else {})
+            if why is not None:
+                diffs.append(f"data ({why})")
+        elif key != "plan" and isinstance(old, dict) and old and isinstance(new, dict) and new:
+            why = identity_problem(dirs[key], old)
+            if why is not None:
+                diffs.append(f"{key} ({why})")
+        elif old != new and key == "plan":
+            kept = old.get("kept") if isinstance(old, dict) else old
+            was = ",".join(map(str, kept)) if isinstance(kept, list) else kept
+            diffs.append(f"plan (--keep {','.join(map(str, new['kept']))}, the checkpoint's {was})")
+        elif old != new:
+            diffs.append(key)
+    return diffs
+
+
+def check_resumable(cfg: DistillConfig, state: dict[str, Any], world: int, steps: int,
+                    identity: dict[str, Any] | None = None,
+                    dirs: dict[str, Any] | None = None) -> None:
+    """Refuse a resume that would not continue the checkpoint's trajectory, naming what differs:
+    flags, steps, and (``identity``, :func:`run_identity`) the plan, and teacher, student and data
+    by content (``dirs``: where they are now)."""
     old = {"bos": "never", **state.get("config", {})}  # checkpoints from before --bos packed without it
     new = cfg.to_json()
     if old.get("split_rule", 1) != SPLIT_RULE and split_rule_changed(cfg.data):
@@ -197,8 +256,11 @@ def check_resumable(cfg: DistillConfig, state: dict[str, Any], world: int, steps
                              "(text sources of fewer than 50 files cut into paragraphs), so its data position "
                              "means nothing now; start over with --overwrite")
     diffs = [k for k in TRAJECTORY_FIELDS if old.get(k) != new.get(k)]
-    if int(state.get("steps", steps)) != steps:
+    diffs += [k for k in RECORDED_FIELDS if k in old and old[k] != new.get(k)]
+    if state.get("steps", steps) != steps:
         diffs.append("steps/tokens")
+    if identity is not None:
+        diffs += _identity_diffs(state.get("identity"), identity, dirs or {})
     if diffs:
         raise BoomerangError(f"cannot resume: {', '.join(diffs)} differ from the checkpoint's run; "
                              "pass the same flags (or --overwrite to start over)")

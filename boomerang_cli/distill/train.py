@@ -42,7 +42,7 @@ from ..student import StudentRecord, write_trained_student
 from ..tensors import parse_dtype
 from ..units import parse_size
 from . import checkpoint, fsdp, sharded_checkpoint, sharded_load
-from .config import DistillConfig, DistillResult, check_resumable, validate
+from .config import DistillConfig, DistillResult, check_resumable, run_identity, validate
 from .metrics import METRICS, MetricSink
 from .model import DistillStudent, Teacher
 from .step import evaluate, forward_backward
@@ -231,9 +231,14 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
         run_name = Path(cfg.output).name
         sink = MetricSink(cfg.ckpt_dir / METRICS, cfg.report_to, Path(cfg.logging_dir or Path("runs") / run_name),
                           run_name, cfg.to_json(), is_main)
+        saves = bool(cfg.save_every) and cfg.save_every < steps
+        # Teacher and student by content: hashed on rank 0 only (once; rank 0 writes the checkpoints).
+        identity = _on_main(acc, lambda: run_identity(t_ref.path, t_ref.stable_ref, student_dir, plan,
+                                                      cfg.data)) if (resume_from is not None or saves) else None
         if resume_from is not None:
             state = checkpoint.read_trainer_state(resume_from)
-            check_resumable(cfg, state, world, steps)
+            _on_main(acc, lambda: check_resumable(cfg, state, world, steps, identity, {
+                "teacher": t_ref.path, "student": student_dir, "data": cfg.data}))
             sharded_checkpoint.load(resume_from, model, optimizer, scheduler, rank, is_main)  # either kind
             start_step, tokens_seen = int(state["step"]), int(state["tokens"])
             position = StreamPosition.from_json(state["position"])
@@ -289,7 +294,7 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
             if cfg.save_every and done % cfg.save_every == 0 and done < steps:
                 trainer_state = {"step": done, "tokens": tokens_seen, "position": stream.position.to_json(),
                                  "world_size": world, "steps": steps, "config": cfg.to_json(),
-                                 "boomerang_version": __version__}
+                                 "identity": identity, "boomerang_version": __version__}
                 save = sharded_checkpoint.save if sharding.dcp else checkpoint.save
                 last_good = save(cfg.ckpt_dir, done, model, optimizer, scheduler, trainer_state, is_main)
         progress.finish(task)
@@ -316,7 +321,7 @@ def distill(cfg: DistillConfig, progress: Progress = NULL) -> DistillResult:
             if not cfg.keep_checkpoints:
                 checkpoint.remove_run_files(cfg.ckpt_dir)
     except BaseException:
-        if is_main and checkpoint.latest(cfg.ckpt_dir) is None:
+        if is_main and resume_from is None and checkpoint.latest(cfg.ckpt_dir) is None:
             checkpoint.remove_run_files(cfg.ckpt_dir)  # nothing worth resuming: leave nothing behind
         raise
     acc.wait_for_everyone()

@@ -14,6 +14,7 @@ from ..arch import ModelInfo
 from ..compose import compose
 from ..errors import BoomerangError
 from ..family.open import check_family_models, load_family_models, member_of, read_complete_manifest, select_names
+from ..guard import check_written_file, local_sources
 from ..integrity import member_problem
 from ..manifest import FamilyManifest
 from ..member import Member
@@ -59,6 +60,9 @@ class _Family:
 
 def open_family(path: Path, opts: EvalOptions, members: Sequence[str] | None = None) -> _Family:
     mpath, manifest = read_complete_manifest(path)
+    check_written_file(opts.plot, [("teacher", manifest.teacher.path), ("student", manifest.student.path),
+                                   *[(f"member {m.name}", mpath.parent / m.path) for m in manifest.members if m.path],
+                                   *local_sources(opts.sources)], "--plot")
     check_member_dirs(mpath, manifest, select_names(manifest, members), opts.verify)
     infos = load_family_models(manifest, mpath.parent)
     check_family_models(manifest, infos)

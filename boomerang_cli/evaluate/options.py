@@ -56,6 +56,7 @@ class EvalOptions:
     calib_seq_len: int | None = None
     beam: int | None = None
     verify: bool = False  # members' full checksums, not only their files' sizes
+    plot: Path | None = None  # --plot FILE.png: checked against the inputs before any evaluation
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)

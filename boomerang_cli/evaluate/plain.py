@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from ..arch import ModelInfo
 from ..compose import compose
 from ..errors import BoomerangError
-from ..guard import local_sources
+from ..guard import check_written_file, local_sources
 from ..models import load_model, load_tokenizer
 from ..progress import NULL, Progress
 from . import lmeval
@@ -39,7 +39,9 @@ def evaluate_models(
     trunk_reason = "plain models share no layers"
     resolved = [resolve(r, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code) for r in refs]
     out = Path(output) if output is not None else Path(DEFAULT_RESULTS)
-    check_results_output(out, [("model", r.path) for r in resolved] + local_sources(opts.sources))
+    inputs = [("model", r.path) for r in resolved] + local_sources(opts.sources)
+    check_results_output(out, inputs)
+    check_written_file(opts.plot, inputs, "--plot")
     manager = lmeval.task_manager(opts.tasks, opts.task_dir) if opts.tasks else None
     seconds: dict[str, float] = {"perplexity": 0.0, "tasks": 0.0}
     task = progress.task("evaluating models", len(resolved), unit="models")

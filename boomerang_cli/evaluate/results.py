@@ -15,7 +15,7 @@ import torch
 
 from .. import __version__, jsonio
 from ..errors import BoomerangError
-from ..guard import check_disjoint
+from ..guard import check_written_file
 from ..data import SPLIT_RULE
 from ..manifest import BaselineEntry, FamilyManifest, migrate_metrics, perplexity_key
 from ..atomic import atomic_write_text
@@ -76,7 +76,7 @@ def write_family(path: Path, rows: Mapping[str, Row]) -> None:
 def check_results_output(path: Path, inputs: Sequence[tuple[str, Any]] = ()) -> None:
     """Refuse a results file ``eval`` could not write, before minutes of evaluation, not after."""
     path = Path(path)
-    check_disjoint(path, inputs)
+    check_written_file(path, inputs, "-o")  # no input overlapped, no FIFO read (it would hang)
     if path.is_dir():
         raise BoomerangError(f"-o {path} is a directory; give a results .json file")
     read_results(path)  # an existing file must be a results file this run can merge into
@@ -99,6 +99,7 @@ def read_results(path: Path) -> dict[str, Any]:
         raise BoomerangError(f"{path}: not valid JSON ({exc}); pass another --output") from None
     if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
         raise BoomerangError(f"{path}: not a boomerang eval results file; pass another --output")
+    _check_shape(path, data)
     version = data.get("schema_version")
     if version in (1, 2):  # re-keyed by how each record was measured (manifest.migrate_metrics)
         data["models"] = [{**e, "metrics": migrate_metrics(e.get("metrics", {}), version)} if isinstance(e, dict)
@@ -108,6 +109,27 @@ def read_results(path: Path) -> dict[str, Any]:
         raise BoomerangError(f"{path}: results schema version {data.get('schema_version')} but this boomerang "
                              f"writes {RESULTS_VERSION}; pass another --output")
     return data
+
+
+def _check_shape(path: Path, data: dict[str, Any]) -> None:
+    """The parts of a results file a merge reads: models a list of objects with a ``ref`` and
+    object ``metrics`` (and ``perplexity``); anything else is one line, not a traceback."""
+    def bad(what: str, should: str, value: Any) -> BoomerangError:
+        return BoomerangError(f"{path}: {what} should be {should}, not {type(value).__name__}; "
+                              "fix it or pass another --output")
+    models = data.get("models", [])
+    if not isinstance(models, list):
+        raise bad("models", "a list", models)
+    for i, entry in enumerate(models):
+        if not isinstance(entry, dict):
+            raise bad(f"models[{i}]", "an object", entry)
+        if not isinstance(entry.get("ref"), str):
+            raise bad(f"models[{i}].ref", "a string", entry.get("ref"))
+        metrics = entry.get("metrics", {})
+        if not isinstance(metrics, dict):
+            raise bad(f"models[{i}].metrics", "an object", metrics)
+        if not isinstance(metrics.get("perplexity", {}), dict):
+            raise bad(f"models[{i}].metrics.perplexity", "an object", metrics["perplexity"])
 
 
 def write_results(path: Path, rows: Sequence[Row], refs: Sequence[Any]) -> None:

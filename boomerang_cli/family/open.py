@@ -14,6 +14,7 @@ import torch
 
 from ..arch import ModelInfo
 from ..errors import BoomerangError, PairMismatchError
+from ..integrity import identity_problem
 from ..manifest import MANIFEST_NAME, FamilyManifest, MemberEntry
 from ..member import Member
 from ..models import load_member
@@ -80,6 +81,11 @@ def member_of(manifest: FamilyManifest, name: str) -> Member:
         raise BoomerangError(
             f"manifest entry {name!r} lists layers that its teacher_blocks do not give; rebuild the family"
         )
+    for what, said, real in (("embed_from", entry.embed_from, member.embed_from),
+                             ("head_from", entry.head_from, member.head_from)):
+        if said != real:
+            raise BoomerangError(f"manifest entry {name!r} has {what} {said!r}, but its teacher_blocks take it "
+                                 f"from the {real}; rebuild the family with `boomerang family`")
     return member
 
 
@@ -88,10 +94,13 @@ def check_family_models(manifest: FamilyManifest, models: Mapping[str, ModelInfo
     from ..compose import fingerprint
 
     for role, entry in (("teacher", manifest.teacher), ("student", manifest.student)):
-        if entry.fingerprint and fingerprint(models[role]) != entry.fingerprint:
+        why = identity_problem(models[role].path, entry.identity) if entry.identity else None
+        if why is None and entry.fingerprint and fingerprint(models[role]) != entry.fingerprint:
+            why = "fingerprint differs"
+        if why is not None:  # by recorded per-file digests where the manifest has them
             raise PairMismatchError(
                 f"the {role} at {models[role].path} is not the one this family was built from "
-                f"(fingerprint differs); restore it or rebuild the family with `boomerang family`"
+                f"({why}); restore it or rebuild the family with `boomerang family`"
             )
 
 

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from ..compose import Composition, write_model_dir
 from ..errors import BoomerangError, OutputExistsError
 from ..guard import check_disjoint
-from ..integrity import checksums, file_sizes, verify_member
+from ..integrity import checksums, file_sizes, identity_problem, verify_member
 from ..manifest import MANIFEST_NAME, FamilyManifest, MemberEntry, OrderInfo
 from ..orders import CALIBRATED_ORDERS, DEFAULT_ORDER, check_order
 from ..pair import Pair
@@ -84,10 +84,11 @@ def _prior_manifest(output: Path, pair: Pair, order: str, overwrite: bool) -> Fa
     except BoomerangError as exc:
         raise OutputExistsError(f"{exc}; pass --overwrite to rebuild the family in {output}") from None
     diffs = []
-    if prior.teacher.fingerprint != pair.teacher_fingerprint:
-        diffs.append("teacher")
-    if prior.student.fingerprint != pair.student_fingerprint:
-        diffs.append("student")
+    for role, entry, fp in (("teacher", prior.teacher, pair.teacher_fingerprint),
+                            ("student", prior.student, pair.student_fingerprint)):
+        why = identity_problem(pair.inputs[role], entry.identity) if entry.identity else None
+        if entry.fingerprint != fp or why is not None:
+            diffs.append(f"{role} ({why})" if why else role)
     if prior.plan != pair.plan:
         diffs.append("plan")
     if prior.order.method != order:
@@ -142,7 +143,7 @@ def build_family(
     manifest_path = output / MANIFEST_NAME
 
     manifest = FamilyManifest(
-        teacher=pair.entry("teacher"), student=pair.entry("student"), plan=pair.plan,
+        teacher=pair.entry("teacher", True), student=pair.entry("student", True), plan=pair.plan,
         order=info, members=[], forced=pair.forced,
         forced_reasons=list(pair.forced_reasons), dtype=dtype_flag(pair.dtype),
         plan_source=pair.plan_source, complete=False,
