@@ -9,7 +9,6 @@ import codecs
 import hashlib
 import json
 import os
-import re
 import sysconfig
 from pathlib import Path
 from typing import Any, Iterator, Sequence
