@@ -26,7 +26,7 @@ provides the real one. Scores are memoized, so no member is evaluated twice.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import BoomerangError
 from .manifest import OrderInfo
@@ -180,7 +180,7 @@ def dp_subsets(plan: Plan, cost: Sequence[float]) -> dict[int, frozenset[int]]:
     return {plan.num_teacher_layers - r: frozenset(chosen) for r, (_, chosen) in table.items()}
 
 
-def dp_search(plan: Plan, scorer: Scorer, rivals: dict[str, Sequence[Member]] | None = None,
+def dp_search(plan: Plan, scorer: Scorer, rivals: Mapping[str, Sequence[Member]] | None = None,
               method: str = "kl-dp") -> SearchResult:
     """``kl-dp`` (no ``rivals``) or ``auto`` (``rivals``: the fixed orders' members) over ``scorer``.
 
@@ -212,7 +212,7 @@ def dp_search(plan: Plan, scorer: Scorer, rivals: dict[str, Sequence[Member]] | 
     steps: list[dict] = [{"probe": b, "kl_teacher_with_block_from_student": kls[2 + b],
                           "kl_student_with_block_from_teacher": kls[2 + n + b]} for b in range(n)]
     for layers in sorted(proposals):
-        cands = [{"from": src, "teacher_blocks": sorted(m.teacher_blocks), "kl": scores[m.teacher_blocks]}
+        cands: list[dict[str, Any]] = [{"from": src, "teacher_blocks": sorted(m.teacher_blocks), "kl": scores[m.teacher_blocks]}
                  for src, m in proposals[layers]]
         for (_, m), c in zip(proposals[layers], cands):
             if not (m.is_student or m.is_teacher):

@@ -7,7 +7,7 @@ import errno
 import os
 import sys
 import warnings
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import typer
 from rich.console import Console
@@ -20,6 +20,7 @@ from rich.text import Text
 
 from .. import jsonio
 from ..errors import BoomerangError
+from ..progress import Task as CoreTask
 from ..units import format_params
 
 err_console = Console(stderr=True)
@@ -125,12 +126,13 @@ class RichProgressReporter:
     def task(self, description: str, total: float | None, unit: str = "it") -> _RichTask:
         return _RichTask(self.bar, self.bar.add_task(description, total=total, unit=unit, info=""))
 
-    def finish(self, task: _RichTask) -> None:
-        state = next(t for t in self.bar.tasks if t.id == task.id)
+    def finish(self, task: CoreTask) -> None:
+        task_id = cast(_RichTask, task).id
+        state = next(t for t in self.bar.tasks if t.id == task_id)
         if state.total is None:  # open-ended work: what was done is the total
-            self.bar.update(task.id, total=state.completed)
+            self.bar.update(task_id, total=state.completed)
         else:
-            self.bar.update(task.id, completed=state.total)
+            self.bar.update(task_id, completed=state.total)
 
     def stop(self) -> None:
         self.bar.stop()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, cast
 
 import typer
+from rich.console import JustifyMethod
 from rich.table import Table
 
 from ..calibrate import CalibrationSpec
@@ -207,7 +208,7 @@ def _table(report: Any) -> None:
     t.add_column("name", no_wrap=True, min_width=max(len(r.name) for r in report.rows))
     for col, just in (("kind", "left"), ("layers", "right"), ("params", "right"), ("ppl", "right"),
                       ("Δ teacher", "right")):
-        t.add_column(col, justify=just, no_wrap=True)
+        t.add_column(col, justify=cast(JustifyMethod, just), no_wrap=True)
     metric_of: dict[str, str] = {}
     for task in report.tasks:
         names = {p[0] for r in report.rows if task in r.tasks for p in [primary_metric(r.tasks[task])] if p}

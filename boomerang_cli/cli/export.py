@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import typer
+from rich.console import JustifyMethod
 from rich.table import Table
 
 from .app import app
@@ -65,7 +66,7 @@ def export_cmd(
     t = Table(title=f"GGUF export of {result.family} ({result.type})")
     for col, just in (("file", "left"), ("layers", "right"), ("params", "right"), ("tied", "left"),
                       ("size", "right"), ("sha256", "left")):
-        t.add_column(col, justify=just, no_wrap=True)
+        t.add_column(col, justify=cast(JustifyMethod, just), no_wrap=True)
     for f in result.files:
         t.add_row(f.path, str(f.num_layers), human(f.num_params), "yes" if f.tied else "no",
                   f"{f.size / 1e6:.1f} MB", f.sha256.removeprefix("sha256:")[:12])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, cast
 
 import typer
+from rich.console import JustifyMethod
 from rich.table import Table
 
 from ..calibrate import CalibrationSpec
@@ -198,7 +199,7 @@ LEGEND = ("blocks: student-layer indices of the plan; emb/head: where embeddings
 def _table(title: str, columns: list[tuple[str, str]]) -> Table:
     t = Table(title=title)
     for i, (col, just) in enumerate(columns):
-        t.add_column(col, justify=just, no_wrap=i == 0)
+        t.add_column(col, justify=cast(JustifyMethod, just), no_wrap=i == 0)
     return t
 
 

@@ -128,8 +128,8 @@ def evaluate_family(
     if opts.compare_orders:
         t = time.perf_counter()
         for order in opts.compare_orders:
-            members, searches[order] = _order_members(fam, order, opts, progress)
-            for m in members:
+            order_members, searches[order] = _order_members(fam, order, opts, progress)
+            for m in order_members:
                 key = f"order:{order}:{m.name}"
                 stacks[key] = Stack.of_member(m)
                 comp = m.composition(fam.infos)
@@ -252,7 +252,7 @@ def _run_tasks(rows: Mapping[str, Row], stacks: Mapping[str, Stack], build: Call
         model = build(stack)
         scores = lmeval.run_tasks(model, tokenizer, opts.tasks, manager, batch_size=opts.batch_size,
                                   limit=opts.limit, num_fewshot=opts.num_fewshot, device=str(device))
-        for t, s in scores.items():
+        for s in scores.values():
             s.setdefault("limit", opts.limit)
             s["evaluated"] = stamp
         rows[key].tasks = scores

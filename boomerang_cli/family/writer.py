@@ -164,8 +164,9 @@ def build_family(
     todo: list[Pick] = []
     reused: list[str] = []
     check = [p for p in picks if p.name in entries]
-    verify_bytes = sum(sum((output / entries[p.name].path / f).stat().st_size
-                           for f in entries[p.name].files if (output / entries[p.name].path / f).is_file())
+    dirs = {p.name: output / (entries[p.name].path or "") for p in check}  # entries all have a path
+    verify_bytes = sum(sum((dirs[p.name] / f).stat().st_size for f in entries[p.name].files
+                           if (dirs[p.name] / f).is_file())
                        for p in check)
     vtask = progress.task("verifying members", verify_bytes, unit="B") if check else None
     for p in picks:
@@ -174,7 +175,7 @@ def build_family(
         same = (prev is not None and prev.path == p.name and prev.layers == new.layers
                 and prev.embed_from == new.embed_from and prev.head_from == new.head_from
                 and prev.tied == new.tied)
-        if same and verify_member(output / p.name, prev):
+        if same and prev is not None and verify_member(output / p.name, prev):
             prev.targets = prev.targets + [t for t in new.targets if t not in prev.targets]
             reused.append(p.name)
         else:
