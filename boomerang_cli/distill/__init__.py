@@ -7,7 +7,8 @@ reports), :mod:`.step` (one global batch) and :mod:`.train` (the run, top to bot
 """
 
 from .config import DistillConfig, DistillResult
-from .losses import LogitHead, LossWeights, cosine_sums, head_losses
+from .losses import LogitHead, cosine_sums, head_losses
+from .weights import LossWeights
 from .train import distill
 
 __all__ = ["DistillConfig", "DistillResult", "LogitHead", "LossWeights", "cosine_sums", "distill", "head_losses"]

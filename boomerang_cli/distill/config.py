@@ -16,7 +16,7 @@ from ..atomic import check_output_dir
 from ..tensors import parse_dtype
 from ..units import parse_size
 from . import checkpoint
-from .losses import LossWeights
+from .weights import LossWeights
 from .metrics import MetricSink
 from .recipes import DEFAULT_RECIPE, get_recipe
 
