@@ -112,3 +112,33 @@ def test_the_graph_sees_imports_inside_functions(tmp_path):
     modules = _modules()
     deps = _imports("boomerang_cli.cli.family", modules["boomerang_cli.cli.family"], modules)
     assert "boomerang_cli.family" in deps  # imported inside the command function
+
+
+#: Help, version and a flag error must not pay for these (seconds of imports).
+HEAVY = ("torch", "transformers", "accelerate")
+_PROBE = """
+import json, sys
+from boomerang_cli.cli import app
+try:
+    app(sys.argv[1:], prog_name="boomerang")
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps([code, sorted(m for m in {heavy!r} if m in sys.modules)]), file=sys.stderr)
+"""
+
+
+def test_help_version_and_flag_errors_import_no_torch():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    commands = ["distill", "eval", "family", "init-student", "export", "demo"]
+    cases = [["--help"], ["--version"], ["distill", "--steps", "many"], ["family", "--no-such-flag"]]
+    cases += [[c, "--help"] for c in commands]
+    for argv in cases:
+        run = subprocess.run([sys.executable, "-c", _PROBE.format(heavy=HEAVY), *argv], env=env,
+                             capture_output=True, text=True, timeout=120)
+        code, heavy = json.loads(run.stderr.strip().splitlines()[-1])
+        assert (code, heavy) == (2 if argv[-1] in ("many", "--no-such-flag") else 0, []), argv

@@ -27,13 +27,18 @@ err_console = Console(stderr=True)
 out_console = Console()
 
 
-def quiet_libraries() -> None:
-    """transformers/hub print their own bars and warnings; ours are enough."""
+def quiet_environment() -> None:
+    """What :func:`quiet_libraries` sets without importing anything (``--help`` stays instant)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def quiet_libraries() -> None:
+    """transformers/hub print their own bars and warnings; ours are enough."""
+    quiet_environment()
     try:
         from transformers.utils import logging as tlog
 
@@ -162,8 +167,13 @@ def fail(message: str, code: int = 2) -> None:
 
 @contextlib.contextmanager
 def handle_errors() -> Iterator[None]:
-    """Map core errors to a one-line message and exit code (2 for bad input)."""
+    """Map core errors to a one-line message and exit code (2 for bad input).
+
+    Every command's work runs inside it, so it is also where transformers is quieted:
+    after the flags are parsed, so ``--help`` and flag errors import none of it.
+    """
     try:
+        quiet_libraries()
         yield
     except BoomerangError as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)

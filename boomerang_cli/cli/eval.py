@@ -10,7 +10,7 @@ import typer
 from rich.console import JustifyMethod
 from rich.table import Table
 
-from ..calibrate import CalibrationSpec
+from ..calibration import CalibrationSpec
 from ..evaluate.options import EvalOptions
 from ..orders import DEFAULT_BEAM
 from .app import app

@@ -10,7 +10,7 @@ import typer
 from rich.console import JustifyMethod
 from rich.table import Table
 
-from ..calibrate import CalibrationSpec
+from ..calibration import CalibrationSpec
 from ..orders import DEFAULT_BEAM, DEFAULT_ORDER
 from .app import app
 from .common import emit_json, err_console, handle_errors, out_console, progress, split_list

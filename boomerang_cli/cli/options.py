@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import typer
 
@@ -14,15 +14,30 @@ from ..errors import BoomerangError
 from ..plan import Plan
 
 
-def defaults(config: type) -> dict[str, Any]:
+class _Defaults(Mapping[str, Any]):
+    """A config's defaults, each read when a flag asks for it: a factory that needs torch
+    (``EvalOptions.dtype``) runs only on use, so ``--help`` imports no torch."""
+
+    def __init__(self, config: type) -> None:
+        self._fields = {f.name: f for f in dataclasses.fields(config)
+                        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+    def __getitem__(self, name: str) -> Any:
+        f = self._fields[name]
+        if f.default_factory is not dataclasses.MISSING:
+            return f.default_factory()
+        return f.default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+
+def defaults(config: type) -> Mapping[str, Any]:
     """The default of every field of a config dataclass: flags read their defaults from it."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    return out
+    return _Defaults(config)
 
 
 _PAPER = inspect.signature(Plan.from_paper_flags).parameters

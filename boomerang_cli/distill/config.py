@@ -13,9 +13,7 @@ from ..data import DEFAULT_BOS, check_bos_policy, check_source
 from ..errors import BoomerangError, DataError
 from ..plan import Plan
 from ..atomic import check_output_dir
-from ..tensors import parse_dtype
 from ..units import parse_size
-from . import checkpoint
 from .weights import LossWeights
 from .metrics import MetricSink
 from .recipes import DEFAULT_RECIPE, get_recipe
@@ -146,6 +144,9 @@ def validate(cfg: DistillConfig) -> None:
 
     Runs first, so that a typo costs no model loading and leaves nothing on disk.
     """
+    from ..tensors import parse_dtype  # torch behind both: flags read DistillConfig without it
+    from . import checkpoint
+
     for name in ("seq_len", "batch_size", "grad_accum", "log_every", "eval_blocks"):
         if getattr(cfg, name) < 1:
             raise BoomerangError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")

@@ -5,16 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..arch import max_positions
 from ..data import DEFAULT_BOS, STDLIB, check_bos_policy
 from ..errors import BoomerangError, DataError
-from ..models import resolve_device
 from . import lmeval
-from .baselines import METHODS
+
+if TYPE_CHECKING:  # torch behind them, imported where used: flags read EvalOptions without it
+    import torch
+
+
+def _float32() -> torch.dtype:
+    import torch
+
+    return torch.float32
 
 
 @dataclass
@@ -28,7 +32,7 @@ class EvalOptions:
     max_tokens: int = 32768
     bos: str = DEFAULT_BOS  # --bos: BOS in front of every block (data.block_bos)
     batch_size: int = 8
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = field(default_factory=_float32)
     device: str = "auto"
     trunk: bool = True
     perplexity: bool = True
@@ -49,6 +53,8 @@ class EvalOptions:
     verify: bool = False  # members' full checksums, not only their files' sizes
 
     def torch_device(self) -> torch.device:
+        from ..models import resolve_device
+
         return resolve_device(self.device)
 
     def check(self) -> None:
@@ -63,6 +69,8 @@ class EvalOptions:
         if not self.sources:
             raise DataError("no evaluation data; pass --data (files, a directory, a hub dataset or stdlib)")
         check_bos_policy(self.bos)
+        from .baselines import METHODS
+
         bad = [m for m in self.baselines if m not in METHODS]
         if bad:
             raise BoomerangError(f"unknown baseline {bad[0]!r}; use prune (= {', '.join(METHODS)}) or one of them")
@@ -167,6 +175,8 @@ class EvalReport:
 
 
 def bounded_seq_len(opts: EvalOptions, config: Any, notes: list[str]) -> int:
+    from ..arch import max_positions
+
     limit = max_positions(config)
     if limit is not None and opts.seq_len > limit:
         notes.append(f"--seq-len {opts.seq_len} is beyond the model's {limit} positions; using {limit}")
