@@ -353,3 +353,21 @@ def test_a_checkpoint_from_before_bos_resumes_with_bos_never(teacher, corpus, tm
     with pytest.raises(BoomerangError, match="bos differ"):
         _check_resumable(cfg, state, 1, 4)
     _check_resumable(_cfg(teacher, corpus, tmp_path / "s", bos="never"), state, 1, 4)
+
+
+def test_without_a_terminal_progress_is_plain_lines_and_quiet_silences_it(teacher, corpus, tmp_path):
+    """stderr a pipe (CI, nohup): plain lines naming the step count, no ANSI codes; --quiet: none."""
+    flags = ["--data", str(corpus), "--seq-len", "32", "--batch-size", "2", "--lr", "3e-3", "--save-every", "0"]
+    env = {k: v for k, v in os.environ.items() if k != "BOOMERANG_PROGRESS"}
+    env.update(PYTHONPATH=str(REPO), BOOMERANG_PROGRESS_INTERVAL="0.01", BOOMERANG_STATE=str(tmp_path / "s.json"))
+    cmd = [sys.executable, "-m", "boomerang_cli", "distill", str(teacher), *flags]
+    run = subprocess.run([*cmd, "-o", str(tmp_path / "a"), "--steps", "60"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.startswith("distilling: step ")]
+    assert len(lines) >= 2 and all("/60 " in line for line in lines)
+    assert lines[-1].startswith("distilling: step 60/60 (100%) loss ") and "done in" in lines[-1]
+    assert "eta" in lines[0] and "\x1b" not in run.stderr
+    quiet = subprocess.run([*cmd, "-o", str(tmp_path / "b"), "--steps", "2", "--quiet"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and "distilling" not in quiet.stderr, quiet.stderr

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import sys
+import time
 import warnings
 from typing import Any, Iterator, Sequence, cast
 
@@ -143,11 +144,110 @@ class RichProgressReporter:
         self.bar.stop()
 
 
+#: Seconds between two plain progress lines when stderr is not a terminal.
+DEFAULT_INTERVAL = 10.0
+
+
+def _duration(seconds: float) -> str:
+    """4m, 1h05m, 35s: an ETA or elapsed time in a log line."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m" if s >= 600 else f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+class _PlainTask:
+    """One task's plain progress lines: at most one per interval, and one when it ends."""
+
+    def __init__(self, out: "PlainProgressReporter", description: str, total: float | None, unit: str) -> None:
+        self.out, self.description, self.total, self.unit = out, description, total, unit
+        self.done = 0.0
+        self.fields: dict[str, object] = {}
+        self.start = self.last = time.monotonic()
+        self.ended = False
+
+    def advance(self, amount: float = 1) -> None:
+        self.done += amount
+        if not self.fields:  # a task that reports fields updates them after advancing: print then
+            self._maybe_print()
+
+    def update(self, **fields: object) -> None:
+        desc = fields.pop("description", None)
+        if desc is not None:
+            self.description = str(desc)
+        self.fields.update(fields)
+        self._maybe_print()
+
+    def _maybe_print(self) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.out.interval:
+            self.last = now
+            self.out.write(self.line(now))
+
+    def line(self, now: float, end: bool = False) -> str:
+        total = self.done if end and self.total is None else self.total
+        if self.unit == "B":
+            amount = f"{_fmt_amount(self.done, 'B')}/{_fmt_amount(total, 'B') if total is not None else '?'}"
+        else:
+            of = f"{total:,.0f}" if total is not None else "?"
+            amount = f"{self.unit} {self.done:,.0f}/{of}" if self.unit == "step" else f"{self.done:,.0f}/{of} {self.unit}"
+        parts = [f"{self.description}: {amount}"]
+        if total:
+            parts.append(f"({100 * self.done / total:.0f}%)")
+        parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.fields.items()]
+        elapsed = now - self.start
+        if end:
+            parts.append(f"done in {_duration(elapsed)}")
+        elif total and self.done:
+            parts.append(f"eta {_duration(elapsed / self.done * max(total - self.done, 0))}")
+        return " ".join(parts)
+
+
+class PlainProgressReporter:
+    """The core's :class:`~boomerang_cli.progress.Progress` as plain lines on stderr, for logs
+    (CI, nohup, SLURM): no bar, no ANSI codes, a line at most every ``interval`` seconds
+    (``BOOMERANG_PROGRESS_INTERVAL``, default 10) and one at the end of each task."""
+
+    def __init__(self, interval: float = DEFAULT_INTERVAL) -> None:
+        self.interval = interval
+
+    def write(self, line: str) -> None:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def task(self, description: str, total: float | None, unit: str = "it") -> _PlainTask:
+        return _PlainTask(self, description, total, unit)
+
+    def finish(self, task: CoreTask) -> None:
+        plain = cast(_PlainTask, task)
+        if not plain.ended:
+            plain.ended = True
+            self.write(plain.line(time.monotonic(), end=True))
+
+    def stop(self) -> None:
+        pass
+
+
+def _interval() -> float:
+    try:
+        value = float(os.environ.get("BOOMERANG_PROGRESS_INTERVAL", DEFAULT_INTERVAL))
+    except ValueError:
+        return DEFAULT_INTERVAL
+    return value if value >= 0 else DEFAULT_INTERVAL
+
+
 @contextlib.contextmanager
-def progress(enabled: bool = True) -> Iterator[RichProgressReporter]:
+def progress(enabled: bool = True) -> Iterator[RichProgressReporter | PlainProgressReporter]:
+    """Progress on stderr: a rich bar on a terminal, plain lines otherwise, nothing when not
+    ``enabled`` (``--json``, ``--quiet``). ``BOOMERANG_PROGRESS=1``/``0`` forces the bar on or off."""
     forced = os.environ.get("BOOMERANG_PROGRESS")
-    show = forced == "1" if forced in {"0", "1"} else enabled and err_console.is_terminal
-    reporter = RichProgressReporter(show)
+    reporter: RichProgressReporter | PlainProgressReporter
+    if forced not in {"0", "1"} and enabled and not err_console.is_terminal:
+        reporter = PlainProgressReporter(_interval())
+    else:
+        reporter = RichProgressReporter(forced == "1" if forced in {"0", "1"} else enabled and err_console.is_terminal)
     try:
         yield reporter
     finally:

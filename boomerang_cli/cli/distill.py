@@ -17,7 +17,7 @@ from ..distill.config import DistillConfig
 from ..distill.recipes import RECIPES
 from ..units import parse_count
 from .options import (AllowPickle, Bos, Dtype, Every, Json, Keep, KeepFirst, KeepLast, MaxShardSize, Overwrite,
-                      TrustRemoteCode, defaults)
+                      Quiet, TrustRemoteCode, defaults)
 
 D = defaults(DistillConfig)  # every flag's default, read from the config
 
@@ -129,6 +129,7 @@ def distill_cmd(
     max_shard_size: str = MaxShardSize,
     overwrite: bool = Overwrite,
     json_out: bool = Json,
+    quiet: bool = Quiet,
     allow_pickle: bool = AllowPickle,
     trust_remote_code: bool = TrustRemoteCode,
 ) -> None:
@@ -167,7 +168,7 @@ def distill_cmd(
             shard=["student", "teacher"] if fsdp else ([shard] if shard else []),
         )
         with (lock_if(output, main_rank), lock_if(cfg.ckpt_dir, main_rank),  # one writer per output
-              progress(not json_out and main_rank) as bar):
+              progress(not (json_out or quiet) and main_rank) as bar):
             result = distill(cfg, progress=bar)
         if main_rank:
             record(student=output, teacher=result.teacher)

@@ -15,7 +15,7 @@ from ..evaluate.options import EvalOptions
 from ..orders import DEFAULT_BEAM
 from .app import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress, split_list
-from .options import AllowPickle, Bos, Json, TrustRemoteCode, defaults
+from .options import AllowPickle, Bos, Json, Quiet, TrustRemoteCode, defaults
 
 D = defaults(EvalOptions)  # every flag's default, read from the options
 
@@ -107,6 +107,7 @@ def eval_cmd(
     dtype: str = typer.Option("fp32", "--dtype", help="Compute in fp32 (default), bf16 or fp16."),
     device: str = typer.Option(D["device"], "--device", help="auto (CUDA if available), cuda or cpu."),
     json_out: bool = Json,
+    quiet: bool = Quiet,
     allow_pickle: bool = AllowPickle,
     trust_remote_code: bool = TrustRemoteCode,
 ) -> None:
@@ -171,7 +172,7 @@ def eval_cmd(
         from ..family.open import manifest_file
 
         hold.enter_context(lock_if(manifest_file(target).parent if kind == "family" else output or Path(DEFAULT_RESULTS)))
-        with progress(not json_out) as bar:
+        with progress(not (json_out or quiet)) as bar:
             if kind == "family":
                 report = evaluate_family(target, opts, member_list, progress=bar)
             else:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from .app import app
 from .common import emit_json, handle_errors, human, out_console, progress, split_list
-from .options import Json, Overwrite
+from .options import Json, Overwrite, Quiet
 
 
 def _family(family: Optional[str]) -> Path:
@@ -42,6 +42,7 @@ def export_cmd(
     no_modelfile: bool = typer.Option(False, "--no-modelfile", help="Do not write an Ollama Modelfile per file."),
     overwrite: bool = Overwrite,
     json_out: bool = Json,
+    quiet: bool = Quiet,
 ) -> None:
     """Write every member of a family as a GGUF file for llama.cpp and Ollama.
 
@@ -57,7 +58,7 @@ def export_cmd(
         member_list = split_list([members]) if members else None
         if members is not None and not member_list:
             raise BoomerangError("--members is empty; name members like --members member-18L,teacher")
-        with lock_if(output), progress(not json_out) as bar:  # one writer per output
+        with lock_if(output), progress(not (json_out or quiet)) as bar:  # one writer per output
             result = export_family(_family(family), output, type_name, member_list, file_format=file_format,
                                    overwrite=overwrite, modelfiles=not no_modelfile, progress=bar)
     if json_out:

@@ -14,7 +14,7 @@ from ..calibration import CalibrationSpec
 from ..orders import DEFAULT_BEAM, DEFAULT_ORDER
 from .app import app
 from .common import emit_json, err_console, handle_errors, out_console, progress, split_list
-from .options import AllowPickle, Bos, Dtype, Json, MaxShardSize, Overwrite, TrustRemoteCode
+from .options import AllowPickle, Bos, Dtype, Json, MaxShardSize, Overwrite, Quiet, TrustRemoteCode
 
 ORDER_HELP = ("last-first: patch the last blocks first (head from the teacher); first-last: the "
               "first blocks first (embeddings from the teacher); kl-greedy: at each step patch the block "
@@ -97,6 +97,7 @@ def family_cmd(
     overwrite: bool = Overwrite,
     dry_run: bool = typer.Option(False, "--dry-run", help="List every achievable member; write nothing."),
     json_out: bool = Json,
+    quiet: bool = Quiet,
     allow_pickle: bool = AllowPickle,
     trust_remote_code: bool = TrustRemoteCode,
 ) -> None:
@@ -144,7 +145,7 @@ def family_cmd(
         if spec is not None:
             if output is not None and not dry_run:
                 check_output(pair, output, order, overwrite)  # before minutes of search
-            with progress(not json_out) as bar:
+            with progress(not (json_out or quiet)) as bar:
                 search, reused = calibrated_search(pair, order, spec, beam=beam, device=device,
                                                    output=None if overwrite else output, progress=bar)
             info = order_info(search)
@@ -163,7 +164,7 @@ def family_cmd(
                 _dry_table(pair, info, every, picks, teacher, student)
             return
         assert output is not None
-        with progress(not json_out) as bar:
+        with progress(not (json_out or quiet)) as bar:
             result = build_family(pair, picks, output, order=info, max_shard_size=shard,
                                   overwrite=overwrite, progress=bar)
         record(family=result.manifest_path)

@@ -11,7 +11,7 @@ from rich.table import Table
 from .app import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress
 from .options import (AllowPickle, Dtype, Every, Json, Keep, KeepFirst, KeepLast, MaxShardSize,
-                      Overwrite, TrustRemoteCode, require_output)
+                      Overwrite, Quiet, TrustRemoteCode, require_output)
 
 
 @app.command("init-student")
@@ -27,6 +27,7 @@ def init_student_cmd(
     overwrite: bool = Overwrite,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write nothing."),
     json_out: bool = Json,
+    quiet: bool = Quiet,
     allow_pickle: bool = AllowPickle,
     trust_remote_code: bool = TrustRemoteCode,
 ) -> None:
@@ -56,7 +57,7 @@ def init_student_cmd(
                 ref = resolve(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
                 info = ModelInfo.load(ref.path, trust_remote_code)
                 plan = Plan.from_flags(info.arch.num_layers, keep, keep_first, every, keep_last)
-                with progress(not json_out) as bar:
+                with progress(not (json_out or quiet)) as bar:
                     summary = init_student(ref, plan, output, dtype=torch_dtype, max_shard_size=shard,
                                            overwrite=overwrite, dry_run=dry_run, teacher=info, progress=bar)
         if not dry_run and output is not None:

@@ -43,6 +43,8 @@ def defaults(config: type) -> Mapping[str, Any]:
 _PAPER = inspect.signature(Plan.from_paper_flags).parameters
 
 Json = typer.Option(False, "--json", help="Print a machine-readable summary on stdout.")
+Quiet = typer.Option(False, "--quiet", "-q", help="No progress on stderr (neither the bar nor, without a terminal, "
+                     "the plain progress lines).")
 Overwrite = typer.Option(False, "--overwrite", help="Replace a non-empty output directory.")
 AllowPickle = typer.Option(False, "--allow-pickle", help="Allow loading pickle checkpoints (pytorch_model.bin); they can run code.")
 TrustRemoteCode = typer.Option(False, "--trust-remote-code", help="Allow running model code from the model's repository.")
