@@ -30,8 +30,7 @@ import torch
 
 from .. import __version__
 from ..arch import ModelInfo, max_positions, text_config
-from ..compose import fingerprint, model_card
-from ..data import Block, BlockStream, StreamPosition, block_bos, collate, iter_blocks, load_all_documents, public_sources
+from ..data import Block, BlockStream, StreamPosition, block_bos, collate, iter_blocks, load_all_documents
 from ..errors import BoomerangError, PairMismatchError, TrainingDivergedError
 from ..guard import check_disjoint, local_sources
 from ..models import load_model, load_tokenizer, student_from_plan
@@ -39,14 +38,12 @@ from ..pair import Pair, open_pair
 from ..plan import Plan
 from ..progress import NULL, Progress
 from ..refs import ModelRef, resolve
-from ..student import StudentRecord, write_trained_student
-from ..tensors import parse_dtype
-from ..units import parse_size
 from . import checkpoint, fsdp, sharded_checkpoint
 from .config import DistillConfig, DistillResult, check_resumable, validate
 from .losses import LogitHead, verify_head
 from .metrics import METRICS, MetricSink
 from .model import DistillStudent, Teacher
+from .output import write_student
 from .step import evaluate, forward_backward
 
 
@@ -395,7 +392,7 @@ def _finish(run: _Run, loop: _Loop) -> DistillResult:
         bos=run.bos_id is not None, memory=loop.memory,
     )
     if run.is_main:
-        _write_student(cfg, run.t_ref, run.t_info, run.plan, run.student_dir, acc.unwrap_model(run.model).model,
+        write_student(cfg, run.t_ref, run.t_info, run.plan, run.student_dir, acc.unwrap_model(run.model).model,
                        state_dict, result)
         if not cfg.keep_checkpoints:
             checkpoint.remove_run_files(cfg.ckpt_dir)
@@ -406,43 +403,3 @@ def _diverged(what: str, step: int, last_good: Path | None, cfg: DistillConfig) 
     kept = (f"the last good checkpoint ({last_good.name}) is kept in {cfg.ckpt_dir}; lower --lr and rerun "
             "with --resume" if last_good else "no checkpoint was saved yet; lower --lr and rerun")
     return TrainingDivergedError(f"{what} at step {step + 1}; {kept}")
-
-
-
-def _write_student(cfg: DistillConfig, t_ref: ModelRef, t_info: ModelInfo, plan: Plan, student_dir: Path | None,
-                   hf_model: torch.nn.Module, state_dict: dict[str, torch.Tensor], result: DistillResult) -> None:
-    """The distilled student's directory: its training recorded in boomerang.json, a card that says how."""
-    prefix = "model."
-    sd = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    training = {
-        "config": cfg.to_json(), "steps": result.steps, "tokens": result.tokens,
-        "final_losses": result.final, "final_eval": result.eval, "world_size": result.world_size,
-        "device": result.device, "precision": result.precision, "elapsed_s": round(result.elapsed_s, 1),
-        "tokens_per_s": result.tokens_per_s, "resumed_from": result.resumed_from,
-        "peak_memory_bytes": result.peak_memory_bytes, "frozen_embeddings": result.frozen_embeddings,
-        "bos": result.bos,
-    }
-    record = StudentRecord(plan, t_ref.stable_ref, fingerprint(t_info), training=training)
-    name = Path(cfg.output).name
-    w = cfg.weights
-    meta = t_ref.card_metadata()
-    teacher = t_ref.public_name
-    card = model_card(
-        f"{name}: boomerang-distilled student of {teacher}",
-        meta["base_models"],
-        f"Distilled by `boomerang distill` (boomerang {__version__}) from {teacher}, keeping "
-        f"{plan.num_student_layers} of its {plan.num_teacher_layers} layers "
-        f"(kept: {plan.describe()}).\n\n"
-        f"Training: {result.steps} steps, {result.tokens:,} tokens of {public_sources(cfg.data)} in blocks of "
-        f"{cfg.seq_len}{' starting with BOS' if result.bos else ''}; loss {w.ce} x CE + {w.kl} x T^2 x KL "
-        f"(T={w.temperature}) + {w.cosine} x cosine over {plan.num_student_layers + 1} aligned hidden states; "
-        f"AdamW lr {cfg.lr}, cosine schedule ({cfg.recipe} recipe)"
-        + ("; input embeddings and LM head kept as the teacher's" if result.frozen_embeddings else "") + ".\n\n"
-        "Final training losses: " + ", ".join(f"{k} {v:.4f}" for k, v in result.final.items()) + ".\n\n"
-        "Build every size between this student and its teacher with `boomerang family`.",
-        license=meta["license"],
-    )
-    write_trained_student(Path(cfg.output), hf_model, sd, record, card, aux_from=student_dir or t_ref.path,
-                          dtype=parse_dtype(cfg.dtype) if cfg.dtype else None,
-                          max_shard_size=parse_size(cfg.max_shard_size), overwrite=cfg.overwrite,
-                          extra_files=[cfg.ckpt_dir / METRICS])
