@@ -252,22 +252,9 @@ def _find_layers(model: torch.nn.Module, n: int) -> str:
     return min(candidates, key=lambda s: s.count("."))
 
 
-def build_arch_map(
-    config: Any, weight_names: Sequence[str], trust_remote_code: bool = False
-) -> ArchMap:
-    """Discover the layout of the model described by ``config`` stored under ``weight_names``."""
-    tcfg = text_config(config)
-    n = getattr(tcfg, "num_hidden_layers", None)
-    if not isinstance(n, int) or n < 1:
-        raise UnsupportedArchitectureError(
-            f"config of type {getattr(config, 'model_type', '?')!r} has no num_hidden_layers"
-        )
-    require_causal_lm(config, trust_remote_code)
-    model = meta_model(config, trust_remote_code)
-    layers_path = _find_layers(model, n)
-    state_keys = list(model.state_dict().keys())
+def _checkpoint_renames(model: Any, weight_names: Sequence[str], state_keys: list[str]) -> dict[str, str]:
+    """Checkpoint names that are not state-dict keys, mapped onto them (every other name is one)."""
     key_set = set(state_keys)
-
     # Map checkpoint names onto canonical state-dict keys: transformers' own
     # renamings first (e.g. gpt_neox saves lm_head as embed_out), then a suffix
     # match for a missing base-model prefix (the hub's original gpt2).
@@ -290,8 +277,12 @@ def build_arch_map(
             f"{type(model).__name__}: checkpoint tensors not understood: "
             + ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         )
-    present = {rename.get(w, w) for w in weight_names} & key_set
+    return rename
 
+
+def _layer_layout(model: Any, state_keys: list[str], present: set[str], layers_path: str,
+                  n: int) -> tuple[list[str], list[str], list[str]]:
+    """Tensor names inside one layer, before the layers and after them; every layer alike, nothing missing."""
     layer_prefix = layers_path + "."
     layer_re = re.compile(re.escape(layer_prefix) + r"(\d+)\.(.+)$")
     layer_keys: list[str] = []
@@ -329,6 +320,26 @@ def build_arch_map(
             + ", ".join(absent[:5]) + (" ..." if len(absent) > 5 else "")
             + "; does config.json match the weights?"
         )
+    return layer_keys, pre, post
+
+
+def build_arch_map(
+    config: Any, weight_names: Sequence[str], trust_remote_code: bool = False
+) -> ArchMap:
+    """Discover the layout of the model described by ``config`` stored under ``weight_names``."""
+    tcfg = text_config(config)
+    n = getattr(tcfg, "num_hidden_layers", None)
+    if not isinstance(n, int) or n < 1:
+        raise UnsupportedArchitectureError(
+            f"config of type {getattr(config, 'model_type', '?')!r} has no num_hidden_layers"
+        )
+    require_causal_lm(config, trust_remote_code)
+    model = meta_model(config, trust_remote_code)
+    layers_path = _find_layers(model, n)
+    state_keys = list(model.state_dict().keys())
+    rename = _checkpoint_renames(model, weight_names, state_keys)
+    present = {rename.get(w, w) for w in weight_names} & set(state_keys)
+    layer_keys, pre, post = _layer_layout(model, state_keys, present, layers_path, n)
 
     modules = {id(mod): name for name, mod in model.named_modules()}
     ie, oe = model.get_input_embeddings(), model.get_output_embeddings()

@@ -12,7 +12,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..compose import Composition, write_model_dir
 from ..errors import BoomerangError, OutputExistsError
@@ -141,6 +141,29 @@ def build_family(
     _clean_stale(output)
     manifest_path = output / MANIFEST_NAME
 
+    manifest, entries = _fresh_manifest(pair, info, prior, output)
+
+    def save() -> None:
+        manifest.members = sorted(entries.values(), key=lambda e: (e.num_params, e.name))
+        manifest.write(manifest_path)
+
+    save()
+    comps = {p.name: p.candidate.member.composition(pair.models, dtype=pair.dtype) for p in picks}
+    todo, reused = _reuse(picks, pair, comps, entries, output, progress)
+    save()
+    written = _write_members(todo, pair, comps, entries, output, info, max_shard_size, progress, save)
+    manifest.complete = True
+    save()
+    notes = list(pair.notes)
+    for p in picks:
+        if len(p.targets) > 1:
+            notes.append(f"sizes {', '.join(t.label for t in p.targets)} all chose {p.name}; written once")
+    return FamilyResult(manifest, manifest_path, list(picks), written, reused, notes)
+
+
+def _fresh_manifest(pair: Pair, info: OrderInfo, prior: FamilyManifest | None,
+                    output: Path) -> tuple[FamilyManifest, dict[str, MemberEntry]]:
+    """The manifest this run writes, keeping what a prior run of the same family recorded."""
     manifest = FamilyManifest(
         teacher=pair.entry("teacher"), student=pair.entry("student"), plan=pair.plan,
         order=info, members=[], forced=pair.forced,
@@ -154,13 +177,12 @@ def build_family(
         manifest.student.metrics = prior.student.metrics
         manifest.baselines = prior.baselines
         entries = {m.name: m for m in prior.members if m.path and (output / m.path).is_dir()}
+    return manifest, entries
 
-    def save() -> None:
-        manifest.members = sorted(entries.values(), key=lambda e: (e.num_params, e.name))
-        manifest.write(manifest_path)
 
-    save()
-    comps = {p.name: p.candidate.member.composition(pair.models, dtype=pair.dtype) for p in picks}
+def _reuse(picks: Sequence[Pick], pair: Pair, comps: dict[str, Composition], entries: dict[str, MemberEntry],
+           output: Path, progress: Progress) -> tuple[list[Pick], list[str]]:
+    """Members a prior run wrote that are the same and verify are kept; the others are to write."""
     todo: list[Pick] = []
     reused: list[str] = []
     check = [p for p in picks if p.name in entries]
@@ -186,8 +208,13 @@ def build_family(
                               if prev.path and (output / prev.path / f).is_file()))
     if vtask is not None:
         progress.finish(vtask)
-    save()
+    return todo, reused
 
+
+def _write_members(todo: Sequence[Pick], pair: Pair, comps: dict[str, Composition], entries: dict[str, MemberEntry],
+                   output: Path, info: OrderInfo, max_shard_size: int, progress: Progress,
+                   save: Callable[[], None]) -> list[str]:
+    """Each member to write, atomically, recorded (``save``) as soon as it is in place."""
     total = sum(t.out_nbytes for p in todo for t in comps[p.name].tensors)
     task = progress.task("writing members", total, unit="B")
     written: list[str] = []
@@ -210,13 +237,7 @@ def build_family(
         written.append(p.name)
         save()
     progress.finish(task)
-    manifest.complete = True
-    save()
-    notes = list(pair.notes)
-    for p in picks:
-        if len(p.targets) > 1:
-            notes.append(f"sizes {', '.join(t.label for t in p.targets)} all chose {p.name}; written once")
-    return FamilyResult(manifest, manifest_path, list(picks), written, reused, notes)
+    return written
 
 
 def dry_run_json(pair: Pair, order: str | OrderInfo, cands: Sequence[Candidate], picks: Sequence[Pick]) -> dict[str, Any]:
