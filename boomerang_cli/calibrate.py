@@ -1,4 +1,4 @@
-"""The calibration scorer behind ``--order kl-greedy`` and ``--order beam``.
+"""The calibration scorer behind the calibrated orders (``--order kl-greedy``, ``beam``, ``kl-dp``, ``auto``).
 
 KL(teacher || member) of the next-token distributions, averaged over the
 calibration tokens. The teacher's log-probabilities are computed once; every

@@ -105,6 +105,7 @@ def test_chunking_and_gradient_checkpointing_change_nothing(teacher, corpus, tmp
     for name, kw in {"auto": {}, "chunk3": {"loss_chunk": 3}, "ckpt": {"gradient_checkpointing": True}}.items():
         distill(_cfg(teacher, corpus, tmp_path / name, steps=3, **kw))
         runs[name] = [r["loss"] for r in _rows(tmp_path / name / "metrics.jsonl")]
+    assert len(runs["auto"]) == 3  # an empty metrics file would make the comparison vacuous
     for name in ("chunk3", "ckpt"):
         assert runs[name] == pytest.approx(runs["auto"], rel=1e-5)
 
@@ -115,10 +116,12 @@ def test_terms_switch_off(teacher, corpus, tmp_path, monkeypatch):
 
     monkeypatch.setattr(distill_model.Teacher, "__call__", no_teacher)
     distill(_cfg(teacher, corpus, tmp_path / "ce", steps=2, weights=LossWeights(1.0, 0.0, 0.0)))
+    assert len(_rows(tmp_path / "ce" / "metrics.jsonl")) == 2
     for row in _rows(tmp_path / "ce" / "metrics.jsonl"):
         assert row["kl"] == 0 and row["cosine"] == 0 and row["loss"] == pytest.approx(row["ce"])
     monkeypatch.undo()
     distill(_cfg(teacher, corpus, tmp_path / "kl", steps=2, weights=LossWeights(0.0, 1.0, 0.0, temperature=2.0)))
+    assert len(_rows(tmp_path / "kl" / "metrics.jsonl")) == 2
     for row in _rows(tmp_path / "kl" / "metrics.jsonl"):
         assert row["cosine"] == 0 and row["loss"] == pytest.approx(4.0 * row["kl"])
 

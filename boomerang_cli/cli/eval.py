@@ -86,13 +86,13 @@ def eval_cmd(
         None, "--compare-orders", help="Also evaluate every member of these orders in memory (nothing written), "
         "e.g. last-first,first-last,kl-greedy,beam; one line per order on --plot. docs/orders.md."),
     calib_data: List[str] = typer.Option(
-        [], "--calib-data", help="kl-greedy/beam in --compare-orders: calibration text (default: the family's own "
+        [], "--calib-data", help="calibrated orders (kl-greedy, beam, kl-dp, auto) in --compare-orders: calibration text (default: the family's own "
         "calibration, else the train split of --data)."),
     calib_samples: Optional[int] = typer.Option(
-        None, "--calib-samples", help="kl-greedy/beam: calibration sequences (default: the family's, else "
+        None, "--calib-samples", help="calibrated orders: calibration sequences (default: the family's, else "
         f"{CalibrationSpec.samples})."),
     calib_seq_len: Optional[int] = typer.Option(
-        None, "--calib-seq-len", help="kl-greedy/beam: tokens per calibration sequence (default: the family's, "
+        None, "--calib-seq-len", help="calibrated orders: tokens per calibration sequence (default: the family's, "
         f"else {CalibrationSpec.seq_len})."),
     beam: Optional[int] = typer.Option(None, "--beam", help="beam in --compare-orders: its width (default: the "
                                        f"family's, else {DEFAULT_BEAM})."),

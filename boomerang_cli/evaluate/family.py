@@ -72,7 +72,7 @@ def check_member_dirs(mpath: Path, manifest: FamilyManifest, names: Sequence[str
     """Results are recorded only for members whose directories are the ones the manifest describes."""
     for name in names:
         if name in ("teacher", "student"):
-            continue  # checked by fingerprint (loader.check_family_models)
+            continue  # checked by fingerprint (family.open.check_family_models)
         problem = member_problem(mpath.parent, manifest.member(name), full)
         if problem is not None:
             raise BoomerangError(f"member {name} of {mpath}: {problem}; rerun `boomerang family` to rewrite it, "
