@@ -515,7 +515,7 @@ def test_smollm2_family_two_members(tmp_path):
 
 
 def test_default_output_is_next_to_a_local_student(tmp_path):
-    from boomerang_cli.cli.family import default_output
+    from boomerang_cli.family.run import default_output
 
     (tmp_path / "stu").mkdir()
     assert default_output(str(tmp_path / "stu") + "/") == tmp_path / "stu-family"

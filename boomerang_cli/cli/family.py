@@ -23,46 +23,6 @@ ORDER_HELP = ("last-first: patch the last blocks first (head from the teacher); 
               "programming (linear cost); auto: per size the lowest-KL member of kl-dp, first-last and last-first. "
               "See docs/orders.md.")
 
-
-def default_output(student_ref: str) -> Path | None:
-    """``<student>-family`` next to a local student directory; None for hub ids and builtins."""
-    p = Path(student_ref).expanduser()
-    if not p.is_dir():
-        return None
-    p = p.resolve()
-    return p.parent / f"{p.name}-family"
-
-
-def _resolve_pair_refs(teacher: Optional[str], student: Optional[str]) -> tuple[str, str]:
-    """Fill in omitted TEACHER/STUDENT: a lone argument or the last step's student, and its teacher."""
-    from ..errors import BoomerangError
-    from ..state import last
-    from ..student import BOOMERANG_JSON, recorded_teacher
-
-    if teacher is not None and student is not None:
-        return teacher, student
-    if teacher is not None:  # one positional: it must be a student that names its teacher
-        student, lone = teacher, True
-    else:
-        student, lone = last("student"), False
-        if student is None:
-            raise BoomerangError(
-                "no TEACHER STUDENT given and no earlier init-student/distill recorded a student here; "
-                "pass TEACHER STUDENT"
-            )
-    recorded = recorded_teacher(student)
-    if recorded is None:
-        if lone:
-            raise BoomerangError(
-                f"one model given ({student}) and it has no {BOOMERANG_JSON}; a lone argument must be a "
-                "student made by init-student/distill, otherwise pass TEACHER STUDENT"
-            )
-        raise BoomerangError(
-            f"the last recorded student {student} has no {BOOMERANG_JSON} naming its teacher; pass TEACHER STUDENT"
-        )
-    return recorded, student
-
-
 @app.command("family")
 def family_cmd(
     teacher: Optional[str] = typer.Argument(
@@ -108,6 +68,7 @@ def family_cmd(
     with handle_errors(), contextlib.ExitStack() as hold:
         from ..calibrate import calibration_for
         from ..errors import BoomerangError
+        from ..family.run import default_output, resolve_pair_refs
         from ..family import (achievable, build_family, calibrated_search, check_order, check_output,
                               check_selection_args, dry_run_json, open_pair, select)
         from ..guard import check_disjoint, local_sources, lock_if
@@ -124,7 +85,7 @@ def family_cmd(
         shard = parse_size(max_shard_size)
         torch_dtype = parse_dtype(dtype) if dtype else None
         kept = Plan.parse_keep(keep) if keep is not None else None
-        teacher, student = _resolve_pair_refs(teacher, student)
+        teacher, student = resolve_pair_refs(teacher, student)
         if dry_run:
             refuse_conversion_in_dry_run(teacher, "teacher")
             refuse_conversion_in_dry_run(student, "student")
