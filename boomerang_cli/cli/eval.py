@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any, List, Optional, cast
 
@@ -18,31 +17,6 @@ from .common import emit_json, err_console, handle_errors, human, out_console, p
 from .options import AllowPickle, Bos, Json, Quiet, TrustRemoteCode, defaults
 
 D = defaults(EvalOptions)  # every flag's default, read from the options
-
-
-def _targets(targets: List[str]) -> tuple[str, Any]:
-    """``("family", path)`` for one manifest (or the last family built here), else ``("models", refs)``."""
-    from ..errors import BoomerangError
-    from ..manifest import MANIFEST_NAME
-    from ..state import last
-
-    if not targets:
-        recorded = last("family")
-        if recorded is None:
-            raise BoomerangError(
-                "no TARGET given and no `boomerang family` recorded here; pass a family.json (or its "
-                "directory) or model references"
-            )
-        return "family", Path(recorded)
-    manifests = [t for t in targets if (Path(t).expanduser().is_file() and t.endswith(".json"))
-                 or (Path(t).expanduser() / MANIFEST_NAME).is_file()]
-    if manifests:
-        if len(targets) > 1:
-            raise BoomerangError(
-                f"{manifests[0]} is a family manifest; evaluate one family at a time, or give only model references"
-            )
-        return "family", Path(manifests[0]).expanduser()
-    return "models", list(targets)
 
 
 def _fmt(x: Optional[float], digits: int = 3) -> str:
@@ -117,76 +91,25 @@ def eval_cmd(
     layers compute them once (results are identical to evaluating each member
     on its own; --no-trunk does that).
     """
-    with handle_errors(), contextlib.ExitStack() as hold:
-        from ..errors import BoomerangError
-        from ..evaluate.baselines import METHODS
-        from ..evaluate.lmeval import parse_tasks
-        from ..evaluate.options import EvalOptions
-        from ..evaluate.family import evaluate_family
-        from ..evaluate.plain import evaluate_models
-        from ..guard import lock_if
-        from ..tensors import parse_dtype
+    from ..evaluate.run import EvalRequest
 
-        methods: list[str] = []
-        for b in split_list(baseline):
-            if b == "prune":
-                methods.extend(METHODS)
-            elif b in METHODS:
-                methods.append(b)
-            else:
-                raise BoomerangError(f"unknown --baseline {b!r}; use prune, {' or '.join(METHODS)}")
-        order_list = split_list([compare_orders]) if compare_orders else []
-        if compare_orders is not None and not order_list:
-            raise BoomerangError("--compare-orders is empty; name orders like --compare-orders last-first,kl-greedy")
-        opts = EvalOptions(
+    req = EvalRequest(
+        targets=list(targets or []), dtype=dtype, tasks=tasks, baselines=split_list(baseline),
+        compare_orders=compare_orders, members=members, output=output, plot=plot,
+        options=dict(
             sources=split_list(data) or ["stdlib"], split=split, text_field=text_field, seq_len=seq_len, bos=bos,
-            max_tokens=max_tokens, batch_size=batch_size, dtype=parse_dtype(dtype), device=device,
-            trunk=not no_trunk, perplexity=not no_perplexity, tasks=parse_tasks(tasks), task_dir=task_dir,
+            max_tokens=max_tokens, batch_size=batch_size, device=device, trunk=not no_trunk,
+            perplexity=not no_perplexity, task_dir=task_dir,
             limit=int(limit) if limit is not None and limit >= 1 else limit, num_fewshot=num_fewshot,
-            baselines=list(dict.fromkeys(methods)), calibration_tokens=calibration_tokens,
-            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-            compare_orders=list(dict.fromkeys(order_list)), calib_data=split_list(calib_data),
-            calib_samples=calib_samples, calib_seq_len=calib_seq_len, beam=beam, verify=verify,
-        )
-        opts.check()
-        if task_dir is not None and not opts.tasks:
-            raise BoomerangError("--task-dir adds task files; name the tasks to run with --tasks")
-        if plot is not None:
-            from ..evaluate.plot import require_matplotlib
+            calibration_tokens=calibration_tokens, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+            calib_data=split_list(calib_data), calib_samples=calib_samples, calib_seq_len=calib_seq_len, beam=beam,
+            verify=verify),
+    )
+    with handle_errors():
+        from ..evaluate.run import run_eval
 
-            if plot.suffix.lower() != ".png":
-                raise BoomerangError(f"--plot {plot}: write a .png file")
-            require_matplotlib()  # before minutes of evaluation, not after
-        kind, target = _targets(targets or [])
-        if kind == "models" and members:
-            raise BoomerangError("--members selects members of a family; give a family manifest")
-        if kind == "models" and opts.compare_orders:
-            raise BoomerangError("--compare-orders builds members of a family's teacher and student; give a family manifest")
-        if kind == "family" and output is not None:
-            raise BoomerangError("a family's results go into its manifest; -o is for plain model references")
-        member_list = split_list([members]) if members else None
-        if kind == "family" and members is not None and not member_list:
-            raise BoomerangError("--members is empty; name members like --members member-18L,teacher")
-        # One writer per output: the family's directory (its manifest gets the results) or the results file.
-        from ..evaluate.results import DEFAULT_RESULTS
-        from ..family.open import manifest_file
-
-        hold.enter_context(lock_if(manifest_file(target).parent if kind == "family" else output or Path(DEFAULT_RESULTS)))
         with progress(not (json_out or quiet)) as bar:
-            if kind == "family":
-                report = evaluate_family(target, opts, member_list, progress=bar)
-            else:
-                report = evaluate_models(target, opts, output, progress=bar)
-        if plot is not None:
-            from ..evaluate.plot import plot_results
-
-            title = (f"family {Path(report.target).parent.name}" if report.kind == "family"
-                     else "models") + f" ({report.dtype})"
-            if report.orders:
-                title += ": patch orders compared"
-            plot_results([r.plot_point() for r in report.rows], plot, title=title,
-                         data_key=report.data["key"] if report.data else None, tasks=report.tasks,
-                         by_layers=bool(report.orders))
+            report = run_eval(req, bar)
     if json_out:
         out = report.to_json()
         out["plot"] = str(plot) if plot is not None else None
