@@ -12,6 +12,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "boomerang_cli"
 MAX_LINES = 450
+#: Lines of a function's body (after its docstring), and of a CLI command's: a command parses,
+#: builds the request, calls the core and renders, so anything longer does the core's work.
+MAX_FUNCTION_LINES = 80
+MAX_COMMAND_LINES = 40
 #: Entry points above everything: they exist to start the CLI.
 ENTRY_POINTS = {"boomerang_cli.__main__"}
 
@@ -103,6 +107,41 @@ def test_the_core_never_imports_the_cli():
 def test_modules_stay_small():
     sizes = {name: len(path.read_text().splitlines()) for name, path in _modules().items()}
     assert {n: s for n, s in sizes.items() if s > MAX_LINES} == {}
+
+
+def _body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    body = fn.body
+    doc = isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(
+        body[0].value.value, str)
+    first = body[1] if doc and len(body) > 1 else body[0]
+    return (fn.end_lineno or first.lineno) - first.lineno + 1
+
+
+def _is_command(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    return any(isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "command"
+               for d in fn.decorator_list)
+
+
+def _long_functions() -> dict[str, int]:
+    out = {}
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                limit = MAX_COMMAND_LINES if _is_command(node) else MAX_FUNCTION_LINES
+                if _body_lines(node) > limit:
+                    out[f"{name}.{node.name}"] = _body_lines(node)
+    return out
+
+
+def test_functions_stay_short():
+    """No function body over 80 lines, no command body over 40 (docstrings not counted)."""
+    assert _long_functions() == {}
+
+
+def test_the_length_check_counts_bodies():
+    src = '@app.command("x")\ndef f():\n    """Doc."""\n    a = 1\n\n    return a\n'
+    fn = ast.parse(src).body[0]
+    assert isinstance(fn, ast.FunctionDef) and _body_lines(fn) == 3 and _is_command(fn)
 
 
 def test_the_graph_sees_imports_inside_functions(tmp_path):

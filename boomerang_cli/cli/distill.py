@@ -13,7 +13,7 @@ from rich.text import Text
 
 from .app import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress
-from ..distill.config import DistillConfig
+from ..distill.config import DistillConfig, DistillResult
 from ..distill.recipes import RECIPES
 from ..units import parse_count
 from .options import (AllowPickle, Bos, Dtype, Every, Json, Keep, KeepFirst, KeepLast, MaxShardSize, Overwrite,
@@ -172,8 +172,12 @@ def distill_cmd(
             result = distill(cfg, progress=bar)
         if main_rank:
             record(student=output, teacher=result.teacher)
-    if not main_rank:
-        return
+    if main_rank:
+        _render(result, teacher, output, json_out)
+
+
+def _render(result: DistillResult, teacher: str, output: Path, json_out: bool) -> None:
+    """Warnings on stderr; the run as a table, or one JSON object."""
     for w in result.warnings:
         err_console.print(Text("warning: ", style="yellow") + Text(w), highlight=False, emoji=False)
     if json_out:

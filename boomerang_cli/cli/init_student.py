@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -62,6 +62,11 @@ def init_student_cmd(
                                            overwrite=overwrite, dry_run=dry_run, teacher=info, progress=bar)
         if not dry_run and output is not None:
             record(student=output, teacher=ref.stable_ref)
+    _render(summary, plan, teacher, output, dry_run, json_out)
+
+
+def _render(summary: Any, plan: Any, teacher: str, output: Optional[Path], dry_run: bool, json_out: bool) -> None:
+    """The plan as a table and a summary line (notes on stderr), or one JSON object."""
     if json_out:
         emit_json(summary.to_json())
         return
