@@ -123,8 +123,8 @@ def make_family(req: FamilyRequest, progress: Progress = NULL) -> FamilyRun:
     from ..tensors import parse_dtype
     from ..units import parse_size
     from .search import calibrated_search
-    from .select import achievable, check_selection_args, select
-    from .writer import build_family, check_output
+    from .select import check_selection_args, order_candidates, select
+    from .writer import prior_manifest, write_family
 
     check_order(req.order)
     targets = check_selection_args(req.sizes, req.num, req.all_members, req.dry_run)
@@ -149,20 +149,24 @@ def make_family(req: FamilyRequest, progress: Progress = NULL) -> FamilyRun:
                          trust_remote_code=req.trust_remote_code)
         if spec is not None and output is not None and not req.dry_run:
             check_disjoint(output, local_sources(spec.sources))  # the family's own inputs: build_family
-        search, info, reused = None, OrderInfo(method=req.order), False
+        search, info, reused, prior, read = None, OrderInfo(method=req.order), False, None, False
         if spec is not None:
-            if output is not None and not req.dry_run:
-                check_output(pair, output, req.order, req.overwrite)  # before minutes of search
-            search, reused = calibrated_search(pair, req.order, spec, beam=req.beam, device=req.device,
-                                               output=None if req.overwrite else output, progress=progress)
+            if output is not None and not req.dry_run:  # family.json read once, before minutes of search
+                prior, read = prior_manifest(output, pair, req.order, req.overwrite), True
+            search, reused = calibrated_search(pair, req.order, spec, beam=req.beam, device=req.device, prior=prior,
+                                               output=None if req.overwrite or read else output, progress=progress)
             info = order_info(search)
-        every = achievable(pair, req.order, search)
+        every = order_candidates(pair, req.order, search)
         middle = [c for c in every if not (c.member.is_student or c.member.is_teacher)]
         picks = select(middle, sizes=targets, num=req.num, all_members=req.all_members,
                        student_params=every[0].num_params, teacher_params=every[-1].num_params)
         result = None
         if not req.dry_run:
             assert output is not None
-            result = build_family(pair, picks, output, order=info, max_shard_size=shard,
-                                  overwrite=req.overwrite, progress=progress)
+            if not picks:
+                raise BoomerangError("no members chosen; use --sizes, --num or --all")
+            if not read:
+                prior = prior_manifest(output, pair, req.order, req.overwrite)
+            result = write_family(pair, picks, output, info, prior, max_shard_size=shard, overwrite=req.overwrite,
+                                  progress=progress)
     return FamilyRun(teacher, student, pair, info, reused, every, picks, result)

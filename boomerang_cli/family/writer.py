@@ -62,7 +62,7 @@ def _clean_stale(output: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
-def _prior_manifest(output: Path, pair: Pair, order: str, overwrite: bool) -> FamilyManifest | None:
+def prior_manifest(output: Path, pair: Pair, order: str, overwrite: bool) -> FamilyManifest | None:
     """The manifest of an earlier run into ``output`` that this run may resume, else None."""
     if output.exists() and not output.is_dir():
         raise OutputExistsError(f"{output} exists and is not a directory; choose another -o")
@@ -102,10 +102,13 @@ def _prior_manifest(output: Path, pair: Pair, order: str, overwrite: bool) -> Fa
     return prior
 
 
-def check_output(pair: Pair, output: Path, order: str, overwrite: bool = False) -> None:
-    """Fail now if ``build_family`` would refuse ``output``: before a calibrated search, not after it."""
+def check_output(pair: Pair, output: Path, order: str, overwrite: bool = False) -> FamilyManifest | None:
+    """Fail now if ``build_family`` would refuse ``output``: before a calibrated search, not after it.
+
+    Returns the manifest a resumed run builds on (None: none, or ``overwrite``).
+    """
     check_order(order)
-    _prior_manifest(Path(output), pair, order, overwrite)
+    return prior_manifest(Path(output), pair, order, overwrite)
 
 
 def build_family(
@@ -133,7 +136,14 @@ def build_family(
         raise BoomerangError(f"order {info.method} needs its search's record (calibrated_search + order_info)")
     if not picks:
         raise BoomerangError("no members chosen; use --sizes, --num or --all")
-    prior = _prior_manifest(output, pair, info.method, overwrite)
+    prior = prior_manifest(output, pair, info.method, overwrite)
+    return write_family(pair, picks, output, info, prior, max_shard_size=max_shard_size, overwrite=overwrite,
+                        progress=progress)
+
+
+def write_family(pair: Pair, picks: Sequence[Pick], output: Path, info: OrderInfo, prior: FamilyManifest | None, *,
+                 max_shard_size: int, overwrite: bool, progress: Progress) -> FamilyResult:
+    """:func:`build_family` once every check has passed and ``prior`` (:func:`prior_manifest`) is read."""
     # Every check passed: from here on the output directory changes.
     if overwrite and output.exists():
         shutil.rmtree(output)
