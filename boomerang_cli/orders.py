@@ -263,6 +263,12 @@ def order_info(result: SearchResult) -> OrderInfo:
                      trace=list(result.steps))
 
 
+def reusable(recorded: OrderInfo, method: str, width: int) -> bool:
+    """The reuse rule: a manifest's recorded search is the one ``method`` at beam ``width`` would run
+    (the caller adds what else must match: calibration, teacher, student, plan)."""
+    return recorded.method == method and bool(recorded.steps) and (recorded.beam or 1) == width
+
+
 def result_from_order_info(plan: Plan, info: OrderInfo) -> SearchResult:
     """A search recorded in a manifest, back as a result (no member is scored again)."""
     if info.method not in CALIBRATED_ORDERS or not info.steps:

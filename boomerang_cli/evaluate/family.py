@@ -192,7 +192,7 @@ def _order_members(fam: _Family, order: str, opts: EvalOptions, progress: Progre
     """
     from ..calibrate import CalibrationSpec, search
     from ..member import sequential_members
-    from ..orders import CALIBRATED_ORDERS, beam_width, order_info, result_from_order_info
+    from ..orders import CALIBRATED_ORDERS, beam_width, order_info, result_from_order_info, reusable
 
     plan = fam.manifest.plan
     if order not in CALIBRATED_ORDERS:
@@ -201,7 +201,7 @@ def _order_members(fam: _Family, order: str, opts: EvalOptions, progress: Progre
     recorded = fam.manifest.order
     width = beam_width(order, opts.beam if opts.beam is not None else recorded.beam)
     asked = bool(opts.calib_data) or opts.calib_samples is not None or opts.calib_seq_len is not None
-    if recorded.method == order and recorded.steps and (recorded.beam or 1) == width and not asked:
+    if reusable(recorded, order, width) and not asked:
         result = result_from_order_info(plan, recorded)
         how = "the family's own search"
     else:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from ..errors import BoomerangError
 from ..manifest import MANIFEST_NAME, FamilyManifest
 from ..models import resolve_device
-from ..orders import CALIBRATED_ORDERS, SearchResult, beam_width, result_from_order_info
+from ..orders import CALIBRATED_ORDERS, SearchResult, beam_width, result_from_order_info, reusable
 from ..pair import Pair
 from ..progress import NULL, Progress
 
@@ -45,8 +45,7 @@ def calibrated_search(
             prior = FamilyManifest.read(Path(output) / MANIFEST_NAME)
         except BoomerangError:
             prior = None
-    if (prior is not None and prior.order.method == method and prior.order.steps
-            and (prior.order.beam or 1) == width and spec.same_as(prior.order.calibration)
+    if (prior is not None and reusable(prior.order, method, width) and spec.same_as(prior.order.calibration)
             and prior.teacher.fingerprint == pair.teacher_fingerprint
             and prior.student.fingerprint == pair.student_fingerprint and prior.plan == pair.plan):
         return result_from_order_info(pair.plan, prior.order), True
