@@ -10,7 +10,6 @@ differ in a single block, so they share most of their layers), nothing written.
 from __future__ import annotations
 
 import time
-from math import comb
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -23,9 +22,10 @@ from .data import DEFAULT_BOS, IGNORE
 from .errors import BoomerangError
 from .evaluate.perplexity import CHUNK_ROWS, EvalData, load_eval_data, model_logits
 from .evaluate.trunk import LayerRunner, Stack, TrunkEvaluator
-from .member import ORDERS, Member, sequential_members
+from .member import Member
 from .models import attention_mask, load_model, load_tokenizer
-from .orders import CALIBRATED_ORDERS, SearchResult, beam_width, check_beam, dp_cost, run_search
+from .orders import CALIBRATED_ORDERS, SearchResult, beam_width, check_beam, order_cost, run_search
+from .orders import search_cost as search_cost  # re-exported: its home before orders.py
 from .plan import Plan
 from .progress import NULL, Progress
 from .student import distilled_on
@@ -163,22 +163,3 @@ def search(
                                            "fingerprint": d["fingerprint"]}
     result.seconds = time.perf_counter() - t0
     return result
-
-
-def order_cost(plan: Plan, method: str, width: int = 1) -> int:
-    """Members a search scores at most (the progress bar's total)."""
-    if method in ("kl-dp", "auto"):
-        rivals = sum(len(sequential_members(plan, o)) for o in ORDERS) if method == "auto" else 0
-        return dp_cost(plan.num_student_layers, rivals)
-    return search_cost(plan.num_student_layers, width)
-
-
-def search_cost(num_blocks: int, width: int) -> int:
-    """Members a beam search scores at most: the student, then at each depth ``d`` the distinct children
-    of the beam, at most ``min(C(B, d), width * (B - d + 1))`` (greedy: exactly ``B(B+1)/2 + 1``)."""
-    total, frontier = 1, 1
-    for d in range(1, num_blocks + 1):
-        children = min(comb(num_blocks, d), frontier * (num_blocks - d + 1))
-        total += children
-        frontier = min(width, children)
-    return total

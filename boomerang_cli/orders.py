@@ -26,6 +26,7 @@ provides the real one. Scores are memoized, so no member is evaluated twice.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from math import comb
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import BoomerangError
@@ -280,3 +281,22 @@ def result_from_order_info(plan: Plan, info: OrderInfo) -> SearchResult:
     cal = info.calibration or {}
     return SearchResult(info.method, info.beam, best, list(info.trace), int(cal.get("evaluated", 0)),
                         {k: v for k, v in cal.items() if k not in ("evaluated", "seconds")}, cal.get("seconds"))
+
+
+def order_cost(plan: Plan, method: str, width: int = 1) -> int:
+    """Members a search scores at most (the progress bar's total)."""
+    if method in ("kl-dp", "auto"):
+        rivals = sum(len(sequential_members(plan, o)) for o in ORDERS) if method == "auto" else 0
+        return dp_cost(plan.num_student_layers, rivals)
+    return search_cost(plan.num_student_layers, width)
+
+
+def search_cost(num_blocks: int, width: int) -> int:
+    """Members a beam search scores at most: the student, then at each depth ``d`` the distinct children
+    of the beam, at most ``min(C(B, d), width * (B - d + 1))`` (greedy: exactly ``B(B+1)/2 + 1``)."""
+    total, frontier = 1, 1
+    for d in range(1, num_blocks + 1):
+        children = min(comb(num_blocks, d), frontier * (num_blocks - d + 1))
+        total += children
+        frontier = min(width, children)
+    return total
