@@ -9,7 +9,7 @@ docs/api.md for a worked example.
 =================  ==============================================  =========================
 command            call                                            result
 =================  ==============================================  =========================
-``init-student``   ``init_student(resolve(ref), plan, output)``    ``StudentSummary``
+``init-student``   ``make_student(StudentRequest(...))``           ``StudentRun``
 ``distill``        ``distill(DistillConfig(...))``                 ``DistillResult``
 ``family``         ``make_family(FamilyRequest(...))``             ``FamilyRun``
 ``eval``           ``run_eval(EvalRequest(...))``                  ``EvalReport``
@@ -34,11 +34,11 @@ from .manifest import FamilyManifest
 from .plan import Plan
 from .progress import NULL, Progress, Task
 from .refs import ModelRef, resolve
-from .student import StudentSummary, init_student
+from .student import StudentRequest, StudentRun, StudentSummary, init_student, make_student
 
 __all__ = [
     "BoomerangError", "DemoConfig", "DemoResult", "DistillConfig", "DistillResult", "EvalOptions", "EvalReport",
     "EvalRequest", "ExportResult", "FamilyManifest", "FamilyRequest", "FamilyResult", "FamilyRun", "LossWeights",
-    "ModelRef", "NULL", "Plan", "Progress", "Row", "StudentSummary", "Task", "distill", "export_family",
-    "init_student", "make_family", "resolve", "run_demo", "run_eval",
+    "ModelRef", "NULL", "Plan", "Progress", "Row", "StudentRequest", "StudentRun", "StudentSummary", "Task",
+    "distill", "export_family", "init_student", "make_family", "make_student", "resolve", "run_demo", "run_eval",
 ]

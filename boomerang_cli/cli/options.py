@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping
 
 import typer
 
 from ..data import DEFAULT_BOS
-from ..errors import BoomerangError
 from ..plan import Plan
 
 
@@ -59,8 +57,3 @@ Bos = typer.Option(
     DEFAULT_BOS, "--bos", help="BOS at the start of every packed block: auto (when the tokenizer adds one), always "
     "or never (SPEC section 7).")
 Keep = typer.Option(None, "--keep", help="Explicit kept teacher layers, e.g. 0,2,4,7,9,11 (overrides the paper flags).")
-
-
-def require_output(output: Optional[Path], dry_run: bool) -> None:
-    if output is None and not dry_run:
-        raise BoomerangError("no output directory; pass -o DIR (or --dry-run)")
