@@ -181,3 +181,17 @@ def test_help_version_and_flag_errors_import_no_torch():
                              capture_output=True, text=True, timeout=120)
         code, heavy = json.loads(run.stderr.strip().splitlines()[-1])
         assert (code, heavy) == (2 if argv[-1] in ("many", "--no-such-flag") else 0, []), argv
+
+
+def test_demo_has_no_pipeline_steps_of_its_own():
+    """The demo calls the commands' entry points; the family's steps live in family.run.make_family only."""
+    steps = {"open_pair", "build_family", "write_family", "calibrated_search", "select", "candidates", "achievable",
+             "order_candidates", "calibration_for", "check_output"}
+    for name in ("boomerang_cli.demo", "boomerang_cli.cli.demo", "boomerang_cli.cli.family"):
+        tree = ast.parse(_modules()[name].read_text())
+        used = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+        used |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        assert used & steps == set(), name
+    run = ast.parse(_modules()["boomerang_cli.family.run"].read_text())
+    assert {"open_pair", "calibrated_search", "select", "write_family"} <= {
+        n.id for n in ast.walk(run) if isinstance(n, ast.Name)}
