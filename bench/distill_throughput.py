@@ -264,7 +264,7 @@ def main() -> None:
     }
     base = results.get("straightforward")
     if base:
-        for v, r in results.items():
+        for r in results.values():
             r["speedup"] = r["tokens_per_s"] / base["tokens_per_s"]
             r["memory_ratio"] = r["peak_rss_mib"] / base["peak_rss_mib"]
     if args.json:

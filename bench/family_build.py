@@ -236,7 +236,7 @@ def main() -> None:
         sizes: list[int] = []
         names: list[str] = []
         identical = None
-        for rep in range(args.repeat):
+        for _ in range(args.repeat):
             for d in (stream_out, base_out):
                 shutil.rmtree(d, ignore_errors=True)
             runs["streaming"].append(run_measured(

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .errors import UnsupportedArchitectureError
-from .jsonio import read_object
+from .model_config import load_config, require_causal_lm
 from .tensors import ModelWeights
 
 
@@ -154,69 +154,6 @@ def max_positions(config: Any) -> int | None:
     return None
 
 
-def load_config(path: Path, trust_remote_code: bool = False) -> Any:
-    """The model's config; a config.json missing, not a strict JSON object (cut off, NaN) is one line."""
-    from transformers import AutoConfig
-
-    cfg = Path(path) / "config.json"
-    read_object(cfg, "fix or re-download the model's config.json")
-    try:
-        return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except ValueError as exc:
-        msg = str(exc).splitlines()[0]
-        if "trust_remote_code" in str(exc) or "custom code" in str(exc):
-            raise UnsupportedArchitectureError(
-                f"{path}: this model needs its own code; pass --trust-remote-code if you trust it"
-            ) from None
-        raise UnsupportedArchitectureError(f"{path}: unreadable config ({msg})") from None
-    except Exception as exc:  # OSError, huggingface_hub's strict dataclasses: a field of the wrong type
-        if not isinstance(exc, (OSError, TypeError)) and "StrictDataclass" not in type(exc).__name__:
-            raise
-        raise UnsupportedArchitectureError(f"{cfg}: {(str(exc).splitlines() or [type(exc).__name__])[0][:160]}; "
-                                           "fix or re-download the model's config.json") from None
-
-
-def require_causal_lm(config: Any, trust_remote_code: bool = False) -> None:
-    """Refuse encoders and seq2seq models that AutoModelForCausalLM would still build.
-
-    transformers maps ``bert`` to ``BertLMHeadModel``, so a masked-LM checkpoint
-    would load "successfully"; the config's own ``architectures`` says what the
-    weights were trained as, and must name a class registered for causal LM.
-    """
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    model_type = getattr(config, "model_type", "?")
-    if getattr(config, "is_encoder_decoder", False):
-        raise UnsupportedArchitectureError(
-            f"model type {model_type!r} is an encoder-decoder model; boomerang needs a decoder-only causal LM"
-        )
-    archs = list(getattr(config, "architectures", None) or [])
-    auto_map = getattr(config, "auto_map", None) or {}
-    if not archs or (trust_remote_code and "AutoModelForCausalLM" in auto_map):
-        return
-    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-    if not any(a in causal for a in archs):
-        named = ", ".join(archs)
-        if "AutoModelForCausalLM" in auto_map:  # a causal LM whose class is the repository's own code
-            raise UnsupportedArchitectureError(
-                f"{named} is the model's own code (its config's auto_map), not a class transformers ships; "
-                "pass --trust-remote-code if you trust it"
-            )
-        standard = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
-        if standard and any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
-            # A custom causal-LM class over a known model type: reading it as the standard
-            # class could be wrong, so refuse, but say what it is and how to proceed.
-            raise UnsupportedArchitectureError(
-                f"{named} is a custom class, not transformers' {standard} for model type {model_type!r}; "
-                f"if the weights are a standard {model_type} checkpoint, set \"architectures\": [\"{standard}\"] "
-                "in its config.json"
-            )
-        raise UnsupportedArchitectureError(
-            f"{', '.join(archs)} (model type {model_type!r}) is not a causal language model; "
-            "boomerang needs a decoder-only LM (a *ForCausalLM checkpoint)"
-        )
-
-
 def meta_model(config: Any, trust_remote_code: bool = False) -> torch.nn.Module:
     """The model with no storage: module order and tying, for free."""
     from transformers import AutoModelForCausalLM
@@ -261,22 +198,9 @@ def _find_layers(model: torch.nn.Module, n: int) -> str:
     return min(candidates, key=lambda s: s.count("."))
 
 
-def build_arch_map(
-    config: Any, weight_names: Sequence[str], trust_remote_code: bool = False
-) -> ArchMap:
-    """Discover the layout of the model described by ``config`` stored under ``weight_names``."""
-    tcfg = text_config(config)
-    n = getattr(tcfg, "num_hidden_layers", None)
-    if not isinstance(n, int) or n < 1:
-        raise UnsupportedArchitectureError(
-            f"config of type {getattr(config, 'model_type', '?')!r} has no num_hidden_layers"
-        )
-    require_causal_lm(config, trust_remote_code)
-    model = meta_model(config, trust_remote_code)
-    layers_path = _find_layers(model, n)
-    state_keys = list(model.state_dict().keys())
+def _checkpoint_renames(model: Any, weight_names: Sequence[str], state_keys: list[str]) -> dict[str, str]:
+    """Checkpoint names that are not state-dict keys, mapped onto them (every other name is one)."""
     key_set = set(state_keys)
-
     # Map checkpoint names onto canonical state-dict keys: transformers' own
     # renamings first (e.g. gpt_neox saves lm_head as embed_out), then a suffix
     # match for a missing base-model prefix (the hub's original gpt2).
@@ -299,8 +223,12 @@ def build_arch_map(
             f"{type(model).__name__}: checkpoint tensors not understood: "
             + ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         )
-    present = {rename.get(w, w) for w in weight_names} & key_set
+    return rename
 
+
+def _layer_layout(model: Any, state_keys: list[str], present: set[str], layers_path: str,
+                  n: int) -> tuple[list[str], list[str], list[str]]:
+    """Tensor names inside one layer, before the layers and after them; every layer alike, nothing missing."""
     layer_prefix = layers_path + "."
     layer_re = re.compile(re.escape(layer_prefix) + r"(\d+)\.(.+)$")
     layer_keys: list[str] = []
@@ -338,6 +266,26 @@ def build_arch_map(
             + ", ".join(absent[:5]) + (" ..." if len(absent) > 5 else "")
             + "; does config.json match the weights?"
         )
+    return layer_keys, pre, post
+
+
+def build_arch_map(
+    config: Any, weight_names: Sequence[str], trust_remote_code: bool = False
+) -> ArchMap:
+    """Discover the layout of the model described by ``config`` stored under ``weight_names``."""
+    tcfg = text_config(config)
+    n = getattr(tcfg, "num_hidden_layers", None)
+    if not isinstance(n, int) or n < 1:
+        raise UnsupportedArchitectureError(
+            f"config of type {getattr(config, 'model_type', '?')!r} has no num_hidden_layers"
+        )
+    require_causal_lm(config, trust_remote_code)
+    model = meta_model(config, trust_remote_code)
+    layers_path = _find_layers(model, n)
+    state_keys = list(model.state_dict().keys())
+    rename = _checkpoint_renames(model, weight_names, state_keys)
+    present = {rename.get(w, w) for w in weight_names} & set(state_keys)
+    layer_keys, pre, post = _layer_layout(model, state_keys, present, layers_path, n)
 
     modules = {id(mod): name for name, mod in model.named_modules()}
     ie, oe = model.get_input_embeddings(), model.get_output_embeddings()

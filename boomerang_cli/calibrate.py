@@ -1,4 +1,4 @@
-"""The calibration scorer behind ``--order kl-greedy`` and ``--order beam``.
+"""The calibration scorer behind the calibrated orders (``--order kl-greedy``, ``beam``, ``kl-dp``, ``auto``).
 
 KL(teacher || member) of the next-token distributions, averaged over the
 calibration tokens. The teacher's log-probabilities are computed once; every
@@ -10,8 +10,6 @@ differ in a single block, so they share most of their layers), nothing written.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from math import comb
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -19,51 +17,19 @@ import torch
 import torch.nn.functional as F
 
 from .arch import ModelInfo, max_positions
-from .data import DEFAULT_BOS, IGNORE, check_bos_policy
+from .calibration import CalibrationSpec as CalibrationSpec, check_sizes as check_sizes  # re-exported: their home before
+from .data import DEFAULT_BOS, IGNORE
 from .errors import BoomerangError, DataError
 from .evaluate.perplexity import CHUNK_ROWS, EvalData, load_eval_data, model_logits
 from .evaluate.trunk import LayerRunner, Stack, TrunkEvaluator
-from .member import ORDERS, Member, sequential_members
+from .member import Member
 from .models import attention_mask, load_model, load_tokenizer
-from .orders import CALIBRATED_ORDERS, SearchResult, beam_width, check_beam, dp_cost, run_search
+from .orders import CALIBRATED_ORDERS, SearchResult, beam_width, check_beam, order_cost, run_search
+from .orders import search_cost as search_cost  # re-exported: its home before orders.py
 from .plan import Plan
 from .progress import NULL, Progress
 from .student import distilled_on
 
-
-
-@dataclass(frozen=True)
-class CalibrationSpec:
-    """Which text calibrates the order, recorded in the manifest."""
-
-    sources: tuple[str, ...]
-    samples: int = 64
-    seq_len: int = 128
-    split: str = "train"
-    text_field: str = "text"
-    bos: str = DEFAULT_BOS  # --bos policy (data.block_bos); the search records whether blocks got one
-
-    #: What a recorded calibration without a field was made with (older manifests: blocks had no BOS).
-    RECORDED_DEFAULTS = {"text_field": "text", "bos_policy": "never"}
-
-    def to_json(self) -> dict[str, Any]:
-        return {"data": list(self.sources), "split": self.split, "samples": self.samples,
-                "seq_len": self.seq_len, "text_field": self.text_field, "bos_policy": self.bos}
-
-    def check(self) -> None:
-        if not self.sources:
-            raise DataError("no calibration data; pass --calib-data (files, a directory, a hub dataset or stdlib)")
-        check_sizes(self.samples, self.seq_len)
-        if self.split not in ("train", "validation"):
-            raise DataError(f"unknown calibration split {self.split!r}; use train or validation")
-        check_bos_policy(self.bos)
-
-    def same_as(self, recorded: Mapping[str, Any] | None) -> bool:
-        """Whether a manifest's ``order.calibration`` was made with these settings."""
-        if not recorded:
-            return False
-        mine = self.to_json()
-        return all(recorded.get(k, self.RECORDED_DEFAULTS.get(k)) == v for k, v in mine.items())
 
 
 def calibration_for(order: str, sources: Sequence[str], *, student: Path | str, samples: int = CalibrationSpec.samples,
@@ -95,14 +61,6 @@ def calibration_for(order: str, sources: Sequence[str], *, student: Path | str, 
     spec = CalibrationSpec(tuple(sources), samples=samples, seq_len=seq_len, text_field=text_field, bos=bos)
     spec.check()
     return spec
-
-
-def check_sizes(samples: int | None, seq_len: int | None) -> None:
-    """``--calib-samples`` and ``--calib-seq-len`` (None: not given, nothing to check)."""
-    if samples is not None and samples < 1:
-        raise DataError(f"--calib-samples must be at least 1 (got {samples})")
-    if seq_len is not None and seq_len < 2:
-        raise DataError(f"--calib-seq-len must be at least 2 (got {seq_len})")
 
 
 def token_kl(teacher_logprobs: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
@@ -209,22 +167,3 @@ def search(
                                            "fingerprint": d["fingerprint"]}
     result.seconds = time.perf_counter() - t0
     return result
-
-
-def order_cost(plan: Plan, method: str, width: int = 1) -> int:
-    """Members a search scores at most (the progress bar's total)."""
-    if method in ("kl-dp", "auto"):
-        rivals = sum(len(sequential_members(plan, o)) for o in ORDERS) if method == "auto" else 0
-        return dp_cost(plan.num_student_layers, rivals)
-    return search_cost(plan.num_student_layers, width)
-
-
-def search_cost(num_blocks: int, width: int) -> int:
-    """Members a beam search scores at most: the student, then at each depth ``d`` the distinct children
-    of the beam, at most ``min(C(B, d), width * (B - d + 1))`` (greedy: exactly ``B(B+1)/2 + 1``)."""
-    total, frontier = 1, 1
-    for d in range(1, num_blocks + 1):
-        children = min(comb(num_blocks, d), frontier * (num_blocks - d + 1))
-        total += children
-        frontier = min(width, children)
-    return total

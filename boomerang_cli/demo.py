@@ -118,10 +118,8 @@ def run_demo(cfg: DemoConfig, progress: Progress = NULL) -> DemoResult:
     from .evaluate.plot import plot_results, require_matplotlib
     from .evaluate.family import evaluate_family
     from .evaluate.options import EvalOptions
-    from .calibrate import CalibrationSpec
-    from .family import build_family, calibrated_search, candidates, open_pair, select
-    from .manifest import OrderInfo
-    from .orders import CALIBRATED_ORDERS, order_info
+    from .family.run import FamilyRequest, make_family
+    from .orders import CALIBRATED_ORDERS
     from .refs import resolve
     from .state import record
 
@@ -151,18 +149,14 @@ def run_demo(cfg: DemoConfig, progress: Progress = NULL) -> DemoResult:
     seconds["distill"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    pair = open_pair(teacher, resolve(str(student)))
-    search, info = None, OrderInfo(method=cfg.order)
-    if cfg.order in CALIBRATED_ORDERS:
-        # Calibrated on the training split of the distillation text; reused from the manifest on a rerun.
-        spec = CalibrationSpec((cfg.data,), samples=cfg.calib_samples, seq_len=cfg.calib_seq_len)
-        search, _ = calibrated_search(pair, cfg.order, spec, output=fam_dir, progress=progress)
-        info = order_info(search)
-    cands = candidates(pair, cfg.order, search)
-    picks = select(cands, all_members=True, student_params=pair.entry("student").num_params,
-                   teacher_params=pair.entry("teacher").num_params)
-    res = build_family(pair, picks, fam_dir, order=info, progress=progress)
-    stages["family"] = "ran" if res.written else "skipped (done)"
+    # Every member; a calibrated order on the training split of the distillation text, its search
+    # reused from the manifest on a rerun.
+    calib = (cfg.data,) if cfg.order in CALIBRATED_ORDERS else ()
+    fam = make_family(FamilyRequest(teacher.ref, str(student), fam_dir, all_members=True, order=cfg.order,
+                                    calib_data=calib, calib_samples=cfg.calib_samples,
+                                    calib_seq_len=cfg.calib_seq_len), progress)
+    assert fam.result is not None  # not a dry run
+    stages["family"] = "ran" if fam.result.written else "skipped (done)"
     seconds["family"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

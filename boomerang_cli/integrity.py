@@ -27,8 +27,11 @@ from .tensors import CHUNK_BYTES, TENSORS_DIGEST, range_digest, read_header, tre
 
 
 def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()  # by chunks: hashlib.file_digest needs Python 3.11
     with open(path, "rb") as f:
-        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
 
 
 def tensors_digest(path: Path) -> str | None:

@@ -96,7 +96,7 @@ def _migrate(data: dict[str, Any], version: int) -> dict[str, Any]:
     return data
 
 
-_SIMPLE = {"str": str, "int": int, "float": (int, float), "bool": bool, "Any": object}
+_SIMPLE: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool, "Any": object}
 
 
 def _fits(value: Any, annotation: str) -> bool:

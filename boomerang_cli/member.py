@@ -8,12 +8,14 @@ embeddings and head come from, the config) follows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from .arch import ModelInfo
-from .compose import Composition, LayerSource, compose
 from .errors import BoomerangError
 from .plan import Plan
+
+if TYPE_CHECKING:  # torch behind them; orders and flag defaults import this module
+    from .arch import ModelInfo
+    from .compose import Composition, LayerSource
 
 ORDERS = ("last-first", "first-last")
 
@@ -38,6 +40,8 @@ class Member:
 
     @property
     def layers(self) -> tuple[LayerSource, ...]:
+        from .compose import LayerSource
+
         out: list[LayerSource] = []
         for b in self.plan.blocks:
             if b.index in self.teacher_blocks:
@@ -82,6 +86,8 @@ class Member:
         return f"member-{self.num_layers:02d}L"
 
     def composition(self, models: Mapping[str, ModelInfo], **kw: Any) -> Composition:
+        from .compose import compose
+
         return compose(models, self.layers, self.embed_from, self.head_from, **kw)
 
     def to_json(self) -> dict[str, Any]:

@@ -26,7 +26,8 @@ provides the real one. Scores are memoized, so no member is evaluated twice.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from math import comb
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import BoomerangError
 from .manifest import OrderInfo
@@ -180,7 +181,7 @@ def dp_subsets(plan: Plan, cost: Sequence[float]) -> dict[int, frozenset[int]]:
     return {plan.num_teacher_layers - r: frozenset(chosen) for r, (_, chosen) in table.items()}
 
 
-def dp_search(plan: Plan, scorer: Scorer, rivals: dict[str, Sequence[Member]] | None = None,
+def dp_search(plan: Plan, scorer: Scorer, rivals: Mapping[str, Sequence[Member]] | None = None,
               method: str = "kl-dp") -> SearchResult:
     """``kl-dp`` (no ``rivals``) or ``auto`` (``rivals``: the fixed orders' members) over ``scorer``.
 
@@ -212,7 +213,7 @@ def dp_search(plan: Plan, scorer: Scorer, rivals: dict[str, Sequence[Member]] | 
     steps: list[dict] = [{"probe": b, "kl_teacher_with_block_from_student": kls[2 + b],
                           "kl_student_with_block_from_teacher": kls[2 + n + b]} for b in range(n)]
     for layers in sorted(proposals):
-        cands = [{"from": src, "teacher_blocks": sorted(m.teacher_blocks), "kl": scores[m.teacher_blocks]}
+        cands: list[dict[str, Any]] = [{"from": src, "teacher_blocks": sorted(m.teacher_blocks), "kl": scores[m.teacher_blocks]}
                  for src, m in proposals[layers]]
         for (_, m), c in zip(proposals[layers], cands):
             if not (m.is_student or m.is_teacher):
@@ -263,6 +264,12 @@ def order_info(result: SearchResult) -> OrderInfo:
                      trace=list(result.steps))
 
 
+def reusable(recorded: OrderInfo, method: str, width: int) -> bool:
+    """The reuse rule: a manifest's recorded search is the one ``method`` at beam ``width`` would run
+    (the caller adds what else must match: calibration, teacher, student, plan)."""
+    return recorded.method == method and bool(recorded.steps) and (recorded.beam or 1) == width
+
+
 def result_from_order_info(plan: Plan, info: OrderInfo) -> SearchResult:
     """A search recorded in a manifest, back as a result (no member is scored again)."""
     if info.method not in CALIBRATED_ORDERS or not info.steps:
@@ -274,3 +281,22 @@ def result_from_order_info(plan: Plan, info: OrderInfo) -> SearchResult:
     cal = info.calibration or {}
     return SearchResult(info.method, info.beam, best, list(info.trace), int(cal.get("evaluated", 0)),
                         {k: v for k, v in cal.items() if k not in ("evaluated", "seconds")}, cal.get("seconds"))
+
+
+def order_cost(plan: Plan, method: str, width: int = 1) -> int:
+    """Members a search scores at most (the progress bar's total)."""
+    if method in ("kl-dp", "auto"):
+        rivals = sum(len(sequential_members(plan, o)) for o in ORDERS) if method == "auto" else 0
+        return dp_cost(plan.num_student_layers, rivals)
+    return search_cost(plan.num_student_layers, width)
+
+
+def search_cost(num_blocks: int, width: int) -> int:
+    """Members a beam search scores at most: the student, then at each depth ``d`` the distinct children
+    of the beam, at most ``min(C(B, d), width * (B - d + 1))`` (greedy: exactly ``B(B+1)/2 + 1``)."""
+    total, frontier = 1, 1
+    for d in range(1, num_blocks + 1):
+        children = min(comb(num_blocks, d), frontier * (num_blocks - d + 1))
+        total += children
+        frontier = min(width, children)
+    return total

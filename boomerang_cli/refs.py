@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -247,7 +248,7 @@ def convert_gguf(gguf: Path, trust_remote_code: bool = False) -> Path:
     if _converted(out):
         return out
     try:
-        import gguf as _gguf  # noqa: F401  (transformers needs it to read GGUF)
+        importlib.import_module("gguf")  # transformers needs it to read GGUF
     except ImportError:
         raise ModelNotFoundError(
             f"{gguf}: reading GGUF needs the gguf package; run: pip install gguf"

@@ -242,3 +242,57 @@ def write_trained_student(
         for extra in extra_files:
             if Path(extra).exists():
                 shutil.copy2(extra, tmp / Path(extra).name)
+
+
+@dataclass
+class StudentRequest:
+    """Everything ``boomerang init-student`` can be asked; defaults are the CLI's (``keep``: explicit
+    kept layers, else the paper's ``keep_first``/``every``/``keep_last`` rule)."""
+
+    teacher: str
+    output: Path | None = None
+    keep: str | None = None
+    keep_first: int = 1
+    every: int = 2
+    keep_last: int = 2
+    dtype: str | None = None
+    max_shard_size: str = "5GB"
+    overwrite: bool = False
+    dry_run: bool = False
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass
+class StudentRun:
+    summary: StudentSummary
+    teacher_ref: ModelRef | None  # None: a dry run planned from a GGUF header, nothing resolved
+
+
+def make_student(req: StudentRequest, progress: Progress = NULL) -> StudentRun:
+    """Check the flags and the output, resolve the teacher, plan and write (or plan: dry run) the student."""
+    from .guard import lock_if
+    from .refs import pending_gguf, resolve
+    from .tensors import parse_dtype
+    from .units import parse_size
+
+    if req.output is None and not req.dry_run:
+        raise BoomerangError("no output directory; pass -o DIR (or --dry-run)")
+    if req.output is not None and not req.dry_run:
+        check_output_dir(req.output, req.overwrite)
+    shard = parse_size(req.max_shard_size)
+    torch_dtype = parse_dtype(req.dtype) if req.dtype else None
+
+    def plan_for(n: int) -> Plan:
+        return Plan.from_flags(n, req.keep, req.keep_first, req.every, req.keep_last)
+
+    gguf = pending_gguf(req.teacher) if req.dry_run else None
+    if gguf is not None:  # a dry run converts nothing: the GGUF header says enough
+        return StudentRun(gguf_dry_run(req.teacher, gguf, plan_for, req.output), None)
+    with lock_if(req.output, not req.dry_run):
+        ref = resolve(req.teacher, allow_pickle=req.allow_pickle, trust_remote_code=req.trust_remote_code)
+        info = ModelInfo.load(ref.path, req.trust_remote_code)
+        summary = init_student(ref, plan_for(info.arch.num_layers), req.output, dtype=torch_dtype,
+                               max_shard_size=shard, overwrite=req.overwrite, dry_run=req.dry_run, teacher=info,
+                               progress=progress)
+    return StudentRun(summary, ref)

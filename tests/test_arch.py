@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from boomerang_cli.arch import (
-    PATTERN_FIELDS, ModelInfo, _period_encode, _prefix_encode, build_arch_map, derived_config, load_config,
+    PATTERN_FIELDS, ModelInfo, _period_encode, _prefix_encode, build_arch_map, derived_config,
 )
 from boomerang_cli.errors import UnsupportedArchitectureError
+from boomerang_cli.model_config import load_config
 from boomerang_cli.tensors import ModelWeights
 
 from .common import ARCHS, TIED_ARCHS, TINY_LAYERS, load, tiny_model_dir

@@ -121,7 +121,9 @@ def test_select_rejects_sizes_outside_student_teacher_range(size):
 
 def test_select_num_is_evenly_spaced_and_distinct():
     cands = fake_candidates([110, 120, 130, 140])
-    sel = lambda n: [p.candidate.num_params for p in select(cands, num=n, student_params=100, teacher_params=150)]
+    def sel(n: int) -> list[int]:
+        return [p.candidate.num_params for p in select(cands, num=n, student_params=100, teacher_params=150)]
+
     # Positions i*(M+1)/(N+1) along student(0) .. members(1..4) .. teacher(5), rounded.
     assert sel(1) == [130]  # 2.5 -> 3
     assert sel(2) == [120, 130]  # 1.67, 3.33 -> 2, 3
@@ -513,7 +515,7 @@ def test_smollm2_family_two_members(tmp_path):
 
 
 def test_default_output_is_next_to_a_local_student(tmp_path):
-    from boomerang_cli.cli.family import default_output
+    from boomerang_cli.family.run import default_output
 
     (tmp_path / "stu").mkdir()
     assert default_output(str(tmp_path / "stu") + "/") == tmp_path / "stu-family"

@@ -33,7 +33,7 @@ def main(
     ),
 ) -> None:
     """boomerang: zero-shot model size interpolation."""
-    from .common import quiet_libraries
+    from .common import quiet_environment
 
-    quiet_libraries()
+    quiet_environment()
 

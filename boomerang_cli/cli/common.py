@@ -9,8 +9,9 @@ import re
 import signal
 import sys
 import threading
+import time
 import warnings
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import typer
 from rich.console import Console
@@ -23,6 +24,7 @@ from rich.text import Text
 
 from .. import jsonio
 from ..errors import BoomerangError
+from ..progress import Task as CoreTask
 from ..units import format_params
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -57,13 +59,18 @@ err_console = Console(file=_Stream("stderr"), markup=False, emoji=False, highlig
 out_console = Console(file=_Stream("stdout"), markup=False, emoji=False, highlight=False)  # type: ignore[arg-type]
 
 
-def quiet_libraries() -> None:
-    """transformers/hub print their own bars and warnings; ours are enough."""
+def quiet_environment() -> None:
+    """What :func:`quiet_libraries` sets without importing anything (``--help`` stays instant)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def quiet_libraries() -> None:
+    """transformers/hub print their own bars and warnings; ours are enough."""
+    quiet_environment()
     try:
         from transformers.utils import logging as tlog
 
@@ -156,22 +163,122 @@ class RichProgressReporter:
     def task(self, description: str, total: float | None, unit: str = "it") -> _RichTask:
         return _RichTask(self.bar, self.bar.add_task(description, total=total, unit=unit, info=""))
 
-    def finish(self, task: _RichTask) -> None:
-        state = next(t for t in self.bar.tasks if t.id == task.id)
+    def finish(self, task: CoreTask) -> None:
+        task_id = cast(_RichTask, task).id
+        state = next(t for t in self.bar.tasks if t.id == task_id)
         if state.total is None:  # open-ended work: what was done is the total
-            self.bar.update(task.id, total=state.completed)
+            self.bar.update(task_id, total=state.completed)
         else:
-            self.bar.update(task.id, completed=state.total)
+            self.bar.update(task_id, completed=state.total)
 
     def stop(self) -> None:
         self.bar.stop()
 
 
+#: Seconds between two plain progress lines when stderr is not a terminal.
+DEFAULT_INTERVAL = 10.0
+
+
+def _duration(seconds: float) -> str:
+    """4m, 1h05m, 35s: an ETA or elapsed time in a log line."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m" if s >= 600 else f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+class _PlainTask:
+    """One task's plain progress lines: at most one per interval, and one when it ends."""
+
+    def __init__(self, out: "PlainProgressReporter", description: str, total: float | None, unit: str) -> None:
+        self.out, self.description, self.total, self.unit = out, description, total, unit
+        self.done = 0.0
+        self.fields: dict[str, object] = {}
+        self.start = self.last = time.monotonic()
+        self.ended = False
+
+    def advance(self, amount: float = 1) -> None:
+        self.done += amount
+        if not self.fields:  # a task that reports fields updates them after advancing: print then
+            self._maybe_print()
+
+    def update(self, **fields: object) -> None:
+        desc = fields.pop("description", None)
+        if desc is not None:
+            self.description = str(desc)
+        self.fields.update(fields)
+        self._maybe_print()
+
+    def _maybe_print(self) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.out.interval:
+            self.last = now
+            self.out.write(self.line(now))
+
+    def line(self, now: float, end: bool = False) -> str:
+        total = self.done if end and self.total is None else self.total
+        if self.unit == "B":
+            amount = f"{_fmt_amount(self.done, 'B')}/{_fmt_amount(total, 'B') if total is not None else '?'}"
+        else:
+            of = f"{total:,.0f}" if total is not None else "?"
+            amount = f"{self.unit} {self.done:,.0f}/{of}" if self.unit == "step" else f"{self.done:,.0f}/{of} {self.unit}"
+        parts = [f"{self.description}: {amount}"]
+        if total:
+            parts.append(f"({100 * self.done / total:.0f}%)")
+        parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.fields.items()]
+        elapsed = now - self.start
+        if end:
+            parts.append(f"done in {_duration(elapsed)}")
+        elif total and self.done:
+            parts.append(f"eta {_duration(elapsed / self.done * max(total - self.done, 0))}")
+        return " ".join(parts)
+
+
+class PlainProgressReporter:
+    """The core's :class:`~boomerang_cli.progress.Progress` as plain lines on stderr, for logs
+    (CI, nohup, SLURM): no bar, no ANSI codes, a line at most every ``interval`` seconds
+    (``BOOMERANG_PROGRESS_INTERVAL``, default 10) and one at the end of each task."""
+
+    def __init__(self, interval: float = DEFAULT_INTERVAL) -> None:
+        self.interval = interval
+
+    def write(self, line: str) -> None:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def task(self, description: str, total: float | None, unit: str = "it") -> _PlainTask:
+        return _PlainTask(self, description, total, unit)
+
+    def finish(self, task: CoreTask) -> None:
+        plain = cast(_PlainTask, task)
+        if not plain.ended:
+            plain.ended = True
+            self.write(plain.line(time.monotonic(), end=True))
+
+    def stop(self) -> None:
+        pass
+
+
+def _interval() -> float:
+    try:
+        value = float(os.environ.get("BOOMERANG_PROGRESS_INTERVAL", DEFAULT_INTERVAL))
+    except ValueError:
+        return DEFAULT_INTERVAL
+    return value if value >= 0 else DEFAULT_INTERVAL
+
+
 @contextlib.contextmanager
-def progress(enabled: bool = True) -> Iterator[RichProgressReporter]:
+def progress(enabled: bool = True) -> Iterator[RichProgressReporter | PlainProgressReporter]:
+    """Progress on stderr: a rich bar on a terminal, plain lines otherwise, nothing when not
+    ``enabled`` (``--json``, ``--quiet``). ``BOOMERANG_PROGRESS=1``/``0`` forces the bar on or off."""
     forced = os.environ.get("BOOMERANG_PROGRESS")
-    show = forced == "1" if forced in {"0", "1"} else enabled and err_console.is_terminal
-    reporter = RichProgressReporter(show)
+    reporter: RichProgressReporter | PlainProgressReporter
+    if forced not in {"0", "1"} and enabled and not err_console.is_terminal:
+        reporter = PlainProgressReporter(_interval())
+    else:
+        reporter = RichProgressReporter(forced == "1" if forced in {"0", "1"} else enabled and err_console.is_terminal)
     try:
         yield reporter
     finally:
@@ -201,11 +308,14 @@ def handle_errors() -> Iterator[None]:
 
     SIGTERM is an interrupt like Ctrl-C while a command runs, so the core's
     cleanup (temporary directories, a rename rolled back) runs for it too.
+    Every command's work runs inside it, so it is also where transformers is quieted:
+    after the flags are parsed, so ``--help`` and flag errors import none of it.
     """
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        quiet_libraries()
         yield
     except BoomerangError as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)

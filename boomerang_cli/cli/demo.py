@@ -11,7 +11,7 @@ from rich.text import Text
 from ..demo import DemoConfig
 from .app import app
 from .common import emit_json, handle_errors, human, out_console, progress
-from .options import Json
+from .options import Json, Quiet
 
 
 @app.command("demo")
@@ -32,6 +32,7 @@ def demo_cmd(
                                       "tokens per calibration sequence."),
     eval_tokens: int = typer.Option(DemoConfig.eval_tokens, "--eval-tokens", help="Held-out tokens for perplexity."),
     json_out: bool = Json,
+    quiet: bool = Quiet,
 ) -> None:
     """Run the whole pipeline on the embedded teacher: distill, family, eval with baselines, plot.
 
@@ -59,7 +60,7 @@ def demo_cmd(
         cfg = DemoConfig(output=output, teacher=teacher, steps=steps, seq_len=seq_len,
                          batch_size=batch_size, recipe=recipe, order=order, calib_samples=calib_samples,
                          calib_seq_len=calib_seq_len, eval_tokens=eval_tokens)
-        with progress(not json_out) as bar:
+        with progress(not (json_out or quiet)) as bar:
             result = run_demo(cfg, bar)
     if json_out:
         emit_json(result.to_json())

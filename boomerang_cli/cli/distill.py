@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -13,13 +14,16 @@ from rich.text import Text
 
 from .app import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress, say
-from ..distill.config import DistillConfig
+from ..distill.config import DistillConfig, DistillResult
 from ..distill.recipes import RECIPES
 from ..units import parse_count
 from .options import (AllowPickle, Bos, Dtype, Every, Json, Keep, KeepFirst, KeepLast, MaxShardSize, Overwrite,
-                      TrustRemoteCode, defaults)
+                      Quiet, TrustRemoteCode, defaults)
 
 D = defaults(DistillConfig)  # every flag's default, read from the config
+#: Config fields set below from flags that are read or renamed first; every other field with a
+#: flag of its own name takes that flag's value as is.
+_BUILT = {"teacher", "student", "output", "data", "tokens", "weights", "compile", "report_to", "shard"}
 
 
 def parse_tokens(text: str) -> int:
@@ -131,6 +135,7 @@ def distill_cmd(
     max_shard_size: str = MaxShardSize,
     overwrite: bool = Overwrite,
     json_out: bool = Json,
+    quiet: bool = Quiet,
     allow_pickle: bool = AllowPickle,
     trust_remote_code: bool = TrustRemoteCode,
 ) -> None:
@@ -139,6 +144,7 @@ def distill_cmd(
     Runs as is on one device; under `torchrun` or `accelerate launch` it trains
     with DDP/FSDP across processes and nodes, rank 0 writing.
     """
+    flags = dict(locals())  # the parsed flags, by name
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if not main_rank:
         err_console.quiet = True
@@ -155,29 +161,26 @@ def distill_cmd(
             raise BoomerangError("--fsdp means --shard student,teacher; pass one of them, not both")
         weights = get_recipe(recipe).loss_weights(0.0 if no_ce else ce_weight, 0.0 if no_kl else kl_weight,
                                                   0.0 if no_cos else cos_weight, temperature)
+        same = {f.name: flags[f.name] for f in dataclasses.fields(DistillConfig) if f.name in flags.keys() - _BUILT}
         cfg = DistillConfig(
-            teacher=teacher, output=output, student=student, keep=keep, keep_first=keep_first, every=every,
-            keep_last=keep_last, data=list(data), text_field=text_field, seq_len=seq_len, bos=bos,
-            batch_size=batch_size, grad_accum=grad_accum, steps=steps,
-            tokens=parse_tokens(tokens) if tokens else None, eval_every=eval_every, eval_blocks=eval_blocks,
-            log_every=log_every, recipe=recipe, freeze_embeddings=freeze_embeddings, lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip,
-            weights=weights, loss_chunk=loss_chunk, device=device, precision=precision,
-            gradient_checkpointing=gradient_checkpointing, compile=compile_, seed=seed, save_every=save_every,
-            checkpoint_dir=checkpoint_dir, resume=resume, keep_checkpoints=keep_checkpoints,
-            report_to=list(report_to), logging_dir=logging_dir, dtype=dtype, max_shard_size=max_shard_size,
-            overwrite=overwrite, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-            shard=["student", "teacher"] if fsdp else ([shard] if shard else []),
+            **same, teacher=teacher, output=output, student=student, data=list(data),
+            tokens=parse_tokens(tokens) if tokens else None, weights=weights, compile=compile_,
+            report_to=list(report_to), shard=["student", "teacher"] if fsdp else ([shard] if shard else []),
         )
         with (lock_if(output, main_rank), lock_if(cfg.ckpt_dir, main_rank),  # one writer per output
-              progress(not json_out and main_rank) as bar):
+              progress(not (json_out or quiet) and main_rank) as bar):
             result = distill(cfg, progress=bar)
         if main_rank:
             remember_warning = record([("teacher", result.teacher), ("student", student), ("output", output)],
                                       student=output, teacher=result.teacher)
             if remember_warning:
                 say(f"warning: {remember_warning}", err_console)
-    if not main_rank:
-        return
+    if main_rank:
+        _render(result, teacher, output, json_out)
+
+
+def _render(result: DistillResult, teacher: str, output: Path, json_out: bool) -> None:
+    """Warnings on stderr; the run as a table, or one JSON object."""
     for w in result.warnings:
         err_console.print(Text("warning: ", style="yellow") + Text(w), highlight=False, emoji=False)
     if json_out:

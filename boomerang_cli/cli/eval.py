@@ -2,46 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, cast
 
 import typer
+from rich.console import JustifyMethod
 from rich.table import Table
 
-from ..calibrate import CalibrationSpec
+from ..calibration import CalibrationSpec
 from ..evaluate.options import EvalOptions
 from ..orders import DEFAULT_BEAM
 from .app import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress, split_list, say
-from .options import AllowPickle, Bos, Json, TrustRemoteCode, defaults
+from .options import AllowPickle, Bos, Json, Quiet, TrustRemoteCode, defaults
 
 D = defaults(EvalOptions)  # every flag's default, read from the options
-
-
-def _targets(targets: List[str]) -> tuple[str, Any]:
-    """``("family", path)`` for one manifest (or the last family built here), else ``("models", refs)``."""
-    from ..errors import BoomerangError
-    from ..manifest import MANIFEST_NAME
-    from ..state import last
-
-    if not targets:
-        recorded = last("family")
-        if recorded is None:
-            raise BoomerangError(
-                "no TARGET given and no `boomerang family` recorded here; pass a family.json (or its "
-                "directory) or model references"
-            )
-        return "family", Path(recorded)
-    manifests = [t for t in targets if (Path(t).expanduser().is_file() and t.endswith(".json"))
-                 or (Path(t).expanduser() / MANIFEST_NAME).is_file()]
-    if manifests:
-        if len(targets) > 1:
-            raise BoomerangError(
-                f"{manifests[0]} is a family manifest; evaluate one family at a time, or give only model references"
-            )
-        return "family", Path(manifests[0]).expanduser()
-    return "models", list(targets)
 
 
 def _fmt(x: Optional[float], digits: int = 3) -> str:
@@ -89,13 +64,13 @@ def eval_cmd(
         None, "--compare-orders", help="Also evaluate every member of these orders in memory (nothing written), "
         "e.g. last-first,first-last,kl-greedy,beam; one line per order on --plot. docs/orders.md."),
     calib_data: List[str] = typer.Option(
-        [], "--calib-data", help="kl-greedy/beam in --compare-orders: calibration text (default: the family's own "
+        [], "--calib-data", help="calibrated orders (kl-greedy, beam, kl-dp, auto) in --compare-orders: calibration text (default: the family's own "
         "calibration, else the train split of --data)."),
     calib_samples: Optional[int] = typer.Option(
-        None, "--calib-samples", help="kl-greedy/beam: calibration sequences (default: the family's, else "
+        None, "--calib-samples", help="calibrated orders: calibration sequences (default: the family's, else "
         f"{CalibrationSpec.samples})."),
     calib_seq_len: Optional[int] = typer.Option(
-        None, "--calib-seq-len", help="kl-greedy/beam: tokens per calibration sequence (default: the family's, "
+        None, "--calib-seq-len", help="calibrated orders: tokens per calibration sequence (default: the family's, "
         f"else {CalibrationSpec.seq_len})."),
     beam: Optional[int] = typer.Option(None, "--beam", help="beam in --compare-orders: its width (default: the "
                                        f"family's, else {DEFAULT_BEAM})."),
@@ -110,6 +85,7 @@ def eval_cmd(
     dtype: str = typer.Option("fp32", "--dtype", help="Compute in fp32 (default), bf16 or fp16."),
     device: str = typer.Option(D["device"], "--device", help="auto (CUDA if available), cuda or cpu."),
     json_out: bool = Json,
+    quiet: bool = Quiet,
     allow_pickle: bool = AllowPickle,
     trust_remote_code: bool = TrustRemoteCode,
 ) -> None:
@@ -119,77 +95,26 @@ def eval_cmd(
     layers compute them once (results are identical to evaluating each member
     on its own; --no-trunk does that).
     """
-    with handle_errors(), contextlib.ExitStack() as hold:
-        from ..errors import BoomerangError
-        from ..evaluate.baselines import METHODS
-        from ..evaluate.lmeval import parse_tasks
-        from ..evaluate.options import EvalOptions
-        from ..evaluate.family import evaluate_family
-        from ..evaluate.plain import evaluate_models
-        from ..guard import lock_if
-        from ..tensors import parse_dtype
+    from ..evaluate.run import EvalRequest
 
-        methods: list[str] = []
-        for b in split_list(baseline):
-            if b == "prune":
-                methods.extend(METHODS)
-            elif b in METHODS:
-                methods.append(b)
-            else:
-                raise BoomerangError(f"unknown --baseline {b!r}; use prune, {' or '.join(METHODS)}")
-        order_list = split_list([compare_orders]) if compare_orders else []
-        if compare_orders is not None and not order_list:
-            raise BoomerangError("--compare-orders is empty; name orders like --compare-orders last-first,kl-greedy")
-        opts = EvalOptions(
+    req = EvalRequest(
+        targets=list(targets or []), dtype=dtype, tasks=tasks, baselines=split_list(baseline),
+        compare_orders=compare_orders, members=members, output=output, plot=plot,
+        options=dict(
             sources=split_list(data) or ["stdlib"], split=split, text_field=text_field, seq_len=seq_len, bos=bos,
             window=window, metric=metric,
-            max_tokens=max_tokens, batch_size=batch_size, dtype=parse_dtype(dtype), device=device,
-            trunk=not no_trunk, perplexity=not no_perplexity, tasks=parse_tasks(tasks), task_dir=task_dir,
+            max_tokens=max_tokens, batch_size=batch_size, device=device, trunk=not no_trunk,
+            perplexity=not no_perplexity, task_dir=task_dir,
             limit=int(limit) if limit is not None and limit >= 1 else limit, num_fewshot=num_fewshot,
-            baselines=list(dict.fromkeys(methods)), calibration_tokens=calibration_tokens,
-            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-            compare_orders=list(dict.fromkeys(order_list)), calib_data=split_list(calib_data),
-            calib_samples=calib_samples, calib_seq_len=calib_seq_len, beam=beam, verify=verify, plot=plot,
-        )
-        opts.check()
-        if task_dir is not None and not opts.tasks:
-            raise BoomerangError("--task-dir adds task files; name the tasks to run with --tasks")
-        if plot is not None:
-            from ..evaluate.plot import require_matplotlib
+            calibration_tokens=calibration_tokens, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+            calib_data=split_list(calib_data), calib_samples=calib_samples, calib_seq_len=calib_seq_len, beam=beam,
+            verify=verify),
+    )
+    with handle_errors():
+        from ..evaluate.run import run_eval
 
-            if plot.suffix.lower() != ".png":
-                raise BoomerangError(f"--plot {plot}: write a .png file")
-            require_matplotlib()  # before minutes of evaluation, not after
-        kind, target = _targets(targets or [])
-        if kind == "models" and members:
-            raise BoomerangError("--members selects members of a family; give a family manifest")
-        if kind == "models" and opts.compare_orders:
-            raise BoomerangError("--compare-orders builds members of a family's teacher and student; give a family manifest")
-        if kind == "family" and output is not None:
-            raise BoomerangError("a family's results go into its manifest; -o is for plain model references")
-        member_list = split_list([members]) if members else None
-        if kind == "family" and members is not None and not member_list:
-            raise BoomerangError("--members is empty; name members like --members member-18L,teacher")
-        # One writer per output: the family's directory (its manifest gets the results) or the results file.
-        from ..evaluate.results import DEFAULT_RESULTS
-        from ..family.open import manifest_file
-
-        hold.enter_context(lock_if(manifest_file(target).parent if kind == "family" else output or Path(DEFAULT_RESULTS)))
-        with progress(not json_out) as bar:
-            if kind == "family":
-                report = evaluate_family(target, opts, member_list, progress=bar)
-            else:
-                report = evaluate_models(target, opts, output, progress=bar)
-        if plot is not None:
-            from ..evaluate.plot import plot_results
-
-            title = (f"family {Path(report.target).parent.name}" if report.kind == "family"
-                     else "models") + f" ({report.dtype})"
-            if report.orders:
-                title += ": patch orders compared"
-            plot_results([r.plot_point(metric) for r in report.rows], plot, title=title,
-                         data_key=report.data["key"] if report.data else None, tasks=report.tasks,
-                         by_layers=bool(report.orders), metric_label=METRIC_LABELS[metric])
+        with progress(not (json_out or quiet)) as bar:
+            report = run_eval(req, bar)
     if json_out:
         out = report.to_json()
         out["plot"] = str(plot) if plot is not None else None
@@ -197,11 +122,9 @@ def eval_cmd(
         return
     _table(report, metric)
     if plot is not None:
-        out_console.print(f"plot: {plot}", highlight=False)
+        say(f"plot: {plot}")
 
 
-METRIC_LABELS = {"ppl": "perplexity", "bits-per-byte": "bits per byte", "word-ppl": "word perplexity",
-                 "byte-ppl": "byte perplexity"}
 METRIC_COLUMNS = {"ppl": "ppl", "bits-per-byte": "bpb", "word-ppl": "word ppl", "byte-ppl": "byte ppl"}
 
 
@@ -218,7 +141,7 @@ def _table(report: Any, metric: str = "ppl") -> None:
     t.add_column("name", no_wrap=True, min_width=max(len(r.name) for r in report.rows))
     for col, just in (("kind", "left"), ("layers", "right"), ("params", "right"), (METRIC_COLUMNS[metric], "right"),
                       ("Δ teacher", "right")):
-        t.add_column(col, justify=just, no_wrap=True)
+        t.add_column(col, justify=cast(JustifyMethod, just), no_wrap=True)
     metric_of: dict[str, str] = {}
     for task in report.tasks:
         names = {p[0] for r in report.rows if task in r.tasks for p in [primary_metric(r.tasks[task])] if p}

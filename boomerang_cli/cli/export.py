@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import typer
+from rich.console import JustifyMethod
 from rich.table import Table
 
 from .app import app
 from .common import emit_json, handle_errors, human, out_console, progress, split_list, say
-from .options import Json, Overwrite
+from .options import Json, Overwrite, Quiet
 
 
 def _family(family: Optional[str]) -> Path:
@@ -41,6 +42,7 @@ def export_cmd(
     no_modelfile: bool = typer.Option(False, "--no-modelfile", help="Do not write an Ollama Modelfile per file."),
     overwrite: bool = Overwrite,
     json_out: bool = Json,
+    quiet: bool = Quiet,
 ) -> None:
     """Write every member of a family as a GGUF file for llama.cpp and Ollama.
 
@@ -56,7 +58,7 @@ def export_cmd(
         member_list = split_list([members]) if members else None
         if members is not None and not member_list:
             raise BoomerangError("--members is empty; name members like --members member-18L,teacher")
-        with lock_if(output), progress(not json_out) as bar:  # one writer per output
+        with lock_if(output), progress(not (json_out or quiet)) as bar:  # one writer per output
             result = export_family(_family(family), output, type_name, member_list, file_format=file_format,
                                    overwrite=overwrite, modelfiles=not no_modelfile, progress=bar)
     if json_out:
@@ -65,7 +67,7 @@ def export_cmd(
     t = Table(title=f"GGUF export of {result.family} ({result.type})")
     for col, just in (("file", "left"), ("layers", "right"), ("params", "right"), ("tied", "left"),
                       ("size", "right"), ("sha256", "left")):
-        t.add_column(col, justify=just, no_wrap=True)
+        t.add_column(col, justify=cast(JustifyMethod, just), no_wrap=True)
     for f in result.files:
         t.add_row(f.path, str(f.num_layers), human(f.num_params), "yes" if f.tied else "no",
                   f"{f.size / 1e6:.1f} MB", f.sha256.removeprefix("sha256:")[:12])

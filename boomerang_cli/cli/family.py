@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional, cast
 
 import typer
+from rich.console import JustifyMethod
 from rich.table import Table
 
-from ..calibrate import CalibrationSpec
+from ..calibration import CalibrationSpec
 from ..orders import DEFAULT_BEAM, DEFAULT_ORDER
 from .app import app
 from .common import emit_json, err_console, handle_errors, out_console, progress, split_list, say
-from .options import AllowPickle, Bos, Dtype, Json, MaxShardSize, Overwrite, TrustRemoteCode
+from .options import AllowPickle, Bos, Dtype, Json, MaxShardSize, Overwrite, Quiet, TrustRemoteCode
+
+if TYPE_CHECKING:
+    from ..family.run import FamilyRun
 
 ORDER_HELP = ("last-first: patch the last blocks first (head from the teacher); first-last: the "
               "first blocks first (embeddings from the teacher); kl-greedy: at each step patch the block "
@@ -21,46 +24,6 @@ ORDER_HELP = ("last-first: patch the last blocks first (head from the teacher); 
               "choices per size; kl-dp: each block scored once from each end, the best member of every size by dynamic "
               "programming (linear cost); auto: per size the lowest-KL member of kl-dp, first-last and last-first. "
               "See docs/orders.md.")
-
-
-def default_output(student_ref: str) -> Path | None:
-    """``<student>-family`` next to a local student directory; None for hub ids and builtins."""
-    p = Path(student_ref).expanduser()
-    if not p.is_dir():
-        return None
-    p = p.resolve()
-    return p.parent / f"{p.name}-family"
-
-
-def _resolve_pair_refs(teacher: Optional[str], student: Optional[str]) -> tuple[str, str]:
-    """Fill in omitted TEACHER/STUDENT: a lone argument or the last step's student, and its teacher."""
-    from ..errors import BoomerangError
-    from ..state import last
-    from ..student import BOOMERANG_JSON, recorded_teacher
-
-    if teacher is not None and student is not None:
-        return teacher, student
-    if teacher is not None:  # one positional: it must be a student that names its teacher
-        student, lone = teacher, True
-    else:
-        student, lone = last("student"), False
-        if student is None:
-            raise BoomerangError(
-                "no TEACHER STUDENT given and no earlier init-student/distill recorded a student here; "
-                "pass TEACHER STUDENT"
-            )
-    recorded = recorded_teacher(student)
-    if recorded is None:
-        if lone:
-            raise BoomerangError(
-                f"one model given ({student}) and it has no {BOOMERANG_JSON}; a lone argument must be a "
-                "student made by init-student/distill, otherwise pass TEACHER STUDENT"
-            )
-        raise BoomerangError(
-            f"the last recorded student {student} has no {BOOMERANG_JSON} naming its teacher; pass TEACHER STUDENT"
-        )
-    return recorded, student
-
 
 @app.command("family")
 def family_cmd(
@@ -96,6 +59,7 @@ def family_cmd(
     overwrite: bool = Overwrite,
     dry_run: bool = typer.Option(False, "--dry-run", help="List every achievable member; write nothing."),
     json_out: bool = Json,
+    quiet: bool = Quiet,
     allow_pickle: bool = AllowPickle,
     trust_remote_code: bool = TrustRemoteCode,
 ) -> None:
@@ -103,78 +67,40 @@ def family_cmd(
 
     Rerunning the same command resumes: members already written and verified are kept.
     """
-    with handle_errors(), contextlib.ExitStack() as hold:
-        from ..calibrate import calibration_for
-        from ..errors import BoomerangError
-        from ..family import (achievable, build_family, calibrated_search, check_order, check_output,
-                              check_selection_args, dry_run_json, open_pair, select)
-        from ..guard import check_disjoint, local_sources, lock_if
-        from ..manifest import OrderInfo
-        from ..orders import order_info
-        from ..plan import Plan
-        from ..refs import refuse_conversion_in_dry_run, resolve
-        from ..state import record
-        from ..tensors import parse_dtype
-        from ..units import parse_size
+    from ..family.run import FamilyRequest
 
-        check_order(order)
-        targets = check_selection_args(sizes, num, all_members, dry_run)
-        shard = parse_size(max_shard_size)
-        torch_dtype = parse_dtype(dtype) if dtype else None
-        kept = Plan.parse_keep(keep) if keep is not None else None
-        teacher, student = _resolve_pair_refs(teacher, student)
-        if dry_run:
-            refuse_conversion_in_dry_run(teacher, "teacher")
-            refuse_conversion_in_dry_run(student, "student")
-        if output is None and not dry_run:
-            output = default_output(student)
-            if output is None:
-                raise BoomerangError(f"student {student} is not a local directory; pass -o DIR for the family")
-        hold.enter_context(lock_if(output, not dry_run))  # one writer per family, held to the end
-        t_ref = resolve(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        s_ref = resolve(student, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        spec = calibration_for(order, split_list(calib_data), student=student, samples=calib_samples,
-                               seq_len=calib_seq_len, beam=beam, bos=bos)
-        pair = open_pair(t_ref, s_ref, keep=kept, force=force, dtype=torch_dtype,
-                         trust_remote_code=trust_remote_code)
-        if spec is not None and output is not None and not dry_run:
-            check_disjoint(output, local_sources(spec.sources))  # the family's own inputs: build_family
-        search, info, reused = None, OrderInfo(method=order), False
-        if spec is not None:
-            if output is not None and not dry_run:
-                check_output(pair, output, order, overwrite)  # before minutes of search
-            with progress(not json_out) as bar:
-                search, reused = calibrated_search(pair, order, spec, beam=beam, device=device,
-                                                   output=None if overwrite else output, progress=bar)
-            info = order_info(search)
-        every = achievable(pair, order, search)
-        middle = [c for c in every if not (c.member.is_student or c.member.is_teacher)]
-        ref_student, ref_teacher = every[0], every[-1]
-        picks = select(middle, sizes=targets, num=num, all_members=all_members,
-                       student_params=ref_student.num_params, teacher_params=ref_teacher.num_params)
-        if dry_run:
-            if json_out:
-                emit_json(dry_run_json(pair, info, every, picks))
-                for note in pair.notes:
-                    err_console.print(f"note: {note}", highlight=False, markup=False, emoji=False)
-            else:
-                _search_line(info, reused)
-                _dry_table(pair, info, every, picks, teacher, student)
-            return
-        assert output is not None
-        with progress(not json_out) as bar:
-            result = build_family(pair, picks, output, order=info, max_shard_size=shard,
-                                  overwrite=overwrite, progress=bar)
-        remember_warning = record([*pair.inputs.items(), ("family", output)], family=result.manifest_path)
-        if remember_warning:
-            say(f"warning: {remember_warning}", err_console)
+    req = FamilyRequest(teacher, student, output, sizes, num, all_members, order, split_list(calib_data),
+                        calib_samples, calib_seq_len, bos, beam, device, keep, force, dtype, max_shard_size,
+                        overwrite, dry_run, allow_pickle, trust_remote_code)
+    with handle_errors():
+        from ..family.run import make_family
+        from ..state import record
+
+        with progress(not (json_out or quiet)) as bar:
+            run = make_family(req, bar)
+        if run.result is not None:
+            remember_warning = record([*run.pair.inputs.items(), ("family", run.result.manifest_path.parent)],
+                                      family=run.result.manifest_path)
+            if remember_warning:
+                say(f"warning: {remember_warning}", err_console)
+    _render(run, json_out)
+
+
+def _render(run: FamilyRun, json_out: bool) -> None:
+    """The family (or the dry run's plan) as a table and a summary, or one JSON object; notes on stderr."""
+    from ..family import dry_run_json
+
     if json_out:
-        emit_json(result.manifest.to_json())
-        for note in result.notes:
+        emit_json(dry_run_json(run.pair, run.order, run.every, run.picks) if run.result is None
+                  else run.result.manifest.to_json())
+        for note in run.pair.notes if run.result is None else run.result.notes:
             err_console.print(f"note: {note}", highlight=False, markup=False, emoji=False)
         return
-    _search_line(info, reused)
-    _result_table(result, ref_student, ref_teacher, teacher, student, info)
+    _search_line(run.order, run.search_reused)
+    if run.result is None:
+        _dry_table(run.pair, run.order, run.every, run.picks, run.teacher, run.student)
+    else:
+        _result_table(run.result, run.ref_student, run.ref_teacher, run.teacher, run.student, run.order)
 
 
 def _blocks(c) -> tuple[str, str]:
@@ -200,7 +126,7 @@ LEGEND = ("blocks: student-layer indices of the plan; emb/head: where embeddings
 def _table(title: str, columns: list[tuple[str, str]]) -> Table:
     t = Table(title=title)
     for i, (col, just) in enumerate(columns):
-        t.add_column(col, justify=just, no_wrap=i == 0)
+        t.add_column(col, justify=cast(JustifyMethod, just), no_wrap=i == 0)
     return t
 
 

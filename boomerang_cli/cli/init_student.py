@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -11,7 +11,7 @@ from rich.table import Table
 from .app import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress, say
 from .options import (AllowPickle, Dtype, Every, Json, Keep, KeepFirst, KeepLast, MaxShardSize,
-                      Overwrite, TrustRemoteCode, require_output)
+                      Overwrite, Quiet, TrustRemoteCode)
 
 
 @app.command("init-student")
@@ -27,43 +27,30 @@ def init_student_cmd(
     overwrite: bool = Overwrite,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write nothing."),
     json_out: bool = Json,
+    quiet: bool = Quiet,
     allow_pickle: bool = AllowPickle,
     trust_remote_code: bool = TrustRemoteCode,
 ) -> None:
     """Prune TEACHER to a student by keeping one layer of every block (SPEC section 2)."""
     with handle_errors():
-        from ..arch import ModelInfo
-        from ..plan import Plan
-        from ..guard import lock_if
-        from ..refs import pending_gguf, resolve
         from ..state import record
-        from ..student import gguf_dry_run, init_student
-        from ..atomic import check_output_dir
-        from ..tensors import parse_dtype
-        from ..units import parse_size
+        from ..student import StudentRequest, make_student
 
-        require_output(output, dry_run)
-        if output is not None and not dry_run:
-            check_output_dir(output, overwrite)
-        shard = parse_size(max_shard_size)
-        torch_dtype = parse_dtype(dtype) if dtype else None
-        gguf = pending_gguf(teacher) if dry_run else None
-        if gguf is not None:  # a dry run converts nothing: the GGUF header says enough
-            summary = gguf_dry_run(teacher, gguf, lambda n: Plan.from_flags(n, keep, keep_first, every, keep_last), output)
-            plan = summary.plan
-        else:
-            with lock_if(output, not dry_run):
-                ref = resolve(teacher, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-                info = ModelInfo.load(ref.path, trust_remote_code)
-                plan = Plan.from_flags(info.arch.num_layers, keep, keep_first, every, keep_last)
-                with progress(not json_out) as bar:
-                    summary = init_student(ref, plan, output, dtype=torch_dtype, max_shard_size=shard,
-                                           overwrite=overwrite, dry_run=dry_run, teacher=info, progress=bar)
-        if not dry_run and output is not None:
-            remember_warning = record([("teacher", ref.path), ("student", output)], student=output,
-                                      teacher=ref.stable_ref)
+        req = StudentRequest(teacher, output, keep, keep_first, every, keep_last, dtype, max_shard_size, overwrite,
+                             dry_run, allow_pickle, trust_remote_code)
+        with progress(not (json_out or quiet)) as bar:
+            run = make_student(req, bar)
+        summary, plan = run.summary, run.summary.plan
+        if not dry_run and output is not None and run.teacher_ref is not None:
+            remember_warning = record([("teacher", run.teacher_ref.path), ("student", output)], student=output,
+                                      teacher=run.teacher_ref.stable_ref)
             if remember_warning:
                 say(f"warning: {remember_warning}", err_console)
+    _render(summary, plan, teacher, output, dry_run, json_out)
+
+
+def _render(summary: Any, plan: Any, teacher: str, output: Optional[Path], dry_run: bool, json_out: bool) -> None:
+    """The plan as a table and a summary line (notes on stderr), or one JSON object."""
     if json_out:
         emit_json(summary.to_json())
         return

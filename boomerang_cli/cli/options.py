@@ -4,30 +4,45 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Mapping
 
 import typer
 
 from ..data import DEFAULT_BOS
-from ..errors import BoomerangError
 from ..plan import Plan
 
 
-def defaults(config: type) -> dict[str, Any]:
+class _Defaults(Mapping[str, Any]):
+    """A config's defaults, each read when a flag asks for it: a factory that needs torch
+    (``EvalOptions.dtype``) runs only on use, so ``--help`` imports no torch."""
+
+    def __init__(self, config: type) -> None:
+        self._fields = {f.name: f for f in dataclasses.fields(config)
+                        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+    def __getitem__(self, name: str) -> Any:
+        f = self._fields[name]
+        if f.default_factory is not dataclasses.MISSING:
+            return f.default_factory()
+        return f.default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+
+def defaults(config: type) -> Mapping[str, Any]:
     """The default of every field of a config dataclass: flags read their defaults from it."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    return out
+    return _Defaults(config)
 
 
 _PAPER = inspect.signature(Plan.from_paper_flags).parameters
 
 Json = typer.Option(False, "--json", help="Print a machine-readable summary on stdout.")
+Quiet = typer.Option(False, "--quiet", "-q", help="No progress on stderr (neither the bar nor, without a terminal, "
+                     "the plain progress lines).")
 Overwrite = typer.Option(False, "--overwrite", help="Replace a non-empty output directory.")
 AllowPickle = typer.Option(False, "--allow-pickle", help="Allow loading pickle checkpoints (pytorch_model.bin); they can run code.")
 TrustRemoteCode = typer.Option(False, "--trust-remote-code", help="Allow running model code from the model's repository.")
@@ -42,8 +57,3 @@ Bos = typer.Option(
     DEFAULT_BOS, "--bos", help="BOS at the start of every packed block: auto (when the tokenizer adds one), always "
     "or never (SPEC section 7).")
 Keep = typer.Option(None, "--keep", help="Explicit kept teacher layers, e.g. 0,2,4,7,9,11 (overrides the paper flags).")
-
-
-def require_output(output: Optional[Path], dry_run: bool) -> None:
-    if output is None and not dry_run:
-        raise BoomerangError("no output directory; pass -o DIR (or --dry-run)")

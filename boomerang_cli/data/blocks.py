@@ -6,9 +6,10 @@ See the package docstring for the packing and BOS rules.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from ..errors import DataError
 from .sources import load_all_documents
@@ -160,6 +161,8 @@ class BlockStream:
             epoch, skip, offset = epoch + 1, 0, 0
 
     def __iter__(self) -> Iterator[Block]:
+        import torch  # here, not at import: flags read DEFAULT_BOS without torch (instant --help)
+
         T = self.seq_len
         buf: list[_Segment] = []
         have = 0  # tokens available in buf from each segment's start
@@ -258,6 +261,8 @@ def iter_blocks(
 
 def collate(blocks: Sequence[Block]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stack blocks into ``(input_ids, labels, mask)`` batches."""
+    import torch
+
     return (torch.stack([b.input_ids for b in blocks]), torch.stack([b.labels for b in blocks]),
             torch.stack([b.mask for b in blocks]))
 

@@ -16,9 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-import torch
-
-from .blocks import IGNORE, Block
+from .blocks import IGNORE, Block  # torch-free until a block is built: flags read WINDOWS without it
 
 WINDOWS = ("packed", "rolling")
 DEFAULT_WINDOW = "packed"
@@ -82,6 +80,8 @@ def document_tokens(tokenizer: Any, text: str) -> tuple[list[int], int]:
 
 def _window(inputs: list[int], targets: list[int], seq_len: int, pad_id: int) -> Block:
     """One window: ``inputs`` (at most ``seq_len``), the last ``len(targets)`` positions scored."""
+    import torch
+
     n, k = len(inputs), len(targets)
     ids = torch.full((seq_len,), pad_id, dtype=torch.long)
     labels = torch.full((seq_len,), IGNORE, dtype=torch.long)

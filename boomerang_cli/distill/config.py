@@ -13,13 +13,10 @@ from ..data import DEFAULT_BOS, SPLIT_RULE, check_bos_policy, check_source
 from ..data.sources import dir_files, split_rule_changed
 from ..errors import BoomerangError, DataError
 from ..guard import check_apart, local_sources
-from ..integrity import files_identity, files_problem, identity_problem, model_identity
 from ..plan import Plan
 from ..atomic import check_output_dir
-from ..tensors import parse_dtype
 from ..units import parse_size
-from . import checkpoint
-from .losses import LossWeights
+from .weights import LossWeights
 from .metrics import MetricSink
 from .recipes import DEFAULT_RECIPE, get_recipe
 
@@ -155,6 +152,9 @@ def validate(cfg: DistillConfig) -> None:
 
     Runs first, so that a typo costs no model loading and leaves nothing on disk.
     """
+    from ..tensors import parse_dtype  # torch behind both: flags read DistillConfig without it
+    from . import checkpoint
+
     for name in ("seq_len", "batch_size", "grad_accum", "log_every", "eval_blocks"):
         if getattr(cfg, name) < 1:
             raise BoomerangError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
@@ -199,6 +199,8 @@ def run_identity(teacher_dir: Path | str | None, teacher_ref: str, student_dir: 
                  plan: Plan, data: Sequence[str] = ()) -> dict[str, Any]:
     """What a checkpoint records of its run beside the flags: teacher and student by content
     (per-file digests, :func:`integrity.model_identity`), the plan, and the local data files."""
+    from ..integrity import files_identity, model_identity  # torch behind it: flags read this module without
+
     return {"teacher": model_identity(teacher_dir) or teacher_ref,
             "student": model_identity(student_dir) if student_dir is not None else "plan",
             "plan": plan.to_json(), "data": files_identity(data_files(data))}
@@ -219,6 +221,8 @@ def data_files(sources: Sequence[str]) -> dict[str, Path]:
 
 def _identity_diffs(recorded: Any, now: dict[str, Any], dirs: dict[str, Any]) -> list[str]:
     """Which of teacher, student, plan and data are not those ``recorded``, each with why."""
+    from ..integrity import files_problem, identity_problem
+
     if not isinstance(recorded, dict):
         return []  # a checkpoint from before identities were recorded
     diffs = []

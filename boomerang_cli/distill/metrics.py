@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,7 @@ class MetricSink:
             if target not in {"tensorboard", "wandb"}:
                 raise BoomerangError(f"--report-to {target!r}: use tensorboard or wandb")
             try:
-                if target == "tensorboard":
-                    from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-                else:
-                    import wandb  # noqa: F401
+                importlib.import_module("torch.utils.tensorboard" if target == "tensorboard" else "wandb")
             except ImportError:
                 raise BoomerangError(f"--report-to {target} needs the {target} package; run: pip install {target}") from None
 

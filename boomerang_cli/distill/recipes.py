@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..errors import BoomerangError
-from .losses import LossWeights
+from .weights import LossWeights
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def check_member_dirs(mpath: Path, manifest: FamilyManifest, names: Sequence[str
     """Results are recorded only for members whose directories are the ones the manifest describes."""
     for name in names:
         if name in ("teacher", "student"):
-            continue  # checked by fingerprint (loader.check_family_models)
+            continue  # checked by fingerprint (family.open.check_family_models)
         problem = member_problem(mpath.parent, manifest.member(name), full)
         if problem is not None:
             raise BoomerangError(f"member {name} of {mpath}: {problem}; rerun `boomerang family` to rewrite it, "
@@ -132,8 +132,8 @@ def evaluate_family(
     if opts.compare_orders:
         t = time.perf_counter()
         for order in opts.compare_orders:
-            members, searches[order] = _order_members(fam, order, opts, progress)
-            for m in members:
+            order_members, searches[order] = _order_members(fam, order, opts, progress)
+            for m in order_members:
                 key = f"order:{order}:{m.name}"
                 stacks[key] = Stack.of_member(m)
                 comp = m.composition(fam.infos)
@@ -196,7 +196,7 @@ def _order_members(fam: _Family, order: str, opts: EvalOptions, progress: Progre
     """
     from ..calibrate import CalibrationSpec, search
     from ..member import sequential_members
-    from ..orders import CALIBRATED_ORDERS, beam_width, order_info, result_from_order_info
+    from ..orders import CALIBRATED_ORDERS, beam_width, order_info, result_from_order_info, reusable
 
     plan = fam.manifest.plan
     if order not in CALIBRATED_ORDERS:
@@ -205,7 +205,7 @@ def _order_members(fam: _Family, order: str, opts: EvalOptions, progress: Progre
     recorded = fam.manifest.order
     width = beam_width(order, opts.beam if opts.beam is not None else recorded.beam)
     asked = bool(opts.calib_data) or opts.calib_samples is not None or opts.calib_seq_len is not None
-    if recorded.method == order and recorded.steps and (recorded.beam or 1) == width and not asked:
+    if reusable(recorded, order, width) and not asked:
         result = result_from_order_info(plan, recorded)
         how = "the family's own search"
     else:
@@ -256,7 +256,7 @@ def _run_tasks(rows: Mapping[str, Row], stacks: Mapping[str, Stack], build: Call
         model = build(stack)
         scores = lmeval.run_tasks(model, tokenizer, opts.tasks, manager, batch_size=opts.batch_size,
                                   limit=opts.limit, num_fewshot=opts.num_fewshot, device=str(device))
-        for t, s in scores.items():
+        for s in scores.values():
             s.setdefault("limit", opts.limit)
             s["evaluated"] = stamp
         rows[key].tasks = scores

@@ -27,7 +27,6 @@ BOOTSTRAP_ITERS = 1000
 
 def _lm_eval() -> Any:
     try:
-        import lm_eval  # noqa: F401
         from lm_eval import evaluator
     except ImportError:
         raise BoomerangError(f"--tasks needs lm-evaluation-harness; run: {INSTALL}") from None

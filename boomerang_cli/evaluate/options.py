@@ -5,23 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..arch import max_positions
 from ..data import DEFAULT_BOS, STDLIB, check_bos_policy
 from ..data.windows import DEFAULT_WINDOW, check_window
 from ..errors import BoomerangError, DataError
-from ..models import resolve_device
 from . import lmeval
-from .baselines import METHODS
+
+if TYPE_CHECKING:  # torch behind them, imported where used: flags read EvalOptions without it
+    import torch
+
+
+def _float32() -> torch.dtype:
+    import torch
+
+    return torch.float32
 
 
 #: What tables and plots show of a perplexity record (--metric): its field in the record.
 METRICS = {"ppl": "ppl", "bits-per-byte": "bits_per_byte", "word-ppl": "word_perplexity",
            "byte-ppl": "byte_perplexity"}
 DEFAULT_METRIC = "ppl"
+METRIC_LABELS = {"ppl": "perplexity", "bits-per-byte": "bits per byte", "word-ppl": "word perplexity",
+                 "byte-ppl": "byte perplexity"}  # how a plot's axis names each
 
 
 @dataclass
@@ -37,7 +43,7 @@ class EvalOptions:
     window: str = DEFAULT_WINDOW  # --window: packed blocks, or lm-eval's rolling windows (data.windows)
     metric: str = DEFAULT_METRIC  # --metric: what tables and plots show (METRICS)
     batch_size: int = 8
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = field(default_factory=_float32)
     device: str = "auto"
     trunk: bool = True
     perplexity: bool = True
@@ -59,6 +65,8 @@ class EvalOptions:
     plot: Path | None = None  # --plot FILE.png: checked against the inputs before any evaluation
 
     def torch_device(self) -> torch.device:
+        from ..models import resolve_device
+
         return resolve_device(self.device)
 
     def check(self) -> None:
@@ -76,6 +84,8 @@ class EvalOptions:
         check_window(self.window)
         if self.metric not in METRICS:
             raise BoomerangError(f"unknown --metric {self.metric!r}; use {', '.join(METRICS)}")
+        from .baselines import METHODS
+
         bad = [m for m in self.baselines if m not in METHODS]
         if bad:
             raise BoomerangError(f"unknown baseline {bad[0]!r}; use prune (= {', '.join(METHODS)}) or one of them")
@@ -187,6 +197,8 @@ class EvalReport:
 
 
 def bounded_seq_len(opts: EvalOptions, config: Any, notes: list[str]) -> int:
+    from ..arch import max_positions
+
     limit = max_positions(config)
     if limit is not None and opts.seq_len > limit:
         notes.append(f"--seq-len {opts.seq_len} is beyond the model's {limit} positions; using {limit}")

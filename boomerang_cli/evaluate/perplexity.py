@@ -154,7 +154,8 @@ def _packed(docs: Iterable[str], tokenizer: Any, seq_len: int, max_tokens: int, 
 def _rolling(docs: Iterable[str], tokenizer: Any, seq_len: int, max_tokens: int) -> tuple[list[Block], TextCount]:
     """lm-eval's rolling windows over each document until ``max_tokens`` tokens are scored (the last
     document cut there)."""
-    prefix, blocks, count, left = prefix_token(tokenizer), [], TextCount(), max_tokens
+    prefix, count, left = prefix_token(tokenizer), TextCount(), max_tokens
+    blocks: list[Block] = []
     pad = getattr(tokenizer, "pad_token_id", None)
     pad_id = int(pad) if pad is not None else eos_id_of(tokenizer)
     for text in docs:

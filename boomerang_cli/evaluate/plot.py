@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,7 +28,7 @@ ORDER_STYLES: dict[str, dict[str, Any]] = {
 
 def require_matplotlib() -> None:
     try:
-        import matplotlib  # noqa: F401
+        importlib.import_module("matplotlib")
     except ImportError:
         raise BoomerangError("--plot needs matplotlib; run: pip install 'boomerang-cli[eval]'") from None
 

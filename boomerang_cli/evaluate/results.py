@@ -56,8 +56,8 @@ def write_family(path: Path, rows: Mapping[str, Row]) -> None:
         elif row.kind == "student":
             manifest.student.metrics = _merge(manifest.student.metrics, row)
         elif row.kind == "member":
-            entry = manifest.member(row.name)
-            entry.metrics = _merge(entry.metrics, row)
+            member = manifest.member(row.name)
+            member.metrics = _merge(member.metrics, row)
         elif row.kind == "order":
             continue  # members of other orders are not part of this family: reported, not recorded
         else:

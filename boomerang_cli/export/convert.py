@@ -29,7 +29,7 @@ class TensorSpec:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (len(self.values),) if self.source is None else self.source.info.shape
+        return (len(self.values or ()),) if self.source is None else self.source.info.shape
 
     @property
     def key(self) -> tuple[Any, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any
 
@@ -39,7 +40,7 @@ def check_type(type_name: str) -> str:
 
 def require_gguf() -> None:
     try:
-        import gguf  # noqa: F401
+        importlib.import_module("gguf")
     except ImportError:
         raise BoomerangError("GGUF export needs the gguf package; run: pip install gguf") from None
 

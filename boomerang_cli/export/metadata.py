@@ -118,7 +118,9 @@ def _hf_tokenizer(writer: Any, directory: Path, n_vocab: int, model_type: str) -
             f"{directory}: no tokenizer the gguf package can convert (byte-level BPE tokenizer.json or "
             "SentencePiece tokenizer.model); give the teacher's tokenizer files"
         )
-    tokens, scores, types = [], [], []
+    tokens: list[Any] = []
+    scores: list[float] = []
+    types: list[Any] = []
     for text, score, ttype in vocab.all_tokens():
         tokens.append(text)
         scores.append(score)

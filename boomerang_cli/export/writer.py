@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -45,6 +46,7 @@ def write_gguf(path: Path, comp: Composition, specs: Sequence[TensorSpec], cache
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
+        assert writer.fout is not None  # opened by write_header_to_file
         out = writer.fout[0]
         writer.write_padding(out, out.tell())
         for c in converted:
@@ -173,7 +175,8 @@ def export_family(
                 task.update(description=f"write {name}")
                 fname = f"{name}.gguf"
                 write_gguf(tmp / fname, comp, specs, cache,
-                           lambda w, c=comp, n=name: write_metadata(w, c, n, type_name, meta), task.advance)
+                           functools.partial(write_metadata, comp=comp, name=name, requested=type_name, meta=meta),
+                           task.advance)
                 mfile = None
                 if modelfiles:
                     mfile = f"{name}.Modelfile"

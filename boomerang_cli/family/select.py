@@ -68,6 +68,11 @@ def achievable(pair: Pair, order: str, search: SearchResult | None = None) -> li
     A calibrated order's members are those its ``search`` chose, one per layer count.
     """
     check_order(order)
+    return order_candidates(pair, order, search)
+
+
+def order_candidates(pair: Pair, order: str, search: SearchResult | None = None) -> list[Candidate]:
+    """:func:`achievable` for an ``order`` already checked."""
     if order in CALIBRATED_ORDERS:
         if search is None or search.method != order:
             raise BoomerangError(f"--order {order} chooses members from calibration data; run its search first")

@@ -12,7 +12,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..compose import Composition, write_model_dir
 from ..errors import BoomerangError, OutputExistsError
@@ -62,7 +62,7 @@ def _clean_stale(output: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
-def _prior_manifest(output: Path, pair: Pair, order: str, overwrite: bool) -> FamilyManifest | None:
+def prior_manifest(output: Path, pair: Pair, order: str, overwrite: bool) -> FamilyManifest | None:
     """The manifest of an earlier run into ``output`` that this run may resume, else None."""
     if output.exists() and not output.is_dir():
         raise OutputExistsError(f"{output} exists and is not a directory; choose another -o")
@@ -103,10 +103,13 @@ def _prior_manifest(output: Path, pair: Pair, order: str, overwrite: bool) -> Fa
     return prior
 
 
-def check_output(pair: Pair, output: Path, order: str, overwrite: bool = False) -> None:
-    """Fail now if ``build_family`` would refuse ``output``: before a calibrated search, not after it."""
+def check_output(pair: Pair, output: Path, order: str, overwrite: bool = False) -> FamilyManifest | None:
+    """Fail now if ``build_family`` would refuse ``output``: before a calibrated search, not after it.
+
+    Returns the manifest a resumed run builds on (None: none, or ``overwrite``).
+    """
     check_order(order)
-    _prior_manifest(Path(output), pair, order, overwrite)
+    return prior_manifest(Path(output), pair, order, overwrite)
 
 
 def build_family(
@@ -134,7 +137,14 @@ def build_family(
         raise BoomerangError(f"order {info.method} needs its search's record (calibrated_search + order_info)")
     if not picks:
         raise BoomerangError("no members chosen; use --sizes, --num or --all")
-    prior = _prior_manifest(output, pair, info.method, overwrite)
+    prior = prior_manifest(output, pair, info.method, overwrite)
+    return write_family(pair, picks, output, info, prior, max_shard_size=max_shard_size, overwrite=overwrite,
+                        progress=progress)
+
+
+def write_family(pair: Pair, picks: Sequence[Pick], output: Path, info: OrderInfo, prior: FamilyManifest | None, *,
+                 max_shard_size: int, overwrite: bool, progress: Progress) -> FamilyResult:
+    """:func:`build_family` once every check has passed and ``prior`` (:func:`prior_manifest`) is read."""
     # Every check passed: from here on the output directory changes.
     if overwrite and output.exists():
         shutil.rmtree(output)
@@ -142,6 +152,29 @@ def build_family(
     _clean_stale(output)
     manifest_path = output / MANIFEST_NAME
 
+    manifest, entries = _fresh_manifest(pair, info, prior, output)
+
+    def save() -> None:
+        manifest.members = sorted(entries.values(), key=lambda e: (e.num_params, e.name))
+        manifest.write(manifest_path)
+
+    save()
+    comps = {p.name: p.candidate.member.composition(pair.models, dtype=pair.dtype) for p in picks}
+    todo, reused = _reuse(picks, pair, comps, entries, output, progress)
+    save()
+    written = _write_members(todo, pair, comps, entries, output, info, max_shard_size, progress, save)
+    manifest.complete = True
+    save()
+    notes = list(pair.notes)
+    for p in picks:
+        if len(p.targets) > 1:
+            notes.append(f"sizes {', '.join(t.label for t in p.targets)} all chose {p.name}; written once")
+    return FamilyResult(manifest, manifest_path, list(picks), written, reused, notes)
+
+
+def _fresh_manifest(pair: Pair, info: OrderInfo, prior: FamilyManifest | None,
+                    output: Path) -> tuple[FamilyManifest, dict[str, MemberEntry]]:
+    """The manifest this run writes, keeping what a prior run of the same family recorded."""
     manifest = FamilyManifest(
         teacher=pair.entry("teacher", True), student=pair.entry("student", True), plan=pair.plan,
         order=info, members=[], forced=pair.forced,
@@ -155,18 +188,18 @@ def build_family(
         manifest.student.metrics = prior.student.metrics
         manifest.baselines = prior.baselines
         entries = {m.name: m for m in prior.members if m.path and (output / m.path).is_dir()}
+    return manifest, entries
 
-    def save() -> None:
-        manifest.members = sorted(entries.values(), key=lambda e: (e.num_params, e.name))
-        manifest.write(manifest_path)
 
-    save()
-    comps = {p.name: p.candidate.member.composition(pair.models, dtype=pair.dtype) for p in picks}
+def _reuse(picks: Sequence[Pick], pair: Pair, comps: dict[str, Composition], entries: dict[str, MemberEntry],
+           output: Path, progress: Progress) -> tuple[list[Pick], list[str]]:
+    """Members a prior run wrote that are the same and verify are kept; the others are to write."""
     todo: list[Pick] = []
     reused: list[str] = []
     check = [p for p in picks if p.name in entries]
-    verify_bytes = sum(sum((output / entries[p.name].path / f).stat().st_size
-                           for f in entries[p.name].files if (output / entries[p.name].path / f).is_file())
+    dirs = {p.name: output / (entries[p.name].path or "") for p in check}  # entries all have a path
+    verify_bytes = sum(sum((dirs[p.name] / f).stat().st_size for f in entries[p.name].files
+                           if (dirs[p.name] / f).is_file())
                        for p in check)
     vtask = progress.task("verifying members", verify_bytes, unit="B") if check else None
     for p in picks:
@@ -175,7 +208,7 @@ def build_family(
         same = (prev is not None and prev.path == p.name and prev.layers == new.layers
                 and prev.embed_from == new.embed_from and prev.head_from == new.head_from
                 and prev.tied == new.tied)
-        if same and verify_member(output / p.name, prev):
+        if same and prev is not None and verify_member(output / p.name, prev):
             prev.targets = prev.targets + [t for t in new.targets if t not in prev.targets]
             reused.append(p.name)
         else:
@@ -186,8 +219,13 @@ def build_family(
                               if prev.path and (output / prev.path / f).is_file()))
     if vtask is not None:
         progress.finish(vtask)
-    save()
+    return todo, reused
 
+
+def _write_members(todo: Sequence[Pick], pair: Pair, comps: dict[str, Composition], entries: dict[str, MemberEntry],
+                   output: Path, info: OrderInfo, max_shard_size: int, progress: Progress,
+                   save: Callable[[], None]) -> list[str]:
+    """Each member to write, atomically, recorded (``save``) as soon as it is in place."""
     total = sum(t.out_nbytes for p in todo for t in comps[p.name].tensors)
     task = progress.task("writing members", total, unit="B")
     written: list[str] = []
@@ -210,13 +248,7 @@ def build_family(
         written.append(p.name)
         save()
     progress.finish(task)
-    manifest.complete = True
-    save()
-    notes = list(pair.notes)
-    for p in picks:
-        if len(p.targets) > 1:
-            notes.append(f"sizes {', '.join(t.label for t in p.targets)} all chose {p.name}; written once")
-    return FamilyResult(manifest, manifest_path, list(picks), written, reused, notes)
+    return written
 
 
 def dry_run_json(pair: Pair, order: str | OrderInfo, cands: Sequence[Candidate], picks: Sequence[Pick]) -> dict[str, Any]:
