@@ -37,6 +37,12 @@ def eos_id_of(tokenizer: Any) -> int:
     return int(eos)
 
 
+def pad_id_of(tokenizer: Any) -> int:
+    """The token padding positions hold (masked, never scored): the tokenizer's pad, else its EOS."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return int(pad) if pad is not None else eos_id_of(tokenizer)
+
+
 def tokenizer_adds_bos(tokenizer: Any) -> bool:
     """Whether this tokenizer puts its BOS in front of a text (so the model expects one)."""
     bos = getattr(tokenizer, "bos_token_id", None)
@@ -133,8 +139,7 @@ class BlockStream:
         self.documents, self.tokenizer, self.seq_len, self.bos_id = documents, tokenizer, seq_len, bos_id
         self.repeat, self.pad_last, self.describe = repeat, pad_last, describe
         self.eos_id = eos_id_of(tokenizer)
-        pad = getattr(tokenizer, "pad_token_id", None)
-        self.pad_id = int(pad) if pad is not None else self.eos_id
+        self.pad_id = pad_id_of(tokenizer)
         self.position = position or StreamPosition()
         self.blocks_emitted = 0
 

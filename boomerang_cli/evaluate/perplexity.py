@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..data import DEFAULT_BOS, IGNORE, Block, BlockStream, block_bos, collate, eos_id_of, load_all_documents
+from ..data import DEFAULT_BOS, IGNORE, Block, BlockStream, block_bos, collate, load_all_documents
+from ..data.blocks import pad_id_of
 from ..data.windows import (DEFAULT_WINDOW, TextCount, check_window, covered_text, document_tokens, prefix_token,
                             rolling_blocks)
 from ..errors import DataError
@@ -156,8 +157,7 @@ def _rolling(docs: Iterable[str], tokenizer: Any, seq_len: int, max_tokens: int)
     document cut there)."""
     prefix, count, left = prefix_token(tokenizer), TextCount(), max_tokens
     blocks: list[Block] = []
-    pad = getattr(tokenizer, "pad_token_id", None)
-    pad_id = int(pad) if pad is not None else eos_id_of(tokenizer)
+    pad_id = pad_id_of(tokenizer)
     for text in docs:
         tokens, skipped = document_tokens(tokenizer, text)
         if len(tokens) > left:
