@@ -20,6 +20,7 @@ from .plan import Plan
 from .progress import NULL, Progress
 from .refs import ModelRef, copy_aux_files
 from .atomic import atomic_dir, check_output_dir
+from .units import DEFAULT_MAX_SHARD
 
 BOOMERANG_JSON = "boomerang.json"
 REFERENCE_JSON = "student_config.json"
@@ -256,7 +257,7 @@ class StudentRequest:
     every: int = 2
     keep_last: int = 2
     dtype: str | None = None
-    max_shard_size: str = "5GB"
+    max_shard_size: str = DEFAULT_MAX_SHARD
     overwrite: bool = False
     dry_run: bool = False
     allow_pickle: bool = False

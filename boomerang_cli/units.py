@@ -14,6 +14,10 @@ COUNT_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10
 _COUNT_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([KMBGT]?)", re.IGNORECASE)
 
 
+#: Largest safetensors shard a written model gets unless --max-shard-size says otherwise (as transformers).
+DEFAULT_MAX_SHARD = "5GB"
+
+
 def parse_count(text: str) -> int | None:
     """``3.5M`` -> 3_500_000 (``_`` separators allowed); None when ``text`` is not a count."""
     m = _COUNT_RE.fullmatch(text.strip().replace("_", ""))

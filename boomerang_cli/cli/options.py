@@ -10,6 +10,7 @@ import typer
 
 from ..data import DEFAULT_BOS
 from ..plan import Plan
+from ..units import DEFAULT_MAX_SHARD
 
 
 class _Defaults(Mapping[str, Any]):
@@ -47,7 +48,7 @@ Overwrite = typer.Option(False, "--overwrite", help="Replace a non-empty output 
 AllowPickle = typer.Option(False, "--allow-pickle", help="Allow loading pickle checkpoints (pytorch_model.bin); they can run code.")
 TrustRemoteCode = typer.Option(False, "--trust-remote-code", help="Allow running model code from the model's repository.")
 Dtype = typer.Option(None, "--dtype", help="Save weights as bf16, fp16 or fp32 (default: as stored).")
-MaxShardSize = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 2GB or 500MB.")
+MaxShardSize = typer.Option(DEFAULT_MAX_SHARD, "--max-shard-size", help="Largest safetensors shard, e.g. 2GB or 500MB.")
 # No typer ``min=``: out-of-range flags reach Plan.from_paper_flags, whose PlanError is
 # the one-line message every bad plan gets (typer's usage box is many lines).
 KeepFirst = typer.Option(_PAPER["keep_first"].default, "--keep-first", help="Paper flag first_layers_to_keep (>= 1).")

@@ -15,7 +15,7 @@ from ..errors import BoomerangError, DataError
 from ..guard import check_apart, local_sources
 from ..plan import Plan
 from ..atomic import check_output_dir
-from ..units import parse_size
+from ..units import DEFAULT_MAX_SHARD, parse_size
 from .weights import LossWeights
 from .metrics import MetricSink
 from .recipes import DEFAULT_RECIPE, get_recipe
@@ -78,7 +78,7 @@ class DistillConfig:
     report_to: list[str] = field(default_factory=list)
     logging_dir: Path | None = None
     dtype: str | None = None  # dtype of the saved student; None: as trained (fp32)
-    max_shard_size: str = "5GB"
+    max_shard_size: str = DEFAULT_MAX_SHARD
     overwrite: bool = False
     allow_pickle: bool = False
     trust_remote_code: bool = False

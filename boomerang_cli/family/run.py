@@ -17,6 +17,7 @@ from ..state import last
 from ..student import BOOMERANG_JSON, recorded_teacher
 from .select import Candidate, Pick
 from .writer import FamilyResult
+from ..units import DEFAULT_MAX_SHARD
 
 
 def default_output(student_ref: str) -> Path | None:
@@ -79,7 +80,7 @@ class FamilyRequest:
     keep: str | None = None
     force: bool = False
     dtype: str | None = None
-    max_shard_size: str = "5GB"
+    max_shard_size: str = DEFAULT_MAX_SHARD
     overwrite: bool = False
     dry_run: bool = False
     allow_pickle: bool = False
