@@ -20,12 +20,17 @@ IGNORE = -100  # label of a position no loss scores
 
 
 
+def tokenize(tokenizer: Any, text: str, **kwargs: Any) -> Any:
+    """The tokenizer's encoding of ``text`` with the model's own special tokens, which a span of a file
+    (:class:`~.sources.TextSpan`) gets only where the file itself starts."""
+    return tokenizer(str(text), add_special_tokens=getattr(text, "starts", True), **kwargs)
+
+
 def encode_document(tokenizer: Any, text: str, eos_id: int) -> list[int]:
-    """A document's tokens with the model's own special tokens, then EOS; a span of a file
-    (:class:`~.sources.TextSpan`) gets them only where the file itself starts or ends."""
-    starts, ends = getattr(text, "starts", True), getattr(text, "ends", True)
-    ids = list(tokenizer(str(text), add_special_tokens=starts)["input_ids"])
-    if ends and (not ids or ids[-1] != eos_id):
+    """A document's tokens (:func:`tokenize`), then EOS where the document (or the file a span is
+    of) ends."""
+    ids = list(tokenize(tokenizer, text)["input_ids"])
+    if getattr(text, "ends", True) and (not ids or ids[-1] != eos_id):
         ids.append(eos_id)
     return ids
 

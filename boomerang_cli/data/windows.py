@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .blocks import IGNORE, Block  # torch-free until a block is built: flags read WINDOWS without it
+from .blocks import IGNORE, Block, tokenize  # torch-free until a block is built: flags read WINDOWS without it
 
 WINDOWS = ("packed", "rolling")
 DEFAULT_WINDOW = "packed"
@@ -44,19 +44,15 @@ def check_window(window: str) -> None:
                         "or rolling (lm-eval's loglikelihood_rolling windows, one document at a time)")
 
 
-def _encoding(tokenizer: Any, text: str) -> Any:
-    return tokenizer(str(text), add_special_tokens=getattr(text, "starts", True), return_offsets_mapping=True)
-
-
 def covered_text(tokenizer: Any, text: str, tokens: int) -> str:
     """The prefix of ``text`` that its first ``tokens`` tokens (as packing encodes it, special tokens
     included) stand for: up to the end of the last of them."""
     if tokens <= 0:
         return ""
     try:
-        offsets = _encoding(tokenizer, text)["offset_mapping"][:tokens]
+        offsets = tokenize(tokenizer, text, return_offsets_mapping=True)["offset_mapping"][:tokens]
     except (NotImplementedError, KeyError, TypeError, ValueError):  # a slow tokenizer has no offsets
-        ids = list(tokenizer(str(text), add_special_tokens=getattr(text, "starts", True))["input_ids"])[:tokens]
+        ids = list(tokenize(tokenizer, text)["input_ids"])[:tokens]
         return str(text)[:len(tokenizer.decode(ids, skip_special_tokens=True))]
     return str(text)[:max((int(end) for _, end in offsets), default=0)]
 
@@ -72,7 +68,7 @@ def document_tokens(tokenizer: Any, text: str) -> tuple[list[int], int]:
     """A document's tokens as lm-eval's ``tok_encode`` gives them, less a leading BOS equal to the prefix
     token (the BOS is context, never a prediction: SPEC section 7; lm-eval scores it, see docs/eval.md),
     and how many leading tokens were left out (0 or 1)."""
-    ids = list(tokenizer(str(text), add_special_tokens=getattr(text, "starts", True))["input_ids"])
+    ids = list(tokenize(tokenizer, text)["input_ids"])
     if ids and ids[0] == getattr(tokenizer, "bos_token_id", None) == prefix_token(tokenizer):
         return ids[1:], 1
     return ids, 0
