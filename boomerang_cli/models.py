@@ -93,6 +93,29 @@ def model_from_composition(comp: Composition, dtype: torch.dtype = torch.float32
     return model.eval()
 
 
+def empty_model(config: Any, trust_remote_code: bool = False) -> Any:
+    """The model of ``config`` with every parameter on the meta device (no memory), buffers real.
+
+    For models whose parameters are others' (a served member, a member trained in
+    ``--mix``): buffers (rotary frequencies, position ids) are computed by the
+    modules themselves from the model's own config and are tiny, so each keeps its own.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=False):
+        return AutoModelForCausalLM.from_config(config, dtype=config.dtype, trust_remote_code=trust_remote_code)
+
+
+def set_parameter(model: torch.nn.Module, key: str, param: torch.nn.Parameter) -> None:
+    """Make ``param`` (the object itself, not a copy) the parameter ``key`` of ``model``."""
+    module_path, _, attr = key.rpartition(".")
+    module = model.get_submodule(module_path) if module_path else model
+    if attr not in module._parameters:
+        raise BoomerangError(f"internal: the model has no parameter {key}")
+    module._parameters[attr] = param
+
+
 def student_from_plan(teacher: ModelInfo, plan: Plan, trust_remote_code: bool = False) -> Any:
     """The student of SPEC section 2 in memory, fp32 (no directory written): the kept teacher layers."""
     comp = compose({"teacher": teacher}, [LayerSource("teacher", k) for k in plan.kept], "teacher", "teacher")

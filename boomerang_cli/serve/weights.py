@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from ..compose import Composition
 from ..errors import BoomerangError
+from ..models import empty_model, set_parameter
 from ..tensors import OutTensor
 
 
@@ -73,34 +74,13 @@ def _digest(value: torch.Tensor) -> str:
     return hashlib.blake2b(flat.view(torch.uint8).numpy().data, digest_size=20).hexdigest()
 
 
-def _empty_model(config: Any, trust_remote_code: bool = False) -> Any:
-    """The model of ``config`` with every parameter on the meta device (no memory), buffers real.
-
-    Buffers (rotary frequencies, position ids) are computed by the modules
-    themselves from the member's config and are tiny, so each member keeps its own.
-    """
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    with init_empty_weights(include_buffers=False):
-        return AutoModelForCausalLM.from_config(config, dtype=config.dtype, trust_remote_code=trust_remote_code)
-
-
-def _set_param(model: nn.Module, key: str, param: nn.Parameter) -> None:
-    module_path, _, attr = key.rpartition(".")
-    module = model.get_submodule(module_path) if module_path else model
-    if attr not in module._parameters:
-        raise BoomerangError(f"internal: the model has no parameter {key}")
-    module._parameters[attr] = param
-
-
 def build_model(comp: Composition, pool: TensorPool, trust_remote_code: bool = False) -> Any:
     """The composed model, in eval mode, every parameter a shared pool tensor (nothing copied)."""
     config = comp.config
     config.dtype = pool.dtype
-    model = _empty_model(config, trust_remote_code)
+    model = empty_model(config, trust_remote_code)
     for t in comp.tensors:
-        _set_param(model, comp.state_dict_key(t.name), pool.get(t))
+        set_parameter(model, comp.state_dict_key(t.name), pool.get(t))
     if comp.tied:  # a tied head is not stored: it is the embedding parameter itself
         out = model.get_output_embeddings()
         if out is not None:
