@@ -102,7 +102,7 @@ def make_batches(teacher_path: Path, seq_len: int, batch: int, n_batches: int) -
             return {"input_ids": ids}
 
     def packed(ds, length=seq_len):
-        blocks = list(BlockStream(lambda: iter(ds), _Tok(), length, pad_last=True))
+        blocks = list(BlockStream(lambda _epoch: iter(ds), _Tok(), length, pad_last=True))
         return [tuple(torch.stack(t) for t in zip(*[(b.input_ids, b.labels, b.mask) for b in blocks[i:i + batch]]))
                 for i in range(0, len(blocks), batch)]
 

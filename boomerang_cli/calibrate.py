@@ -50,15 +50,16 @@ def calibration_for(order: str, sources: Sequence[str], *, student: Path | str, 
     if beam is not None and order != "beam":
         raise BoomerangError("--beam sets the width of --order beam (kl-greedy is a beam of 1); use --order beam")
     check_beam(beam)
-    text_field = "text"
-    if not sources:
-        sources, text_field = distilled_on(student)
+    text_field, weights = "text", None
+    if not sources:  # the student's own text, in the proportions it was distilled on
+        sources, text_field, weights = distilled_on(student)
         if not sources:
             raise BoomerangError(
                 f"--order {order} measures each candidate's KL to the teacher on calibration text; pass "
                 "--calib-data SRC (files, a directory, .jsonl, a hub dataset or stdlib)"
             )
-    spec = CalibrationSpec(tuple(sources), samples=samples, seq_len=seq_len, text_field=text_field, bos=bos)
+    spec = CalibrationSpec(tuple(sources), samples=samples, seq_len=seq_len, text_field=text_field, bos=bos,
+                           weights=tuple(weights) if weights else None)
     spec.check()
     return spec
 
@@ -102,7 +103,8 @@ class KLScorer:
         device = torch.device(device)
         tokenizer = load_tokenizer(models["teacher"].path)
         self.data: EvalData = load_eval_data(list(spec.sources), spec.split, tokenizer, spec.seq_len,
-                                             spec.samples * spec.seq_len, spec.text_field, spec.bos)
+                                             spec.samples * spec.seq_len, spec.text_field, spec.bos,
+                                             weights=spec.weights)
         if loaded is None:
             loaded = {role: load_model(info, dtype, device) for role, info in models.items()}
         self.runners = {role: LayerRunner(m, models[role].arch.layers_path) for role, m in loaded.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .data import DEFAULT_BOS, check_bos_policy
+from .data import DEFAULT_BOS, check_bos_policy, check_weights
 from .errors import DataError
 
 
@@ -19,13 +19,16 @@ class CalibrationSpec:
     split: str = "train"
     text_field: str = "text"
     bos: str = DEFAULT_BOS  # --bos policy (data.block_bos); the search records whether blocks got one
+    #: each source's share (data.mix), as the student was distilled on them; None: one after the other
+    weights: tuple[float, ...] | None = None
 
     #: What a recorded calibration without a field was made with (older manifests: blocks had no BOS).
-    RECORDED_DEFAULTS = {"text_field": "text", "bos_policy": "never"}
+    RECORDED_DEFAULTS = {"text_field": "text", "bos_policy": "never", "weights": None}
 
     def to_json(self) -> dict[str, Any]:
         return {"data": list(self.sources), "split": self.split, "samples": self.samples,
-                "seq_len": self.seq_len, "text_field": self.text_field, "bos_policy": self.bos}
+                "seq_len": self.seq_len, "text_field": self.text_field, "bos_policy": self.bos,
+                "weights": list(self.weights) if self.weights else None}
 
     def check(self) -> None:
         if not self.sources:
@@ -34,6 +37,7 @@ class CalibrationSpec:
         if self.split not in ("train", "validation"):
             raise DataError(f"unknown calibration split {self.split!r}; use train or validation")
         check_bos_policy(self.bos)
+        check_weights(self.sources, self.weights)
 
     def same_as(self, recorded: Mapping[str, Any] | None) -> bool:
         """Whether a manifest's ``order.calibration`` was made with these settings."""

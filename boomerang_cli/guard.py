@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 from .atomic import short_name
+from .data.sources import is_builtin
 from .errors import BoomerangError, OutputExistsError
 
 
@@ -85,7 +86,7 @@ def check_written_file(path: Path | str | None, inputs: Inputs, flag: str) -> No
 def local_sources(sources: Iterable[str]) -> list[tuple[str, Path]]:
     """The data sources that are local files or directories, as inputs for :func:`check_disjoint`."""
     return [("data source", Path(s).expanduser()) for s in sources
-            if s != "stdlib" and not s.startswith("hf:") and Path(s).expanduser().exists()]
+            if not is_builtin(s) and not s.startswith("hf:") and Path(s).expanduser().exists()]
 
 
 def lock_path(output: Path | str) -> Path:

@@ -80,12 +80,14 @@ def recorded_teacher(directory: Path | str) -> str | None:
     return rec.teacher_ref if rec is not None else None
 
 
-def distilled_on(directory: Path | str) -> tuple[list[str], str]:
-    """The data sources (and text field) a student was distilled on, from its boomerang.json; ``[]`` if none."""
+def distilled_on(directory: Path | str) -> tuple[list[str], str, list[float] | None]:
+    """The data sources a student was distilled on, their text field and their weights (``--data-weights``;
+    None: read one after the other), from its boomerang.json; ``[]`` if none."""
     path = Path(directory).expanduser()
     rec = StudentRecord.read(path) if path.is_dir() else None
     config = ((rec.training or {}).get("config") or {}) if rec is not None else {}
-    return list(config.get("data") or []), config.get("text_field") or "text"
+    weights = config.get("data_weights")
+    return list(config.get("data") or []), config.get("text_field") or "text", list(weights) if weights else None
 
 
 def student_plan(directory: Path, num_teacher_layers: int) -> tuple[Plan, StudentRecord | None]:

@@ -137,7 +137,7 @@ def test_packing_keeps_every_token_once(tokenizer):
     texts = [("word " * n).strip() + f" {n}" for n in (1, 7, 30, 2, 55, 13, 4)]
     stream = _stream_tokens(tokenizer, texts)
     T = 16
-    blocks = list(D.BlockStream(lambda: iter(texts), tokenizer, T, pad_last=True))
+    blocks = list(D.BlockStream(lambda _e: iter(texts), tokenizer, T, pad_last=True))
     assert all(b.input_ids.shape == (T,) for b in blocks)
     assert all(bool(b.mask.all()) for b in blocks[:-1])  # only the last block is padded
     inputs = torch.cat([b.input_ids[b.mask] for b in blocks]).tolist()
@@ -152,14 +152,14 @@ def test_packing_keeps_every_token_once(tokenizer):
             assert lab == stream[i + 1]
     assert all((b.labels[~b.mask] == D.IGNORE).all() for b in blocks)
     # Without pad_last the partial block is dropped.
-    full = list(D.BlockStream(lambda: iter(texts), tokenizer, T))
+    full = list(D.BlockStream(lambda _e: iter(texts), tokenizer, T))
     assert len(full) == len(blocks) - (0 if bool(blocks[-1].mask.all()) else 1)
 
 
 def test_stream_resumes_exactly_across_passes(tokenizer):
     texts = [f"alpha beta {i} " * (i % 5 + 1) for i in range(9)]
     T = 8
-    ref = D.BlockStream(lambda: iter(texts), tokenizer, T, repeat=True)
+    ref = D.BlockStream(lambda _e: iter(texts), tokenizer, T, repeat=True)
     it = iter(ref)
     # A reference run of 40 blocks (several passes over the data), and a stream
     # restarted from the position recorded after each cut.
@@ -168,7 +168,7 @@ def test_stream_resumes_exactly_across_passes(tokenizer):
         ref_blocks.append(next(it))
         positions.append(ref.position)
     for cut in (1, 5, 23):
-        resumed = iter(D.BlockStream(lambda: iter(texts), tokenizer, T, repeat=True,
+        resumed = iter(D.BlockStream(lambda _e: iter(texts), tokenizer, T, repeat=True,
                                      position=D.StreamPosition.from_json(positions[cut - 1].to_json())))
         for k in range(cut, 40):
             b = next(resumed)
@@ -179,9 +179,9 @@ def test_stream_resumes_exactly_across_passes(tokenizer):
 
 def test_too_little_data(tokenizer):
     with pytest.raises(DataError, match="only .* tokens"):
-        list(D.BlockStream(lambda: iter(["hi"]), tokenizer, 64, repeat=False))
+        list(D.BlockStream(lambda _e: iter(["hi"]), tokenizer, 64, repeat=False))
     with pytest.raises(DataError, match="no documents"):
-        list(D.BlockStream(lambda: iter([]), tokenizer, 8, repeat=True))
+        list(D.BlockStream(lambda _e: iter([]), tokenizer, 8, repeat=True))
 
 
 def test_iter_blocks_for_evaluation(tmp_path, tokenizer):
@@ -218,7 +218,7 @@ def test_every_block_starts_with_bos_and_labels_are_unchanged(bos_tokenizer):
     texts = [("word " * n).strip() + f" {n}" for n in (1, 7, 30, 2, 55, 13, 4)]
     stream = _stream_tokens(tok, texts)
     T = 16
-    blocks = list(D.BlockStream(lambda: iter(texts), tok, T, pad_last=True, bos_id=bos))
+    blocks = list(D.BlockStream(lambda _e: iter(texts), tok, T, pad_last=True, bos_id=bos))
     assert all(int(b.input_ids[0]) == bos for b in blocks)
     # Inputs without the inserted BOS are the stream; a block starting at a document's own BOS gets no second.
     inserted = [b for b in blocks if int(b.labels[0]) == D.IGNORE]
@@ -226,7 +226,7 @@ def test_every_block_starts_with_bos_and_labels_are_unchanged(bos_tokenizer):
                       for b in blocks]).tolist()
     assert body == stream and 0 < len(inserted) < len(blocks)
     # Labels: exactly those of plain packing (the same stream tokens), none at an inserted BOS.
-    plain = list(D.BlockStream(lambda: iter(texts), tok, T, pad_last=True))
+    plain = list(D.BlockStream(lambda _e: iter(texts), tok, T, pad_last=True))
     got = [int(x) for b in blocks for x in b.labels[b.mask] if int(x) != D.IGNORE]
     want = [int(x) for b in plain for x in b.labels[b.mask] if int(x) != D.IGNORE]
     assert got == want
@@ -236,19 +236,19 @@ def test_every_block_starts_with_bos_and_labels_are_unchanged(bos_tokenizer):
 def test_bos_blocks_resume_and_need_room(bos_tokenizer, tokenizer):
     tok, bos = bos_tokenizer, D.block_bos(bos_tokenizer)
     texts = [f"alpha beta {i} " * (i % 5 + 1) for i in range(9)]
-    ref = D.BlockStream(lambda: iter(texts), tok, 8, repeat=True, bos_id=bos)
+    ref = D.BlockStream(lambda _e: iter(texts), tok, 8, repeat=True, bos_id=bos)
     it = iter(ref)
     blocks, positions = [], []
     for _ in range(30):
         blocks.append(next(it))
         positions.append(ref.position)
-    resumed = iter(D.BlockStream(lambda: iter(texts), tok, 8, repeat=True, bos_id=bos, position=positions[9]))
+    resumed = iter(D.BlockStream(lambda _e: iter(texts), tok, 8, repeat=True, bos_id=bos, position=positions[9]))
     for k in range(10, 30):
         assert torch.equal(next(resumed).input_ids, blocks[k].input_ids)
     with pytest.raises(DataError, match="at least 2"):
-        D.BlockStream(lambda: iter(texts), tok, 1, bos_id=bos)
+        D.BlockStream(lambda _e: iter(texts), tok, 1, bos_id=bos)
     # --bos always on a tokenizer that adds none: its BOS goes in front of every block.
-    forced = list(D.BlockStream(lambda: iter(texts), tokenizer, 8, bos_id=D.block_bos(tokenizer, "always")))
+    forced = list(D.BlockStream(lambda _e: iter(texts), tokenizer, 8, bos_id=D.block_bos(tokenizer, "always")))
     assert all(int(b.input_ids[0]) == tokenizer.bos_token_id for b in forced)
 
 

@@ -3,8 +3,12 @@
 A *source* is what the user passes as ``--data``: a text file or directory
 (``.txt``, ``.md``, ``.py``, ...), a ``.jsonl`` file (one JSON object per line,
 text under ``--text-field``), a ``.parquet`` file (needs pyarrow), a Hugging
-Face dataset id (streamed through ``datasets``, an optional extra), or the
-builtin ``stdlib`` corpus (the running Python's standard library sources).
+Face dataset id (streamed through ``datasets``, an optional extra), or a
+builtin corpus: ``stdlib`` (the running Python's standard library sources)
+and ``stdlib-docs`` (their English: each file's docstrings, split as the file
+is, and pydoc's help topics, split by topic). Several sources are read one
+after the other, or interleaved in set proportions and in a seeded order
+(:mod:`.mix`, ``--data-weights``, ``--shuffle``).
 
 **Split rule** (``SPLIT_RULE`` 2). A document is what the user gave as one: a
 text file, a JSONL/Parquet row, a hub row, a stdlib file. It is never cut into
@@ -56,13 +60,16 @@ from __future__ import annotations
 
 from .blocks import (BOS_POLICIES, DEFAULT_BOS, IGNORE, Block, BlockStream, StreamPosition, block_bos,
                      check_bos_policy, collate, encode_document, eos_id_of, iter_blocks, tokenizer_adds_bos)
-from .sources import (SPLIT_RULE, SPLITS, STDLIB, STDLIB_SKIP_DIRS, check_source, check_text, load_all_documents,
-                      load_documents, public_source, public_sources, split_of, stdlib_files, stdlib_root,
-                      TextSpan, split_text, holdout_start)
+from .mix import SHUFFLE_BUFFER, check_weights, mixed_documents, parse_weights
+from .sources import (BUILTIN_SOURCES, SPLIT_RULE, SPLITS, STDLIB, STDLIB_DOCS, STDLIB_SKIP_DIRS, check_source,
+                      check_text, docstrings, is_builtin, load_all_documents, load_documents, public_source,
+                      public_sources, split_of, stdlib_files, stdlib_root, TextSpan, split_text, holdout_start)
 
 __all__ = [
     "BOS_POLICIES", "DEFAULT_BOS", "IGNORE", "Block", "BlockStream", "StreamPosition", "block_bos",
     "check_bos_policy", "collate", "encode_document", "eos_id_of", "iter_blocks", "tokenizer_adds_bos",
+    "SHUFFLE_BUFFER", "check_weights", "mixed_documents", "parse_weights",
+    "BUILTIN_SOURCES", "STDLIB_DOCS", "docstrings", "is_builtin",
     "SPLIT_RULE", "SPLITS", "TextSpan", "split_text", "holdout_start", "STDLIB", "STDLIB_SKIP_DIRS", "check_source", "check_text", "load_all_documents",
     "load_documents", "public_source", "public_sources", "split_of", "stdlib_files", "stdlib_root",
 ]

@@ -118,7 +118,7 @@ class _Segment:
 class BlockStream:
     """Packed blocks from documents, resumable at any block boundary.
 
-    ``documents()`` is called once per pass over the data; with ``repeat`` the
+    ``documents(epoch)`` is called once per pass over the data; with ``repeat`` the
     stream starts another pass when one ends (training), else the last partial
     block is padded (``pad_last``) or dropped. ``position`` after any block says
     exactly where the next block starts, so a resumed run sees the same blocks.
@@ -126,7 +126,7 @@ class BlockStream:
 
     def __init__(
         self,
-        documents: Callable[[], Iterable[str]],
+        documents: Callable[[int], Iterable[str]],
         tokenizer: Any,
         seq_len: int,
         *,
@@ -152,7 +152,7 @@ class BlockStream:
         epoch, skip, offset = self.position.epoch, self.position.doc, self.position.offset
         while True:
             n_docs = 0
-            for i, text in enumerate(self.documents()):
+            for i, text in enumerate(self.documents(epoch)):
                 n_docs += 1
                 if i < skip:
                     continue
@@ -261,7 +261,7 @@ def iter_blocks(
     so every token of the split is scored once.
     """
     srcs = [sources] if isinstance(sources, str) else list(sources)
-    stream = BlockStream(lambda: load_all_documents(srcs, split, text_field), tokenizer, seq_len,
+    stream = BlockStream(lambda _epoch: load_all_documents(srcs, split, text_field), tokenizer, seq_len,
                          pad_last=pad_last, describe=f"{split} split of {', '.join(srcs)}", bos_id=bos_id)
     for i, block in enumerate(stream):
         if max_blocks is not None and i >= max_blocks:

@@ -5,6 +5,7 @@ See the package docstring for the split rule: rows and stdlib files by key hash,
 
 from __future__ import annotations
 
+import ast
 import codecs
 import hashlib
 import json
@@ -31,8 +32,18 @@ TEXT_SUFFIXES = frozenset({
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
 PARQUET_SUFFIXES = frozenset({".parquet"})
 STDLIB = "stdlib"
+#: The stdlib's English: each file's docstrings as one document (the file's key, so the code's split),
+#: and each of pydoc's help topics (``pydoc_data/topics.py``, keyed by topic) as one.
+STDLIB_DOCS = "stdlib-docs"
+BUILTIN_SOURCES = (STDLIB, STDLIB_DOCS)
+PYDOC_TOPICS = "pydoc_data/topics.py"
 #: Directory names left out of the stdlib corpus (third-party code and test suites).
 STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
+
+
+def is_builtin(source: str) -> bool:
+    """A corpus of the running Python (``stdlib``, ``stdlib-docs``), not a path or a hub id."""
+    return source in BUILTIN_SOURCES
 
 
 def split_rule_changed(sources: Sequence[str]) -> bool:
@@ -40,7 +51,7 @@ def split_rule_changed(sources: Sequence[str]) -> bool:
     stdlib corpus, a JSONL/Parquet file of rows or an ``hf:`` dataset (a text path, or a hub id that
     could name a local directory), so records and checkpoints of rule 1 are not mixed with rule 2's."""
     rows = tuple(JSONL_SUFFIXES | PARQUET_SUFFIXES)
-    return not all(s == STDLIB or s.startswith("hf:") or s.lower().endswith(rows) for s in sources)
+    return not all(is_builtin(s) or s.startswith("hf:") or s.lower().endswith(rows) for s in sources)
 
 
 class TextSpan(str):
@@ -120,6 +131,34 @@ def stdlib_files() -> list[tuple[str, Path]]:
                 p = Path(dirpath) / name
                 out.append((p.relative_to(root).as_posix(), p))
     return sorted(out)
+
+
+def docstrings(text: str) -> str:
+    """A Python file's docstrings (module, classes, functions, in source order), a blank line apart;
+    empty when it has none or does not parse."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return ""
+    nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                                          ast.AsyncFunctionDef))]
+    nodes.sort(key=lambda n: getattr(n, "lineno", 0))
+    return "\n\n".join(d for d in (ast.get_docstring(n) for n in nodes) if d)
+
+
+def _stdlib_docs(split: str) -> Iterator[str]:
+    """``stdlib-docs``: each stdlib file's docstrings, then pydoc's help topics, one document each."""
+    for key, path in stdlib_files():
+        if key != PYDOC_TOPICS and _in_split(key, split):
+            yield docstrings(_read_text(path))
+    topics = stdlib_root() / PYDOC_TOPICS
+    if not topics.is_file():
+        return
+    for node in ast.walk(ast.parse(_read_text(topics))):
+        for k, v in zip(node.keys, node.values) if isinstance(node, ast.Dict) else ():
+            name, text = getattr(k, "value", None), getattr(v, "value", None)
+            if isinstance(name, str) and isinstance(text, str) and _in_split(f"{PYDOC_TOPICS}:{name}", split):
+                yield text
 
 
 def check_text(data: bytes, where: object) -> str:
@@ -264,7 +303,7 @@ def _looks_like_path(source: str) -> bool:
 
 def public_source(source: str) -> str:
     """How a card names a data source: local files by name only (cards get published), others as given."""
-    if source == STDLIB or source.startswith("hf:") or not Path(source).expanduser().exists():
+    if is_builtin(source) or source.startswith("hf:") or not Path(source).expanduser().exists():
         return f"`{source}`"
     return f"a local `{Path(source).expanduser().resolve().name}`"
 
@@ -277,7 +316,7 @@ def public_sources(sources: Sequence[str], split: str | None = None) -> str:
 
 def check_source(source: str) -> None:
     """Fail early, with the fix, on a source that cannot be read (hub sources are checked on use)."""
-    if source == STDLIB or source.startswith("hf:"):
+    if is_builtin(source) or source.startswith("hf:"):
         return
     path = Path(source).expanduser()
     if not path.exists():
@@ -321,6 +360,9 @@ def _documents(source: str, split: str, text_field: str) -> Iterator[str]:
         for key, path in stdlib_files():
             if _in_split(key, split):
                 yield _read_text(path)
+        return
+    if source == STDLIB_DOCS:
+        yield from _stdlib_docs(split)
         return
     path = Path(source).expanduser()
     if not (path.is_file() or path.is_dir()):

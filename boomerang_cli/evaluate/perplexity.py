@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..data import DEFAULT_BOS, IGNORE, Block, BlockStream, block_bos, collate, load_all_documents
+from ..data import DEFAULT_BOS, IGNORE, Block, BlockStream, block_bos, collate, mixed_documents
 from ..data.blocks import pad_id_of
 from ..data.windows import (DEFAULT_WINDOW, TextCount, check_window, covered_text, document_tokens, prefix_token,
                             rolling_blocks)
@@ -140,7 +140,7 @@ def _packed(docs: Iterable[str], tokenizer: Any, seq_len: int, max_tokens: int, 
     """The first blocks of the packed stream, and the text their labels cover: every document the
     stream passed whole, and the prefix of the one it stopped in."""
     seen: list[str] = []
-    stream = BlockStream(lambda: _recorded(docs, seen), tokenizer, seq_len, pad_last=True, describe=describe,
+    stream = BlockStream(lambda _epoch: _recorded(docs, seen), tokenizer, seq_len, pad_last=True, describe=describe,
                          bos_id=bos_id)
     blocks = list(itertools.islice(stream, -(-max_tokens // seq_len)))
     pos, count = stream.position, TextCount()
@@ -181,6 +181,7 @@ def load_eval_data(
     text_field: str = "text",
     bos: str = DEFAULT_BOS,
     window: str = DEFAULT_WINDOW,
+    weights: Sequence[float] | None = None,
 ) -> EvalData:
     """The first ``max_tokens`` tokens of ``split`` of ``sources``, in blocks of ``seq_len``.
 
@@ -188,6 +189,8 @@ def load_eval_data(
     padded when the split runs out), so the count is rounded up to a multiple of
     ``seq_len``; ``bos`` is the ``--bos`` policy (:func:`boomerang_cli.data.block_bos`).
     ``rolling``: lm-eval's windows, document by document, ``max_tokens`` scored tokens.
+    ``weights``: the sources interleaved in those proportions (:func:`~boomerang_cli.data.mixed_documents`,
+    how calibration reads a student's mixed training text), else one after the other.
     """
     if max_tokens < 1:
         raise DataError(f"--max-tokens must be at least 1 (got {max_tokens})")
@@ -195,7 +198,7 @@ def load_eval_data(
         raise DataError("no evaluation data; pass --data (files, a directory, a hub dataset or stdlib)")
     check_window(window)
     key = data_key(sources, split)
-    docs = load_all_documents(list(sources), split, text_field)
+    docs = mixed_documents(list(sources), split, text_field, weights=weights)
     if window == "rolling":
         blocks, count = _rolling(docs, tokenizer, seq_len, max_tokens)
         bos_flag = prefix_token(tokenizer) == getattr(tokenizer, "bos_token_id", None)
