@@ -260,9 +260,17 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
-def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher, corpus, tmp_path):
+#: Plain, and with issue #22's levers: members trained (--mix), two sources interleaved, a shuffled order.
+LEVERS = {"plain": ([], {}),
+          "mix-shuffle-weights": (["--mix", "0.5", "--shuffle", "--data", "stdlib-docs", "--data-weights", "2,1"],
+                                  dict(mix=0.5, shuffle=True, data_weights=[2.0, 1.0]))}
+
+
+@pytest.mark.parametrize("levers", list(LEVERS))
+def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher, corpus, tmp_path, levers):
+    extra_flags, extra = LEVERS[levers]
     flags = ["--data", str(corpus), "--seq-len", "32", "--batch-size", "2", "--steps", "60", "--lr", "3e-3",
-             "--save-every", "3", "--seed", "7"]
+             "--save-every", "3", "--seed", "7", *extra_flags]
     out = tmp_path / "killed"
     ckpt = Path(f"{out}-checkpoints")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -280,7 +288,9 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher, corpus, tmp_p
     killed_at = int((ckpt / "latest").read_text().strip().split("-")[1])
     assert 3 <= killed_at < 60
     # The same command again, with --resume (in this process, to skip another start-up).
-    cfg = dict(steps=60, lr=3e-3, save_every=3, seed=7)
+    cfg = dict(steps=60, lr=3e-3, save_every=3, seed=7, **extra)
+    if levers != "plain":
+        cfg["data"] = [str(corpus), "stdlib-docs"]
     resumed = distill(_cfg(teacher, corpus, out, resume=True, **cfg))
     assert resumed.resumed_from == killed_at
 
@@ -293,6 +303,9 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher, corpus, tmp_p
     rows = _rows(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 61))
     assert [r["loss"] for r in rows] == [r["loss"] for r in _rows(ref / "metrics.jsonl")]
+    if levers != "plain":  # the same members after the resume as without the kill
+        assert {r.get("trained") for r in rows} == {"student", "member"}
+        assert [r["teacher_blocks"] for r in rows] == [r["teacher_blocks"] for r in _rows(ref / "metrics.jsonl")]
 
 
 @pytest.mark.integration

@@ -25,7 +25,9 @@ def _rows(path: Path, split: str) -> list[dict]:
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not hasattr(torch.distributed, "run"),
                     reason="torchrun is not available")
-def test_two_processes_match_one_process(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mix", [None, 0.5], ids=["student", "mix"])
+def test_two_processes_match_one_process(tmp_path, monkeypatch, mix):
+    """With --mix, DDP must also accept steps whose replaced student layers get no gradient."""
     teacher = tiny_model_dir(tmp_path, "llama", layers=6)
     corpus = tmp_path / "corpus.jsonl"
     with open(corpus, "w") as f:
@@ -35,7 +37,7 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch):
     # 2 processes x batch 1 x 2 micro-steps == 1 process x batch 2 x 2 micro-steps: 4 blocks a step.
     flags = ["--data", str(corpus), "--seq-len", str(seq), "--steps", str(steps), "--lr", "3e-3",
              "--grad-accum", "2", "--eval-every", "2", "--eval-blocks", "5", "--save-every", "2",
-             "--keep-checkpoints", "--device", "cpu"]
+             "--keep-checkpoints", "--device", "cpu", *(["--mix", str(mix), "--seed", "1"] if mix else [])]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "BOOMERANG_STATE": str(tmp_path / "state.json")}
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -52,7 +54,7 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch):
         one = tmp_path / "one"
         distill(DistillConfig(teacher=str(teacher), output=one, data=[str(corpus)], seq_len=seq, batch_size=2,
                               grad_accum=2, steps=steps, lr=3e-3, eval_every=2, eval_blocks=5, save_every=2,
-                              keep_checkpoints=True, device="cpu"))
+                              keep_checkpoints=True, device="cpu", mix=mix, seed=1 if mix else 0))
     finally:
         torch.set_num_threads(threads)
 
@@ -63,6 +65,9 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch):
             assert ra["tokens"] == rb["tokens"]
             for k in ("loss", "ce", "kl", "cosine"):
                 assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-7), (split, ra["step"], k)
+            assert ra.get("teacher_blocks") == rb.get("teacher_blocks")
+    if mix:  # both kinds of step ran
+        assert {r["trained"] for r in _rows(two / "metrics.jsonl", "train")} == {"student", "member"}
     # One checkpoint, written once, with the data position both runs agree on.
     state = json.loads((Path(f"{two}-checkpoints") / "step-0000002" / "trainer_state.json").read_text())
     ref = json.loads((Path(f"{one}-checkpoints") / "step-0000002" / "trainer_state.json").read_text())

@@ -23,7 +23,8 @@ from .options import (AllowPickle, Bos, Dtype, Every, Json, Keep, KeepFirst, Kee
 D = defaults(DistillConfig)  # every flag's default, read from the config
 #: Config fields set below from flags that are read or renamed first; every other field with a
 #: flag of its own name takes that flag's value as is.
-_BUILT = {"teacher", "student", "output", "data", "tokens", "weights", "compile", "report_to", "shard"}
+_BUILT = {"teacher", "student", "output", "data", "data_weights", "tokens", "weights", "compile", "report_to",
+          "shard"}
 
 
 def parse_tokens(text: str) -> int:
@@ -85,7 +86,17 @@ def distill_cmd(
     keep: Optional[str] = Keep,
     data: List[str] = typer.Option(
         D["data"], "--data", help="Text files/directories, .jsonl, .parquet, a hub dataset (id, id:config, id@split) "
-        "or 'stdlib' (Python's standard library); repeat to mix."),
+        "or a builtin corpus: 'stdlib' (Python's standard library), 'stdlib-docs' (its docstrings and pydoc's help "
+        "topics); repeat for several, read one after the other unless --data-weights is given."),
+    data_weights: Optional[str] = typer.Option(
+        None, "--data-weights", help="Each --data source's share of the training text, one number per --data "
+        "in order (e.g. 3,1): documents are interleaved to hold those shares (docs/distill.md)."),
+    shuffle: bool = typer.Option(D["shuffle"], "--shuffle/--no-shuffle", help="Read training documents in an "
+        "order drawn from --seed, a new one each pass (default: as the sources list them)."),
+    mix: Optional[float] = typer.Option(
+        None, "--mix", help="Member-aware training: the probability that a step trains a random member (each "
+        "patchable block from the teacher with probability 1/2) instead of the student; only student layers "
+        "learn (default: the recipe's; docs/distill.md)."),
     text_field: str = typer.Option(D["text_field"], "--text-field", help="Field holding the text in .jsonl/.parquet/hub rows."),
     seq_len: int = typer.Option(D["seq_len"], "--seq-len", help="Tokens per packed sequence."),
     bos: str = Bos,
@@ -122,9 +133,9 @@ def distill_cmd(
         "of torchrun/accelerate launch (the same as --shard student,teacher; default: DDP, whole copies)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="What FSDP2 shards: student, teacher or "
         "student,teacher (see docs/distill.md)."),
-    seed: int = typer.Option(D["seed"], "--seed", help="Seed of torch's and Python's RNGs. Nothing in "
-                            "distillation draws from them today (the data is read in order, the student starts from "
-                            "the teacher's layers), so runs that differ only in --seed are identical."),
+    seed: int = typer.Option(D["seed"], "--seed", help="Seed of the document order (--shuffle) and of the "
+                            "members --mix trains. Without those, nothing in distillation is random (the student "
+                            "starts from the teacher's layers), so runs that differ only in --seed are identical."),
     save_every: int = typer.Option(D["save_every"], "--save-every", help="Checkpoint every N steps (0: never)."),
     checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Where checkpoints and live metrics go (default: <output>-checkpoints)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint (start fresh if there is none)."),
@@ -150,6 +161,7 @@ def distill_cmd(
         err_console.quiet = True
     with handle_errors():
         from ..distill import DistillConfig, distill
+        from ..data.mix import parse_weights
         from ..distill.recipes import get_recipe
         from ..guard import lock_if
         from ..state import record
@@ -164,6 +176,7 @@ def distill_cmd(
         same = {f.name: flags[f.name] for f in dataclasses.fields(DistillConfig) if f.name in flags.keys() - _BUILT}
         cfg = DistillConfig(
             **same, teacher=teacher, output=output, student=student, data=list(data),
+            data_weights=parse_weights(data_weights) if data_weights is not None else None,
             tokens=parse_tokens(tokens) if tokens else None, weights=weights, compile=compile_,
             report_to=list(report_to), shard=["student", "teacher"] if fsdp else ([shard] if shard else []),
         )

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..data import DEFAULT_BOS, SPLIT_RULE, check_bos_policy, check_source
+from ..data import DEFAULT_BOS, SPLIT_RULE, check_bos_policy, check_source, check_weights
 from ..data.sources import dir_files, split_rule_changed
 from ..errors import BoomerangError, DataError
 from ..guard import check_apart, local_sources
@@ -18,7 +18,7 @@ from ..atomic import check_output_dir
 from ..units import DEFAULT_MAX_SHARD, parse_size
 from .weights import LossWeights
 from .metrics import MetricSink
-from .recipes import DEFAULT_RECIPE, get_recipe
+from .recipes import DEFAULT_RECIPE, check_mix, get_recipe
 
 #: Config fields a resumed run must share with its checkpoint (they shape the trajectory).
 #: ``batch_size`` and ``grad_accum`` are not among them: only the global batch (their product
@@ -26,7 +26,10 @@ from .recipes import DEFAULT_RECIPE, get_recipe
 TRAJECTORY_FIELDS = (
     "data", "text_field", "seq_len", "seed", "lr", "betas", "eps",
     "weight_decay", "warmup", "grad_clip", "weights", "loss_chunk", "freeze_embeddings", "bos",
+    "data_weights", "shuffle", "mix",
 )
+#: What a checkpoint from before a trajectory field existed was made with (so it still resumes).
+FIELD_DEFAULTS: dict[str, Any] = {"bos": "never", "data_weights": None, "shuffle": False, "mix": 0.0}
 #: Config fields compared only when the checkpoint recorded them (older checkpoints did not).
 RECORDED_FIELDS = ("recipe",)
 
@@ -43,6 +46,9 @@ class DistillConfig:
     every: int = 2
     keep_last: int = 2
     data: list[str] = field(default_factory=lambda: ["stdlib"])
+    #: each source's share of the training text, one weight per --data (data.mix); None: one after the other
+    data_weights: list[float] | None = None
+    shuffle: bool = False  # read training documents in an order drawn from --seed (data.mix)
     text_field: str = "text"
     seq_len: int = 1024
     bos: str = DEFAULT_BOS  # BOS in front of every packed block: auto | always | never (data.block_bos)
@@ -65,6 +71,9 @@ class DistillConfig:
     #: norm still trains), so members are tied when the teacher is; None: freeze exactly
     #: when the teacher ties them (docs/distill.md says why)
     freeze_embeddings: bool | None = None
+    #: probability that a step trains a random member (each patchable block from the teacher with
+    #: probability 1/2, drawn from --seed and the step) instead of the student; None: the recipe's
+    mix: float | None = None
     loss_chunk: int | None = None  # tokens per CE/KL chunk; None: automatic
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto | bf16 | fp32
@@ -96,6 +105,8 @@ class DistillConfig:
             self.weights = r.weights
         if self.freeze_embeddings is None:
             self.freeze_embeddings = r.freeze_embeddings
+        if self.mix is None:
+            self.mix = r.mix
         check_apart(self.output, "-o", self.ckpt_dir, "--checkpoint-dir")  # before either is locked
 
     @property
@@ -176,6 +187,11 @@ def validate(cfg: DistillConfig) -> None:
         raise DataError("no --data given")
     for source in cfg.data:
         check_source(source)
+    check_weights(cfg.data, cfg.data_weights)
+    check_mix(cfg.mix)
+    if cfg.mix and cfg.shard:
+        raise BoomerangError("--mix runs members made of teacher and student layers, which --fsdp/--shard "
+                             "cannot shard; drop --mix, or train without --fsdp/--shard (DDP works)")
     check_apart(cfg.output, "-o", cfg.ckpt_dir, "--checkpoint-dir")
     _check_writable(Path(cfg.output))
     _check_writable(cfg.ckpt_dir)
@@ -253,7 +269,7 @@ def check_resumable(cfg: DistillConfig, state: dict[str, Any], world: int, steps
     """Refuse a resume that would not continue the checkpoint's trajectory, naming what differs:
     flags, steps, and (``identity``, :func:`run_identity`) the plan, and teacher, student and data
     by content (``dirs``: where they are now)."""
-    old = {"bos": "never", **state.get("config", {})}  # checkpoints from before --bos packed without it
+    old = {**FIELD_DEFAULTS, **state.get("config", {})}  # fields a checkpoint predates: how it was made
     new = cfg.to_json()
     if old.get("split_rule", 1) != SPLIT_RULE and split_rule_changed(cfg.data):
         raise BoomerangError(f"cannot resume: this checkpoint read --data under split rule {old.get('split_rule', 1)} "

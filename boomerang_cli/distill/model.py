@@ -17,7 +17,10 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from ..errors import BoomerangError
+from ..member import Member
 from .losses import LogitHead, cosine_sums, head_losses
+from .members import MemberModels
 
 
 class HiddenCapture:
@@ -123,6 +126,9 @@ class DistillStudent(torch.nn.Module):
         # FSDP's auto-wrap policy looks for the decoder-layer classes here.
         self._no_split_modules = getattr(model, "_no_split_modules", None)
         self.num_layers = len(model.get_submodule(layers_path))
+        self.layers_path = layers_path
+        #: members over the pair's parameters, for --mix steps (a plain object, not a submodule)
+        self.members: MemberModels | None = None
         self.ce_weight, self.kl_weight, self.cos_weight = ce_weight, kl_weight, cos_weight
         self.temperature, self.chunk = temperature, chunk
         self.teacher_head = teacher_head
@@ -145,17 +151,15 @@ class DistillStudent(torch.nn.Module):
         teacher_aligned: Sequence[torch.Tensor],
         ce_denom: float,
         tok_denom: float,
+        member: Member | None = None,
     ) -> dict[str, torch.Tensor]:
         """Loss terms over this micro-batch, each a sum divided by the global-batch count.
 
         ``loss`` is the weighted total; ``ce``, ``kl`` and ``cosine`` the
         unweighted terms (``cosine`` averaged over the S+1 pairs), detached.
+        ``member``: train that member (``--mix``, :mod:`.members`) instead of the student.
         """
-        ctx = self.capture.recording() if self.capture else contextlib.nullcontext({})
-        with ctx as states:
-            final = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                          use_cache=False).last_hidden_state
-            states = dict(states)
+        net, final, states, starts = self._run(input_ids, attention_mask, member)
         dev = final.device
         zero = torch.zeros((), device=dev)
         loss, ce, kl, cos = zero, zero, zero, zero
@@ -171,7 +175,7 @@ class DistillStudent(torch.nn.Module):
                 ht = ht[rows] if ht is not None else None
             T = self.temperature
             cd = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else None
-            own = LogitHead.of(self.model)
+            own = LogitHead.of(net)
             head_loss, ce_sum, kl_sum = head_losses(
                 h, lab, own, teacher_hidden=ht, teacher=own if self.teacher_head_is_own else self.teacher_head,
                 ce_coef=self.ce_weight / ce_denom if ce_denom else 0.0,
@@ -181,10 +185,33 @@ class DistillStudent(torch.nn.Module):
             loss = loss + head_loss
             ce = ce_sum / ce_denom if ce_denom else zero
             kl = kl_sum / tok_denom
-        if self.capture is not None:
-            student_hidden = [states[i] for i in range(self.num_layers)] + [final]
+        if self.cos_weight:
+            student_hidden = [states[i] for i in starts] + [final]
             sums = cosine_sums(student_hidden, teacher_aligned, mask if padded else None)
             per_pair = sums / tok_denom
             loss = loss + self.cos_weight * per_pair.mean()
             cos = per_pair.mean().detach()
         return {"loss": loss, "ce": ce.detach(), "kl": kl.detach(), "cosine": cos}
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+             member: Member | None) -> tuple[Any, torch.Tensor, dict[int, torch.Tensor], Sequence[int]]:
+        """The final hidden state of the student (or of ``member``), the hidden states the cosine term
+        aligns (by hidden index) and the index of each block's input among them."""
+        if member is None:
+            net, capture, starts = self.model, self.capture, range(self.num_layers)
+        else:
+            if self.members is None:
+                raise BoomerangError("internal: a member step needs the pair (DistillStudent.members)")
+            built = self.members.build(member)
+            net, starts = built.model, built.block_starts
+            capture = HiddenCapture(net, self.layers_path, starts) if self.cos_weight else None
+        ctx = capture.recording() if capture else contextlib.nullcontext({})
+        try:
+            with ctx as states:
+                final = net.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                       use_cache=False).last_hidden_state
+                states = dict(states)
+        finally:
+            if member is not None and capture is not None:
+                capture.remove()
+        return net, final, states, starts

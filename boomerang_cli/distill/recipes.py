@@ -24,6 +24,7 @@ class Recipe:
     weights: LossWeights
     freeze_embeddings: bool | None
     summary: str
+    mix: float = 0.0  # probability that a step trains a random member instead of the student (--mix)
 
     def loss_weights(self, ce: float | None = None, kl: float | None = None, cosine: float | None = None,
                      temperature: float | None = None) -> LossWeights:
@@ -43,6 +44,12 @@ RECIPES: dict[str, Recipe] = {
     ),
 }
 DEFAULT_RECIPE = "paper"
+
+
+def check_mix(mix: float | None) -> None:
+    """``--mix`` is a probability (None: the recipe's)."""
+    if mix is not None and not 0.0 <= mix <= 1.0:
+        raise BoomerangError(f"--mix must be a probability in [0, 1] (got {mix:g})")
 
 
 def get_recipe(name: str) -> Recipe:

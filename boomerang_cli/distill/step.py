@@ -14,17 +14,20 @@ from typing import Any
 import torch
 
 from ..data import IGNORE, Block, collate
+from ..member import Member
 from ..models import attention_mask
 from . import fsdp
 from .model import Teacher
 
 
 def forward_backward(model: Any, teacher: Teacher, acc: Any, ids: torch.Tensor, labels: torch.Tensor,
-                     mask: torch.Tensor, batch_size: int, grad_accum: int, need_teacher: bool) -> torch.Tensor:
+                     mask: torch.Tensor, batch_size: int, grad_accum: int, need_teacher: bool,
+                     member: Member | None = None) -> torch.Tensor:
     """Forward and backward of this process's share of one global batch ``(ids, labels, mask)``.
 
     Returns ``[loss, ce, kl, cosine]`` of the whole global batch (summed over
     processes); gradients are left in the parameters for the optimizer step.
+    ``member``: the step trains that member instead of the student (``--mix``).
     """
     rank, world = acc.process_index, acc.num_processes
     device = acc.device
@@ -36,7 +39,7 @@ def forward_backward(model: Any, teacher: Teacher, acc: Any, ids: torch.Tensor, 
         x, y, msk = (t[lo:lo + batch_size].to(device) for t in (ids, labels, mask))
         sync = m == grad_accum - 1
         with contextlib.nullcontext() if sync else acc.no_sync(model):
-            out = _micro_batch(model, teacher, acc, x, y, msk, ce_denom, tok_denom, need_teacher)
+            out = _micro_batch(model, teacher, acc, x, y, msk, ce_denom, tok_denom, need_teacher, member)
             # DDP/FSDP average gradients over processes; our terms are already
             # global means split into per-process sums, so undo the average.
             acc.backward(out["loss"] * world)
@@ -48,7 +51,8 @@ def forward_backward(model: Any, teacher: Teacher, acc: Any, ids: torch.Tensor, 
 
 
 def _micro_batch(model: Any, teacher: Teacher, acc: Any, x: torch.Tensor, y: torch.Tensor, msk: torch.Tensor,
-                 ce_denom: int, tok_denom: int, need_teacher: bool) -> dict[str, torch.Tensor]:
+                 ce_denom: int, tok_denom: int, need_teacher: bool,
+                 member: Member | None = None) -> dict[str, torch.Tensor]:
     """Teacher forward (if a term needs it), then the student's forward and loss, on one micro-batch."""
     attn = attention_mask(msk)
     t_out = None
@@ -56,8 +60,9 @@ def _micro_batch(model: Any, teacher: Teacher, acc: Any, x: torch.Tensor, y: tor
         with acc.autocast():
             t_out = teacher(x, attn)
     with fsdp.teacher_head(teacher, model):  # a sharded teacher's head, gathered for KL
+        extra = {"member": member} if member is not None else {}  # the student's call unchanged
         return model(x, y, msk, attn, t_out.final if t_out else None, t_out.aligned if t_out else [],
-                     ce_denom, tok_denom)
+                     ce_denom, tok_denom, **extra)
 
 
 def _terms(out: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -30,7 +30,7 @@ import torch
 
 from .. import __version__
 from ..arch import ModelInfo, max_positions
-from ..data import Block, BlockStream, StreamPosition, block_bos, collate, iter_blocks, load_all_documents
+from ..data import Block, BlockStream, StreamPosition, block_bos, collate, iter_blocks, mixed_documents
 from ..errors import BoomerangError, PairMismatchError, TrainingDivergedError
 from ..guard import check_disjoint, local_sources
 from ..models import load_tokenizer
@@ -40,6 +40,8 @@ from ..progress import NULL, Progress
 from ..refs import ModelRef, resolve
 from . import checkpoint, fsdp, sharded_checkpoint, sharded_load
 from .config import DistillConfig, DistillResult, check_resumable, run_identity, validate
+from .members import MemberDraw, MemberModels
+from .members import describe as describe_member
 from .metrics import METRICS, MetricSink
 from .model import DistillStudent, Teacher
 from .output import write_student
@@ -59,12 +61,15 @@ def _accelerator(cfg: DistillConfig):
     bf16_ok = not cpu and torch.cuda.is_bf16_supported()
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_ok)
     from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DistributedDataParallelKwargs
 
     # Accelerate keeps its settings in process-wide singletons; a second run in one
     # process (library use, tests) may ask for other ones. The process group stays.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no"), bf16
+    # --mix: a member step leaves the student layers it replaced without gradients; DDP must expect that.
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.mix else []
+    return Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no", kwargs_handlers=handlers), bf16
 
 def open_models(cfg: DistillConfig) -> tuple[ModelRef, ModelInfo, Plan, Pair | None]:
     """The teacher, the plan, and with ``--student`` the pair, checked as ``family`` checks it
@@ -163,6 +168,8 @@ class _Run:
     scheduler: Any = field(init=False)
     frozen: bool = field(init=False)
     need_teacher: bool = field(init=False)
+    student_info: ModelInfo | None = field(init=False)  # a --student directory's; None: made from the plan
+    draw: MemberDraw = field(init=False)  # which member each step trains (--mix), or the student
 
     @property
     def is_main(self) -> bool:
@@ -170,7 +177,12 @@ class _Run:
 
     def train_stream(self, position: StreamPosition | None = None, repeat: bool = True) -> BlockStream:
         cfg = self.cfg
-        return BlockStream(lambda: load_all_documents(cfg.data, "train", cfg.text_field), self.tokenizer, cfg.seq_len,
+
+        def documents(epoch: int) -> Any:
+            return mixed_documents(cfg.data, "train", cfg.text_field, weights=cfg.data_weights,
+                                   seed=cfg.seed if cfg.shuffle else None, epoch=epoch)
+
+        return BlockStream(documents, self.tokenizer, cfg.seq_len,
                            repeat=repeat, pad_last=not repeat, position=position,
                            describe=f"training split of {', '.join(cfg.data)}", bos_id=self.bos_id)
 
@@ -239,6 +251,8 @@ def _setup_inputs(run: _Run) -> None:
         _on_main(run.acc, lambda: open_models(cfg))
     run.t_ref, run.t_info, run.plan, pair = open_models(cfg)
     run.student_dir = Path(pair.student_ref.path) if pair is not None else None
+    run.student_info = pair.student if pair is not None else None
+    run.draw = MemberDraw(cfg.mix, cfg.seed, run.plan)
     run.warnings = (list(pair.warnings) if pair is not None else []) + run.sharding.warnings
     inputs = [("teacher", run.t_ref.path), ("student", run.student_dir), *local_sources(cfg.data)]
     check_disjoint(cfg.output, inputs)
@@ -287,6 +301,9 @@ def _setup_models(run: _Run) -> None:
     model = DistillStudent(student_model, layers_path, ce_weight=w.ce, kl_weight=w.kl, cos_weight=w.cosine,
                            temperature=w.temperature, teacher_head=run.teacher.head if w.kl else None,
                            chunk=cfg.loss_chunk)
+    if cfg.mix:
+        model.members = MemberModels.of_pair(student_model, run.teacher_model, run.t_info, run.student_info,
+                                             run.plan, cfg.gradient_checkpointing, cfg.trust_remote_code)
     if cfg.compile:
         for layer in student_model.get_submodule(layers_path):
             layer.forward = torch.compile(layer.forward)
@@ -339,8 +356,9 @@ def _train(run: _Run, loop: _Loop, progress: Progress) -> None:
         t0 = time.time()
         ids, labels, mask = collate([next(blocks_iter) for _ in range(run.global_blocks)])
         tok_denom = int(mask.sum())
+        member = run.draw.at(step)
         totals = forward_backward(model, run.teacher, acc, ids, labels, mask, cfg.batch_size, cfg.grad_accum,
-                                  run.need_teacher)
+                                  run.need_teacher, member)
         loss, ce, kl, cos = (float(v) for v in totals)
         if not math.isfinite(loss):
             raise _diverged(f"the loss became {loss}", step, loop.last_good, cfg)
@@ -362,9 +380,10 @@ def _train(run: _Run, loop: _Loop, progress: Progress) -> None:
         task.advance(1)
         task.update(loss=loss, ce=ce, kl=kl, cos=cos, tok_s=f"{tok_denom / dt:,.0f}")
         if done % cfg.log_every == 0 or done == steps:
+            trained = describe_member(member, run.plan) if cfg.mix else {}
             loop.sink.log({"step": done, "split": "train", "tokens": loop.tokens_seen, **loop.final, "lr": lr,
                            "grad_norm": grad_norm, "tokens_per_s": tok_denom / dt,
-                           "elapsed_s": round(time.time() - run.t_start, 3)})
+                           "elapsed_s": round(time.time() - run.t_start, 3), **trained})
         if run.val_blocks and (done % cfg.eval_every == 0 or done == steps):
             loop.last_eval = evaluate(model, run.teacher, acc, run.val_blocks, cfg.batch_size, run.need_teacher)
             loop.sink.log({"step": done, "split": "validation", "tokens": loop.tokens_seen, **loop.last_eval})
