@@ -3,10 +3,12 @@
 init-student + distill (one stage: the student is initialized in memory and
 trained with the ``short`` recipe, embeddings frozen so members stay tied),
 family (all members of the ``auto`` order, calibrated on the training text),
-eval with the ShortGPT baseline, the plot, and a summary judged as a user
-would: every member's saved size lies between student and teacher,
-perplexity never increases as members grow, and every member beats ShortGPT
-pruning at equal parameter count (:mod:`boomerang_cli.evaluate.score`).
+eval with the ShortGPT baseline on two held-out domains, a plot for each, and
+a summary judged as a user would: every member's saved size lies between
+student and teacher, perplexity never increases as members grow, and every
+member beats ShortGPT pruning at equal parameter count
+(:mod:`boomerang_cli.evaluate.score`), on the held-out code of the training
+corpus *and* on English prose no run trains on (:data:`DEFAULT_PROSE`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .distill.weights import LossWeights
 from .errors import BoomerangError
 from .evaluate.score import family_order, score_family
 from .progress import NULL, Progress
@@ -26,30 +29,81 @@ STAGES = ("distill", "family", "eval")
 DEMO_JSON = "demo.json"
 
 
+#: English prose the demo is judged on beside the held-out code: the GPL-3 text Debian's base-files
+#: ships, in no training corpus of the demo (stdlib code and docstrings). All of it, one document.
+DEFAULT_PROSE = "/usr/share/common-licenses/GPL-3"
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Held-out text a family is judged on: a name for checks and plots, the sources and their split."""
+
+    name: str
+    sources: tuple[str, ...]
+    split: str
+
+    @property
+    def plot_name(self) -> str:
+        return "family.png" if self.name == "code" else f"family-{self.name}.png"
+
+
 @dataclass
 class DemoConfig:
-    """A small default budget: 40 steps of 8 x 128 tokens, 4096 held-out tokens."""
+    """A small default budget: 40 steps of 8 x 128 tokens, 4096 held-out tokens of each domain."""
 
     output: Path
     teacher: str = DEFAULT_TEACHER
-    data: str = "stdlib"
+    data: tuple[str, ...] = ("stdlib",)  # the training text
+    data_weights: tuple[float, ...] | None = None  # each source's share (distill --data-weights)
+    shuffle: bool = False  # distill --shuffle (the order drawn from seed)
     steps: int = 40
     seq_len: int = 128
     batch_size: int = 8
     recipe: str = "short"  # the sweep's winner at this budget (docs/results.md)
+    mix: float | None = None  # distill --mix; None: the recipe's
+    lr: float | None = None  # None: the recipe's (as are warmup and weights)
+    warmup: float | None = None
+    weights: LossWeights | None = None
     order: str = "auto"  # per size the lowest-KL member of kl-dp, first-last and last-first
     calib_samples: int = 4  # calibration sequences for the order (train split of the data): 512 tokens
     calib_seq_len: int = 128
+    eval_data: str = "stdlib"  # the code domain: its held-out (validation) split
+    prose_data: str | None = DEFAULT_PROSE  # the second domain (all of it); None: judge on code only
     eval_tokens: int = 4096
     eval_seq_len: int = 256
     calibration_tokens: int = 2048  # ShortGPT's block influence
     baselines: tuple[str, ...] = ("shortgpt",)
     seed: int = 0
 
+    def domains(self) -> list[Domain]:
+        """Code (held-out split of ``eval_data``), then prose (all of ``prose_data``) when given."""
+        out = [Domain("code", (self.eval_data,), "validation")]
+        if self.prose_data:
+            out.append(Domain("prose", (self.prose_data,), "all"))
+        return out
+
+    def check(self) -> None:
+        """Every setting that needs no model, before any work (one line naming the flag, exit 2)."""
+        from .calibration import check_sizes
+        from .data import check_weights
+        from .distill.recipes import check_mix, get_recipe
+        from .orders import check_order
+
+        for name in ("steps", "seq_len", "batch_size", "eval_tokens"):
+            if getattr(self, name) < 1:
+                raise BoomerangError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        get_recipe(self.recipe)
+        check_order(self.order)
+        check_sizes(self.calib_samples, self.calib_seq_len)
+        check_weights(self.data, self.data_weights)
+        check_mix(self.mix)
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["output"] = str(self.output)
-        d["baselines"] = list(self.baselines)
+        for key in ("baselines", "data", "data_weights"):
+            d[key] = list(d[key]) if d[key] is not None else None
+        d["weights"] = self.weights.to_json() if self.weights else None
         return d
 
 
@@ -68,12 +122,14 @@ class DemoResult:
     student: str
     family: str
     manifest: str
-    plot: str
+    plot: str  # the code domain's plot
     stages: dict[str, str]  # stage -> "ran" | "resumed" | "skipped (done)"
     seconds: dict[str, float]
-    rows: list[dict[str, Any]]
-    checks: list[Check] = field(default_factory=list)
+    rows: list[dict[str, Any]]  # the code domain's rows
+    checks: list[Check] = field(default_factory=list)  # the code domain's, then each other domain's, prefixed
     distill: dict[str, Any] | None = None
+    domains: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # rows of every domain, by name
+    plots: dict[str, str] = field(default_factory=dict)  # plot of every domain, by name
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -114,74 +170,119 @@ def run_demo(cfg: DemoConfig, progress: Progress = NULL) -> DemoResult:
     """Run (or resume) every stage into ``cfg.output``."""
     import time
 
-    from .distill import DistillConfig, distill
-    from .evaluate.plot import plot_results, require_matplotlib
-    from .evaluate.family import evaluate_family
-    from .evaluate.options import EvalOptions
-    from .family.run import FamilyRequest, make_family
-    from .orders import CALIBRATED_ORDERS
+    from .evaluate.plot import require_matplotlib
     from .refs import resolve
     from .state import record
 
     require_matplotlib()
+    cfg.check()
+    domains = _check_domains(cfg)
     out = Path(cfg.output).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    student, ckpt, fam_dir = out / "student", out / "student-checkpoints", out / "family"
-    manifest, plot = fam_dir / "family.json", out / "family.png"
+    student, fam_dir = out / "student", out / "family"
+    manifest = fam_dir / "family.json"
     stages: dict[str, str] = {}
     seconds: dict[str, float] = {}
-    teacher = resolve(cfg.teacher)
+    teacher = resolve(cfg.teacher).ref
 
     t0 = time.perf_counter()
-    distill_summary = None
-    if _trained(student):
-        stages["distill"] = "skipped (done)"
-    else:
-        resume = ckpt.is_dir() and any(ckpt.glob("step-*"))
-        dcfg = DistillConfig(
-            teacher=teacher.ref, output=student, data=[cfg.data], seq_len=cfg.seq_len,
-            batch_size=cfg.batch_size, steps=cfg.steps, recipe=cfg.recipe, seed=cfg.seed,
-            save_every=max(cfg.steps // 6, 1), checkpoint_dir=ckpt, resume=resume, eval_every=0,
-            overwrite=student.exists() and not _trained(student),
-        )
-        distill_summary = distill(dcfg, progress).to_json()
-        stages["distill"] = "resumed" if resume else "ran"
+    stages["distill"], distill_summary = _distill_stage(cfg, teacher, student, out / "student-checkpoints", progress)
     seconds["distill"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    # Every member; a calibrated order on the training split of the distillation text, its search
-    # reused from the manifest on a rerun.
-    calib = (cfg.data,) if cfg.order in CALIBRATED_ORDERS else ()
-    fam = make_family(FamilyRequest(teacher.ref, str(student), fam_dir, all_members=True, order=cfg.order,
-                                    calib_data=calib, calib_samples=cfg.calib_samples,
-                                    calib_seq_len=cfg.calib_seq_len), progress)
-    assert fam.result is not None  # not a dry run
-    stages["family"] = "ran" if fam.result.written else "skipped (done)"
+    stages["family"] = _family_stage(cfg, teacher, student, fam_dir, progress)
     seconds["family"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     summary_path = out / DEMO_JSON
+    plots = {d.name: out / d.plot_name for d in domains}
     previous = _previous(summary_path, cfg)
-    if previous is not None and stages["distill"] != "ran" and stages["family"] != "ran" and plot.exists():
-        rows = previous["rows"]
+    if (previous is not None and "ran" not in (stages["distill"], stages["family"])
+            and all(p.exists() for p in plots.values()) and set(previous.get("domains") or {}) == set(plots)):
+        by_domain = previous["domains"]
         stages["eval"] = "skipped (done)"
     else:
-        opts = EvalOptions(sources=[cfg.data], max_tokens=cfg.eval_tokens, seq_len=cfg.eval_seq_len,
-                           baselines=list(cfg.baselines), calibration_tokens=cfg.calibration_tokens)
-        report = evaluate_family(manifest, opts, progress=progress)
-        rows = [r.plot_point() | {"num_layers": r.num_layers} for r in report.rows]
-        plot_results([r.plot_point() for r in report.rows], plot,
-                     title=f"{Path(teacher.ref).name} boomerang family ({cfg.steps} distill steps, {cfg.order})",
-                     data_key=report.data["key"] if report.data else None)
+        by_domain = {d.name: _eval_domain(cfg, d, manifest, plots[d.name], teacher, progress) for d in domains}
         stages["eval"] = "ran"
     seconds["eval"] = time.perf_counter() - t0
     record(student=student, family=manifest)
-    if not rows:
+    if not all(by_domain.values()):
         raise BoomerangError("evaluation produced no results")
-    result = DemoResult(str(out), str(student), str(fam_dir), str(manifest), str(plot), stages, seconds,
-                        rows, paper_checks(rows, cfg.baselines), distill_summary)
+    checks = [c for d in domains for c in _named(paper_checks(by_domain[d.name], cfg.baselines), d, domains)]
+    result = DemoResult(str(out), str(student), str(fam_dir), str(manifest), str(plots["code"]), stages, seconds,
+                        by_domain["code"], checks, distill_summary, by_domain,
+                        {k: str(v) for k, v in plots.items()})
     atomic_write_text(summary_path, json.dumps({"config": cfg.to_json(), "result": result.to_json()}, indent=2) + "\n")
     return result
+
+
+def _check_domains(cfg: DemoConfig) -> list[Domain]:
+    """The domains to judge on; a prose text that is missing is refused before any work."""
+    from .data import check_source
+
+    for d in cfg.domains():
+        for source in d.sources:
+            if d.name == "prose" and not Path(source).expanduser().exists():
+                raise BoomerangError(f"--prose-data {source}: no such file; pass an English text file to judge "
+                                     "the family on beside code, or --no-prose to judge on code only")
+            check_source(source)
+    return cfg.domains()
+
+
+def _named(checks: list[Check], domain: Domain, domains: list[Domain]) -> list[Check]:
+    """A domain's checks, named after it when there are several (the code domain's keep their names)."""
+    if domain.name == "code" or len(domains) == 1:
+        return checks
+    return [Check(f"{domain.name}: {c.name}", c.passed, c.detail) for c in checks]
+
+
+def _distill_stage(cfg: DemoConfig, teacher: str, student: Path, ckpt: Path,
+                   progress: Progress) -> tuple[str, dict[str, Any] | None]:
+    """Distill the student (or resume it, or skip it when done): the stage's state and the run's summary."""
+    from .distill import DistillConfig, distill
+
+    if _trained(student):
+        return "skipped (done)", None
+    resume = ckpt.is_dir() and any(ckpt.glob("step-*"))
+    dcfg = DistillConfig(
+        teacher=teacher, output=student, data=list(cfg.data), seq_len=cfg.seq_len,
+        data_weights=list(cfg.data_weights) if cfg.data_weights else None, shuffle=cfg.shuffle,
+        batch_size=cfg.batch_size, steps=cfg.steps, recipe=cfg.recipe, seed=cfg.seed, mix=cfg.mix, lr=cfg.lr,
+        warmup=cfg.warmup, weights=cfg.weights, save_every=max(cfg.steps // 6, 1), checkpoint_dir=ckpt,
+        resume=resume, eval_every=0, overwrite=student.exists() and not _trained(student),
+    )
+    summary = distill(dcfg, progress).to_json()
+    return ("resumed" if resume else "ran"), summary
+
+
+def _family_stage(cfg: DemoConfig, teacher: str, student: Path, fam_dir: Path, progress: Progress) -> str:
+    """Every member; a calibrated order on the training split of the distillation text (in its
+    proportions), its search reused from the manifest on a rerun."""
+    from .family.run import FamilyRequest, make_family
+
+    fam = make_family(FamilyRequest(teacher, str(student), fam_dir, all_members=True, order=cfg.order,
+                                    calib_samples=cfg.calib_samples, calib_seq_len=cfg.calib_seq_len), progress)
+    assert fam.result is not None  # not a dry run
+    return "ran" if fam.result.written else "skipped (done)"
+
+
+def _eval_domain(cfg: DemoConfig, domain: Domain, manifest: Path, plot: Path, teacher: str,
+                 progress: Progress) -> list[dict[str, Any]]:
+    """Perplexity of every model and baseline on one domain (recorded in the manifest), and its plot."""
+    from .evaluate.family import evaluate_family
+    from .evaluate.options import EvalOptions
+    from .evaluate.plot import plot_results
+
+    opts = EvalOptions(sources=list(domain.sources), split=domain.split, max_tokens=cfg.eval_tokens,
+                       seq_len=cfg.eval_seq_len, baselines=list(cfg.baselines),
+                       calibration_tokens=cfg.calibration_tokens)
+    report = evaluate_family(manifest, opts, progress=progress)
+    rows = [r.plot_point() | {"num_layers": r.num_layers} for r in report.rows]
+    plot_results([r.plot_point() for r in report.rows], plot,
+                 title=f"{Path(teacher).name} boomerang family ({cfg.steps} distill steps, {cfg.order}): "
+                       f"{domain.name}",
+                 data_key=report.data["key"] if report.data else None)
+    return rows
 
 
 def _previous(path: Path, cfg: DemoConfig) -> dict[str, Any] | None:
