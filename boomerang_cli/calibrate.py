@@ -3,7 +3,7 @@
 KL(teacher || member) of the next-token distributions, averaged over the
 calibration tokens. The teacher's log-probabilities are computed once; every
 batch of candidate members is then evaluated in memory through the shared
-trunk of :mod:`boomerang_cli.evaluate.trunk` (candidates of one search step
+trunk of :mod:`boomerang_cli.forward.trunk` (candidates of one search step
 differ in a single block, so they share most of their layers), nothing written.
 """
 
@@ -20,8 +20,8 @@ from .arch import ModelInfo, max_positions
 from .calibration import CalibrationSpec as CalibrationSpec, check_sizes as check_sizes  # re-exported: their home before
 from .data import DEFAULT_BOS, IGNORE
 from .errors import BoomerangError, DataError
-from .evaluate.perplexity import CHUNK_ROWS, EvalData, load_eval_data, model_logits
-from .evaluate.trunk import LayerRunner, Stack, TrunkEvaluator
+from .forward.perplexity import CHUNK_ROWS, EvalData, load_eval_data, model_logits
+from .forward.trunk import LayerRunner, Stack, TrunkEvaluator
 from .member import Member
 from .models import attention_mask, load_model, load_tokenizer
 from .orders import CALIBRATED_ORDERS, SearchResult, beam_width, check_beam, order_cost, run_search

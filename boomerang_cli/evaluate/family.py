@@ -23,10 +23,10 @@ from ..progress import NULL, Progress
 from . import lmeval
 from .baselines import Baseline, block_influence, plan_baselines
 from .options import EvalOptions, EvalReport, Row, TrunkInfo, bounded_seq_len, now
-from .perplexity import EvalData, load_eval_data
+from ..forward.perplexity import EvalData, load_eval_data
 from .results import perplexity_entry, write_family
 from .stacks import stack_perplexities
-from .trunk import LayerRunner, Stack
+from ..forward.trunk import LayerRunner, Stack
 
 
 @dataclass
