@@ -30,8 +30,9 @@ from boomerang_cli.forward.trunk import LayerRunner, Stack
 from boomerang_cli.models import model_from_composition
 from boomerang_cli.compose import compose
 from boomerang_cli.manifest import FamilyManifest
-from boomerang_cli.member import Member, sequential_members
-from boomerang_cli.orders import CALIBRATED_ORDERS, result_from_order_info
+from boomerang_cli.member import Member
+from boomerang_cli.orders.names import CALIBRATED_ORDERS, sequential_members
+from boomerang_cli.orders.search import result_from_order_info
 from boomerang_cli.refs import resolve
 from boomerang_cli.student import student_plan
 

@@ -23,7 +23,8 @@ from boomerang_cli.evaluate.family import evaluate_family
 from boomerang_cli.evaluate.plain import evaluate_models
 from boomerang_cli.forward.trunk import LayerRunner, Stack, TrunkEvaluator, prefix_tree, tree_layer_passes
 from boomerang_cli.manifest import FamilyManifest, perplexity_key
-from boomerang_cli.member import Member, sequential_members
+from boomerang_cli.member import Member
+from boomerang_cli.orders.names import sequential_members
 from boomerang_cli.plan import Plan
 
 from .common import ARCHS, load, make_model, save_tokenizer
