@@ -15,13 +15,16 @@ import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
 from .errors import UnsupportedArchitectureError
 from .model_config import load_config, require_causal_lm
 from .tensors import ModelWeights
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ def max_positions(config: Any) -> int | None:
     return None
 
 
-def meta_model(config: Any, trust_remote_code: bool = False) -> torch.nn.Module:
+def meta_model(config: Any, trust_remote_code: bool = False) -> PreTrainedModel:
     """The model with no storage: module order and tying, for free."""
     from transformers import AutoModelForCausalLM
 
@@ -168,7 +171,7 @@ def meta_model(config: Any, trust_remote_code: bool = False) -> torch.nn.Module:
         ) from None
 
 
-def _renamings(model: torch.nn.Module) -> list[tuple[str, str]]:
+def _renamings(model: PreTrainedModel) -> list[tuple[str, str]]:
     """transformers' checkpoint->model key renamings for this model (regex pairs)."""
     try:
         from transformers.conversion_mapping import WeightRenaming, get_model_conversion_mapping
