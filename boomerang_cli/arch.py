@@ -15,7 +15,7 @@ import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 import torch
 
@@ -199,6 +199,12 @@ def _find_layers(model: torch.nn.Module, n: int) -> str:
         )
     # The outermost list of the right length is the decoder stack.
     return min(candidates, key=lambda s: s.count("."))
+
+
+def decoder_layers(model: torch.nn.Module, layers_path: str) -> torch.nn.ModuleList:
+    """The decoder layers at ``layers_path`` (an ``ArchMap``'s, a ModuleList by :func:`_find_layers`), typed
+    as such where ``get_submodule`` says only Module."""
+    return cast(torch.nn.ModuleList, model.get_submodule(layers_path))
 
 
 def _checkpoint_renames(model: Any, weight_names: Sequence[str], state_keys: list[str]) -> dict[str, str]:
