@@ -84,10 +84,10 @@ class DemoConfig:
 
     def check(self) -> None:
         """Every setting that needs no model, before any work (one line naming the flag, exit 2)."""
-        from .calibration import check_sizes
+        from .orders.calibration import check_sizes
         from .data import check_weights
         from .distill.recipes import check_mix, get_recipe
-        from .orders import check_order
+        from .orders.names import check_order
 
         for name in ("steps", "seq_len", "batch_size", "eval_tokens"):
             if getattr(self, name) < 1:

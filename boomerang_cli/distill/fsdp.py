@@ -29,14 +29,20 @@ import resource
 import sys
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, cast
 
 import torch
 import torch.distributed as dist
 
+from ..arch import decoder_layers
 from ..errors import BoomerangError
 from . import sharded_load
 from .losses import LogitHead
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from .model import DistillStudent
 
 SHARDABLE = ("student", "teacher")
 #: sharded teacher -> (the FSDP unit holding its head's weight, whether that is the input embedding)
@@ -87,14 +93,15 @@ class Sharding:
             mesh = init_device_mesh(device.type, (world,))
         return cls("student" in names, "teacher" in names, bf16, device, mesh, warnings, "student" in asked)
 
-    def shard_teacher(self, model: torch.nn.Module, layers_path: str) -> torch.nn.Module:
+    def shard_teacher(self, model: PreTrainedModel, layers_path: str) -> PreTrainedModel:
         """The frozen teacher on this rank: on the device whole, or 1/world of it (forward only)."""
         if not self.teacher:
-            return model.to(self.device)
+            cast(torch.nn.Module, model).to(self.device)  # in place (PreTrainedModel.to, which transformers' stubs wrap)
+            return model
         from torch.distributed.fsdp import fully_shard
 
         model.requires_grad_(False)
-        for layer in model.get_submodule(layers_path):
+        for layer in decoder_layers(model, layers_path):
             fully_shard(layer, mesh=self.mesh, reshard_after_forward=True)
         head, emb = model.get_output_embeddings(), model.get_input_embeddings()
         tied = head.weight is emb.weight
@@ -114,7 +121,7 @@ class Sharding:
                                      "drop --shard teacher for this architecture")
         return model
 
-    def shard_student(self, model: torch.nn.Module, layers_path: str) -> torch.nn.Module:
+    def shard_student(self, model: DistillStudent, layers_path: str) -> DistillStudent:
         """Shard the student (a DistillStudent, its HF model at ``.model``) before the optimizer sees it."""
         if not self.student:
             return model
@@ -122,7 +129,7 @@ class Sharding:
 
         mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.bf16
               else MixedPrecisionPolicy())
-        for layer in model.model.get_submodule(layers_path):
+        for layer in decoder_layers(model.model, layers_path):
             fully_shard(layer, mesh=self.mesh, mp_policy=mp)
         fully_shard(model, mesh=self.mesh, mp_policy=mp)
         if sharded_load.is_meta(model.model):  # built on meta: read this rank's rows only
@@ -136,7 +143,8 @@ class Sharding:
             # anyway, instead of gathering the teacher's copy too (one vocab x hidden matrix less).
             model.teacher_head_is_own = True
         if self.bf16:  # what accelerator.prepare does for an unsharded student
-            model.forward = torch.autocast(self.device.type, dtype=torch.bfloat16)(model.forward)
+            # This instance's forward wrapped, as accelerate.prepare does (mypy: a method is not assigned to).
+            model.forward = torch.autocast(self.device.type, dtype=torch.bfloat16)(model.forward)  # type: ignore[method-assign]
         return model
 
     def state_dict(self, acc: Any, model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -145,7 +153,8 @@ class Sharding:
             return acc.get_state_dict(model)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        sd = cast(dict[str, torch.Tensor],  # a model's state dict holds tensors only (ValueType is wider)
+                  get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
         # Gathered one by one, tied weights come back as copies; tie them again, so that the
         # writer stores one matrix as it does for the unsharded student.
         aliases: dict[int, list[str]] = {}

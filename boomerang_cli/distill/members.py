@@ -80,7 +80,7 @@ class MemberModels:
                  trust_remote_code: bool = False) -> None:
         """``arch``/``teacher_config``: the teacher's; ``student_layers``: each student layer's per-layer
         config values (:meth:`ArchMap.per_layer_config` of the student, or of the kept teacher layers)."""
-        self.models = {"student": student, "teacher": teacher}
+        self.models: dict[str, Any] = {"student": student, "teacher": teacher}
         self.arch, self.teacher_config = arch, teacher_config
         self.per_layer = {"teacher": arch.per_layer_config(teacher_config), "student": list(student_layers)}
         self.gradient_checkpointing, self.trust_remote_code = gradient_checkpointing, trust_remote_code

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
+from ..arch import decoder_layers
 from ..errors import BoomerangError
 from ..member import Member
 from .losses import LogitHead, cosine_sums, head_losses
 from .members import MemberModels
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class HiddenCapture:
@@ -31,7 +35,7 @@ class HiddenCapture:
     """
 
     def __init__(self, model: torch.nn.Module, layers_path: str, indices: Sequence[int]) -> None:
-        layers = model.get_submodule(layers_path)
+        layers = decoder_layers(model, layers_path)
         self.indices = sorted(set(indices))
         if self.indices and not (0 <= self.indices[0] and self.indices[-1] < len(layers)):
             raise ValueError(f"hidden indices {self.indices} out of range for {len(layers)} layers")
@@ -80,16 +84,17 @@ class TeacherOutput:
 class Teacher:
     """The frozen teacher: forward in inference mode, no logits, only aligned hidden states."""
 
-    def __init__(self, model: torch.nn.Module, layers_path: str, aligned: Sequence[int], keep_hidden: bool) -> None:
+    def __init__(self, model: PreTrainedModel, layers_path: str, aligned: Sequence[int], keep_hidden: bool) -> None:
         self.model = model.eval().requires_grad_(False)
         self.head = LogitHead.of(model)
         self.aligned = list(aligned)
-        self.num_layers = len(model.get_submodule(layers_path))
+        self.num_layers = len(decoder_layers(model, layers_path))
         self.capture = HiddenCapture(model, layers_path, [j for j in self.aligned if j < self.num_layers]) if keep_hidden else None
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> TeacherOutput:
         with torch.inference_mode():
-            ctx = self.capture.recording() if self.capture else contextlib.nullcontext({})
+            ctx: contextlib.AbstractContextManager[dict[int, torch.Tensor]] = (
+                self.capture.recording() if self.capture else contextlib.nullcontext({}))
             with ctx as states:
                 final = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                               use_cache=False).last_hidden_state
@@ -111,7 +116,7 @@ class DistillStudent(torch.nn.Module):
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: PreTrainedModel,
         layers_path: str,
         *,
         ce_weight: float,
@@ -125,7 +130,7 @@ class DistillStudent(torch.nn.Module):
         self.model = model
         # FSDP's auto-wrap policy looks for the decoder-layer classes here.
         self._no_split_modules = getattr(model, "_no_split_modules", None)
-        self.num_layers = len(model.get_submodule(layers_path))
+        self.num_layers = len(decoder_layers(model, layers_path))
         self.layers_path = layers_path
         #: members over the pair's parameters, for --mix steps (a plain object, not a submodule)
         self.members: MemberModels | None = None
@@ -197,6 +202,7 @@ class DistillStudent(torch.nn.Module):
              member: Member | None) -> tuple[Any, torch.Tensor, dict[int, torch.Tensor], Sequence[int]]:
         """The final hidden state of the student (or of ``member``), the hidden states the cosine term
         aligns (by hidden index) and the index of each block's input among them."""
+        starts: Sequence[int]
         if member is None:
             net, capture, starts = self.model, self.capture, range(self.num_layers)
         else:
@@ -205,7 +211,8 @@ class DistillStudent(torch.nn.Module):
             built = self.members.build(member)
             net, starts = built.model, built.block_starts
             capture = HiddenCapture(net, self.layers_path, starts) if self.cos_weight else None
-        ctx = capture.recording() if capture else contextlib.nullcontext({})
+        ctx: contextlib.AbstractContextManager[dict[int, torch.Tensor]] = (
+            capture.recording() if capture else contextlib.nullcontext({}))
         try:
             with ctx as states:
                 final = net.base_model(input_ids=input_ids, attention_mask=attention_mask,

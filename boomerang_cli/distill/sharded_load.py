@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import copy
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..arch import ModelInfo, text_config
 from ..compose import Composition, LayerSource, compose
 from ..errors import BoomerangError
+from ..models import no_init_weights
 from ..plan import Plan
 from ..tensors import DTYPES, TensorInfo
 from .losses import LogitHead, verify_head
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: a model built on meta -> the composition its tensors come from
 _SOURCES: "weakref.WeakKeyDictionary[torch.nn.Module, Composition]" = weakref.WeakKeyDictionary()
@@ -45,14 +49,6 @@ def of_plan(teacher: ModelInfo, plan: Plan) -> Composition:
     return compose({"teacher": teacher}, [LayerSource("teacher", k) for k in plan.kept], "teacher", "teacher")
 
 
-def _no_init() -> Any:
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # pragma: no cover - older transformers
-        from transformers.modeling_utils import no_init_weights
-    return no_init_weights()
-
-
 def meta_model(comp: Composition, dtype: torch.dtype, trust_remote_code: bool = False) -> Any:
     """The composed model with its parameters on the meta device (no memory), its buffers real."""
     from accelerate import init_empty_weights
@@ -60,7 +56,7 @@ def meta_model(comp: Composition, dtype: torch.dtype, trust_remote_code: bool = 
 
     config = comp.config
     config.dtype = dtype
-    with _no_init(), init_empty_weights(include_buffers=False):
+    with no_init_weights(), init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     if comp.tied:
         model.tie_weights()
@@ -101,7 +97,7 @@ def _local_rows(p: Any) -> tuple[torch.Tensor, int, int]:
     return p._local_tensor, (offset[0] if offset else 0), (shape[0] if shape else 0)
 
 
-def materialize(root: torch.nn.Module, hf_model: torch.nn.Module, device: torch.device) -> None:
+def materialize(root: torch.nn.Module, hf_model: PreTrainedModel, device: torch.device) -> None:
     """Allocate this rank's shards of a sharded meta model and read them from its files.
 
     ``root`` is the module ``to_empty`` runs on (the FSDP root, so that FSDP
