@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -55,7 +56,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "docs50-mix50-lr2e-3": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, lr=2e-3),
     "docs50-mix50-lr5e-4": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, lr=5e-4),
     "docs50-mix50-w20": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, warmup=0.2),
-    "docs50-mix50-calib16": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, calib_samples=16),
+    "docs50-mix50-calib16": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, calib_samples=16,
+                                 reuse="docs50-mix50"),
 }
 
 
@@ -76,8 +78,14 @@ def judge(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_point(out: Path, name: str, seed: int) -> dict[str, Any]:
-    settings = SETTINGS[name]
+    settings = dict(SETTINGS[name])
+    reuse = settings.pop("reuse", None)  # a setting that changes only the family: that setting's student
     cfg = DemoConfig(output=out / name / f"seed-{seed}", seed=seed, **settings)
+    if reuse and not (cfg.output / "student").exists():
+        src = out / reuse / f"seed-{seed}" / "student"
+        if not (src / "boomerang.json").exists():
+            run_point(out, reuse, seed)
+        shutil.copytree(src, cfg.output / "student")
     t0 = time.perf_counter()
     result = run_demo(cfg)
     point = {"name": name, "seed": seed, "settings": cfg.to_json(), "seconds": round(time.perf_counter() - t0, 1),

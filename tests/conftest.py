@@ -13,3 +13,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch, one_thread):
+    """A test's own state file, no progress bars, one thread (tiny models, a shared CPU)."""
+    monkeypatch.setenv("BOOMERANG_STATE", str(tmp_path / "state.json"))
+    monkeypatch.setenv("BOOMERANG_PROGRESS", "0")
+    yield

@@ -25,14 +25,7 @@ from boomerang_cli.plan import Plan
 from .common import load, perturb_saved, sample_ids, tiny_model_dir
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv("BOOMERANG_STATE", str(tmp_path / "state.json"))
-    monkeypatch.setenv("BOOMERANG_PROGRESS", "0")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def _corpus(path: Path, rows: int, word: str) -> Path:
