@@ -8,7 +8,7 @@ and on **prose** (Debian's GPL-3, all of it, 4096 tokens in blocks of 256;
 never trained on). A point records, per domain, wins, perplexity increases
 along the family and the geometric mean of member/ShortGPT perplexity.
 
-    python bench/recipe_sweep.py OUT [NAME ...] [--seeds 0,1,2] [--list]
+    python bench/recipe_sweep.py OUT [NAME ...] [--seeds 0,1,2] [--list | --table]
 
 Each (setting, seed) runs into OUT/NAME/seed-K (resumable: a finished point is
 read back, an interrupted one continues from its checkpoints); every finished
@@ -124,7 +124,8 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("names", nargs="*")
     ap.add_argument("--seeds", default="0")
-    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--list", action="store_true", help="the settings, and nothing run")
+    ap.add_argument("--table", action="store_true", help="the table of the points run so far, and nothing run")
     args = ap.parse_args()
     if args.list:
         print("\n".join(SETTINGS))
@@ -132,7 +133,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "points.jsonl"
     done = {(p["name"], p["seed"]): p for p in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
-    for name in args.names or list(SETTINGS):
+    for name in [] if args.table else args.names or list(SETTINGS):
         seeds = [int(s) for s in args.seeds.split(",")] if seeded(SETTINGS[name]) else [0]
         for seed in seeds:
             if (name, seed) in done:

@@ -3,7 +3,7 @@
     python bench/results_table.py demo demo/demo.json          # family + both baselines per depth
     python bench/results_table.py orders orders.json            # every order's members per depth
     python bench/results_table.py plot RUN.json OUT.png TITLE    # redraw a run (orders: by depth, no baselines)
-    python bench/results_table.py equal-size demo/demo.json      # each model against ShortGPT at equal saved size
+    python bench/results_table.py equal-size demo/demo.json [prose]  # each model against ShortGPT at equal saved size
     python bench/results_table.py sweep OUT/scores.jsonl [LABEL=ORDER=demo.json ...]  # the recipe sweep
 
 The numbers in docs/results.md are pasted from this script's output, never typed.
@@ -23,11 +23,11 @@ def _fmt(x: float | None) -> str:
     return f"{x:,.0f}" if x >= 1000 else f"{x:.2f}"
 
 
-def _rows(path: str) -> list[dict[str, Any]]:
+def _rows(path: str, domain: str = "code") -> list[dict[str, Any]]:
     data = json.load(open(path))
     data = data.get("result", data)
-    if "rows" in data:  # demo --json
-        return data["rows"]
+    if "rows" in data:  # demo --json: the code domain's rows, or another domain's
+        return data["domains"][domain] if domain != "code" else data["rows"]
     return [{"name": r["name"], "kind": r["kind"], "method": r.get("method"), "num_layers": r["num_layers"],
              "num_params": r["num_params"], "ppl": (r.get("perplexity") or {}).get("ppl"),
              "selection": r.get("selection")} for r in data["results"]]
@@ -99,10 +99,10 @@ def plot(path: str, png: str, title: str) -> None:
     plot_results(keep, png, title=title, data_key="stdlib:validation", by_layers=orders)
 
 
-def equal_size_table(path: str) -> str:
+def equal_size_table(path: str, domain: str = "code") -> str:
     from boomerang_cli.evaluate.score import score_family
 
-    rows = _rows(path)
+    rows = _rows(path, domain)
     sc = score_family(rows)
     by_name = {r["name"]: r for r in rows}
     out = ["| layers | model | params | tied | perplexity | ShortGPT at equal size | ratio | wins |",
