@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import BoomerangError
-from . import sharded_load
+from . import heap, sharded_load
 from .losses import LogitHead
 
 SHARDABLE = ("student", "teacher")
@@ -97,6 +97,7 @@ class Sharding:
             from torch.distributed.device_mesh import init_device_mesh
 
             mesh = init_device_mesh(device.type, (world,))
+            heap.return_freed_memory()  # FSDP's gather/free churn would otherwise pin freed memory
         return cls("student" in names, "teacher" in names, bf16, device, mesh, warnings, "student" in asked)
 
     def shard_teacher(self, model: torch.nn.Module, layers_path: str) -> torch.nn.Module:
