@@ -151,7 +151,8 @@ def test_tied_teacher_shares_one_whole_embedding_matches_one_process_and_resumes
     """A tied teacher under --fsdp: its embedding matrix stays whole on each rank, outside FSDP, and the
     student's frozen embeddings and head are that tensor (fsdp module docstring). The run logs one
     process's losses (the first step to 1e-6), writes its weights and the teacher's embedding bit for
-    bit, counts the shared matrix once, and resumes from its distributed checkpoint to the same end."""
+    bit, counts the shared matrix once, and resumes from its distributed checkpoint to the same end;
+    with bf16 gathers nothing is shared and the teacher's matrix is sharded like the rest."""
     root, _, corpus = setup
     tied = tiny_model_dir(tmp_path, "llama", layers=6, tie_word_embeddings=True)
     out, steps = tmp_path / "fsdp", ["--steps", "4", "--eval-every", "2"]
@@ -192,6 +193,13 @@ def test_tied_teacher_shares_one_whole_embedding_matches_one_process_and_resumes
         r["loss"] for r in _rows(out / "metrics.jsonl", "train")]
     wm = _weights(moved)
     assert all(torch.equal(wm[k], wa[k]) for k in wa)
+    # bf16 gathers: the student gathers a bf16 copy of its own, so the teacher's matrix is sharded too.
+    bf = tmp_path / "bf16"
+    proc = subprocess.run([*_torchrun(root, tied, bf, corpus, "--precision", "bf16"), "--steps", "1",
+                           "--eval-every", "0"], env=_env(root), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in json.loads(proc.stdout[proc.stdout.index("{"):])["memory"]:
+        assert rank["teacher_params"] == pytest.approx(whole["teacher_params"] / 2, rel=0.02)
 
 
 @pytest.mark.slow

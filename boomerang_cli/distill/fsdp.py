@@ -23,6 +23,9 @@ by the teacher's forward, the student's forward, backward and KL anyway;
 sharded, each of the two models would hold ``1 / world`` of it and gather it
 (plus FSDP's flat all-gather buffer, another copy) for each use, so at world 2
 one shared whole matrix is what the two shards weighed, without the gathers.
+Not with bf16 gathers (``MixedPrecisionPolicy``): the student would gather a
+bf16 copy of its fp32 embeddings anyway, so nothing is shared and the
+teacher's matrix stays sharded like the rest.
 On GPU with bf16 the student keeps fp32 shards and gathers bf16 copies
 (``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``) under the same
 autocast the unsharded path uses; the teacher is bf16 already.
@@ -111,19 +114,26 @@ class Sharding:
             fully_shard(layer, mesh=self.mesh, reshard_after_forward=True)
         head, emb = model.get_output_embeddings(), model.get_input_embeddings()
         tied = head.weight is emb.weight
+        # A tied embedding stays whole, out of FSDP, for the student to share (module docstring);
+        # not with bf16 gathers, which give the student a bf16 copy of its own instead.
+        keep_whole = tied and not self.bf16
+        if keep_whole and not sharded_load.is_meta(model):
+            emb.to(self.device)  # fully_shard moves only what it manages
         if not tied:  # its own unit, gathered by teacher_head only
             fully_shard(head, mesh=self.mesh)
-        # The teacher runs base_model (no logits), so that is the root: final norm (and untied
-        # embeddings), resharded after forward even as the root (reshard_after_forward=True, not the
-        # default). A tied embedding stays whole, out of FSDP (the module docstring says why).
+        # The teacher runs base_model (no logits), so that is the root: final norm and embeddings
+        # (unless kept whole), resharded after forward even as the root (reshard_after_forward=True,
+        # not the default).
         fully_shard(model.base_model, mesh=self.mesh, reshard_after_forward=True,
-                    ignored_params={emb.weight} if tied else None)
+                    ignored_params={emb.weight} if keep_whole else None)
+        if tied and not keep_whole:  # the head outside base_model still holds the full matrix: the shard
+            head.weight = emb.weight
         if sharded_load.is_meta(model):  # built on meta: read this rank's rows only (all of a whole one)
             sharded_load.materialize(model, model, self.device)
-        local = model.get_input_embeddings().weight if tied else None
+        local = model.get_input_embeddings().weight if keep_whole else None
         if local is not None:
             _LOCAL_EMBEDDINGS[model] = local
-        _HEADS[model] = (None if tied else head, tied)
+        _HEADS[model] = (None if keep_whole else model.base_model if tied else head, tied)
         for name, p in model.named_parameters():
             if not hasattr(p, "to_local") and p is not local:
                 raise BoomerangError(f"internal: teacher weight {name} lies outside its base model and head; "
