@@ -99,7 +99,7 @@ def baseline_worker(teacher_ref: str, student_dir: str, out: str, order: str, re
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from boomerang_cli.member import sequential_members
+    from boomerang_cli.orders.names import sequential_members
     from boomerang_cli.refs import resolve
     from boomerang_cli.student import student_plan
 

@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from boomerang_cli.arch import ModelInfo  # noqa: E402
 from boomerang_cli.cli.common import quiet_libraries  # noqa: E402
 from boomerang_cli.compose import compose  # noqa: E402
-from boomerang_cli.evaluate.perplexity import load_eval_data, relative_difference  # noqa: E402
+from boomerang_cli.forward.perplexity import load_eval_data, relative_difference  # noqa: E402
 from boomerang_cli.evaluate.stacks import separate_perplexities, trunk_perplexities  # noqa: E402
-from boomerang_cli.evaluate.trunk import LayerRunner, Stack  # noqa: E402
+from boomerang_cli.forward.trunk import LayerRunner, Stack  # noqa: E402
 from boomerang_cli.models import load_model, load_tokenizer, model_from_composition  # noqa: E402
-from boomerang_cli.member import sequential_members  # noqa: E402
+from boomerang_cli.orders.names import sequential_members  # noqa: E402
 from boomerang_cli.plan import Plan  # noqa: E402
 from boomerang_cli.refs import resolve  # noqa: E402
 from boomerang_cli.student import init_student  # noqa: E402

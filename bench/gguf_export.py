@@ -210,7 +210,7 @@ def main() -> None:
             install_llama_cpp()
             report["llama_cpp_install_s"] = time.perf_counter() - t0
         report["versions"] = versions()  # again: llama-cpp-python may have been installed meanwhile
-        from boomerang_cli.evaluate.perplexity import load_eval_data, model_nll
+        from boomerang_cli.forward.perplexity import load_eval_data, model_nll
         from boomerang_cli.models import load_tokenizer
         from boomerang_cli.family.open import load_family_models, load_member_from_manifest
 

@@ -22,16 +22,17 @@ import torch
 
 from boomerang_cli.arch import ModelInfo
 from boomerang_cli.evaluate.baselines import block_influence, shortgpt_layers
-from boomerang_cli.evaluate.perplexity import load_eval_data
+from boomerang_cli.forward.perplexity import load_eval_data
 from boomerang_cli.models import load_model, load_tokenizer
 from boomerang_cli.evaluate.stacks import stack_perplexities
 from boomerang_cli.evaluate.score import score_family
-from boomerang_cli.evaluate.trunk import LayerRunner, Stack
+from boomerang_cli.forward.trunk import LayerRunner, Stack
 from boomerang_cli.models import model_from_composition
 from boomerang_cli.compose import compose
 from boomerang_cli.manifest import FamilyManifest
-from boomerang_cli.member import Member, sequential_members
-from boomerang_cli.orders import CALIBRATED_ORDERS, result_from_order_info
+from boomerang_cli.member import Member
+from boomerang_cli.orders.names import CALIBRATED_ORDERS, sequential_members
+from boomerang_cli.orders.search import result_from_order_info
 from boomerang_cli.refs import resolve
 from boomerang_cli.student import student_plan
 

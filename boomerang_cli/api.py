@@ -13,7 +13,7 @@ command            call                                            result
 ``distill``        ``distill(DistillConfig(...))``                 ``DistillResult``
 ``family``         ``make_family(FamilyRequest(...))``             ``FamilyRun``
 ``eval``           ``run_eval(EvalRequest(...))``                  ``EvalReport``
-``export``         ``export_family(family, output, "q8_0")``       ``ExportResult``
+``export``         ``run_export(ExportRequest(family, output))``   ``ExportResult``
 ``demo``           ``run_demo(DemoConfig(...))``                   ``DemoResult``
 =================  ==============================================  =========================
 """
@@ -27,7 +27,8 @@ from .distill.weights import LossWeights
 from .errors import BoomerangError
 from .evaluate.options import EvalOptions, EvalReport, Row
 from .evaluate.run import EvalRequest, run_eval
-from .export import ExportResult, export_family
+from .export.request import ExportRequest
+from .export.writer import ExportResult, export_family, run_export
 from .family.run import FamilyRequest, FamilyRun, make_family
 from .family.writer import FamilyResult
 from .manifest import FamilyManifest
@@ -38,7 +39,8 @@ from .student import StudentRequest, StudentRun, StudentSummary, init_student, m
 
 __all__ = [
     "BoomerangError", "DemoConfig", "DemoResult", "DistillConfig", "DistillResult", "EvalOptions", "EvalReport",
-    "EvalRequest", "ExportResult", "FamilyManifest", "FamilyRequest", "FamilyResult", "FamilyRun", "LossWeights",
-    "ModelRef", "NULL", "Plan", "Progress", "Row", "StudentRequest", "StudentRun", "StudentSummary", "Task",
-    "distill", "export_family", "init_student", "make_family", "make_student", "resolve", "run_demo", "run_eval",
+    "EvalRequest", "ExportRequest", "ExportResult", "FamilyManifest", "FamilyRequest", "FamilyResult", "FamilyRun",
+    "LossWeights", "ModelRef", "NULL", "Plan", "Progress", "Row", "StudentRequest", "StudentRun", "StudentSummary",
+    "Task", "distill", "export_family", "init_student", "make_family", "make_student", "resolve", "run_demo",
+    "run_eval", "run_export",
 ]

@@ -15,13 +15,16 @@ import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 import torch
 
 from .errors import UnsupportedArchitectureError
 from .model_config import load_config, require_causal_lm
 from .tensors import ModelWeights
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ def max_positions(config: Any) -> int | None:
     return None
 
 
-def meta_model(config: Any, trust_remote_code: bool = False) -> torch.nn.Module:
+def meta_model(config: Any, trust_remote_code: bool = False) -> PreTrainedModel:
     """The model with no storage: module order and tying, for free."""
     from transformers import AutoModelForCausalLM
 
@@ -168,7 +171,7 @@ def meta_model(config: Any, trust_remote_code: bool = False) -> torch.nn.Module:
         ) from None
 
 
-def _renamings(model: torch.nn.Module) -> list[tuple[str, str]]:
+def _renamings(model: PreTrainedModel) -> list[tuple[str, str]]:
     """transformers' checkpoint->model key renamings for this model (regex pairs)."""
     try:
         from transformers.conversion_mapping import WeightRenaming, get_model_conversion_mapping
@@ -196,6 +199,12 @@ def _find_layers(model: torch.nn.Module, n: int) -> str:
         )
     # The outermost list of the right length is the decoder stack.
     return min(candidates, key=lambda s: s.count("."))
+
+
+def decoder_layers(model: torch.nn.Module, layers_path: str) -> torch.nn.ModuleList:
+    """The decoder layers at ``layers_path`` (an ``ArchMap``'s, a ModuleList by :func:`_find_layers`), typed
+    as such where ``get_submodule`` says only Module."""
+    return cast(torch.nn.ModuleList, model.get_submodule(layers_path))
 
 
 def _checkpoint_renames(model: Any, weight_names: Sequence[str], state_keys: list[str]) -> dict[str, str]:

@@ -119,7 +119,7 @@ def run_demo(cfg: DemoConfig, progress: Progress = NULL) -> DemoResult:
     from .evaluate.family import evaluate_family
     from .evaluate.options import EvalOptions
     from .family.run import FamilyRequest, make_family
-    from .orders import CALIBRATED_ORDERS
+    from .orders.names import CALIBRATED_ORDERS
     from .refs import resolve
     from .state import record
 

@@ -2,7 +2,8 @@
 
 SPEC section 1 and 4. A member is fully described by its plan and the set of
 blocks it takes from the teacher; everything else (layer sources, where the
-embeddings and head come from, the config) follows.
+embeddings and head come from, the config) follows. Which members a family
+has (the orders) is :mod:`boomerang_cli.orders`' business.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from .plan import Plan
 if TYPE_CHECKING:  # torch behind them; orders and flag defaults import this module
     from .arch import ModelInfo
     from .compose import Composition, LayerSource
-
-ORDERS = ("last-first", "first-last")
 
 
 @dataclass(frozen=True)
@@ -97,38 +96,3 @@ class Member:
             "embed_from": self.embed_from,
             "head_from": self.head_from,
         }
-
-
-def sequential(plan: Plan, order: str, k: int) -> Member:
-    """Member ``k`` of a fixed order (SPEC section 4), reproducing the reference code.
-
-    last-first: the last ``k`` patchable blocks and every block after the first of
-    them come from the teacher; first-last: the first ``k`` and every block before
-    the last of them.
-    """
-    patchable = [b.index for b in plan.patchable_blocks]
-    if not 0 <= k <= len(patchable):
-        raise BoomerangError(f"member {k} does not exist; the plan has {len(patchable)} patchable blocks")
-    if k == 0:
-        return Member(plan, frozenset())
-    n = plan.num_student_layers
-    if order == "last-first":
-        first = patchable[-k]
-        return Member(plan, frozenset(range(first, n)))
-    if order == "first-last":
-        last = patchable[k - 1]
-        return Member(plan, frozenset(range(0, last + 1)))
-    raise BoomerangError(f"unknown order {order!r}; use one of {', '.join(ORDERS)}")
-
-
-def sequential_members(plan: Plan, order: str) -> list[Member]:
-    """Student, every member of ``order``, and the teacher, smallest first, without repeats."""
-    out: list[Member] = []
-    for k in range(len(plan.patchable_blocks) + 1):
-        m = sequential(plan, order, k)
-        if m not in out:
-            out.append(m)
-    teacher = Member(plan, frozenset(range(plan.num_student_layers)))
-    if teacher not in out:
-        out.append(teacher)
-    return out

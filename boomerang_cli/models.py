@@ -10,8 +10,10 @@ streams to disk, so an in-memory member is by construction the model
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import torch
 
@@ -44,7 +46,17 @@ def load_model(path: Path | str | ModelInfo, dtype: torch.dtype = torch.float32,
         ModelWeights(where)  # every header validated (tensors.read_header) before transformers reads it
     model = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype, use_safetensors=True,
                                                  trust_remote_code=trust_remote_code)
-    return model.to(device).eval()
+    return cast(torch.nn.Module, model).to(device).eval()  # PreTrainedModel.to, which transformers' stubs wrap
+
+
+def no_init_weights() -> contextlib.AbstractContextManager:
+    """transformers' context that skips random initialization, for models whose every parameter is set
+    right after (in memory, or materialized on the meta device)."""
+    try:
+        from transformers.initialization import no_init_weights as skip
+    except ImportError:  # pragma: no cover - transformers 4 kept it in modeling_utils
+        skip = importlib.import_module("transformers.modeling_utils").no_init_weights
+    return skip()
 
 
 def load_tokenizer(path: Path | str, trust_remote_code: bool = False,
@@ -71,11 +83,7 @@ def model_from_composition(comp: Composition, dtype: torch.dtype = torch.float32
 
     config = comp.config
     config.dtype = dtype
-    try:  # skip random initialization: every parameter is overwritten below
-        from transformers.initialization import no_init_weights
-    except ImportError:  # pragma: no cover - older transformers
-        from transformers.modeling_utils import no_init_weights
-    with no_init_weights(), torch.device(device):
+    with no_init_weights(), torch.device(device):  # every parameter is overwritten below
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     # Fresh memory per tensor (ModelWeights.read uses pread, never mmap): safe to train in place.
     state = {comp.state_dict_key(t.name): t.source.read(t.src_name, dtype).to(device) for t in comp.tensors}

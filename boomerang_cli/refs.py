@@ -18,7 +18,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .errors import ModelNotFoundError
 from .atomic import atomic_dir, atomic_write_text, file_version
@@ -266,7 +266,7 @@ def convert_gguf(gguf: Path, trust_remote_code: bool = False) -> Path:
         if cfg is not None and hasattr(cfg, "quantization_config"):
             delattr(cfg, "quantization_config")
     if hasattr(model, "hf_quantizer"):
-        model.hf_quantizer = None
+        cast(Any, model).hf_quantizer = None  # not a submodule, as nn.Module's typed __setattr__ assumes
     with atomic_dir(out, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -351,8 +351,8 @@ def _local(path: Path, ref: str, allow_pickle: bool, trust_remote_code: bool) ->
 
 
 def _hub(ref: str, allow_pickle: bool, trust_remote_code: bool) -> ModelRef:
-    repo, _, rev = ref.partition("@")
-    rev = rev or None
+    repo, _, at = ref.partition("@")
+    rev = at or None
     try:
         from huggingface_hub import snapshot_download
     except ImportError:

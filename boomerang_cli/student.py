@@ -7,7 +7,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -21,6 +21,9 @@ from .progress import NULL, Progress
 from .refs import ModelRef, copy_aux_files
 from .atomic import atomic_dir, check_output_dir
 from .units import DEFAULT_MAX_SHARD
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 BOOMERANG_JSON = "boomerang.json"
 REFERENCE_JSON = "student_config.json"
@@ -204,7 +207,7 @@ def init_student(
 
 def write_trained_student(
     output: Path,
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     state_dict: dict[str, torch.Tensor],
     record: StudentRecord,
     card: str,

@@ -281,15 +281,15 @@ class TensorDigests:
             self._known[k] = range_digest(it.info.file, it.info.begin, it.info.nbytes, self._buf)
         return self._known[k]
 
-    def converted(self, it: "OutTensor", out) -> bytes:
-        """Write a converted tensor to ``out``; its digest from the bytes as written (or known)."""
+    def converted(self, it: "OutTensor", dtype: torch.dtype, out) -> bytes:
+        """Write ``it`` converted to ``dtype`` (``it.dtype``, set) to ``out``; its digest from the bytes as written (or known)."""
         k = self.key(it)
         known = self._known.get(k)
         if known is not None:
-            _convert_range(it.info, it.dtype, out)
+            _convert_range(it.info, dtype, out)
             return known
         w = _HashingWriter(out)
-        _convert_range(it.info, it.dtype, w)
+        _convert_range(it.info, dtype, w)
         self._known[k] = w.sha.digest()
         return self._known[k]
 
@@ -428,7 +428,7 @@ def write_safetensors(
                 info = it.info
                 if it.dtype is not None and DTYPES[info.dtype] != it.dtype:
                     if digests is not None:
-                        tensor_digests.append(digests.converted(it, out))
+                        tensor_digests.append(digests.converted(it, it.dtype, out))
                     else:
                         _convert_range(info, it.dtype, out)
                 else:

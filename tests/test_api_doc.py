@@ -54,7 +54,7 @@ def test_the_api_example_runs(tmp_path, monkeypatch, capsys):
     assert line and "\n" not in line and "1T" in line
 
 
-@pytest.mark.parametrize("name", ["distill", "make_family", "make_student", "run_eval", "export_family"])
+@pytest.mark.parametrize("name", ["distill", "make_family", "make_student", "run_eval", "export_family", "run_export"])
 def test_the_api_names_each_entry_point(name):
     from boomerang_cli import api
 

@@ -243,7 +243,7 @@ def test_pattern_fields_never_contradict_the_layers(model_type, models, tmp_path
     describes exactly the member's layers, and then gives back the written ``layer_types``."""
     from transformers import AutoConfig
 
-    from boomerang_cli.member import sequential_members
+    from boomerang_cli.orders.names import sequential_members
     from boomerang_cli.plan import Plan
     from boomerang_cli.refs import resolve
     from boomerang_cli.student import init_student

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from boomerang_cli.arch import ModelInfo
-from boomerang_cli.calibrate import CalibrationSpec, KLScorer, token_kl
+from boomerang_cli.orders.calibration import CalibrationSpec
+from boomerang_cli.orders.kl import KLScorer, token_kl
 from boomerang_cli.models import load_member
 from boomerang_cli.member import Member
-from boomerang_cli.orders import kl_greedy
+from boomerang_cli.orders.search import kl_greedy
 from boomerang_cli.plan import Plan
 from tests.common import tiny_model_dir
 
@@ -77,7 +78,7 @@ def test_greedy_with_real_scorer_picks_the_brute_force_minimum(setup):
 
 
 def test_calibration_blocks_start_with_bos_when_the_tokenizer_adds_one(tmp_path):
-    from boomerang_cli.calibrate import search
+    from boomerang_cli.orders.kl import search
     from tests.common import BOS_ID, save_tokenizer
 
     teacher = tiny_model_dir(tmp_path, "llama", layers=6, seed=0)

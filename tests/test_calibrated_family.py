@@ -11,11 +11,12 @@ import torch
 from typer.testing import CliRunner
 
 from boomerang_cli.arch import ModelInfo
-from boomerang_cli.calibrate import CalibrationSpec, KLScorer, search_cost
+from boomerang_cli.orders.calibration import CalibrationSpec
+from boomerang_cli.orders.cost import greedy_cost, search_cost
+from boomerang_cli.orders.kl import KLScorer
 from boomerang_cli.cli import app
 from boomerang_cli.family.open import load_member_from_manifest
 from boomerang_cli.member import Member
-from boomerang_cli.orders import greedy_cost
 from boomerang_cli.plan import Plan
 from boomerang_cli.refs import resolve
 from boomerang_cli.student import init_student
@@ -127,8 +128,9 @@ def test_wide_beam_is_exhaustive_at_every_size(tmp_path, pair_dirs, brute):
 def test_fast_orders_against_their_probes_the_fixed_orders_and_exhaustive_search(order, tmp_path, pair_dirs, brute):
     """kl-dp/auto on the real KL: every recorded KL is the member's own (checked against a direct score of
     all 32 subsets), each size keeps the lowest of its proposals, and auto is never worse than a fixed order."""
-    from boomerang_cli.member import ORDERS, sequential_members
-    from boomerang_cli.orders import dp_cost, dp_subsets
+    from boomerang_cli.orders.cost import dp_cost
+    from boomerang_cli.orders.names import FIXED_ORDERS, sequential_members
+    from boomerang_cli.orders.search import dp_subsets
 
     teacher, student = pair_dirs
     r = cli("family", teacher, student, "-o", tmp_path / "fam", "--order", order, *CALIB, "--all", "--json")
@@ -163,7 +165,7 @@ def test_fast_orders_against_their_probes_the_fixed_orders_and_exhaustive_search
         if k in best and 0 < k < LAYERS and s["teacher_blocks"] not in ([], sorted(full)):
             assert s["kl"] == pytest.approx(best[k], rel=1e-5, abs=1e-7)
     if order == "auto":
-        for fixed in ORDERS:
+        for fixed in FIXED_ORDERS:
             for mem in sequential_members(PLAN, fixed):
                 if not (mem.is_student or mem.is_teacher):
                     assert min(s["kl"] for s in info["steps"] if s["num_layers"] == mem.num_layers) \
@@ -224,7 +226,7 @@ def test_unusable_output_is_refused_before_the_search(tmp_path, pair_dirs, monke
     def no_search(*a, **k):
         raise AssertionError("searched before checking the output")
 
-    monkeypatch.setattr("boomerang_cli.calibrate.search", no_search)
+    monkeypatch.setattr("boomerang_cli.orders.kl.search", no_search)
     r = cli("family", teacher, student, "-o", out, "--order", "kl-greedy", *CALIB, "--all")
     assert r.exit_code == 2 and "pass --overwrite" in " ".join(r.output.split())
     assert [p.name for p in out.iterdir()] == ["notes.txt"]

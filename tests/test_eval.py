@@ -16,14 +16,15 @@ from boomerang_cli.evaluate.results import read_results
 from boomerang_cli.models import load_tokenizer
 from boomerang_cli.evaluate.baselines import (block_influence, plan_baselines, plan_prune_layers,
                                               shortgpt_layers)
-from boomerang_cli.evaluate.perplexity import EvalData, NLL, batch_nll, load_eval_data, model_nll, relative_difference
+from boomerang_cli.forward.perplexity import EvalData, NLL, batch_nll, load_eval_data, model_nll, relative_difference
 from boomerang_cli.evaluate.plot import plot_results
 from boomerang_cli.evaluate.options import EvalOptions
 from boomerang_cli.evaluate.family import evaluate_family
 from boomerang_cli.evaluate.plain import evaluate_models
-from boomerang_cli.evaluate.trunk import LayerRunner, Stack, TrunkEvaluator, prefix_tree, tree_layer_passes
+from boomerang_cli.forward.trunk import LayerRunner, Stack, TrunkEvaluator, prefix_tree, tree_layer_passes
 from boomerang_cli.manifest import FamilyManifest, perplexity_key
-from boomerang_cli.member import Member, sequential_members
+from boomerang_cli.member import Member
+from boomerang_cli.orders.names import sequential_members
 from boomerang_cli.plan import Plan
 
 from .common import ARCHS, load, make_model, save_tokenizer

@@ -13,10 +13,12 @@ from typer.testing import CliRunner
 
 gguf = pytest.importorskip("gguf")
 
-from boomerang_cli import export as export_mod  # noqa: E402
+from boomerang_cli.export import convert, writer  # noqa: E402
 from boomerang_cli.cli import app  # noqa: E402
 from boomerang_cli.errors import UnsupportedArchitectureError  # noqa: E402
-from boomerang_cli.export import EXPORT_MANIFEST, export_family, gguf_arch, tensor_type  # noqa: E402
+from boomerang_cli.export.convert import TensorCache, tensor_type  # noqa: E402
+from boomerang_cli.export.gguf_arch import gguf_arch, llama3_rope_factors  # noqa: E402
+from boomerang_cli.export.writer import EXPORT_MANIFEST, export_family  # noqa: E402
 from boomerang_cli.family import sha256_file  # noqa: E402
 from boomerang_cli.family.open import load_family_models, load_member_from_manifest, member_of# noqa: E402
 from boomerang_cli.manifest import FamilyManifest  # noqa: E402
@@ -143,8 +145,8 @@ def test_each_unique_source_tensor_is_converted_once(families, tmp_path, monkeyp
     sources = {(str(t.info.file), t.info.begin) for c in comps for t in c.tensors}
     references = sum(len(c.tensors) for c in comps)
     calls = []
-    real = export_mod.TensorCache._convert
-    monkeypatch.setattr(export_mod.TensorCache, "_convert", lambda self, spec: calls.append(spec.key) or real(self, spec))
+    real = TensorCache._convert
+    monkeypatch.setattr(TensorCache, "_convert", lambda self, spec: calls.append(spec.key) or real(self, spec))
     res = export_family(fam, tmp_path / "all", "q8_0")
     assert len(calls) == len(set(calls)) == res.unique_tensors == len(sources)
     assert res.tensor_references == references > 1.5 * res.unique_tensors
@@ -200,6 +202,20 @@ def test_family_defaults_to_the_last_one_built_here(families, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["export.json", "student.gguf"]
 
 
+def test_the_entry_point_takes_a_request(families, tmp_path):
+    """``run_export``: what ``boomerang export`` calls; the request's defaults are the CLI's."""
+    from boomerang_cli.errors import BoomerangError
+    from boomerang_cli.export.request import DEFAULT_TYPE, ExportRequest
+    from boomerang_cli.export.writer import run_export
+
+    res = run_export(ExportRequest(families("llama"), tmp_path / "out", members=["teacher"]))
+    assert res.type == DEFAULT_TYPE == "q8_0" and [f.name for f in res.files] == ["teacher"]
+    assert (tmp_path / "out" / "teacher.Modelfile").is_file()
+    with pytest.raises(BoomerangError, match="--members is empty"):
+        run_export(ExportRequest(families("llama"), tmp_path / "none", members=[]))
+    assert not (tmp_path / "none").exists()
+
+
 def test_the_tokenizer_of_a_gguf_teacher_is_copied(families, tmp_path):
     """A teacher that came as a GGUF (like the builtin smollm2-135m) gives its own tokenizer keys."""
     first = export_family(families("llama"), tmp_path / "first", "f32", members=["teacher"])
@@ -243,7 +259,7 @@ def test_a_failed_export_leaves_no_output(families, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(export_mod.writer, "write_metadata", boom)
+    monkeypatch.setattr(writer, "write_metadata", boom)
     with pytest.raises(RuntimeError):
         export_family(fam, tmp_path / "out", "q8_0")
     assert not any(p.name.startswith((".out", "out")) for p in tmp_path.iterdir())
@@ -252,7 +268,7 @@ def test_a_failed_export_leaves_no_output(families, tmp_path, monkeypatch):
 def test_conversion_in_row_slices_gives_the_same_bytes(families, tmp_path, monkeypatch):
     fam = families("llama")
     whole = export_family(fam, tmp_path / "whole", "q8_0", members=["teacher"])
-    monkeypatch.setattr(export_mod.convert, "CHUNK_BYTES", 4 * 32 * 3)  # three rows of 32 at a time
+    monkeypatch.setattr(convert, "CHUNK_BYTES", 4 * 32 * 3)  # three rows of 32 at a time
     sliced = export_family(fam, tmp_path / "sliced", "q8_0", members=["teacher"])
     assert whole.files[0].sha256 == sliced.files[0].sha256
 
@@ -268,7 +284,7 @@ def test_llama3_rope_scaling_is_written_as_rope_freqs(tmp_path):
     cfg = tiny_config("llama", rope_parameters=dict(LLAMA3_ROPE))
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     base = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    factors = torch.tensor(export_mod.llama3_rope_factors(cfg))
+    factors = torch.tensor(llama3_rope_factors(cfg))
     assert torch.allclose(base / factors, ROPE_INIT_FUNCTIONS["llama3"](cfg)[0], rtol=1e-6)
     fam = build_family(tmp_path, "llama", layers=6, rope_parameters=dict(LLAMA3_ROPE))
     res = export_family(fam, tmp_path / "out", "q8_0", members=["student", "teacher"])

@@ -16,7 +16,7 @@ from boomerang_cli.family import (Candidate, achievable, build_family, candidate
                                   open_pair, parse_size_targets, parse_sizes, select, verify_member)
 from boomerang_cli.family.open import load_member_from_manifest
 from boomerang_cli.manifest import FamilyManifest
-from boomerang_cli.member import sequential_members
+from boomerang_cli.orders.names import sequential_members
 from boomerang_cli.plan import Plan
 from boomerang_cli.refs import resolve
 from boomerang_cli.student import init_student

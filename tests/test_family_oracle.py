@@ -19,7 +19,7 @@ import torch
 from boomerang_cli.family import achievable, build_family, open_pair, select
 from boomerang_cli.family.open import load_member_from_manifest
 from boomerang_cli.member import Member
-from boomerang_cli.orders import SearchResult, order_info
+from boomerang_cli.orders.search import SearchResult, order_info
 from boomerang_cli.plan import Plan
 from boomerang_cli.refs import resolve
 from boomerang_cli.student import init_student

@@ -8,9 +8,10 @@ import random
 import pytest
 
 from boomerang_cli.errors import BoomerangError
-from boomerang_cli.member import ORDERS, Member, sequential_members
-from boomerang_cli.orders import (auto_search, beam_search, dp_cost, dp_search, dp_subsets, greedy_cost, kl_greedy,
-                                  run_search)
+from boomerang_cli.member import Member
+from boomerang_cli.orders.cost import dp_cost, greedy_cost
+from boomerang_cli.orders.names import FIXED_ORDERS, sequential_members
+from boomerang_cli.orders.search import auto_search, beam_search, dp_search, dp_subsets, kl_greedy, run_search
 from boomerang_cli.plan import Plan
 
 
@@ -156,7 +157,7 @@ def test_kl_dp_with_interactions_never_worse_than_its_probes_and_auto_beats_fixe
     for seed in range(5):
         scorer, kl, _ = synthetic_scorer(PLAN, seed)
         auto = auto_search(PLAN, scorer)
-        for order in ORDERS:
+        for order in FIXED_ORDERS:
             for m in sequential_members(PLAN, order):
                 if not (m.is_student or m.is_teacher):
                     assert auto.best[m.num_layers][1] <= kl(m) + 1e-12
@@ -164,7 +165,7 @@ def test_kl_dp_with_interactions_never_worse_than_its_probes_and_auto_beats_fixe
         for size, (_, v) in dp.best.items():
             assert auto.best[size][1] <= v + 1e-12
         sources = {c["from"] for s in auto.steps if "candidates" in s for c in s["candidates"]}
-        assert sources == {"dp-teacher-side", "dp-student-side", *ORDERS}
+        assert sources == {"dp-teacher-side", "dp-student-side", *FIXED_ORDERS}
 
 
 def test_run_search_dispatches_and_refuses_unknown():

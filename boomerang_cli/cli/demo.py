@@ -46,13 +46,13 @@ def demo_cmd(
         from ..demo import run_demo
         from ..distill.recipes import get_recipe
         from ..errors import BoomerangError
-        from ..family import check_order
+        from ..orders.names import check_order
 
         for name, value in (("--steps", steps), ("--seq-len", seq_len), ("--batch-size", batch_size),
                             ("--eval-tokens", eval_tokens)):
             if value < 1:
                 raise BoomerangError(f"{name} must be at least 1 (got {value})")
-        from ..calibrate import check_sizes
+        from ..orders.calibration import check_sizes
 
         get_recipe(recipe)
         check_order(order)

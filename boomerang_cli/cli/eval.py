@@ -9,9 +9,9 @@ import typer
 from rich.console import JustifyMethod
 from rich.table import Table
 
-from ..calibration import CalibrationSpec
+from ..orders.calibration import CalibrationSpec
 from ..evaluate.options import EvalOptions
-from ..orders import DEFAULT_BEAM
+from ..orders.names import DEFAULT_BEAM
 from .app import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress, split_list, say
 from .options import AllowPickle, Bos, Json, Quiet, TrustRemoteCode, defaults

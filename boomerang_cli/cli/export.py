@@ -9,22 +9,12 @@ import typer
 from rich.console import JustifyMethod
 from rich.table import Table
 
+from ..export.request import ExportRequest
 from .app import app
 from .common import emit_json, handle_errors, human, out_console, progress, split_list, say
-from .options import Json, Overwrite, Quiet
+from .options import Json, Overwrite, Quiet, defaults
 
-
-def _family(family: Optional[str]) -> Path:
-    """FAMILY as given, else the last `boomerang family` recorded here."""
-    from ..errors import BoomerangError
-    from ..state import last
-
-    if family is not None:
-        return Path(family).expanduser()
-    recorded = last("family")
-    if recorded is None:
-        raise BoomerangError("no FAMILY given and no `boomerang family` recorded here; pass a family.json or its directory")
-    return Path(recorded)
+D = defaults(ExportRequest)  # every flag's default, read from the request
 
 
 @app.command("export")
@@ -32,14 +22,14 @@ def export_cmd(
     family: Optional[str] = typer.Argument(
         None, help="A family (family.json or its directory; default: the last `boomerang family` here)."),
     output: Path = typer.Option(..., "-o", "--output", help="Directory to write the files and export.json into."),
-    file_format: str = typer.Option("gguf", "--format", help="File format: gguf (llama.cpp, Ollama)."),
+    file_format: str = typer.Option(D["file_format"], "--format", help="File format: gguf (llama.cpp, Ollama)."),
     type_name: str = typer.Option(
-        "q8_0", "--type", help="Tensor type: f32, f16, bf16, q8_0 (default), q4_0, q4_1, q5_0 or q5_1. Norms stay "
+        D["type_name"], "--type", help="Tensor type: f32, f16, bf16, q8_0 (default), q4_0, q4_1, q5_0 or q5_1. Norms stay "
         "f32; at 4-5 bits embeddings and head are q8_0."),
     members: Optional[str] = typer.Option(
         None, "--members", help="Only these members of the family, e.g. member-18L,teacher (default: all, "
         "teacher and student included)."),
-    no_modelfile: bool = typer.Option(False, "--no-modelfile", help="Do not write an Ollama Modelfile per file."),
+    no_modelfile: bool = typer.Option(not D["modelfiles"], "--no-modelfile", help="Do not write an Ollama Modelfile per file."),
     overwrite: bool = Overwrite,
     json_out: bool = Json,
     quiet: bool = Quiet,
@@ -50,17 +40,13 @@ def export_cmd(
     reused by every member that contains it. export.json lists each file's path,
     type, size and sha256. See docs/export.md.
     """
+    req = ExportRequest(family, output, type_name, split_list([members]) if members is not None else None,
+                        file_format, not no_modelfile, overwrite)
     with handle_errors():
-        from ..errors import BoomerangError
-        from ..export import export_family
-        from ..guard import lock_if
+        from ..export.writer import run_export
 
-        member_list = split_list([members]) if members else None
-        if members is not None and not member_list:
-            raise BoomerangError("--members is empty; name members like --members member-18L,teacher")
-        with lock_if(output), progress(not (json_out or quiet)) as bar:  # one writer per output
-            result = export_family(_family(family), output, type_name, member_list, file_format=file_format,
-                                   overwrite=overwrite, modelfiles=not no_modelfile, progress=bar)
+        with progress(not (json_out or quiet)) as bar:
+            result = run_export(req, bar)
     if json_out:
         emit_json(result.to_json())
         return

@@ -9,8 +9,8 @@ import typer
 from rich.console import JustifyMethod
 from rich.table import Table
 
-from ..calibration import CalibrationSpec
-from ..orders import DEFAULT_BEAM, DEFAULT_ORDER
+from ..orders.calibration import CalibrationSpec
+from ..orders.names import DEFAULT_BEAM, DEFAULT_ORDER
 from .app import app
 from .common import emit_json, err_console, handle_errors, out_console, progress, split_list, say
 from .options import AllowPickle, Bos, Dtype, Json, MaxShardSize, Overwrite, Quiet, TrustRemoteCode

@@ -79,7 +79,7 @@ def block_bos(tokenizer: Any, policy: str = DEFAULT_BOS) -> int | None:
         if bos is None:
             raise DataError("--bos always: the tokenizer has no BOS token; use --bos auto or never")
         return int(bos)
-    return int(bos) if tokenizer_adds_bos(tokenizer) else None
+    return int(bos) if bos is not None and tokenizer_adds_bos(tokenizer) else None
 
 
 @dataclass

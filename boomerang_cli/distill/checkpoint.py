@@ -186,7 +186,7 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
     opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed)
     set_model_state_dict(model, state.get("model", {}), options=opts)
     set_optimizer_state_dict(model, optimizer, state.get("optimizer", {}), options=opts)
-    extra = [state.get("scheduler"), state.get("rng")]
+    extra: list[Any] = [state.get("scheduler"), state.get("rng")]
     if distributed:
         dist.broadcast_object_list(extra, src=0)
     scheduler.load_state_dict(extra[0])

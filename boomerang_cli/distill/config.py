@@ -165,6 +165,7 @@ def validate(cfg: DistillConfig) -> None:
         raise BoomerangError("pass --steps or --tokens, not both")
     if (cfg.steps is not None and cfg.steps < 1) or (cfg.tokens is not None and cfg.tokens < 1):
         raise BoomerangError("--steps/--tokens must be at least 1")
+    assert cfg.lr is not None and cfg.warmup is not None  # filled from the recipe (__post_init__)
     if not (cfg.lr > 0 and 0 <= cfg.warmup <= 1 and cfg.weight_decay >= 0 and cfg.grad_clip >= 0):
         raise BoomerangError("--lr must be > 0, --warmup in [0, 1], --weight-decay and --grad-clip >= 0")
     if cfg.dtype:

@@ -41,21 +41,27 @@ import resource
 import sys
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, cast
 
 import torch
 import torch.distributed as dist
 
+from ..arch import decoder_layers
 from ..errors import BoomerangError
 from . import heap, sharded_load
 from .losses import LogitHead
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from .model import DistillStudent
 
 SHARDABLE = ("student", "teacher")
 #: sharded teacher -> (the FSDP unit holding its head's weight, or None when it is whole on every
 #: rank; whether that weight is the input embedding)
 _HEADS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[Any, bool]]" = weakref.WeakKeyDictionary()
 #: sharded tied teacher -> its embedding matrix, whole on every rank (frozen), for a student to share
-_LOCAL_EMBEDDINGS: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Parameter]" = weakref.WeakKeyDictionary()
+_LOCAL_EMBEDDINGS: "weakref.WeakKeyDictionary[PreTrainedModel, torch.nn.Parameter]" = weakref.WeakKeyDictionary()
 
 
 def parse_shard(shard: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -103,14 +109,15 @@ class Sharding:
             heap.return_freed_memory()  # FSDP's gather/free churn would otherwise pin freed memory
         return cls("student" in names, "teacher" in names, bf16, device, mesh, warnings, "student" in asked)
 
-    def shard_teacher(self, model: torch.nn.Module, layers_path: str) -> torch.nn.Module:
+    def shard_teacher(self, model: PreTrainedModel, layers_path: str) -> PreTrainedModel:
         """The frozen teacher on this rank: on the device whole, or 1/world of it (forward only)."""
         if not self.teacher:
-            return model.to(self.device)
+            cast(torch.nn.Module, model).to(self.device)  # in place (PreTrainedModel.to, which transformers' stubs wrap)
+            return model
         from torch.distributed.fsdp import fully_shard
 
         model.requires_grad_(False)
-        for layer in model.get_submodule(layers_path):
+        for layer in decoder_layers(model, layers_path):
             fully_shard(layer, mesh=self.mesh, reshard_after_forward=True)
         head, emb = model.get_output_embeddings(), model.get_input_embeddings()
         tied = head.weight is emb.weight
@@ -125,12 +132,12 @@ class Sharding:
         # (unless kept whole), resharded after forward even as the root (reshard_after_forward=True,
         # not the default).
         fully_shard(model.base_model, mesh=self.mesh, reshard_after_forward=True,
-                    ignored_params={emb.weight} if keep_whole else None)
+                    ignored_params={cast(torch.nn.Parameter, emb.weight)} if keep_whole else None)
         if tied and not keep_whole:  # the head outside base_model still holds the full matrix: the shard
             head.weight = emb.weight
         if sharded_load.is_meta(model):  # built on meta: read this rank's rows only (all of a whole one)
             sharded_load.materialize(model, model, self.device)
-        local = model.get_input_embeddings().weight if keep_whole else None
+        local = cast(torch.nn.Parameter, model.get_input_embeddings().weight) if keep_whole else None
         if local is not None:
             _LOCAL_EMBEDDINGS[model] = local
         _HEADS[model] = (None if keep_whole else model.base_model if tied else head, tied)
@@ -140,7 +147,7 @@ class Sharding:
                                      "drop --shard teacher for this architecture")
         return model
 
-    def shard_student(self, model: torch.nn.Module, layers_path: str) -> torch.nn.Module:
+    def shard_student(self, model: DistillStudent, layers_path: str) -> DistillStudent:
         """Shard the student (a DistillStudent, its HF model at ``.model``) before the optimizer sees it."""
         if not self.student:
             return model
@@ -152,9 +159,10 @@ class Sharding:
         emb = model.model.get_input_embeddings()
         if shared is not None and not sharded_load.is_meta(model.model):  # loaded whole: share it now
             _share(model.model, shared)
-        for layer in model.model.get_submodule(layers_path):
+        for layer in decoder_layers(model.model, layers_path):
             fully_shard(layer, mesh=self.mesh, mp_policy=mp)
-        fully_shard(model, mesh=self.mesh, mp_policy=mp, ignored_params={emb.weight} if shared is not None else None)
+        fully_shard(model, mesh=self.mesh, mp_policy=mp,
+                    ignored_params={cast(torch.nn.Parameter, emb.weight)} if shared is not None else None)
         if sharded_load.is_meta(model.model):  # built on meta: read this rank's rows only
             sharded_load.materialize(model, model.model, self.device, shared=shared)
         teacher = next((t for t in _HEADS if model.teacher_head is not None
@@ -166,7 +174,8 @@ class Sharding:
             # anyway, instead of gathering the teacher's copy too (one vocab x hidden matrix less).
             model.teacher_head_is_own = True
         if self.bf16:  # what accelerator.prepare does for an unsharded student
-            model.forward = torch.autocast(self.device.type, dtype=torch.bfloat16)(model.forward)
+            # This instance's forward wrapped, as accelerate.prepare does (mypy: a method is not assigned to).
+            model.forward = torch.autocast(self.device.type, dtype=torch.bfloat16)(model.forward)  # type: ignore[method-assign]
         return model
 
     def state_dict(self, acc: Any, model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -175,7 +184,8 @@ class Sharding:
             return acc.get_state_dict(model)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        sd = cast(dict[str, torch.Tensor],  # a model's state dict holds tensors only (ValueType is wider)
+                  get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
         # Gathered one by one, tied weights come back as copies; tie them again, so that the
         # writer stores one matrix as it does for the unsharded student.
         aliases: dict[int, list[str]] = {}
@@ -188,7 +198,7 @@ class Sharding:
         return sd
 
 
-def _teacher_embedding_for(student: torch.nn.Module) -> torch.nn.Parameter | None:
+def _teacher_embedding_for(student: PreTrainedModel) -> torch.nn.Parameter | None:
     """A sharded teacher's whole tied embedding that this student's frozen, tied embeddings equal.
 
     Equal by where they are read from (a student built on meta: the same bytes
@@ -209,7 +219,7 @@ def _teacher_embedding_for(student: torch.nn.Module) -> torch.nn.Parameter | Non
     return None
 
 
-def _share(student: torch.nn.Module, shared: torch.nn.Parameter) -> None:
+def _share(student: PreTrainedModel, shared: torch.nn.Parameter) -> None:
     """Point a (whole, not meta) student's tied embeddings and head at the teacher's matrix."""
     student.get_input_embeddings().weight = shared
     student.get_output_embeddings().weight = shared

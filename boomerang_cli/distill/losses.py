@@ -21,7 +21,7 @@ micro-batches or processes does not change the loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,9 @@ import torch.nn.functional as F
 from ..data import IGNORE
 from ..errors import BoomerangError, UnsupportedArchitectureError
 from .weights import LossWeights as LossWeights  # re-exported: its home before weights.py
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: Elements of one ``chunk x vocab`` fp32 tensor when the chunk is chosen automatically (64 MB).
 AUTO_CHUNK_ELEMENTS = 1 << 24
@@ -57,7 +60,7 @@ class LogitHead:
     softcap: float | None = None
 
     @classmethod
-    def of(cls, model: torch.nn.Module) -> "LogitHead":
+    def of(cls, model: PreTrainedModel) -> "LogitHead":
         head = model.get_output_embeddings()
         if head is None or not hasattr(head, "weight"):
             raise UnsupportedArchitectureError(f"{type(model).__name__}: no linear LM head")
@@ -99,7 +102,7 @@ class LogitHead:
         return self.transform(z.float())
 
 
-def verify_head(model: torch.nn.Module, head: LogitHead, vocab: int) -> None:
+def verify_head(model: PreTrainedModel, head: LogitHead, vocab: int) -> None:
     """Check on a few tokens that ``head`` reproduces the model's own logits.
 
     A model computing logits some way :data:`LOGIT_FIELDS` does not describe
@@ -189,6 +192,7 @@ class _HeadLosses(torch.autograd.Function):
                     ce_sum -= (logp_s.gather(1, lab.clamp(min=0).unsqueeze(1)).squeeze(1) * valid).sum()
                 p_t = None
                 if tw is not None:
+                    assert spec.teacher is not None and h_t is not None  # tw comes from the teacher, with h_t
                     t_logits = spec.teacher.transform(_raw(h_t[s:e].detach().to(cd), tw, tb))
                     logp_t = torch.log_softmax(t_logits if T == 1 else t_logits / T, dim=-1)
                     del t_logits
@@ -213,7 +217,7 @@ class _HeadLosses(torch.autograd.Function):
                         rows = valid.nonzero().squeeze(1)
                         g[rows, lab[rows]] -= spec.ce_coef
                 del logq, logp_s, p_t
-                if spec.need_grad and g is not None:
+                if grad_h is not None and g is not None:  # need_grad (grad_w too, unless the head is frozen)
                     spec.student.transform_grad(g, logits)
                     gc = g.to(cd)
                     grad_h[s:e] = (gc @ w).to(h.dtype)
@@ -223,7 +227,7 @@ class _HeadLosses(torch.autograd.Function):
                         grad_w += (gc.T @ hc).float()
                     if grad_b is not None:
                         grad_b += g.sum(0)
-                elif spec.need_grad:
+                elif grad_h is not None:
                     grad_h[s:e] = 0
         loss = spec.ce_coef * ce_sum + spec.kl_coef * kl_sum
         ctx.save_for_backward(*(t for t in (grad_h, grad_w, grad_b) if t is not None))

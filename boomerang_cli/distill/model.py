@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
+from ..arch import decoder_layers
 from .losses import LogitHead, cosine_sums, head_losses
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class HiddenCapture:
@@ -28,7 +32,7 @@ class HiddenCapture:
     """
 
     def __init__(self, model: torch.nn.Module, layers_path: str, indices: Sequence[int]) -> None:
-        layers = model.get_submodule(layers_path)
+        layers = decoder_layers(model, layers_path)
         self.indices = sorted(set(indices))
         if self.indices and not (0 <= self.indices[0] and self.indices[-1] < len(layers)):
             raise ValueError(f"hidden indices {self.indices} out of range for {len(layers)} layers")
@@ -77,16 +81,17 @@ class TeacherOutput:
 class Teacher:
     """The frozen teacher: forward in inference mode, no logits, only aligned hidden states."""
 
-    def __init__(self, model: torch.nn.Module, layers_path: str, aligned: Sequence[int], keep_hidden: bool) -> None:
+    def __init__(self, model: PreTrainedModel, layers_path: str, aligned: Sequence[int], keep_hidden: bool) -> None:
         self.model = model.eval().requires_grad_(False)
         self.head = LogitHead.of(model)
         self.aligned = list(aligned)
-        self.num_layers = len(model.get_submodule(layers_path))
+        self.num_layers = len(decoder_layers(model, layers_path))
         self.capture = HiddenCapture(model, layers_path, [j for j in self.aligned if j < self.num_layers]) if keep_hidden else None
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> TeacherOutput:
         with torch.inference_mode():
-            ctx = self.capture.recording() if self.capture else contextlib.nullcontext({})
+            ctx: contextlib.AbstractContextManager[dict[int, torch.Tensor]] = (
+                self.capture.recording() if self.capture else contextlib.nullcontext({}))
             with ctx as states:
                 final = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                               use_cache=False).last_hidden_state
@@ -108,7 +113,7 @@ class DistillStudent(torch.nn.Module):
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: PreTrainedModel,
         layers_path: str,
         *,
         ce_weight: float,
@@ -122,7 +127,7 @@ class DistillStudent(torch.nn.Module):
         self.model = model
         # FSDP's auto-wrap policy looks for the decoder-layer classes here.
         self._no_split_modules = getattr(model, "_no_split_modules", None)
-        self.num_layers = len(model.get_submodule(layers_path))
+        self.num_layers = len(decoder_layers(model, layers_path))
         self.ce_weight, self.kl_weight, self.cos_weight = ce_weight, kl_weight, cos_weight
         self.temperature, self.chunk = temperature, chunk
         self.teacher_head = teacher_head
@@ -151,7 +156,8 @@ class DistillStudent(torch.nn.Module):
         ``loss`` is the weighted total; ``ce``, ``kl`` and ``cosine`` the
         unweighted terms (``cosine`` averaged over the S+1 pairs), detached.
         """
-        ctx = self.capture.recording() if self.capture else contextlib.nullcontext({})
+        ctx: contextlib.AbstractContextManager[dict[int, torch.Tensor]] = (
+            self.capture.recording() if self.capture else contextlib.nullcontext({}))
         with ctx as states:
             final = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                           use_cache=False).last_hidden_state

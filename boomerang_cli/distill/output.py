@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,9 +19,12 @@ from ..units import parse_size
 from .config import DistillConfig, DistillResult
 from .metrics import METRICS
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 
 def write_student(cfg: DistillConfig, t_ref: ModelRef, t_info: ModelInfo, plan: Plan, student_dir: Path | None,
-                   hf_model: torch.nn.Module, state_dict: dict[str, torch.Tensor], result: DistillResult) -> None:
+                   hf_model: PreTrainedModel, state_dict: dict[str, torch.Tensor], result: DistillResult) -> None:
     """The distilled student's directory: its training recorded in boomerang.json, a card that says how."""
     prefix = "model."
     sd = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
@@ -35,6 +39,7 @@ def write_student(cfg: DistillConfig, t_ref: ModelRef, t_info: ModelInfo, plan: 
     record = StudentRecord(plan, t_ref.stable_ref, fingerprint(t_info), training=training)
     name = Path(cfg.output).name
     w = cfg.weights
+    assert w is not None  # filled from the recipe (DistillConfig.__post_init__)
     meta = t_ref.card_metadata()
     teacher = t_ref.public_name
     card = model_card(

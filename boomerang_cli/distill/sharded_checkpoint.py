@@ -81,7 +81,7 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
         return
     try:
         extra = torch.load(path / STATE, map_location="cpu", weights_only=True)
-        state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+        state: dict[str, Any] = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
         dcp.load(state, checkpoint_id=str(path / DCP_DIR))
     except (OSError, RuntimeError, ValueError, CheckpointException) as exc:  # DCP: a missing or damaged shard
         raise BoomerangError(f"{path}: unreadable sharded checkpoint ({type(exc).__name__}); "

@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import copy
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..arch import ModelInfo, text_config
 from ..compose import Composition, LayerSource, compose
 from ..errors import BoomerangError
+from ..models import no_init_weights
 from ..plan import Plan
 from ..tensors import DTYPES, TensorInfo
 from .losses import LogitHead, verify_head
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: a model built on meta -> the composition its tensors come from
 _SOURCES: "weakref.WeakKeyDictionary[torch.nn.Module, Composition]" = weakref.WeakKeyDictionary()
@@ -45,14 +49,6 @@ def of_plan(teacher: ModelInfo, plan: Plan) -> Composition:
     return compose({"teacher": teacher}, [LayerSource("teacher", k) for k in plan.kept], "teacher", "teacher")
 
 
-def _no_init() -> Any:
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # pragma: no cover - older transformers
-        from transformers.modeling_utils import no_init_weights
-    return no_init_weights()
-
-
 def meta_model(comp: Composition, dtype: torch.dtype, trust_remote_code: bool = False) -> Any:
     """The composed model with its parameters on the meta device (no memory), its buffers real."""
     from accelerate import init_empty_weights
@@ -60,7 +56,7 @@ def meta_model(comp: Composition, dtype: torch.dtype, trust_remote_code: bool = 
 
     config = comp.config
     config.dtype = dtype
-    with _no_init(), init_empty_weights(include_buffers=False):
+    with no_init_weights(), init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     if comp.tied:
         model.tie_weights()
@@ -101,7 +97,7 @@ def _local_rows(p: Any) -> tuple[torch.Tensor, int, int]:
     return p._local_tensor, (offset[0] if offset else 0), (shape[0] if shape else 0)
 
 
-def _head_info(model: torch.nn.Module, comp: Composition) -> tuple | None:
+def _head_info(model: PreTrainedModel, comp: Composition) -> tuple | None:
     """Where a meta model's LM head weight will be read from (file, byte range, dtype as loaded)."""
     head = model.get_output_embeddings()
     name = next((n for n, p in model.named_parameters() if head is not None and p is head.weight), None)
@@ -112,14 +108,14 @@ def _head_info(model: torch.nn.Module, comp: Composition) -> tuple | None:
     return (str(info.file), info.begin, info.end, head.weight.dtype)
 
 
-def head_source(model: torch.nn.Module) -> tuple | None:
+def head_source(model: PreTrainedModel) -> tuple | None:
     """The bytes a model's LM head weight is (or, built on meta, will be) read from; None if not known."""
     if model in _HEAD_FROM:
         return _HEAD_FROM[model]
     return _head_info(model, _SOURCES[model]) if model in _SOURCES else None
 
 
-def materialize(root: torch.nn.Module, hf_model: torch.nn.Module, device: torch.device,
+def materialize(root: torch.nn.Module, hf_model: PreTrainedModel, device: torch.device,
                 shared: torch.nn.Parameter | None = None) -> None:
     """Allocate this rank's shards of a sharded meta model and read them from its files.
 

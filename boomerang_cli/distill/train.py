@@ -24,7 +24,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -44,6 +44,9 @@ from .metrics import METRICS, MetricSink
 from .model import DistillStudent, Teacher
 from .output import write_student
 from .step import evaluate, forward_backward
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def _accelerator(cfg: DistillConfig):
@@ -101,7 +104,7 @@ def _on_main(acc: Any, fn: Any) -> Any:
     return result
 
 
-def freeze_embeddings(model: torch.nn.Module) -> None:
+def freeze_embeddings(model: PreTrainedModel) -> None:
     """Keep input embeddings and LM head (weight and bias) as they are: the teacher's.
 
     Members then carry one embedding matrix, tied exactly when the teacher is
@@ -115,7 +118,8 @@ def freeze_embeddings(model: torch.nn.Module) -> None:
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices only, not on biases and norm weights (as HF Trainer does)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
@@ -269,6 +273,7 @@ def _setup_models(run: _Run) -> None:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     w = cfg.weights
+    assert w is not None and cfg.lr is not None and cfg.warmup is not None  # filled from the recipe (__post_init__)
     teacher_dtype = torch.bfloat16 if run.bf16 and device.type == "cuda" else torch.float32
     layers_path = t_info.arch.layers_path
     # Sharded (--fsdp/--shard): built on meta, each rank reads only its rows when sharded (sharded_load).
@@ -292,7 +297,7 @@ def _setup_models(run: _Run) -> None:
             layer.forward = torch.compile(layer.forward)
 
     model = run.sharding.shard_student(model, layers_path)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cast(tuple[float, float], tuple(cfg.betas)),
                                   eps=cfg.eps, fused=False)
     warmup = math.ceil(cfg.warmup * run.steps)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(run.steps, warmup))

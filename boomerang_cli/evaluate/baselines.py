@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from ..errors import BoomerangError
 from ..member import Member
 from ..models import attention_mask
-from .perplexity import EvalData
-from .trunk import LayerRunner, Stack
+from ..forward.perplexity import EvalData
+from ..forward.trunk import LayerRunner, Stack
 
 METHODS = ("shortgpt", "plan-prune")
 

@@ -23,10 +23,10 @@ from ..progress import NULL, Progress
 from . import lmeval
 from .baselines import Baseline, block_influence, plan_baselines
 from .options import EvalOptions, EvalReport, Row, TrunkInfo, bounded_seq_len, now
-from .perplexity import EvalData, load_eval_data
+from ..forward.perplexity import EvalData, load_eval_data
 from .results import perplexity_entry, write_family
 from .stacks import stack_perplexities
-from .trunk import LayerRunner, Stack
+from ..forward.trunk import LayerRunner, Stack
 
 
 @dataclass
@@ -194,9 +194,11 @@ def _order_members(fam: _Family, order: str, opts: EvalOptions, progress: Progre
     split of the evaluation data (--calib-samples/--calib-seq-len, else the
     family's, else 64 x 128 tokens).
     """
-    from ..calibrate import CalibrationSpec, search
-    from ..member import sequential_members
-    from ..orders import CALIBRATED_ORDERS, beam_width, order_info, result_from_order_info, reusable
+    from ..orders.calibration import CalibrationSpec
+    from ..orders.cost import reusable
+    from ..orders.kl import search
+    from ..orders.names import CALIBRATED_ORDERS, beam_width, sequential_members
+    from ..orders.search import order_info, result_from_order_info
 
     plan = fam.manifest.plan
     if order not in CALIBRATED_ORDERS:

@@ -91,7 +91,7 @@ class EvalOptions:
             raise BoomerangError(f"unknown baseline {bad[0]!r}; use prune (= {', '.join(METHODS)}) or one of them")
         if not self.perplexity and not self.tasks:
             raise BoomerangError("nothing to evaluate: perplexity is off and no --tasks were given")
-        from ..orders import ALL_ORDERS, check_beam
+        from ..orders.names import ALL_ORDERS, check_beam
 
         bad = [o for o in self.compare_orders if o not in ALL_ORDERS]
         if bad:
@@ -99,7 +99,7 @@ class EvalOptions:
         if self.compare_orders and not self.perplexity:
             raise BoomerangError("--compare-orders compares perplexity; drop --no-perplexity")
         check_beam(self.beam)
-        from ..calibrate import check_sizes
+        from ..orders.calibration import check_sizes
 
         check_sizes(self.calib_samples, self.calib_seq_len)
 

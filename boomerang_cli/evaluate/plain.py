@@ -14,9 +14,9 @@ from ..models import load_model, load_tokenizer
 from ..progress import NULL, Progress
 from . import lmeval
 from .options import EvalOptions, EvalReport, Row, TrunkInfo, bounded_seq_len, now
-from .perplexity import load_eval_data, model_nll
+from ..forward.perplexity import load_eval_data, model_nll
 from .results import DEFAULT_RESULTS, check_results_output, perplexity_entry, write_results
-from .trunk import Stack
+from ..forward.trunk import Stack
 
 
 def evaluate_models(

@@ -20,7 +20,7 @@ from ..data import SPLIT_RULE
 from ..manifest import BaselineEntry, FamilyManifest, migrate_metrics, perplexity_key
 from ..atomic import atomic_write_text
 from .options import Row, now
-from .perplexity import NLL, EvalData
+from ..forward.perplexity import NLL, EvalData
 
 RESULTS_FORMAT = "boomerang-eval"
 #: 2: perplexity keyed by manifest.perplexity_key; 3: records carry bits per byte and word perplexity, and

@@ -1,6 +1,6 @@
 """Perplexity of many stacks at once: through the shared trunk when it checks out, else one by one.
 
-The trunk (:mod:`.trunk`) is checked on the first batch against one member
+The trunk (:mod:`boomerang_cli.forward.trunk`) is checked on the first batch against one member
 built as a standalone model; if that check fails, or the architecture cannot
 be run layer by layer, every model is evaluated on its own and the result
 says ``"trunk": false`` with the reason.
@@ -16,8 +16,8 @@ from ..errors import UnsupportedArchitectureError
 from ..models import attention_mask
 from ..progress import NULL, Progress
 from .options import TrunkInfo
-from .perplexity import NLL, EvalData, batch_nll, model_logits, model_nll, relative_difference
-from .trunk import LayerRunner, Stack, TrunkEvaluator
+from ..forward.perplexity import NLL, EvalData, batch_nll, model_logits, model_nll, relative_difference
+from ..forward.trunk import LayerRunner, Stack, TrunkEvaluator
 
 #: Largest relative NLL difference between the trunk and a standalone member on the check batch.
 TRUNK_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}

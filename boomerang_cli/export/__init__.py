@@ -13,16 +13,8 @@ from ``gguf.get_tensor_name_map``, quantization from ``gguf.quants.quantize``,
 metadata keys from ``GGUFWriter``. Only llama.cpp's HF -> GGUF permutation of
 llama's Q and K rows (``convert_hf_to_gguf.py``; transformers' GGUF loader
 undoes it) and the choice of per-tensor types are written here. docs/export.md.
+
+The command's entry point is :func:`.writer.run_export` (an :class:`.request.ExportRequest`
+in, an ``ExportResult`` out). Nothing is imported here, so that ``export.request`` (the
+flags' defaults) imports no torch: import each name from its module.
 """
-
-from .convert import TensorCache, TensorSpec, permute_rows, tensor_specs, tensor_type
-from .gguf_arch import ARCHITECTURES, FORMATS, REFUSED, TYPES, check_exportable, check_type, gguf_arch, llama3_rope_factors
-from .metadata import Metadata, family_metadata, write_metadata
-from .writer import EXPORT_FORMAT, EXPORT_MANIFEST, EXPORT_SCHEMA_VERSION, ExportedFile, ExportResult, export_family, plan_export
-
-__all__ = [
-    "ARCHITECTURES", "EXPORT_FORMAT", "EXPORT_MANIFEST", "EXPORT_SCHEMA_VERSION", "ExportResult", "ExportedFile",
-    "FORMATS", "Metadata", "REFUSED", "TYPES", "TensorCache", "TensorSpec", "check_exportable", "check_type",
-    "export_family", "family_metadata", "gguf_arch", "llama3_rope_factors", "permute_rows", "plan_export",
-    "tensor_specs", "tensor_type", "write_metadata",
-]

@@ -18,12 +18,13 @@ from ..arch import ModelInfo
 from ..atomic import atomic_dir, atomic_write_text, check_output_dir
 from ..compose import Composition
 from ..errors import BoomerangError
-from ..guard import check_disjoint
+from ..guard import check_disjoint, lock_if
 from ..progress import NULL, Progress
 from ..tensors import _copy_range
 from .convert import TensorCache, TensorSpec, tensor_specs
 from .gguf_arch import FORMATS, _ggml, check_exportable, check_type, gguf_arch, require_gguf
 from .metadata import family_metadata, write_metadata
+from .request import DEFAULT_FORMAT, DEFAULT_TYPE, ExportRequest
 
 EXPORT_FORMAT = "boomerang-export"
 EXPORT_SCHEMA_VERSION = 1
@@ -133,10 +134,10 @@ def plan_export(family: Path | str, members: Sequence[str] | None, type_name: st
 def export_family(
     family: Path | str,
     output: Path | str,
-    type_name: str = "q8_0",
+    type_name: str = DEFAULT_TYPE,
     members: Sequence[str] | None = None,
     *,
-    file_format: str = "gguf",
+    file_format: str = DEFAULT_FORMAT,
     overwrite: bool = False,
     modelfiles: bool = True,
     progress: Progress = NULL,
@@ -192,6 +193,29 @@ def export_family(
                               cache.references, seconds, meta.tokenizer_source)
         atomic_write_text(tmp / EXPORT_MANIFEST, json.dumps(result.to_json(), indent=2) + "\n")
     return result
+
+
+def family_target(family: str | Path | None) -> Path:
+    """FAMILY as given, else the last ``boomerang family`` recorded here."""
+    from ..state import last
+
+    if family is not None:
+        return Path(family).expanduser()
+    recorded = last("family")
+    if recorded is None:
+        raise BoomerangError("no FAMILY given and no `boomerang family` recorded here; pass a family.json or its directory")
+    return Path(recorded)
+
+
+def run_export(req: ExportRequest, progress: Progress = NULL) -> ExportResult:
+    """``boomerang export`` as one call: the member list checked, then the family (as given, else the
+    last one built here) exported into ``output``, one writer per output."""
+    if req.members is not None and not list(req.members):
+        raise BoomerangError("--members is empty; name members like --members member-18L,teacher")
+    with lock_if(req.output):
+        return export_family(family_target(req.family), req.output, req.type_name,
+                             list(req.members) if req.members is not None else None, file_format=req.file_format,
+                             overwrite=req.overwrite, modelfiles=req.modelfiles, progress=progress)
 
 
 def _record(path: Path, name: str, comp: Composition, specs: Sequence[TensorSpec], type_name: str,

@@ -9,7 +9,7 @@ from ..compose import Composition, model_card
 from ..data import public_sources
 from ..manifest import OrderInfo
 from ..member import Member
-from ..orders import CALIBRATED_ORDERS
+from ..orders.names import CALIBRATED_ORDERS
 from ..pair import Pair
 from .select import Candidate
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..calibration import CalibrationSpec
+from ..orders.calibration import CalibrationSpec
 from ..data import DEFAULT_BOS
 from ..errors import BoomerangError
 from ..manifest import OrderInfo
-from ..orders import DEFAULT_ORDER
+from ..orders.names import DEFAULT_ORDER
 from ..pair import Pair, open_pair
 from ..progress import NULL, Progress
 from ..state import last
@@ -116,14 +116,14 @@ def make_family(req: FamilyRequest, progress: Progress = NULL) -> FamilyRun:
     Every flag is checked before anything is resolved; the output is checked before minutes of search;
     one writer per family holds ``output`` to the end.
     """
-    from ..calibrate import calibration_for
     from ..guard import check_disjoint, local_sources, lock_if
-    from ..orders import check_order, order_info
+    from ..orders.kl import calibrated_search, calibration_for
+    from ..orders.names import check_order
+    from ..orders.search import order_info
     from ..plan import Plan
     from ..refs import refuse_conversion_in_dry_run, resolve
     from ..tensors import parse_dtype
     from ..units import parse_size
-    from .search import calibrated_search
     from .select import check_selection_args, order_candidates, select
     from .writer import prior_manifest, write_family
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..errors import BoomerangError
-from ..member import Member, sequential_members
-from ..orders import CALIBRATED_ORDERS, SearchResult, check_order
+from ..member import Member
+from ..orders.names import CALIBRATED_ORDERS, check_order, sequential_members
+from ..orders.search import SearchResult
 from ..pair import Pair
 from ..units import format_params, parse_count
 

@@ -19,7 +19,7 @@ from ..errors import BoomerangError, OutputExistsError
 from ..guard import check_disjoint
 from ..integrity import checksums, file_sizes, identity_problem, verify_member
 from ..manifest import MANIFEST_NAME, FamilyManifest, MemberEntry, OrderInfo
-from ..orders import CALIBRATED_ORDERS, DEFAULT_ORDER, check_order
+from ..orders.names import CALIBRATED_ORDERS, DEFAULT_ORDER, check_order
 from ..pair import Pair
 from ..progress import NULL, Progress
 from ..atomic import atomic_dir

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .data import DEFAULT_BOS, check_bos_policy
-from .errors import DataError
+from ..data import DEFAULT_BOS, check_bos_policy
+from ..errors import DataError
 
 
 @dataclass(frozen=True)

@@ -1,61 +1,30 @@
-"""Calibrated patch orders: choose which blocks to patch for each size from data.
+"""The calibrated orders' searches, pure: each runs over an injected *scorer* (members -> KL).
 
-SPEC section 4 (follow-up work): the fixed last-first / first-last orders are
-hand-picked per model family. Here the blocks are chosen by their effect on the
-KL divergence to the teacher's next-token distribution on calibration data:
+- ``kl-greedy`` / ``beam`` (:func:`beam_search`): patch one block at a time,
+  keeping the ``W`` lowest-KL sets of patched blocks at every depth.
+- ``kl-dp`` (:func:`dp_search`): each block scored once from each end, the best
+  subset of every size by one knapsack pass over those additive costs.
+- ``auto`` (:func:`auto_search`): kl-dp's proposals and the fixed orders'
+  members, the lowest KL kept per size.
 
-- ``kl-greedy``: from the student, at each step patch the one remaining block
-  whose member has the lowest KL; continue to the teacher. One nested chain.
-- ``beam``: keep the ``W`` lowest-KL sets of patched blocks at every depth
-  instead of one; each size then gets its own best subset (not necessarily
-  nested). ``W=1`` is kl-greedy; ``W >= C(B, B//2)`` is exhaustive.
-- ``kl-dp``: each block's effect measured once from each end (the teacher with
-  that block alone from the student, the student with that block alone from
-  the teacher); with those additive costs the best subset of every size is one
-  dynamic-programming pass over the blocks (SPEC section 6). Each size's two
-  proposals (one per end) are scored and the lower KL kept: ``2B + 2 + 2S``
-  members for ``S`` sizes instead of kl-greedy's ``B(B+1)/2 + 1``.
-- ``auto``: per size, the lowest-KL member among kl-dp's proposals and the
-  fixed orders' members (``first-last``, ``last-first``), so a calibrated
-  family is never worse on the calibration data than either fixed order.
-
-The search only needs a *scorer* (members -> KL); :mod:`boomerang_cli.calibrate`
-provides the real one. Scores are memoized, so no member is evaluated twice.
+Nothing here runs a model, so the searches are tested against brute force with
+synthetic scorers; :mod:`.kl` supplies the real one. Scores are memoized, so no
+member is evaluated twice.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from math import comb
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import BoomerangError
-from .manifest import OrderInfo
-from .member import ORDERS, Member, sequential_members
-from .plan import Plan
+from ..errors import BoomerangError
+from ..manifest import OrderInfo
+from ..member import Member
+from ..plan import Plan
+from .names import CALIBRATED_ORDERS, FIXED_ORDERS, beam_width, sequential_members
 
 #: members -> KL divergence to the teacher of each, same order
 Scorer = Callable[[Sequence[Member]], list[float]]
-CALIBRATED_ORDERS = ("kl-greedy", "beam", "kl-dp", "auto")
-#: Every ``--order``: the fixed ones (member.ORDERS, which ``sequential_members`` walks) and the searched ones.
-ALL_ORDERS = ORDERS + CALIBRATED_ORDERS
-DEFAULT_BEAM = 4  # --order beam without --beam
-DEFAULT_ORDER = "last-first"  # family --order: the paper's (SPEC section 4)
-
-
-def check_order(order: str, flag: str = "--order") -> None:
-    if order not in ALL_ORDERS:
-        raise BoomerangError(f"unknown {flag} {order!r}; use one of {', '.join(ALL_ORDERS)}")
-
-
-def check_beam(beam: int | None) -> None:
-    if beam is not None and beam < 1:
-        raise BoomerangError(f"--beam must be at least 1 (got {beam})")
-
-
-def beam_width(method: str, beam: int | None) -> int:
-    """The beam a calibrated order searches with: ``beam`` (default 4) for beam, else 1."""
-    return (beam if beam is not None else DEFAULT_BEAM) if method == "beam" else 1
 
 
 @dataclass
@@ -67,7 +36,7 @@ class SearchResult:
     best: dict[int, tuple[Member, float]]  # num_layers -> (member, KL)
     steps: list[dict] = field(default_factory=list)
     evaluated: int = 0
-    calibration: dict[str, Any] | None = None  # what the KL was measured on (set by calibrate.search)
+    calibration: dict[str, Any] | None = None  # what the KL was measured on (set by kl.search)
     seconds: float | None = None
 
     def members(self) -> list[Member]:
@@ -157,11 +126,6 @@ def kl_greedy(plan: Plan, scorer: Scorer, on_step: Callable[[int, int], None] | 
     return beam_search(plan, scorer, 1, on_step)
 
 
-def greedy_cost(num_blocks: int) -> int:
-    """Members kl-greedy evaluates: B + (B-1) + ... + 1, plus the student."""
-    return num_blocks * (num_blocks + 1) // 2 + 1
-
-
 def dp_subsets(plan: Plan, cost: Sequence[float]) -> dict[int, frozenset[int]]:
     """For every reachable layer count, the blocks to take from the student with the lowest total cost.
 
@@ -224,13 +188,13 @@ def dp_search(plan: Plan, scorer: Scorer, rivals: Mapping[str, Sequence[Member]]
 
 def auto_search(plan: Plan, scorer: Scorer) -> SearchResult:
     """kl-dp's proposals and every member of the fixed orders, the lowest KL kept per size."""
-    rivals = {o: [m for m in sequential_members(plan, o) if not (m.is_student or m.is_teacher)] for o in ORDERS}
+    rivals = {o: [m for m in sequential_members(plan, o) if not (m.is_student or m.is_teacher)] for o in FIXED_ORDERS}
     return dp_search(plan, scorer, rivals, method="auto")
 
 
 def run_search(method: str, plan: Plan, scorer: Scorer, beam: int | None = None,
                on_step: Callable[[int, int], None] | None = None) -> SearchResult:
-    """The calibrated order ``method`` over ``scorer`` (the one entry point calibrate uses)."""
+    """The calibrated order ``method`` over ``scorer`` (the one entry point the KL search uses)."""
     if method == "kl-dp":
         return dp_search(plan, scorer)
     if method == "auto":
@@ -238,12 +202,6 @@ def run_search(method: str, plan: Plan, scorer: Scorer, beam: int | None = None,
     if method in ("kl-greedy", "beam"):
         return beam_search(plan, scorer, beam_width(method, beam), on_step)
     raise BoomerangError(f"{method!r} is not a calibrated order; use one of {', '.join(CALIBRATED_ORDERS)}")
-
-
-def dp_cost(num_blocks: int, rivals: int = 0) -> int:
-    """Members kl-dp scores at most: student, teacher, two probes per block, two proposals per size
-    (sizes <= blocks + 1), plus ``rivals`` members of fixed orders for auto."""
-    return 2 + 2 * num_blocks + 2 * (num_blocks + 1) + rivals
 
 
 def order_info(result: SearchResult) -> OrderInfo:
@@ -264,12 +222,6 @@ def order_info(result: SearchResult) -> OrderInfo:
                      trace=list(result.steps))
 
 
-def reusable(recorded: OrderInfo, method: str, width: int) -> bool:
-    """The reuse rule: a manifest's recorded search is the one ``method`` at beam ``width`` would run
-    (the caller adds what else must match: calibration, teacher, student, plan)."""
-    return recorded.method == method and bool(recorded.steps) and (recorded.beam or 1) == width
-
-
 def result_from_order_info(plan: Plan, info: OrderInfo) -> SearchResult:
     """A search recorded in a manifest, back as a result (no member is scored again)."""
     if info.method not in CALIBRATED_ORDERS or not info.steps:
@@ -281,22 +233,3 @@ def result_from_order_info(plan: Plan, info: OrderInfo) -> SearchResult:
     cal = info.calibration or {}
     return SearchResult(info.method, info.beam, best, list(info.trace), int(cal.get("evaluated", 0)),
                         {k: v for k, v in cal.items() if k not in ("evaluated", "seconds")}, cal.get("seconds"))
-
-
-def order_cost(plan: Plan, method: str, width: int = 1) -> int:
-    """Members a search scores at most (the progress bar's total)."""
-    if method in ("kl-dp", "auto"):
-        rivals = sum(len(sequential_members(plan, o)) for o in ORDERS) if method == "auto" else 0
-        return dp_cost(plan.num_student_layers, rivals)
-    return search_cost(plan.num_student_layers, width)
-
-
-def search_cost(num_blocks: int, width: int) -> int:
-    """Members a beam search scores at most: the student, then at each depth ``d`` the distinct children
-    of the beam, at most ``min(C(B, d), width * (B - d + 1))`` (greedy: exactly ``B(B+1)/2 + 1``)."""
-    total, frontier = 1, 1
-    for d in range(1, num_blocks + 1):
-        children = min(comb(num_blocks, d), frontier * (num_blocks - d + 1))
-        total += children
-        frontier = min(width, children)
-    return total

@@ -1,10 +1,12 @@
-"""The calibration scorer behind the calibrated orders (``--order kl-greedy``, ``beam``, ``kl-dp``, ``auto``).
+"""The calibrated orders' scorer and search on real models (``--order kl-greedy``, ``beam``, ``kl-dp``, ``auto``).
 
 KL(teacher || member) of the next-token distributions, averaged over the
 calibration tokens. The teacher's log-probabilities are computed once; every
 batch of candidate members is then evaluated in memory through the shared
-trunk of :mod:`boomerang_cli.evaluate.trunk` (candidates of one search step
+trunk of :mod:`boomerang_cli.forward.trunk` (candidates of one search step
 differ in a single block, so they share most of their layers), nothing written.
+The searches themselves are :mod:`.search`'s; this is the torch part of the
+package, imported only where a search runs.
 """
 
 from __future__ import annotations
@@ -16,20 +18,22 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .arch import ModelInfo, max_positions
-from .calibration import CalibrationSpec as CalibrationSpec, check_sizes as check_sizes  # re-exported: their home before
-from .data import DEFAULT_BOS, IGNORE
-from .errors import BoomerangError, DataError
-from .evaluate.perplexity import CHUNK_ROWS, EvalData, load_eval_data, model_logits
-from .evaluate.trunk import LayerRunner, Stack, TrunkEvaluator
-from .member import Member
-from .models import attention_mask, load_model, load_tokenizer
-from .orders import CALIBRATED_ORDERS, SearchResult, beam_width, check_beam, order_cost, run_search
-from .orders import search_cost as search_cost  # re-exported: its home before orders.py
-from .plan import Plan
-from .progress import NULL, Progress
-from .student import distilled_on
-
+from ..arch import ModelInfo, max_positions
+from ..data import DEFAULT_BOS, IGNORE
+from ..errors import BoomerangError, DataError
+from ..forward.perplexity import CHUNK_ROWS, EvalData, load_eval_data, model_logits
+from ..forward.trunk import LayerRunner, Stack, TrunkEvaluator
+from ..manifest import MANIFEST_NAME, FamilyManifest
+from ..member import Member
+from ..models import attention_mask, load_model, load_tokenizer, resolve_device
+from ..pair import Pair
+from ..plan import Plan
+from ..progress import NULL, Progress
+from ..student import distilled_on
+from .calibration import CalibrationSpec
+from .cost import order_cost, reusable
+from .names import CALIBRATED_ORDERS, beam_width, check_beam
+from .search import SearchResult, result_from_order_info, run_search
 
 
 def calibration_for(order: str, sources: Sequence[str], *, student: Path | str, samples: int = CalibrationSpec.samples,
@@ -167,3 +171,39 @@ def search(
                                            "fingerprint": d["fingerprint"]}
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def calibrated_search(
+    pair: Pair,
+    method: str,
+    spec: CalibrationSpec,
+    *,
+    beam: int | None = None,
+    device: str = "auto",
+    output: Path | None = None,
+    prior: FamilyManifest | None = None,
+    progress: Progress = NULL,
+) -> tuple[SearchResult, bool]:
+    """The ``kl-greedy``/``beam`` search for this pair, and whether it was reused.
+
+    A family already in ``output`` built from the same teacher, student, method,
+    beam and calibration settings carries its search in the manifest: reused, so
+    a resumed or repeated ``family`` does not score every candidate again. ``prior``: that
+    manifest, already read (then ``output`` is not read again).
+    """
+    if method not in CALIBRATED_ORDERS:
+        raise BoomerangError(f"{method!r} is not a calibrated order; use one of {', '.join(CALIBRATED_ORDERS)}")
+    width = beam_width(method, beam)
+    spec.check()
+    if prior is None and output is not None and (Path(output) / MANIFEST_NAME).is_file():
+        try:
+            prior = FamilyManifest.read(Path(output) / MANIFEST_NAME)
+        except BoomerangError:
+            prior = None
+    if (prior is not None and reusable(prior.order, method, width) and spec.same_as(prior.order.calibration)
+            and prior.teacher.fingerprint == pair.teacher_fingerprint
+            and prior.student.fingerprint == pair.student_fingerprint and prior.plan == pair.plan):
+        return result_from_order_info(pair.plan, prior.order), True
+    result = search(pair.models, pair.plan, method, spec, beam=width, device=resolve_device(device),
+                    progress=progress)
+    return result, False
