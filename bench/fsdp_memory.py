@@ -13,7 +13,14 @@ writing the student). The run's summary (``--json``) adds, per rank, what
 ``boomerang_cli.distill.fsdp.memory_report`` counted after the first step,
 tensor by tensor over the rank's local shards.
 
+With ``--phases`` each process runs under ``bench/rss_phases.py`` instead,
+which traces its resident set and glibc's heap by phase of the run (load,
+teacher forward, student forward, backward, optimizer, final gather), printed
+after the table: where each rank's peak is set, and of what it consists.
+
     python bench/fsdp_memory.py              # markdown table on stdout
+    python bench/fsdp_memory.py --runs 3     # every variant 3 times: peaks and ratios min-max
+    python bench/fsdp_memory.py --phases     # and the per-phase breakdown of each rank
     python bench/fsdp_memory.py --json       # the raw numbers
     python bench/fsdp_memory.py --ddp        # also 2 processes without --fsdp
 """
@@ -62,16 +69,20 @@ def random_teacher(work: Path) -> Path:
     return out
 
 
-def run(nproc: int, extra: list[str], teacher: str, args: argparse.Namespace, work: Path) -> dict:
+def run(nproc: int, extra: list[str], env_extra: dict[str, str], teacher: str, args: argparse.Namespace,
+        work: Path) -> dict:
     out = work / f"out-{nproc}-{'-'.join(extra) or 'ddp'}"
     timed = [TIME, "-v", sys.executable] if shutil.which(TIME) else [sys.executable]
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                  "--no-python", *timed] if nproc > 1 else timed)
-    cmd = [*launcher, "-m", "boomerang_cli", "distill", teacher, "-o", str(out), "--data", "stdlib",
+    entry = [str(REPO / "bench" / "rss_phases.py")] if args.phases else ["-m", "boomerang_cli"]
+    cmd = [*launcher, *entry, "distill", teacher, "-o", str(out), "--data", "stdlib",
            "--seq-len", str(args.seq_len), "--batch-size", str(2 // nproc if nproc <= 2 else 1),
            "--steps", str(args.steps), "--save-every", "0", "--device", "cpu", "--json", "--overwrite", *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads),
-           "BOOMERANG_PROGRESS": "0", "BOOMERANG_STATE": str(work / "state.json")}
+           "BOOMERANG_PROGRESS": "0", "BOOMERANG_STATE": str(work / "state.json"), **env_extra}
+    if args.phases:
+        env["RSS_PHASES_OUT"] = str(out) + "-phases"
     if args.mmap_threshold:  # glibc: allocations from this size on are mmapped, so freed ones go back
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     t = time.perf_counter()
@@ -81,23 +92,55 @@ def run(nproc: int, extra: list[str], teacher: str, args: argparse.Namespace, wo
     summary = json.loads(p.stdout[p.stdout.index("{"):])
     peaks = [int(k) * 1024 for k in re.findall(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)]
     ranks = summary["memory"]
-    # time -v reports in exit order, not by rank: listed largest first, as are the ranks' own peaks.
-    for rank, peak in zip(sorted(ranks, key=lambda r: -r["peak_rss"]), sorted(peaks, reverse=True)):
-        rank["time_peak_rss"] = peak
-    return {"command": " ".join(cmd[cmd.index("distill") - 2:]), "wall_s": round(time.perf_counter() - t, 1),
-            "world_size": summary["world_size"], "ranks": ranks, "final": summary["final"]}
+    phases = [json.loads(Path(f"{out}-phases.{r}.json").read_text()) for r in range(nproc)] if args.phases else None
+    # time -v reports in exit order, not by rank: matched by size to each rank's own peak (its trace's
+    # high-water mark, the same getrusage figure, or else its peak at step 1).
+    key = [tr["peak"] for tr in phases] if phases else [r["peak_rss"] for r in ranks]
+    for i, peak in zip(sorted(range(len(ranks)), key=lambda i: -key[i]), sorted(peaks, reverse=True)):
+        ranks[i]["time_peak_rss"] = peak
+    return {"command": " ".join(cmd[cmd.index("distill") - 2:]), "env": env_extra, "phases": phases,
+            "wall_s": round(time.perf_counter() - t, 1), "world_size": summary["world_size"], "ranks": ranks,
+            "final": summary["final"]}
 
 
-def table(results: dict[str, dict]) -> str:
-    base = max(r.get("time_peak_rss", 0) for r in results["1 process"]["ranks"])
-    head = "| run | rank | " + " | ".join(c for _, c in COLUMNS) + " | peak / 1 process |"
+def _span(values: list[float], fmt: str) -> str:
+    lo, hi = min(values), max(values)
+    return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    """One row per variant and rank: the tensor columns of the first run; the peaks, and each run's
+    peak over that same run's one-process peak, as min-max over the runs."""
+    runs = len(results["1 process"])
+    base = [max(r.get("time_peak_rss", 0) for r in one["ranks"]) for one in results["1 process"]]
+    head = ("| run | rank | " + " | ".join(c for _, c in COLUMNS)
+            + f" | peak / 1 process{f' ({runs} runs)' if runs > 1 else ''} |")
     lines = [head, "|---|---:|" + "---:|" * (len(COLUMNS) + 1)]
-    for name, r in results.items():
-        for i, rank in enumerate(r["ranks"]):
-            cells = [f"{rank[k] / MiB:,.0f}" if k in rank else "-" for k, _ in COLUMNS]
-            ratio = f"{rank['time_peak_rss'] / base:.2f}x" if base and "time_peak_rss" in rank else "-"
+    for name, reps in results.items():
+        for i, rank in enumerate(reps[0]["ranks"]):
+            cells = [f"{rank[k] / MiB:,.0f}" if k in rank else "-" for k, _ in COLUMNS[:-1]]
+            peaks = [rep["ranks"][i].get("time_peak_rss", 0) for rep in reps]
+            cells.append(_span([p / MiB for p in peaks], "{:,.0f}") if all(peaks) else "-")
+            ratio = (_span([p / b for p, b in zip(peaks, base)], "{:.2f}x") if all(base) and all(peaks) else "-")
             lines.append(f"| {name} | {i} | " + " | ".join(cells) + f" | {ratio} |")
-    return "\n".join(lines) + "\n\nMiB per rank; tensor columns after the first optimizer step."
+    note = f"; peaks min-max over {runs} runs, each ratio against its own run's one process" if runs > 1 else ""
+    return "\n".join(lines) + f"\n\nMiB per rank; tensor columns after the first optimizer step{note}."
+
+
+def phase_table(results: dict[str, list[dict]]) -> str:
+    """Per variant and rank (first run): each phase's resident set (start, highest seen, end), what
+    glibc's malloc held then, and by how much the phase raised the process's peak."""
+    out = []
+    for name, reps in results.items():
+        for rank, trace in enumerate(reps[0].get("phases") or []):
+            out += [f"\n{name}, rank {rank} (peak {trace['peak'] / MiB:,.0f} MiB)\n",
+                    "| phase | times | RSS at start | highest seen | malloc in use / free then | most in use | at end "
+                    "| peak rose by |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            for phase, p in trace["phases"].items():
+                out.append(f"| {phase} | {p['count']} | {p['start'] / MiB:,.0f} | {p['max'] / MiB:,.0f} | "
+                           f"{p['used_at_max'] / MiB:,.0f} / {p['free_at_max'] / MiB:,.0f} | "
+                           f"{p['max_used'] / MiB:,.0f} | {p['end'] / MiB:,.0f} | {p['hwm_rise'] / MiB:,.0f} |")
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -107,19 +150,32 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=1, help="repeat every variant, report peaks min-max")
     ap.add_argument("--ddp", action="store_true", help="also 2 processes without --fsdp")
+    ap.add_argument("--same-allocator", action="store_true",
+                    help="also 1 process with glibc's mmap threshold fixed at 1 MiB, the setting --fsdp makes "
+                    "(distill/heap.py), so that the ratio is not the allocator's alone")
     ap.add_argument("--mmap-threshold", type=int, default=0,
                     help="MALLOC_MMAP_THRESHOLD_ for every run (glibc; 0: the default, dynamic)")
+    ap.add_argument("--phases", action="store_true", help="trace each rank's resident set by phase "
+                    "(bench/rss_phases.py) and print it after the table")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    variants = {"1 process": (1, []), **({"2 processes, DDP": (2, [])} if args.ddp else {}),
-                "2 processes, --fsdp": (2, ["--fsdp"])}
+    variants: dict[str, tuple[int, list[str], dict[str, str]]] = {"1 process": (1, [], {})}
+    if args.same_allocator:
+        variants["1 process, 1 MiB mmap threshold"] = (1, [], {"MALLOC_MMAP_THRESHOLD_": "1048576"})
+    if args.ddp:
+        variants["2 processes, DDP"] = (2, [], {})
+    variants["2 processes, --fsdp"] = (2, ["--fsdp"], {})
+    results: dict[str, list[dict]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         teacher = args.teacher or str(random_teacher(work))
-        results = {name: run(n, extra, teacher, args, work) for name, (n, extra) in variants.items()}
-    print(json.dumps(results, indent=2) if args.json else table(results))
+        for _ in range(args.runs):  # variants interleaved, so that a slow spell of the machine hits them all
+            for name, (n, extra, env) in variants.items():
+                results[name].append(run(n, extra, env, teacher, args, work))
+    print(json.dumps(results, indent=2) if args.json else table(results) + "\n" + phase_table(results))
 
 
 if __name__ == "__main__":

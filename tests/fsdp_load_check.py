@@ -1,7 +1,8 @@
 """Run under ``torchrun --nproc_per_node 2``: a sharded load (meta, then each rank's rows) equals a full
 load then sharded, shard for shard, buffers (rotary ``inv_freq``) included, tied weights tied, and gives
 the same first-step loss (the teacher's KL target and the student's CE + KL + cosine) to 1e-6; for a
-tied teacher (its student's head frozen, the same bytes) KL reads the student's own gathered head; a
+tied teacher (its student's head frozen, the same bytes) the embedding matrix is one whole tensor on
+every rank, outside FSDP, that teacher and student share (KL reads it as the student's own head); a
 whole directory as the student (``--student DIR``) loads by rows the same.
 
 ``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/fsdp_load_check.py TEACHER_DIR...``;
@@ -64,12 +65,17 @@ def check(teacher_dir: str) -> dict:
         pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
         assert pa.keys() == pb.keys(), sorted(set(pa) ^ set(pb))
         for k in pa:
-            assert pa[k].placements == pb[k].placements, k
-            assert torch.equal(pa[k].to_local(), pb[k].to_local()), k
-            shards += 1
+            assert hasattr(pa[k], "to_local") == hasattr(pb[k], "to_local"), k
+            if hasattr(pa[k], "to_local"):
+                assert pa[k].placements == pb[k].placements, k
+                assert torch.equal(pa[k].to_local(), pb[k].to_local()), k
+                shards += 1
+            else:  # kept whole on every rank (a tied teacher's embedding)
+                assert torch.equal(pa[k], pb[k]), k
         ba, bb = dict(a.named_buffers()), dict(b.named_buffers())
         assert ba.keys() == bb.keys() and all(torch.equal(ba[k], bb[k]) for k in ba), sorted(ba)
     tied = part.model.get_output_embeddings().weight is part.model.get_input_embeddings().weight
+    shared = _shared_embedding(part, t_part) and _shared_embedding(full, t_full)
     # --student DIR: a whole directory as the student (here the teacher's own), read by rows likewise.
     sh = fsdp.Sharding.create("student", dist.get_world_size(), torch.device("cpu"), False)
     path = info.arch.layers_path
@@ -87,7 +93,23 @@ def check(teacher_dir: str) -> dict:
     for x, y in zip(*losses):
         assert abs(x - y) <= 1e-6 * max(1.0, abs(x)), losses
     return {"shards": shards, "buffers": sorted(dict(part.named_buffers())), "tied": tied, "losses": losses,
-            "head_is_own": [full.teacher_head_is_own, part.teacher_head_is_own]}
+            "head_is_own": [full.teacher_head_is_own, part.teacher_head_is_own], "shared_embedding": shared}
+
+
+def _shared_embedding(student: DistillStudent, teacher: Teacher) -> bool:
+    """A tied teacher's embedding is one whole matrix on this rank, outside every FSDP unit, and the
+    student's frozen embeddings and head are that very tensor (nothing of it is gathered)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    t_emb = teacher.model.get_input_embeddings().weight
+    s = student.model
+    if hasattr(t_emb, "to_local"):
+        return False
+    assert t_emb.shape == (teacher.model.config.vocab_size, teacher.model.config.hidden_size)
+    managed = {id(p.sharded_param) for m in (*student.modules(), *teacher.model.modules()) if isinstance(m, FSDPModule)
+               for g in [m._get_fsdp_state()._fsdp_param_group] if g is not None for p in g.fsdp_params}
+    assert id(t_emb) not in managed
+    return s.get_input_embeddings().weight is t_emb and s.get_output_embeddings().weight is t_emb
 
 
 def main() -> None:

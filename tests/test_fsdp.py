@@ -127,7 +127,8 @@ def test_fsdp_on_two_processes_matches_one_process_and_halves_each_rank(setup, f
 
 @pytest.mark.slow
 def test_sharded_load_equals_a_full_load_shard_for_shard_and_in_the_first_step_loss(setup, tmp_path):
-    """Meta build + each rank's rows (untied llama, tied gemma2) == full load then shard: bitwise."""
+    """Meta build + each rank's rows (untied llama, tied gemma2) == full load then shard: bitwise; a tied
+    teacher's embedding is whole on each rank, shared with its student, and gives the same loss."""
     root, teacher, _ = setup
     tied = tiny_model_dir(tmp_path, "gemma2", layers=4)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -137,10 +138,68 @@ def test_sharded_load_equals_a_full_load_shard_for_shard_and_in_the_first_step_l
     out = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert [out[str(teacher)]["tied"], out[str(tied)]["tied"]] == [False, True]
     assert out[str(teacher)]["head_is_own"] == [False, False] and out[str(tied)]["head_is_own"] == [False, True]
+    # The tied teacher's embedding: one whole matrix per rank, outside FSDP, the student's too.
+    assert [out[str(teacher)]["shared_embedding"], out[str(tied)]["shared_embedding"]] == [False, True]
     for r in out.values():
         assert r["shards"] > 20 and any(b.endswith("rotary_emb.inv_freq") for b in r["buffers"])
         full, sharded = r["losses"]
         assert sharded == pytest.approx(full, rel=1e-6, abs=1e-7) and full[0] > 0
+
+
+@pytest.mark.slow
+def test_tied_teacher_shares_one_whole_embedding_matches_one_process_and_resumes(setup, in_process, tmp_path):
+    """A tied teacher under --fsdp: its embedding matrix stays whole on each rank, outside FSDP, and the
+    student's frozen embeddings and head are that tensor (fsdp module docstring). The run logs one
+    process's losses (the first step to 1e-6), writes its weights and the teacher's embedding bit for
+    bit, counts the shared matrix once, and resumes from its distributed checkpoint to the same end;
+    with bf16 gathers nothing is shared and the teacher's matrix is sharded like the rest."""
+    root, _, corpus = setup
+    tied = tiny_model_dir(tmp_path, "llama", layers=6, tie_word_embeddings=True)
+    out, steps = tmp_path / "fsdp", ["--steps", "4", "--eval-every", "2"]
+    proc = subprocess.run([*_torchrun(root, tied, out, corpus, "--keep-checkpoints"), *steps], env=_env(root),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    one = distill(dataclasses.replace(_one_process(tied, corpus, tmp_path / "one"), steps=4, eval_every=2))
+    assert summary["frozen_embeddings"] and one.frozen_embeddings
+    for split in ("train", "validation"):
+        a, b = _rows(out / "metrics.jsonl", split), _rows(tmp_path / "one" / "metrics.jsonl", split)
+        assert [r["step"] for r in a] == [r["step"] for r in b] and a
+        for ra, rb in zip(a, b):
+            for k in ("loss", "ce", "kl", "cosine"):
+                assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6), (split, ra["step"], k)
+    assert _rows(out / "metrics.jsonl", "train")[0]["loss"] == pytest.approx(
+        _rows(tmp_path / "one" / "metrics.jsonl", "train")[0]["loss"], rel=1e-6)
+    wa, wb, wt = _weights(out), _weights(tmp_path / "one"), _weights(tied)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-4)
+    assert torch.equal(wa["model.embed_tokens.weight"], wt["model.embed_tokens.weight"])
+    # Per rank: the whole embedding once, as the teacher's; half of everything else.
+    emb = wt["model.embed_tokens.weight"].numel() * 4
+    whole = one.memory[0]
+    for rank in summary["memory"]:
+        assert rank["teacher_params"] - emb == pytest.approx((whole["teacher_params"] - emb) / 2, rel=0.02)
+        assert rank["student_params"] == pytest.approx((whole["student_params"] - emb) / 2, rel=0.02)
+        assert rank["optimizer_state"] == pytest.approx(whole["optimizer_state"] / 2, rel=0.02)
+    # Its checkpoint after step 2 (the shared matrix a plain tensor in it) resumes on 2 ranks to the end.
+    moved = tmp_path / "moved"
+    shutil.copytree(f"{out}-checkpoints", f"{moved}-checkpoints", symlinks=True)
+    proc = subprocess.run([*_torchrun(root, tied, moved, corpus, "--resume"), *steps], env=_env(root),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout[proc.stdout.index("{"):])["resumed_from"] == 2
+    assert [r["loss"] for r in _rows(moved / "metrics.jsonl", "train")] == [
+        r["loss"] for r in _rows(out / "metrics.jsonl", "train")]
+    wm = _weights(moved)
+    assert all(torch.equal(wm[k], wa[k]) for k in wa)
+    # bf16 gathers: the student gathers a bf16 copy of its own, so the teacher's matrix is sharded too.
+    bf = tmp_path / "bf16"
+    proc = subprocess.run([*_torchrun(root, tied, bf, corpus, "--precision", "bf16"), "--steps", "1",
+                           "--eval-every", "0"], env=_env(root), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in json.loads(proc.stdout[proc.stdout.index("{"):])["memory"]:
+        assert rank["teacher_params"] == pytest.approx(whole["teacher_params"] / 2, rel=0.02)
 
 
 @pytest.mark.slow

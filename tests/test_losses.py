@@ -101,6 +101,20 @@ def test_no_gradient_work_without_grad():
     assert not loss.requires_grad and torch.isfinite(ce)
 
 
+def test_a_frozen_head_gets_no_gradient_matrix_and_the_same_hidden_gradient():
+    """Embeddings kept as the teacher's: no vocab x hidden gradient is accumulated (or kept for
+    backward); the loss and the hidden states' gradient are those of a trainable head, bit for bit."""
+    h, W, b, ht, Wt, labels = _case(seed=4)
+    kw = dict(teacher_hidden=ht, teacher=LogitHead(Wt, None), ce_coef=1.0, kl_coef=0.1, chunk=7)
+    loss, ce, kl = head_losses(h, labels, LogitHead(W, b), **kw)
+    want = torch.autograd.grad(loss, h)[0]
+    Wf, bf = W.detach(), b.detach()
+    frozen, ce_f, kl_f = head_losses(h, labels, LogitHead(Wf, bf), **kw)
+    assert all(t.shape != W.shape and t.shape != b.shape for t in frozen.grad_fn.saved_tensors)
+    assert torch.equal(torch.stack([frozen, ce_f, kl_f]), torch.stack([loss, ce, kl]).detach())
+    assert torch.equal(torch.autograd.grad(frozen, h)[0], want)
+
+
 def test_cosine_sums_match_direct_and_skip_padding():
     g = torch.Generator().manual_seed(0)
     s = [torch.randn(2, 5, 8, generator=g) for _ in range(3)]

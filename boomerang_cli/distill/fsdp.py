@@ -14,6 +14,18 @@ Layout (the torchtitan one): every decoder layer is one FSDP unit, gathered
 for its forward (and, for the student, again in backward) and resharded right
 after; the root unit holds what is left (embeddings, final norm, LM head).
 So a rank holds ``1 / world`` of each model plus, briefly, one layer in full.
+
+One exception: a tied teacher's embedding matrix (also its LM head) is kept
+whole on every rank, outside FSDP (``ignored_params``), and a student whose
+frozen embeddings are the same bytes (the default for a tied teacher) uses
+that very tensor for its own embeddings and head. The matrix is needed whole
+by the teacher's forward, the student's forward, backward and KL anyway;
+sharded, each of the two models would hold ``1 / world`` of it and gather it
+(plus FSDP's flat all-gather buffer, another copy) for each use, so at world 2
+one shared whole matrix is what the two shards weighed, without the gathers.
+Not with bf16 gathers (``MixedPrecisionPolicy``): the student would gather a
+bf16 copy of its fp32 embeddings anyway, so nothing is shared and the
+teacher's matrix stays sharded like the rest.
 On GPU with bf16 the student keeps fp32 shards and gathers bf16 copies
 (``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``) under the same
 autocast the unsharded path uses; the teacher is bf16 already.
@@ -36,7 +48,7 @@ import torch.distributed as dist
 
 from ..arch import decoder_layers
 from ..errors import BoomerangError
-from . import sharded_load
+from . import heap, sharded_load
 from .losses import LogitHead
 
 if TYPE_CHECKING:
@@ -45,8 +57,11 @@ if TYPE_CHECKING:
     from .model import DistillStudent
 
 SHARDABLE = ("student", "teacher")
-#: sharded teacher -> (the FSDP unit holding its head's weight, whether that is the input embedding)
+#: sharded teacher -> (the FSDP unit holding its head's weight, or None when it is whole on every
+#: rank; whether that weight is the input embedding)
 _HEADS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[Any, bool]]" = weakref.WeakKeyDictionary()
+#: sharded tied teacher -> its embedding matrix, whole on every rank (frozen), for a student to share
+_LOCAL_EMBEDDINGS: "weakref.WeakKeyDictionary[PreTrainedModel, torch.nn.Parameter]" = weakref.WeakKeyDictionary()
 
 
 def parse_shard(shard: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -91,6 +106,7 @@ class Sharding:
             from torch.distributed.device_mesh import init_device_mesh
 
             mesh = init_device_mesh(device.type, (world,))
+            heap.return_freed_memory()  # FSDP's gather/free churn would otherwise pin freed memory
         return cls("student" in names, "teacher" in names, bf16, device, mesh, warnings, "student" in asked)
 
     def shard_teacher(self, model: PreTrainedModel, layers_path: str) -> PreTrainedModel:
@@ -105,18 +121,28 @@ class Sharding:
             fully_shard(layer, mesh=self.mesh, reshard_after_forward=True)
         head, emb = model.get_output_embeddings(), model.get_input_embeddings()
         tied = head.weight is emb.weight
+        # A tied embedding stays whole, out of FSDP, for the student to share (module docstring);
+        # not with bf16 gathers, which give the student a bf16 copy of its own instead.
+        keep_whole = tied and not self.bf16
+        if keep_whole and not sharded_load.is_meta(model):
+            emb.to(self.device)  # fully_shard moves only what it manages
         if not tied:  # its own unit, gathered by teacher_head only
             fully_shard(head, mesh=self.mesh)
-        # The teacher runs base_model (no logits), so that is the root: embeddings and final norm,
-        # resharded after forward even as the root (reshard_after_forward=True, not the default).
-        fully_shard(model.base_model, mesh=self.mesh, reshard_after_forward=True)
-        if tied:  # the head outside base_model still holds the full matrix: point it at the shard
+        # The teacher runs base_model (no logits), so that is the root: final norm and embeddings
+        # (unless kept whole), resharded after forward even as the root (reshard_after_forward=True,
+        # not the default).
+        fully_shard(model.base_model, mesh=self.mesh, reshard_after_forward=True,
+                    ignored_params={cast(torch.nn.Parameter, emb.weight)} if keep_whole else None)
+        if tied and not keep_whole:  # the head outside base_model still holds the full matrix: the shard
             head.weight = emb.weight
-        if sharded_load.is_meta(model):  # built on meta: read this rank's rows only
+        if sharded_load.is_meta(model):  # built on meta: read this rank's rows only (all of a whole one)
             sharded_load.materialize(model, model, self.device)
-        _HEADS[model] = (model.base_model if tied else head, tied)
+        local = cast(torch.nn.Parameter, model.get_input_embeddings().weight) if keep_whole else None
+        if local is not None:
+            _LOCAL_EMBEDDINGS[model] = local
+        _HEADS[model] = (None if keep_whole else model.base_model if tied else head, tied)
         for name, p in model.named_parameters():
-            if not hasattr(p, "to_local"):
+            if not hasattr(p, "to_local") and p is not local:
                 raise BoomerangError(f"internal: teacher weight {name} lies outside its base model and head; "
                                      "drop --shard teacher for this architecture")
         return model
@@ -129,11 +155,16 @@ class Sharding:
 
         mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.bf16
               else MixedPrecisionPolicy())
+        shared = None if self.bf16 else _teacher_embedding_for(model.model)
+        emb = model.model.get_input_embeddings()
+        if shared is not None and not sharded_load.is_meta(model.model):  # loaded whole: share it now
+            _share(model.model, shared)
         for layer in decoder_layers(model.model, layers_path):
             fully_shard(layer, mesh=self.mesh, mp_policy=mp)
-        fully_shard(model, mesh=self.mesh, mp_policy=mp)
+        fully_shard(model, mesh=self.mesh, mp_policy=mp,
+                    ignored_params={cast(torch.nn.Parameter, emb.weight)} if shared is not None else None)
         if sharded_load.is_meta(model.model):  # built on meta: read this rank's rows only
-            sharded_load.materialize(model, model.model, self.device)
+            sharded_load.materialize(model, model.model, self.device, shared=shared)
         teacher = next((t for t in _HEADS if model.teacher_head is not None
                         and sharded_load.same_head(t, model.model)), None)
         head = model.model.get_output_embeddings()
@@ -165,6 +196,33 @@ class Sharding:
                 if first in sd and name in sd:
                     sd[name] = sd[first]
         return sd
+
+
+def _teacher_embedding_for(student: PreTrainedModel) -> torch.nn.Parameter | None:
+    """A sharded teacher's whole tied embedding that this student's frozen, tied embeddings equal.
+
+    Equal by where they are read from (a student built on meta: the same bytes
+    of the same file, into the same dtype), or, for a student already loaded
+    whole, by value. None when the student trains its embeddings or unties them.
+    """
+    head, emb = student.get_output_embeddings(), student.get_input_embeddings()
+    if head is None or head.weight is not emb.weight or emb.weight.requires_grad:
+        return None
+    source = sharded_load.head_source(student) if sharded_load.is_meta(student) else None
+    for teacher, local in list(_LOCAL_EMBEDDINGS.items()):
+        if local.shape != emb.weight.shape or local.dtype != emb.weight.dtype:
+            continue
+        if source is not None and source == sharded_load.head_source(teacher):
+            return local
+        if source is None and not emb.weight.is_meta and torch.equal(local, emb.weight):
+            return local
+    return None
+
+
+def _share(student: PreTrainedModel, shared: torch.nn.Parameter) -> None:
+    """Point a (whole, not meta) student's tied embeddings and head at the teacher's matrix."""
+    student.get_input_embeddings().weight = shared
+    student.get_output_embeddings().weight = shared
 
 
 def release(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -236,9 +294,11 @@ def memory_report(model: torch.nn.Module, optimizer: torch.optim.Optimizer, teac
                   device: torch.device) -> list[dict[str, int]]:
     """Per rank (collective): bytes this rank holds of the student's parameters, gradients and
     optimizer state, and of the teacher's parameters, counted tensor by tensor (local shards
-    only); its resident set now and at its peak; and on CUDA the peak allocated. Call after a step, before ``zero_grad``.
+    only; a matrix the two share, a tied teacher's embedding, once, as the teacher's); its
+    resident set now and at its peak; and on CUDA the peak allocated. Call after a step, before ``zero_grad``.
     """
-    student = _unique(model.parameters())
+    teachers = {id(p) for p in teacher_model.parameters()}
+    student = [p for p in _unique(model.parameters()) if id(p) not in teachers]
     mine = {
         "student_params": sum(_local_bytes(p) for p in student),
         "student_grads": sum(_local_bytes(p.grad) for p in student),

@@ -168,8 +168,13 @@ class _HeadLosses(torch.autograd.Function):
             tw = spec.teacher.weight.detach().to(cd)
             tb = spec.teacher.bias.detach().to(cd) if spec.teacher.bias is not None else None
         grad_h = torch.empty_like(h) if spec.need_grad else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if spec.need_grad else None
-        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if spec.need_grad and bias is not None else None
+        # A frozen head (embeddings kept as the teacher's) gets no gradient: none is accumulated, so no
+        # vocab x hidden fp32 matrix is allocated here and scaled again in backward (2 x 192 MiB for
+        # SmolLM2's vocabulary at hidden 1024).
+        grad_w = (torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+                  if spec.need_grad and weight.requires_grad else None)
+        grad_b = (torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+                  if spec.need_grad and bias is not None and bias.requires_grad else None)
         ce_sum = torch.zeros((), dtype=torch.float32, device=h.device)
         kl_sum = torch.zeros((), dtype=torch.float32, device=h.device)
         with torch.autocast(h.device.type, enabled=False):
@@ -212,13 +217,13 @@ class _HeadLosses(torch.autograd.Function):
                         rows = valid.nonzero().squeeze(1)
                         g[rows, lab[rows]] -= spec.ce_coef
                 del logq, logp_s, p_t
-                if grad_h is not None and grad_w is not None and g is not None:  # need_grad: both allocated
+                if grad_h is not None and g is not None:  # need_grad (grad_w too, unless the head is frozen)
                     spec.student.transform_grad(g, logits)
                     gc = g.to(cd)
                     grad_h[s:e] = (gc @ w).to(h.dtype)
-                    if cd == torch.float32:
+                    if grad_w is not None and cd == torch.float32:
                         grad_w.addmm_(gc.T, hc)
-                    else:
+                    elif grad_w is not None:
                         grad_w += (gc.T @ hc).float()
                     if grad_b is not None:
                         grad_b += g.sum(0)
@@ -226,7 +231,7 @@ class _HeadLosses(torch.autograd.Function):
                     grad_h[s:e] = 0
         loss = spec.ce_coef * ce_sum + spec.kl_coef * kl_sum
         ctx.save_for_backward(*(t for t in (grad_h, grad_w, grad_b) if t is not None))
-        ctx.has = (grad_h is not None, grad_b is not None)
+        ctx.has = (grad_h is not None, grad_w is not None, grad_b is not None)
         ctx.w_dtype = weight.dtype
         ctx.b_dtype = bias.dtype if bias is not None else None
         ctx.mark_non_differentiable(ce_sum, kl_sum)
@@ -234,14 +239,15 @@ class _HeadLosses(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor, _ce: Any, _kl: Any):
-        has_grad, has_b = ctx.has
+        has_grad, has_w, has_b = ctx.has
         if not has_grad:
             return None, None, None, None, None, None
-        saved = ctx.saved_tensors
-        grad_h, grad_w = saved[0], saved[1]
-        grad_b = saved[2] if has_b else None
+        saved = iter(ctx.saved_tensors)
+        grad_h = next(saved)
+        grad_w = next(saved) if has_w else None
+        grad_b = next(saved) if has_b else None
         gl = grad_loss.float()
-        return ((grad_h * gl.to(grad_h.dtype)), (grad_w * gl).to(ctx.w_dtype),
+        return ((grad_h * gl.to(grad_h.dtype)), (grad_w * gl).to(ctx.w_dtype) if grad_w is not None else None,
                 (grad_b * gl).to(ctx.b_dtype) if grad_b is not None else None, None, None, None)
 
 

@@ -97,12 +97,34 @@ def _local_rows(p: Any) -> tuple[torch.Tensor, int, int]:
     return p._local_tensor, (offset[0] if offset else 0), (shape[0] if shape else 0)
 
 
-def materialize(root: torch.nn.Module, hf_model: PreTrainedModel, device: torch.device) -> None:
+def _head_info(model: PreTrainedModel, comp: Composition) -> tuple | None:
+    """Where a meta model's LM head weight will be read from (file, byte range, dtype as loaded)."""
+    head = model.get_output_embeddings()
+    name = next((n for n, p in model.named_parameters() if head is not None and p is head.weight), None)
+    src = {comp.state_dict_key(t.name): t for t in comp.tensors}.get(name or "")
+    if src is None:
+        return None
+    info = src.source.info(src.src_name)
+    return (str(info.file), info.begin, info.end, head.weight.dtype)
+
+
+def head_source(model: PreTrainedModel) -> tuple | None:
+    """The bytes a model's LM head weight is (or, built on meta, will be) read from; None if not known."""
+    if model in _HEAD_FROM:
+        return _HEAD_FROM[model]
+    return _head_info(model, _SOURCES[model]) if model in _SOURCES else None
+
+
+def materialize(root: torch.nn.Module, hf_model: PreTrainedModel, device: torch.device,
+                shared: torch.nn.Parameter | None = None) -> None:
     """Allocate this rank's shards of a sharded meta model and read them from its files.
 
     ``root`` is the module ``to_empty`` runs on (the FSDP root, so that FSDP
     re-registers every padded shard), ``hf_model`` the model built by
     :func:`meta_model` (its parameter names are the state-dict keys).
+    ``shared``: a tensor already in memory (the teacher's local tied embedding,
+    ``fsdp``) that becomes this model's input embedding and tied head instead
+    of being read again.
     """
     comp = _SOURCES.pop(hf_model)
     src = {comp.state_dict_key(t.name): t for t in comp.tensors}
@@ -111,7 +133,11 @@ def materialize(root: torch.nn.Module, hf_model: PreTrainedModel, device: torch.
     tied = head is not None and head.weight is emb.weight
     if tied:  # one matrix: allocated once (twice would leave FSDP's shard storage stale), tied again
         head._parameters["weight"] = None
+    if shared is not None:  # not allocated by to_empty (it is not FSDP's), and not read
+        emb._parameters["weight"] = None
     root.to_empty(device=device)
+    if shared is not None:
+        emb.weight = shared
     if tied:
         head.weight = emb.weight
     with torch.no_grad():
@@ -129,7 +155,7 @@ def materialize(root: torch.nn.Module, hf_model: PreTrainedModel, device: torch.
             if tuple(info.shape) != tuple(p.shape):
                 raise BoomerangError(f"{t.source.directory}: {t.src_name} has shape {list(info.shape)}, "
                                      f"the model expects {list(p.shape)}")
-            if local.numel():
+            if local.numel() and p is not shared:
                 local.copy_(read_rows(info, start, rows) if p.ndim else t.source.read(t.src_name))
             if head is not None and p is head.weight:
                 _HEAD_FROM[hf_model] = (str(info.file), info.begin, info.end, p.dtype)
