@@ -294,3 +294,16 @@ def test_bad_mix_is_refused_before_any_work(tmp_path):
         distill(DistillConfig(teacher=str(teacher), output=tmp_path / "o", mix=0.5, steps=1,
                               shard=["student", "teacher"]))
     assert not (tmp_path / "o").exists()
+
+
+def test_member_steps_under_gradient_checkpointing_change_nothing(tmp_path):
+    teacher = tiny_model_dir(tmp_path, "llama", layers=6)
+    corpus = _corpus(tmp_path / "c.jsonl", 300, "the fox jumps")
+    losses = {}
+    for ckpt in (False, True):
+        out = tmp_path / f"ckpt-{ckpt}"
+        distill(DistillConfig(teacher=str(teacher), output=out, data=[str(corpus)], seq_len=16, batch_size=2,
+                              steps=4, lr=3e-3, mix=1.0, seed=2, save_every=0, gradient_checkpointing=ckpt))
+        losses[ckpt] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses[False]) == 4
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
