@@ -13,7 +13,8 @@ along the family and the geometric mean of member/ShortGPT perplexity.
 Each (setting, seed) runs into OUT/NAME/seed-K (resumable: a finished point is
 read back, an interrupted one continues from its checkpoints); every finished
 point is appended to OUT/points.jsonl, and a Markdown table of all points is
-printed. `--seed` picks the document order (`--shuffle`) and the members
+printed. Member weights are deleted once a point is judged (`--keep-weights`
+keeps them: 5.7 GB a point). `--seed` picks the document order (`--shuffle`) and the members
 `--mix` trains; a setting with neither is deterministic, so one seed is run.
 """
 
@@ -49,18 +50,15 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "docs50-ordered": dict(data=DOCS, data_weights=(1, 1)),
     "docs50-ordered-mix50": dict(data=DOCS, data_weights=(1, 1), mix=0.5),
     "docs50-ordered-mix100": dict(data=DOCS, data_weights=(1, 1), mix=1.0),
-    "docs50-mix50-kl1": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, weights=LossWeights(kl=1.0)),
-    "docs50-mix50-noce": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5,
-                              weights=LossWeights(ce=0.0, kl=1.0)),
-    "docs50-mix50-cos5": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, weights=LossWeights(cosine=5.0)),
-    "docs50-mix50-cos0": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, weights=LossWeights(cosine=0.0)),
-    "docs50-mix50-t2": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5,
-                            weights=LossWeights(kl=1.0, temperature=2.0)),
-    "docs50-mix50-lr2e-3": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, lr=2e-3),
-    "docs50-mix50-lr5e-4": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, lr=5e-4),
-    "docs50-mix50-w20": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, warmup=0.2),
-    "docs50-mix50-calib16": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, calib_samples=16,
-                                 reuse="docs50-mix50"),
+    "docs50-kl1": dict(data=DOCS, data_weights=(1, 1), shuffle=True, weights=LossWeights(kl=1.0)),
+    "docs50-noce": dict(data=DOCS, data_weights=(1, 1), shuffle=True, weights=LossWeights(ce=0.0, kl=1.0)),
+    "docs50-cos5": dict(data=DOCS, data_weights=(1, 1), shuffle=True, weights=LossWeights(cosine=5.0)),
+    "docs50-cos0": dict(data=DOCS, data_weights=(1, 1), shuffle=True, weights=LossWeights(cosine=0.0)),
+    "docs50-t2": dict(data=DOCS, data_weights=(1, 1), shuffle=True, weights=LossWeights(kl=1.0, temperature=2.0)),
+    "docs50-lr2e-3": dict(data=DOCS, data_weights=(1, 1), shuffle=True, lr=2e-3),
+    "docs50-w20": dict(data=DOCS, data_weights=(1, 1), shuffle=True, warmup=0.2),
+    "docs50-calib16": dict(data=DOCS, data_weights=(1, 1), shuffle=True, calib_samples=16, reuse="docs50"),
+    "control-calib16": dict(calib_samples=16, reuse="control"),
 }
 
 
@@ -80,7 +78,7 @@ def judge(rows: list[dict[str, Any]]) -> dict[str, Any]:
                          for v in sc.per_size]}
 
 
-def run_point(out: Path, name: str, seed: int) -> dict[str, Any]:
+def run_point(out: Path, name: str, seed: int, keep_weights: bool = False) -> dict[str, Any]:
     settings = dict(SETTINGS[name])
     reuse = settings.pop("reuse", None)  # a setting that changes only the family: that setting's student
     cfg = DemoConfig(output=out / name / f"seed-{seed}", seed=seed, **settings)
@@ -91,6 +89,9 @@ def run_point(out: Path, name: str, seed: int) -> dict[str, Any]:
         shutil.copytree(src, cfg.output / "student")
     t0 = time.perf_counter()
     result = run_demo(cfg)
+    if not keep_weights:  # 14 members of 0.4 GB a point: the records (family.json, demo.json) are what stays
+        for f in (cfg.output / "family").rglob("*.safetensors"):
+            f.unlink()
     point = {"name": name, "seed": seed, "settings": cfg.to_json(), "seconds": round(time.perf_counter() - t0, 1),
              "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()},
              "final_losses": (result.distill or {}).get("final"),
@@ -129,6 +130,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--list", action="store_true", help="the settings, and nothing run")
     ap.add_argument("--table", action="store_true", help="the table of the points run so far, and nothing run")
+    ap.add_argument("--keep-weights", action="store_true", help="keep each family's member weights (0.4 GB each)")
     args = ap.parse_args()
     if args.list:
         print("\n".join(SETTINGS))
@@ -141,7 +143,7 @@ def main() -> None:
         for seed in seeds:
             if (name, seed) in done:
                 continue
-            point = run_point(args.out, name, seed)
+            point = run_point(args.out, name, seed, args.keep_weights)
             done[(name, seed)] = point
             with open(log, "a") as f:
                 f.write(json.dumps(point) + "\n")
