@@ -131,9 +131,9 @@ def _wrap(owner: Any, attr: str, before: str, after: str | None, tracer: Tracer)
 def install(tracer: Tracer) -> None:
     import torch
 
-    from boomerang_cli.distill import fsdp, model, sharded_load, train
+    from boomerang_cli.distill import fsdp, model, setup, sharded_load, train
 
-    _wrap(train, "_setup_inputs", "setup: tokenizer and data", "setup: other", tracer)
+    _wrap(setup, "_setup_inputs", "setup: tokenizer and data", "setup: other", tracer)
     _wrap(sharded_load, "teacher", "load: teacher (build)", None, tracer)
     _wrap(fsdp.Sharding, "shard_teacher", "load: teacher (shard, read)", "setup: other", tracer)
     _wrap(sharded_load, "student", "load: student (build)", None, tracer)

@@ -22,7 +22,7 @@ from boomerang_cli.arch import ModelInfo
 from boomerang_cli.distill import fsdp, sharded_load
 from boomerang_cli.distill.model import DistillStudent, Teacher
 from boomerang_cli.distill.step import forward_backward
-from boomerang_cli.distill.train import freeze_embeddings
+from boomerang_cli.distill.setup import freeze_embeddings
 from boomerang_cli.models import load_model, student_from_plan
 from boomerang_cli.plan import Plan
 

@@ -3,8 +3,8 @@
 Bottom up: :mod:`.weights` and :mod:`.losses` (the aligned loss), :mod:`.recipes`
 (named defaults), :mod:`.model` (student and teacher wrappers), :mod:`.metrics`,
 :mod:`.checkpoint` (the run directory), :mod:`.config` (what a run is asked and
-reports), :mod:`.step` (one global batch), :mod:`.output` (the student directory)
-and :mod:`.train` (the run, top to bottom).
+reports), :mod:`.step` (one global batch), :mod:`.output` (the student directory),
+:mod:`.setup` (a run's models, data and optimizer) and :mod:`.train` (the run, top to bottom).
 
 The names below are loaded on first use, so that ``distill.config`` (the flags'
 defaults) imports no torch.
