@@ -21,7 +21,8 @@ import torch
 from .arch import ModelInfo, derived_config
 from .errors import PairMismatchError
 from .refs import copy_aux_files
-from .tensors import OutTensor, TensorDigests, WriteResult, same_values, write_safetensors
+from .tensor_writer import OutTensor, TensorDigests, WriteResult, write_safetensors
+from .tensors import same_values
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ def write_model_dir(
     """Write a complete HF model directory (weights, config, tokenizer, card) into ``directory``.
 
     ``digests``: the weight files' digests come back in ``result.digests``
-    (``tensors.TensorDigests``; the small files are left to the caller).
+    (``tensor_writer.TensorDigests``; the small files are left to the caller).
     """
     result = write_safetensors(directory, comp.tensors, max_shard_size, on_tensor, digests)
     copy_aux_files(aux_from, directory)

@@ -182,14 +182,14 @@ def test_family_sizes_writes_members_and_manifest(tmp_path, pair_dirs):
 def test_family_hashes_each_source_tensor_once_and_reads_no_member_back(tmp_path, pair_dirs, monkeypatch):
     """Weight files get sha256-tensors digests from source tensors hashed once for the whole family;
     no member's weights are read back; the digests verify from the files alone."""
-    from boomerang_cli import integrity, tensors
+    from boomerang_cli import integrity, tensor_writer
 
     teacher, student = pair_dirs
     read_back: list[str] = []
     hashed: list[tuple] = []
-    real_file, real_range = integrity.sha256_file, tensors.range_digest
+    real_file, real_range = integrity.sha256_file, tensor_writer.range_digest
     monkeypatch.setattr(integrity, "sha256_file", lambda p: read_back.append(Path(p).name) or real_file(p))
-    monkeypatch.setattr(tensors, "range_digest", lambda *a: hashed.append(a[:3]) or real_range(*a))
+    monkeypatch.setattr(tensor_writer, "range_digest", lambda *a: hashed.append(a[:3]) or real_range(*a))
     out = tmp_path / "fam"
     r = cli("family", teacher, student, "-o", out, "--all", "--max-shard-size", "40kB")
     assert r.exit_code == 0, r.output

@@ -12,9 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from boomerang_cli.errors import BoomerangError, OutputExistsError
 from boomerang_cli.atomic import atomic_dir, atomic_write_text, check_output_dir
-from boomerang_cli.tensors import (
-    INDEX_FILE, SINGLE_FILE, ModelWeights, OutTensor, parse_dtype, write_safetensors,
-)
+from boomerang_cli.tensor_writer import OutTensor, write_safetensors
+from boomerang_cli.tensors import INDEX_FILE, SINGLE_FILE, ModelWeights, parse_dtype
 from boomerang_cli.units import parse_size
 
 from .common import load, logits, make_model, sample_ids, save_model
@@ -146,14 +145,14 @@ def test_dtype_conversion(tmp_path, dtype):
 def test_tensor_digests_match_the_files_and_hash_each_source_once(llama_dir, tmp_path, dtype, monkeypatch):
     """write_safetensors(digests=...): each weight file's sha256-tensors digest equals the one computed
     from the file alone; a second write of the same tensors (another member) reads no source again."""
-    from boomerang_cli import tensors
+    from boomerang_cli import tensor_writer
     from boomerang_cli.integrity import tensors_digest
 
     w = ModelWeights(llama_dir)
-    digests = tensors.TensorDigests()
+    digests = tensor_writer.TensorDigests()
     reads: list[int] = []
-    real = tensors.range_digest
-    monkeypatch.setattr(tensors, "range_digest", lambda *a: reads.append(a[2]) or real(*a))
+    real = tensor_writer.range_digest
+    monkeypatch.setattr(tensor_writer, "range_digest", lambda *a: reads.append(a[2]) or real(*a))
     results = []
     for shard, name in ((5 * 10**9, "one"), (parse_size("40kB"), "many"), (parse_size("40kB"), "again")):
         out = tmp_path / name
@@ -181,13 +180,13 @@ def test_tensor_digests_match_the_files_and_hash_each_source_once(llama_dir, tmp
 def test_dtype_conversion_in_small_chunks(tmp_path):
     # The converter streams a tensor in slices; a slice size that does not divide the
     # tensor must still give exactly the converted tensor.
-    from boomerang_cli import tensors
+    from boomerang_cli import tensor_writer
 
     t = torch.randn(1001, 13)
     save_file({"t": t}, str(tmp_path / SINGLE_FILE))
     info = ModelWeights(tmp_path).info("t")
     with open(tmp_path / "raw", "wb") as out:
-        tensors._convert_range(info, torch.bfloat16, out, chunk_bytes=4 * 997)
+        tensor_writer._convert_range(info, torch.bfloat16, out, chunk_bytes=4 * 997)
     raw = (tmp_path / "raw").read_bytes()
     got = torch.frombuffer(bytearray(raw), dtype=torch.bfloat16).reshape(1001, 13)
     assert torch.equal(got, t.to(torch.bfloat16))

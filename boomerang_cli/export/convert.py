@@ -13,7 +13,8 @@ import torch
 
 from ..compose import Composition
 from ..errors import BoomerangError, UnsupportedArchitectureError
-from ..tensors import CHUNK_BYTES, DTYPES, OutTensor
+from ..tensor_writer import OutTensor
+from ..tensors import CHUNK_BYTES, DTYPES
 from .gguf_arch import _ggml, _rope, _rope_type, gguf_arch, llama3_rope_factors
 
 

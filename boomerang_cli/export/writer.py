@@ -20,7 +20,7 @@ from ..compose import Composition
 from ..errors import BoomerangError
 from ..guard import check_disjoint, lock_if
 from ..progress import NULL, Progress
-from ..tensors import _copy_range
+from ..tensor_writer import _copy_range
 from .convert import TensorCache, TensorSpec, tensor_specs
 from .gguf_arch import FORMATS, _ggml, check_exportable, check_type, gguf_arch, require_gguf
 from .metadata import family_metadata, write_metadata

@@ -23,7 +23,8 @@ from ..orders.names import CALIBRATED_ORDERS, DEFAULT_ORDER, check_order
 from ..pair import Pair
 from ..progress import NULL, Progress
 from ..atomic import atomic_dir
-from ..tensors import TensorDigests, dtype_flag
+from ..tensor_writer import TensorDigests
+from ..tensors import dtype_flag
 from .card import member_card
 from .select import Candidate, Pick, SizeTarget
 
@@ -229,7 +230,7 @@ def _write_members(todo: Sequence[Pick], pair: Pair, comps: dict[str, Compositio
     total = sum(t.out_nbytes for p in todo for t in comps[p.name].tensors)
     task = progress.task("writing members", total, unit="B")
     written: list[str] = []
-    # Weight files get a sha256-tensors digest (tensors.TensorDigests): each source
+    # Weight files get a sha256-tensors digest (tensor_writer.TensorDigests): each source
     # tensor is hashed once for the whole family and the copy stays kernel-side, so
     # no member is read back. The small files (config, tokenizer, card) are hashed
     # from disk inside the temporary directory. A member enters the manifest
