@@ -20,7 +20,7 @@ import torch
 
 from .arch import ModelInfo, derived_config
 from .errors import PairMismatchError
-from .refs import copy_aux_files
+from .provenance import copy_aux_files
 from .tensor_writer import OutTensor, TensorDigests, WriteResult, write_safetensors
 from .tensors import same_values
 

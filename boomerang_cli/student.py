@@ -18,7 +18,8 @@ from .errors import BoomerangError
 from .guard import check_disjoint
 from .plan import Plan
 from .progress import NULL, Progress
-from .refs import ModelRef, copy_aux_files
+from .provenance import copy_aux_files
+from .refs import ModelRef
 from .atomic import atomic_dir, check_output_dir
 from .units import DEFAULT_MAX_SHARD
 

@@ -16,7 +16,8 @@ import torch
 from boomerang_cli import refs
 from boomerang_cli.arch import ModelInfo
 from boomerang_cli.errors import ModelNotFoundError, UnsupportedArchitectureError
-from boomerang_cli.refs import ModelRef, cache_root, copy_aux_files, find_builtin, resolve
+from boomerang_cli.provenance import copy_aux_files
+from boomerang_cli.refs import ModelRef, cache_root, find_builtin, resolve
 
 from .common import _tokenizer_json, load, logits, make_model, sample_ids, save_model, save_tokenizer
 
@@ -444,7 +445,7 @@ def test_cards_from_a_gguf_teacher_carry_its_license_and_base_model_and_no_local
     the home directory), carry its license and base model, and the end-of-turn token survives."""
     from boomerang_cli.family import build_family, candidates, open_pair, select
     from boomerang_cli.plan import Plan
-    from boomerang_cli.refs import source_metadata
+    from boomerang_cli.provenance import source_metadata
     from boomerang_cli.student import init_student
 
     from .common import perturb_saved
@@ -476,20 +477,20 @@ def test_cards_from_a_gguf_teacher_carry_its_license_and_base_model_and_no_local
         assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [0, 1]
     # A cache converted before the metadata was recorded: the GGUF's header is read again, once
     # (memoized per file version, and recorded in the cache for later runs).
-    from boomerang_cli import refs as refs_mod
+    from boomerang_cli import provenance
 
     src = ref.path / "boomerang_source.json"
     src.write_text(json.dumps({"converted_from": str(gguf_path.resolve())}))
-    refs_mod._GGUF_METADATA.clear()
+    provenance._GGUF_METADATA.clear()
     reads: list[Path] = []
-    real = refs_mod._read_gguf_metadata
-    refs_mod._read_gguf_metadata = lambda p: reads.append(p) or real(p)
+    real = provenance._read_gguf_metadata
+    provenance._read_gguf_metadata = lambda p: reads.append(p) or real(p)
     try:
         assert [source_metadata(ref.path)["license"] for _ in range(3)] == ["gemma"] * 3
-        refs_mod._GGUF_METADATA.clear()
+        provenance._GGUF_METADATA.clear()
         assert source_metadata(ref.path)["license"] == "gemma"  # from the upgraded record, no read
     finally:
-        refs_mod._read_gguf_metadata = real
+        provenance._read_gguf_metadata = real
     assert len(reads) == 1
     assert json.loads(src.read_text())["gguf"]["license"] == "gemma"
 
@@ -497,7 +498,7 @@ def test_cards_from_a_gguf_teacher_carry_its_license_and_base_model_and_no_local
 def test_card_license_from_the_teachers_own_card(tmp_path, llama):
     import shutil
 
-    from boomerang_cli.refs import card_license
+    from boomerang_cli.provenance import card_license
 
     d = tmp_path / "m"
     shutil.copytree(llama[1], d)
