@@ -6,7 +6,7 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.table import Table
@@ -160,36 +160,45 @@ def distill_cmd(
     if not main_rank:
         err_console.quiet = True
     with handle_errors():
-        from ..distill import DistillConfig, distill
-        from ..data.mix import parse_weights
-        from ..distill.recipes import get_recipe
+        from ..distill import distill
         from ..guard import lock_if
         from ..state import record
 
-        teacher, student, output = resolve_short_form(teacher, student, output)
-        if fsdp and shard:
-            from ..errors import BoomerangError
-
-            raise BoomerangError("--fsdp means --shard student,teacher; pass one of them, not both")
-        weights = get_recipe(recipe).loss_weights(0.0 if no_ce else ce_weight, 0.0 if no_kl else kl_weight,
-                                                  0.0 if no_cos else cos_weight, temperature)
-        same = {f.name: flags[f.name] for f in dataclasses.fields(DistillConfig) if f.name in flags.keys() - _BUILT}
-        cfg = DistillConfig(
-            **same, teacher=teacher, output=output, student=student, data=list(data),
-            data_weights=parse_weights(data_weights) if data_weights is not None else None,
-            tokens=parse_tokens(tokens) if tokens else None, weights=weights, compile=compile_,
-            report_to=list(report_to), shard=["student", "teacher"] if fsdp else ([shard] if shard else []),
-        )
-        with (lock_if(output, main_rank), lock_if(cfg.ckpt_dir, main_rank),  # one writer per output
+        cfg = _config(flags)
+        with (lock_if(cfg.output, main_rank), lock_if(cfg.ckpt_dir, main_rank),  # one writer per output
               progress(not (json_out or quiet) and main_rank) as bar):
             result = distill(cfg, progress=bar)
         if main_rank:
-            remember_warning = record([("teacher", result.teacher), ("student", student), ("output", output)],
-                                      student=output, teacher=result.teacher)
+            remember_warning = record([("teacher", result.teacher), ("student", cfg.student), ("output", cfg.output)],
+                                      student=cfg.output, teacher=result.teacher)
             if remember_warning:
                 say(f"warning: {remember_warning}", err_console)
     if main_rank:
-        _render(result, teacher, output, json_out)
+        _render(result, cfg.teacher, cfg.output, json_out)
+
+
+def _config(flags: dict[str, Any]) -> DistillConfig:
+    """The run's config from ``distill_cmd``'s parsed flags: the short forms filled in, the loss
+    weights from the recipe and the ``--no-*`` switches, every flag named like a field as is."""
+    from ..data.mix import parse_weights
+    from ..distill.recipes import get_recipe
+
+    teacher, student, output = resolve_short_form(flags["teacher"], flags["student"], flags["output"])
+    fsdp, shard, data_weights, tokens = flags["fsdp"], flags["shard"], flags["data_weights"], flags["tokens"]
+    if fsdp and shard:
+        from ..errors import BoomerangError
+
+        raise BoomerangError("--fsdp means --shard student,teacher; pass one of them, not both")
+    weights = get_recipe(flags["recipe"]).loss_weights(
+        0.0 if flags["no_ce"] else flags["ce_weight"], 0.0 if flags["no_kl"] else flags["kl_weight"],
+        0.0 if flags["no_cos"] else flags["cos_weight"], flags["temperature"])
+    same = {f.name: flags[f.name] for f in dataclasses.fields(DistillConfig) if f.name in flags.keys() - _BUILT}
+    return DistillConfig(
+        **same, teacher=teacher, output=output, student=student, data=list(flags["data"]),
+        data_weights=parse_weights(data_weights) if data_weights is not None else None,
+        tokens=parse_tokens(tokens) if tokens else None, weights=weights, compile=flags["compile_"],
+        report_to=list(flags["report_to"]), shard=["student", "teacher"] if fsdp else ([shard] if shard else []),
+    )
 
 
 def _render(result: DistillResult, teacher: str, output: Path, json_out: bool) -> None:

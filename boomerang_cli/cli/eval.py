@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, List, Optional, cast
 
@@ -95,20 +96,12 @@ def eval_cmd(
     layers compute them once (results are identical to evaluating each member
     on its own; --no-trunk does that).
     """
+    flags = dict(locals())  # the parsed flags, by name
     from ..evaluate.run import EvalRequest
 
     req = EvalRequest(
         targets=list(targets or []), dtype=dtype, tasks=tasks, baselines=split_list(baseline),
-        compare_orders=compare_orders, members=members, output=output, plot=plot,
-        options=dict(
-            sources=split_list(data) or ["stdlib"], split=split, text_field=text_field, seq_len=seq_len, bos=bos,
-            window=window, metric=metric,
-            max_tokens=max_tokens, batch_size=batch_size, device=device, trunk=not no_trunk,
-            perplexity=not no_perplexity, task_dir=task_dir,
-            limit=int(limit) if limit is not None and limit >= 1 else limit, num_fewshot=num_fewshot,
-            calibration_tokens=calibration_tokens, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-            calib_data=split_list(calib_data), calib_samples=calib_samples, calib_seq_len=calib_seq_len, beam=beam,
-            verify=verify),
+        compare_orders=compare_orders, members=members, output=output, plot=plot, options=_options(flags),
     )
     with handle_errors():
         from ..evaluate.run import run_eval
@@ -123,6 +116,23 @@ def eval_cmd(
     _table(report, metric)
     if plot is not None:
         say(f"plot: {plot}")
+
+
+#: EvalOptions fields the request sets itself (dtype, tasks, compare_orders, plot) or that are built below
+#: from flags read or renamed first; every other field with a flag of its own name takes that flag's value as is.
+_BUILT = {"dtype", "tasks", "compare_orders", "plot", "sources", "trunk", "perplexity", "limit", "calib_data"}
+
+
+def _options(flags: dict[str, Any]) -> dict[str, Any]:
+    """``EvalRequest.options`` from ``eval_cmd``'s parsed flags: lists split, ``--no-*`` switches turned
+    round, a ``--limit`` of 1 or more counted in examples."""
+    limit = flags["limit"]
+    same = {f.name: flags[f.name] for f in dataclasses.fields(EvalOptions) if f.name in flags.keys() - _BUILT}
+    return dict(
+        same, sources=split_list(flags["data"]) or ["stdlib"], trunk=not flags["no_trunk"],
+        perplexity=not flags["no_perplexity"], limit=int(limit) if limit is not None and limit >= 1 else limit,
+        calib_data=split_list(flags["calib_data"]),
+    )
 
 
 METRIC_COLUMNS = {"ppl": "ppl", "bits-per-byte": "bpb", "word-ppl": "word ppl", "byte-ppl": "byte ppl"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, cast
+from typing import TYPE_CHECKING, Optional, cast
 
 import typer
 from rich.console import JustifyMethod
@@ -13,6 +13,9 @@ from ..export.request import ExportRequest
 from .app import app
 from .common import emit_json, handle_errors, human, out_console, progress, split_list, say
 from .options import Json, Overwrite, Quiet, defaults
+
+if TYPE_CHECKING:
+    from ..export.writer import ExportResult
 
 D = defaults(ExportRequest)  # every flag's default, read from the request
 
@@ -47,6 +50,11 @@ def export_cmd(
 
         with progress(not (json_out or quiet)) as bar:
             result = run_export(req, bar)
+    _render(result, json_out)
+
+
+def _render(result: ExportResult, json_out: bool) -> None:
+    """The files written, as a table and a summary line, or one JSON object."""
     if json_out:
         emit_json(result.to_json())
         return
