@@ -153,6 +153,30 @@ def _raw(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tens
     return z.float()
 
 
+def _logit_grad(spec: _HeadSpec, logq: torch.Tensor, logp_s: torch.Tensor | None, p_t: torch.Tensor | None,
+                lab: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """One chunk's d loss / d logits, written over ``logq`` (and ``logp_s``): the caller drops both.
+
+    d loss / d logits = ce_coef * (softmax(logits) - onehot(label)) on rows with a label
+                      + (kl_coef / T) * (softmax(logits / T) - p_t)
+    """
+    T = spec.temperature
+    c = spec.kl_coef / T if p_t is not None else 0.0
+    row = (valid * spec.ce_coef).to(torch.float32).unsqueeze(1)
+    if T == 1:
+        g = logq.exp_().mul_(row + c)  # one softmax serves both terms
+    else:
+        g = logq.exp_().mul_(c)
+        if logp_s is not None:
+            g.addcmul_(logp_s.exp_(), row)
+    if p_t is not None:
+        g.sub_(p_t, alpha=c)
+    if spec.ce_coef:
+        rows = valid.nonzero().squeeze(1)
+        g[rows, lab[rows]] -= spec.ce_coef
+    return g
+
+
 class _HeadLosses(torch.autograd.Function):
     """CE and KL sums over rows of ``h``; gradients computed chunk by chunk in forward."""
 
@@ -201,21 +225,7 @@ class _HeadLosses(torch.autograd.Function):
                     del logp_t
                 g = None
                 if spec.need_grad and (spec.ce_coef or p_t is not None):
-                    # d loss / d logits = ce_coef * (softmax(logits) - onehot(label)) on rows with a label
-                    #                   + (kl_coef / T) * (softmax(logits / T) - p_t)
-                    c = spec.kl_coef / T if p_t is not None else 0.0
-                    row = (valid * spec.ce_coef).to(torch.float32).unsqueeze(1)
-                    if T == 1:
-                        g = logq.exp_().mul_(row + c)  # one softmax serves both terms
-                    else:
-                        g = logq.exp_().mul_(c)
-                        if logp_s is not None:
-                            g.addcmul_(logp_s.exp_(), row)
-                    if p_t is not None:
-                        g.sub_(p_t, alpha=c)
-                    if spec.ce_coef:
-                        rows = valid.nonzero().squeeze(1)
-                        g[rows, lab[rows]] -= spec.ce_coef
+                    g = _logit_grad(spec, logq, logp_s, p_t, lab, valid)
                 del logq, logp_s, p_t
                 if grad_h is not None and g is not None:  # need_grad (grad_w too, unless the head is frozen)
                     spec.student.transform_grad(g, logits)

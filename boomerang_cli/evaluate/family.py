@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -102,12 +102,7 @@ def evaluate_family(
     seconds: dict[str, float] = {"load": time.perf_counter() - t0}
 
     stacks: dict[str, Stack] = {name: fam.stack(name) for name in names}
-    rows: dict[str, Row] = {}
-    for name in names:
-        kind = name if name in ("teacher", "student") else "member"
-        entry = (manifest.teacher if name == "teacher" else manifest.student if name == "student"
-                 else manifest.member(name))
-        rows[name] = Row(name, kind, entry.num_params, entry.num_layers)
+    rows = _member_rows(manifest, names)
 
     data: EvalData | None = None
     if opts.perplexity:
@@ -116,16 +111,10 @@ def evaluate_family(
                               opts.bos, opts.window)
         seconds["data"] = time.perf_counter() - t
 
-    baselines: list[Baseline] = []
     if opts.baselines:
         t = time.perf_counter()
-        baselines = _plan_baselines(fam, names, opts, tokenizer, seq_len, progress)
-        for b in baselines:
-            key = f"baseline:{b.name}"
-            stacks[key] = b.stack()
-            comp = compose(fam.infos, b.stack().layers, "teacher", "teacher")
-            rows[key] = Row(b.name, "baseline", comp.num_params, b.num_layers, b.method, b.teacher_layers,
-                            selection=b.selection)
+        for key, stack, row in _baseline_rows(fam, _plan_baselines(fam, names, opts, tokenizer, seq_len, progress)):
+            stacks[key], rows[key] = stack, row
         seconds["calibration"] = time.perf_counter() - t
 
     searches: dict[str, dict[str, Any]] = {}
@@ -133,13 +122,8 @@ def evaluate_family(
         t = time.perf_counter()
         for order in opts.compare_orders:
             order_members, searches[order] = _order_members(fam, order, opts, progress)
-            for m in order_members:
-                key = f"order:{order}:{m.name}"
-                stacks[key] = Stack.of_member(m)
-                comp = m.composition(fam.infos)
-                rows[key] = Row(f"{order}/{m.name}", "order", comp.num_params, m.num_layers, order,
-                                selection={"teacher_blocks": sorted(m.teacher_blocks),
-                                           "kl": searches[order].get("kl", {}).get(m.num_layers)})
+            for key, stack, row in _order_rows(fam, order, order_members, searches[order]):
+                stacks[key], rows[key] = stack, row
         seconds["orders"] = time.perf_counter() - t
 
     trunk: TrunkInfo | None = None
@@ -169,6 +153,35 @@ def evaluate_family(
         device=str(fam.device), dtype=str(fam.dtype).removeprefix("torch."), tasks=list(opts.tasks), notes=notes,
         orders=searches,
     )
+
+
+def _member_rows(manifest: FamilyManifest, names: Sequence[str]) -> dict[str, Row]:
+    """The rows of the family's own models: teacher, student and the members asked for."""
+    rows: dict[str, Row] = {}
+    for name in names:
+        kind = name if name in ("teacher", "student") else "member"
+        entry = (manifest.teacher if name == "teacher" else manifest.student if name == "student"
+                 else manifest.member(name))
+        rows[name] = Row(name, kind, entry.num_params, entry.num_layers)
+    return rows
+
+
+def _baseline_rows(fam: _Family, baselines: Sequence[Baseline]) -> Iterator[tuple[str, Stack, Row]]:
+    """Each pruning baseline's key, stack and row (its size as the teacher's layers it keeps)."""
+    for b in baselines:
+        comp = compose(fam.infos, b.stack().layers, "teacher", "teacher")
+        row = Row(b.name, "baseline", comp.num_params, b.num_layers, b.method, b.teacher_layers, selection=b.selection)
+        yield f"baseline:{b.name}", b.stack(), row
+
+
+def _order_rows(fam: _Family, order: str, members: Sequence[Member],
+                search: Mapping[str, Any]) -> Iterator[tuple[str, Stack, Row]]:
+    """Each member of a compared order: its key, stack and row (its blocks, and its KL when searched)."""
+    for m in members:
+        comp = m.composition(fam.infos)
+        selection = {"teacher_blocks": sorted(m.teacher_blocks), "kl": search.get("kl", {}).get(m.num_layers)}
+        row = Row(f"{order}/{m.name}", "order", comp.num_params, m.num_layers, order, selection=selection)
+        yield f"order:{order}:{m.name}", Stack.of_member(m), row
 
 
 def _ordered(rows: Any) -> list[Row]:
