@@ -50,17 +50,20 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "docs50-ordered-mix50": dict(data=DOCS, data_weights=(1, 1), mix=0.5),
     "docs50-ordered-mix100": dict(data=DOCS, data_weights=(1, 1), mix=1.0),
     "docs50-mix50-kl1": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, weights=LossWeights(kl=1.0)),
-    "docs50-mix50-noce": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5,
-                              weights=LossWeights(ce=0.0, kl=1.0)),
+    "docs50-mix50-noce": dict(
+        data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, weights=LossWeights(ce=0.0, kl=1.0)
+    ),
     "docs50-mix50-cos5": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, weights=LossWeights(cosine=5.0)),
     "docs50-mix50-cos0": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, weights=LossWeights(cosine=0.0)),
-    "docs50-mix50-t2": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5,
-                            weights=LossWeights(kl=1.0, temperature=2.0)),
+    "docs50-mix50-t2": dict(
+        data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, weights=LossWeights(kl=1.0, temperature=2.0)
+    ),
     "docs50-mix50-lr2e-3": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, lr=2e-3),
     "docs50-mix50-lr5e-4": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, lr=5e-4),
     "docs50-mix50-w20": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, warmup=0.2),
-    "docs50-mix50-calib16": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, calib_samples=16,
-                                 reuse="docs50-mix50"),
+    "docs50-mix50-calib16": dict(
+        data=DOCS, data_weights=(1, 1), shuffle=True, mix=0.5, calib_samples=16, reuse="docs50-mix50"
+    ),
 }
 
 
@@ -73,11 +76,19 @@ def judge(rows: list[dict[str, Any]]) -> dict[str, Any]:
     sc = score_family(rows, "shortgpt")
     student = next(r["ppl"] for r in rows if r["kind"] == "student")
     teacher = next(r["ppl"] for r in rows if r["kind"] == "teacher")
-    return {"wins": sc.wins, "sizes": sc.sizes, "increases": sc.increases, "increase_detail": sc.increase_detail,
-            "geomean": sc.geomean_ratio, "student_ppl": student, "teacher_ppl": teacher,
-            "losses": [f"{v.name} {v.ppl:.4g} vs {v.baseline_ppl:.4g}" for v in sc.per_size if not v.wins],
-            "per_size": [{"name": v.name, "layers": v.num_layers, "ppl": v.ppl, "shortgpt": v.baseline_ppl}
-                         for v in sc.per_size]}
+    return {
+        "wins": sc.wins,
+        "sizes": sc.sizes,
+        "increases": sc.increases,
+        "increase_detail": sc.increase_detail,
+        "geomean": sc.geomean_ratio,
+        "student_ppl": student,
+        "teacher_ppl": teacher,
+        "losses": [f"{v.name} {v.ppl:.4g} vs {v.baseline_ppl:.4g}" for v in sc.per_size if not v.wins],
+        "per_size": [
+            {"name": v.name, "layers": v.num_layers, "ppl": v.ppl, "shortgpt": v.baseline_ppl} for v in sc.per_size
+        ],
+    }
 
 
 def run_point(out: Path, name: str, seed: int) -> dict[str, Any]:
@@ -91,21 +102,31 @@ def run_point(out: Path, name: str, seed: int) -> dict[str, Any]:
         shutil.copytree(src, cfg.output / "student")
     t0 = time.perf_counter()
     result = run_demo(cfg)
-    point = {"name": name, "seed": seed, "settings": cfg.to_json(), "seconds": round(time.perf_counter() - t0, 1),
-             "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()},
-             "final_losses": (result.distill or {}).get("final"),
-             "domains": {d: judge(rows) for d, rows in result.domains.items()}}
+    point = {
+        "name": name,
+        "seed": seed,
+        "settings": cfg.to_json(),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+        "final_losses": (result.distill or {}).get("final"),
+        "domains": {d: judge(rows) for d, rows in result.domains.items()},
+    }
     return point
 
 
 def table(points: list[dict[str, Any]]) -> str:
-    lines = ["| setting | seed | code wins | code incr. | code geomean | prose wins | prose incr. | prose geomean "
-             "| student ppl code / prose |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| setting | seed | code wins | code incr. | code geomean | prose wins | prose incr. | prose geomean "
+        "| student ppl code / prose |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for p in points:
         c, r = p["domains"]["code"], p["domains"]["prose"]
-        lines.append(f"| {p['name']} | {p['seed']} | {c['wins']}/{c['sizes']} | {c['increases']} | "
-                     f"{c['geomean']:.3f} | {r['wins']}/{r['sizes']} | {r['increases']} | {r['geomean']:.3f} | "
-                     f"{c['student_ppl']:.1f} / {r['student_ppl']:.1f} |")
+        lines.append(
+            f"| {p['name']} | {p['seed']} | {c['wins']}/{c['sizes']} | {c['increases']} | "
+            f"{c['geomean']:.3f} | {r['wins']}/{r['sizes']} | {r['increases']} | {r['geomean']:.3f} | "
+            f"{c['student_ppl']:.1f} / {r['student_ppl']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -116,9 +137,11 @@ def spread(points: list[dict[str, Any]], name: str) -> str:
     for d in ("code", "prose"):
         js = [p["domains"][d] for p in ps]
         g = [j["geomean"] for j in js]
-        parts.append(f"{d}: wins {min(j['wins'] for j in js)}-{max(j['wins'] for j in js)}, increases "
-                     f"{min(j['increases'] for j in js)}-{max(j['increases'] for j in js)}, geomean "
-                     f"{min(g):.3f}-{max(g):.3f} (mean {math.fsum(g) / len(g):.3f})")
+        parts.append(
+            f"{d}: wins {min(j['wins'] for j in js)}-{max(j['wins'] for j in js)}, increases "
+            f"{min(j['increases'] for j in js)}-{max(j['increases'] for j in js)}, geomean "
+            f"{min(g):.3f}-{max(g):.3f} (mean {math.fsum(g) / len(g):.3f})"
+        )
     return f"{name} over {len(ps)} seeds: " + "; ".join(parts)
 
 
@@ -146,9 +169,13 @@ def main() -> None:
             with open(log, "a") as f:
                 f.write(json.dumps(point) + "\n")
             c, r = point["domains"]["code"], point["domains"]["prose"]
-            print(f"{name} seed {seed}: code {c['wins']}/{c['sizes']} incr {c['increases']} g {c['geomean']:.3f}; "
-                  f"prose {r['wins']}/{r['sizes']} incr {r['increases']} g {r['geomean']:.3f} "
-                  f"({point['seconds']:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"{name} seed {seed}: code {c['wins']}/{c['sizes']} incr {c['increases']} g {c['geomean']:.3f}; "
+                f"prose {r['wins']}/{r['sizes']} incr {r['increases']} g {r['geomean']:.3f} "
+                f"({point['seconds']:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     points = list(done.values())
     print(table(points))
     for name in dict.fromkeys(p["name"] for p in points):

@@ -20,10 +20,19 @@ from .atomic import atomic_write_text, file_version
 
 SOURCE_JSON = "boomerang_source.json"  # what a converted model came from (and its GGUF metadata)
 #: tokenizer_config.json keys that only say how a file was loaded here, never what the tokenizer is.
-LOADER_ONLY_KEYS = frozenset({
-    "local_files_only", "is_local", "cache_dir", "force_download", "token", "use_auth_token", "_commit_hash",
-    "gguf_file", "subfolder",
-})
+LOADER_ONLY_KEYS = frozenset(
+    {
+        "local_files_only",
+        "is_local",
+        "cache_dir",
+        "force_download",
+        "token",
+        "use_auth_token",
+        "_commit_hash",
+        "gguf_file",
+        "subfolder",
+    }
+)
 #: GGUF keys naming tokens that end generation (transformers' conversion keeps only the first).
 GGUF_END_TOKENS = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
 
@@ -60,11 +69,18 @@ def _read_gguf_metadata(path: Path) -> dict[str, Any]:
         f = reader.fields.get(key)
         return None if f is None else f.contents()
 
-    bases = [hub_id_of_url(get(f"general.base_model.{i}.repo_url")) for i in range(int(get("general.base_model.count") or 0))]
+    bases = [
+        hub_id_of_url(get(f"general.base_model.{i}.repo_url")) for i in range(int(get("general.base_model.count") or 0))
+    ]
     ends = [int(v) for v in (get(k) for k in GGUF_END_TOKENS) if isinstance(v, int)]
-    return {"file": Path(path).name, "name": get("general.name"), "license": get("general.license"),
-            "source_repo": hub_id_of_url(get("general.source.repo_url")),
-            "base_models": [b for b in bases if b], "end_token_ids": list(dict.fromkeys(ends))}
+    return {
+        "file": Path(path).name,
+        "name": get("general.name"),
+        "license": get("general.license"),
+        "source_repo": hub_id_of_url(get("general.source.repo_url")),
+        "base_models": [b for b in bases if b],
+        "end_token_ids": list(dict.fromkeys(ends)),
+    }
 
 
 def source_metadata(directory: Path) -> dict[str, Any]:
@@ -112,9 +128,17 @@ def copy_aux_files(src: Path, dst: Path) -> list[str]:
     (e.g. Gemma's ``<end_of_turn>``), which transformers' conversion drops.
     """
     skip_suffix = {".safetensors", ".bin", ".pt", ".gguf", ".pth", ".msgpack", ".h5"}
-    skip_names = {"config.json", "README.md", "boomerang.json", "student_config.json",
-                  "family.json", "model.safetensors.index.json", "boomerang_source.json",
-                  "metrics.jsonl", "pytorch_model.bin.index.json"}
+    skip_names = {
+        "config.json",
+        "README.md",
+        "boomerang.json",
+        "student_config.json",
+        "family.json",
+        "model.safetensors.index.json",
+        "boomerang_source.json",
+        "metrics.jsonl",
+        "pytorch_model.bin.index.json",
+    }
     copied = []
     for f in sorted(Path(src).iterdir()):
         if f.is_file() and f.suffix not in skip_suffix and f.name not in skip_names and not f.name.startswith("."):

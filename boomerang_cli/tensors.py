@@ -24,8 +24,16 @@ from .atomic import file_version
 from .errors import BoomerangError
 
 DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
-    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 #: How ``--dtype`` (and the manifest's ``dtype``) spell a dtype.
@@ -39,9 +47,15 @@ CHUNK_BYTES = 16 << 20
 def parse_dtype(name: str) -> torch.dtype:
     """``bf16``/``bfloat16``/``float32``... to a torch dtype."""
     aliases = {
-        "fp32": torch.float32, "float32": torch.float32, "f32": torch.float32,
-        "fp16": torch.float16, "float16": torch.float16, "f16": torch.float16, "half": torch.float16,
-        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "f32": torch.float32,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "f16": torch.float16,
+        "half": torch.float16,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
     }
     try:
         return aliases[name.lower()]
@@ -112,8 +126,12 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     pos, prev = 8 + n, None  # the tensors tile the data region exactly, as the format requires
     for e in sorted(out.values(), key=lambda e: (e.begin, e.end)):
         if e.begin != pos:
-            raise _broken(path, f"{e.name} overlaps {prev}" if e.begin < pos else
-                          f"bytes {pos - 8 - n} to {e.begin - 8 - n} of its data belong to no tensor")
+            raise _broken(
+                path,
+                f"{e.name} overlaps {prev}"
+                if e.begin < pos
+                else f"bytes {pos - 8 - n} to {e.begin - 8 - n} of its data belong to no tensor",
+            )
         pos, prev = e.end, e.name
     if pos != size:
         raise _broken(path, f"{size - pos} bytes after its last tensor belong to no tensor")
@@ -124,8 +142,13 @@ def _entry(path: Path, name: str, e: object, base: int, size: int) -> TensorInfo
     """One header entry: well-formed, a known dtype, inside the file, its shape's size its byte range."""
     try:
         dtype, shape, (lo, hi) = e["dtype"], tuple(e["shape"]), e["data_offsets"]  # type: ignore[index]
-        ok = (isinstance(dtype, str) and isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi
-              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape))
+        ok = (
+            isinstance(dtype, str)
+            and isinstance(lo, int)
+            and isinstance(hi, int)
+            and 0 <= lo <= hi
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        )
     except (KeyError, TypeError, ValueError):
         ok = False
     if not ok:
@@ -135,8 +158,11 @@ def _entry(path: Path, name: str, e: object, base: int, size: int) -> TensorInfo
     if base + hi > size:
         raise _broken(path, f"truncated: {name} ends at byte {base + hi} of a {size}-byte file")
     if math.prod(shape) * DTYPE_SIZES[dtype] != hi - lo:
-        raise _broken(path, f"{name} is {list(shape)} {dtype}, {math.prod(shape) * DTYPE_SIZES[dtype]} bytes, "
-                            f"but its data_offsets span {hi - lo}")
+        raise _broken(
+            path,
+            f"{name} is {list(shape)} {dtype}, {math.prod(shape) * DTYPE_SIZES[dtype]} bytes, "
+            f"but its data_offsets span {hi - lo}",
+        )
     return TensorInfo(name, dtype, shape, path, base + lo, base + hi)
 
 
@@ -151,8 +177,10 @@ class ModelWeights:
             try:
                 files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             except (ValueError, KeyError, TypeError, AttributeError):
-                raise BoomerangError(f"{index}: not a valid safetensors index (no \"weight_map\" of file names); "
-                                     "re-download or rebuild the model") from None
+                raise BoomerangError(
+                    f'{index}: not a valid safetensors index (no "weight_map" of file names); '
+                    "re-download or rebuild the model"
+                ) from None
         elif (self.directory / SINGLE_FILE).exists():
             files = [SINGLE_FILE]
         else:
@@ -187,7 +215,6 @@ class ModelWeights:
         return sum(e.nbytes for e in self.entries.values())
 
 
-
 #: A safetensors file's digest that needs no second pass over the family: sha256 over the
 #: sha256 of its header (length prefix included) and of each tensor's bytes, in file order.
 TENSORS_DIGEST = "sha256-tensors:"
@@ -207,7 +234,7 @@ def range_digest(path: Path, begin: int, n: int, buf: memoryview) -> bytes:
     with open(path, "rb", buffering=0) as f:
         f.seek(begin)
         while n:
-            got = f.readinto(buf[:min(n, len(buf))])
+            got = f.readinto(buf[: min(n, len(buf))])
             if not got:
                 raise BoomerangError(f"{path}: file ended early while hashing weights")
             sha.update(buf[:got])
@@ -229,7 +256,6 @@ def read_chunks(info: TensorInfo, dtype: torch.dtype | None, elements: int) -> I
             yield t.to(dtype) if dtype is not None and dtype != src else t
 
 
-
 _SAME: dict[tuple, bool] = {}
 
 
@@ -249,6 +275,8 @@ def same_values(a: TensorInfo, b: TensorInfo, dtype: torch.dtype | None = None, 
     if key not in _SAME:
         elements = max(1, chunk_bytes // 4)
         # Bytes, not values: as saved, the two must be one tensor (NaN and -0.0 included).
-        _SAME[key] = all(torch.equal(x.view(torch.uint8), y.view(torch.uint8))
-                         for x, y in zip(read_chunks(a, dtype, elements), read_chunks(b, dtype, elements)))
+        _SAME[key] = all(
+            torch.equal(x.view(torch.uint8), y.view(torch.uint8))
+            for x, y in zip(read_chunks(a, dtype, elements), read_chunks(b, dtype, elements))
+        )
     return _SAME[key]

