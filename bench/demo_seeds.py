@@ -67,15 +67,30 @@ def training_data(out: Path, seed: int) -> str:
 
 
 def judge(rows: list[dict]) -> dict:
-    rows = [{"name": r["name"], "kind": r["kind"], "method": r.get("method"), "num_params": r["num_params"],
-             "num_layers": r["num_layers"], "ppl": (r.get("perplexity") or {}).get("ppl")} for r in rows]
+    rows = [
+        {
+            "name": r["name"],
+            "kind": r["kind"],
+            "method": r.get("method"),
+            "num_params": r["num_params"],
+            "num_layers": r["num_layers"],
+            "ppl": (r.get("perplexity") or {}).get("ppl"),
+        }
+        for r in rows
+    ]
     sc = score_family(rows, "shortgpt")
     student = next(r["ppl"] for r in rows if r["kind"] == "student")
     teacher = next(r["ppl"] for r in rows if r["kind"] == "teacher")
-    return {"wins": sc.wins, "sizes": sc.sizes, "increases": sc.increases, "increase_detail": sc.increase_detail,
-            "geomean": sc.geomean_ratio,
-            "student_ppl": student, "teacher_ppl": teacher,
-            "losses": [f"{v.name} {v.ppl:.4g} vs {v.baseline_ppl:.4g}" for v in sc.per_size if not v.wins]}
+    return {
+        "wins": sc.wins,
+        "sizes": sc.sizes,
+        "increases": sc.increases,
+        "increase_detail": sc.increase_detail,
+        "geomean": sc.geomean_ratio,
+        "student_ppl": student,
+        "teacher_ppl": teacher,
+        "losses": [f"{v.name} {v.ppl:.4g} vs {v.baseline_ppl:.4g}" for v in sc.per_size if not v.wins],
+    }
 
 
 def run(out: Path, seed: int) -> dict:
@@ -83,11 +98,39 @@ def run(out: Path, seed: int) -> dict:
     t0 = time.time()
     data = training_data(out, seed)
     student, family = out / "student", out / "family"
-    if not (student / "boomerang.json").exists() or "training" not in json.loads((student / "boomerang.json").read_text()):
-        boomerang("distill", "smollm2-135m", "--data", data, "-o", str(student), *DEMO,
-                  "--seed", str(seed), "--save-every", "0", "--eval-every", "0", "--overwrite")
-    boomerang("family", "smollm2-135m", str(student), "--all", "--order", "auto", "--calib-samples", "4",
-              "--calib-seq-len", "128", "-o", str(family))
+    if not (student / "boomerang.json").exists() or "training" not in json.loads(
+        (student / "boomerang.json").read_text()
+    ):
+        boomerang(
+            "distill",
+            "smollm2-135m",
+            "--data",
+            data,
+            "-o",
+            str(student),
+            *DEMO,
+            "--seed",
+            str(seed),
+            "--save-every",
+            "0",
+            "--eval-every",
+            "0",
+            "--overwrite",
+        )
+    boomerang(
+        "family",
+        "smollm2-135m",
+        str(student),
+        "--all",
+        "--order",
+        "auto",
+        "--calib-samples",
+        "4",
+        "--calib-seq-len",
+        "128",
+        "-o",
+        str(family),
+    )
     result = {"seed": seed, "data": data if seed == 0 else f"64 stdlib train files, seed {seed}"}
     for name, args in DOMAINS.items():
         saved = out / f"eval-{name}.json"  # kept, so a rerun scores again without evaluating again
@@ -103,20 +146,26 @@ def run(out: Path, seed: int) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| seed | training text | domain | wins | increases | geomean vs ShortGPT | student ppl |",
-             "|---:|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| seed | training text | domain | wins | increases | geomean vs ShortGPT | student ppl |",
+        "|---:|---|---|---:|---:|---:|---:|",
+    ]
     for r in results:
         for d in DOMAINS:
             j = r[d]
-            lines.append(f"| {r['seed']} | {r['data']} | {d} | {j['wins']}/{j['sizes']} | {j['increases']} | "
-                         f"{j['geomean']:.3f} | {j['student_ppl']:.2f} |")
+            lines.append(
+                f"| {r['seed']} | {r['data']} | {d} | {j['wins']}/{j['sizes']} | {j['increases']} | "
+                f"{j['geomean']:.3f} | {j['student_ppl']:.2f} |"
+            )
     for d in DOMAINS:
         js = [r[d] for r in results]
         g = [j["geomean"] for j in js]
-        lines.append(f"| min-max | | {d} | {min(j['wins'] for j in js)}-{max(j['wins'] for j in js)} | "
-                     f"{min(j['increases'] for j in js)}-{max(j['increases'] for j in js)} | "
-                     f"{min(g):.3f}-{max(g):.3f} (mean {math.fsum(g) / len(g):.3f}) | "
-                     f"{min(j['student_ppl'] for j in js):.2f}-{max(j['student_ppl'] for j in js):.2f} |")
+        lines.append(
+            f"| min-max | | {d} | {min(j['wins'] for j in js)}-{max(j['wins'] for j in js)} | "
+            f"{min(j['increases'] for j in js)}-{max(j['increases'] for j in js)} | "
+            f"{min(g):.3f}-{max(g):.3f} (mean {math.fsum(g) / len(g):.3f}) | "
+            f"{min(j['student_ppl'] for j in js):.2f}-{max(j['student_ppl'] for j in js):.2f} |"
+        )
     return "\n".join(lines)
 
 

@@ -77,21 +77,21 @@ def make_batches(teacher_path: Path, seq_len: int, batch: int, n_batches: int) -
     # Documents at an even stride through the corpus (sorted by path): a sample of its
     # length distribution, rather than the first files of the alphabet.
     docs = []
-    for text in texts[::max(1, len(texts) // needed)][:needed]:
+    for text in texts[:: max(1, len(texts) // needed)][:needed]:
         ids = encode_document(tok, text, eos)
-        docs.append(ids if len(ids) <= seq_len else ids[:seq_len - 1] + [eos])  # truncated, still ending in EOS
+        docs.append(ids if len(ids) <= seq_len else ids[: seq_len - 1] + [eos])  # truncated, still ending in EOS
     padded = []
     for i in range(0, len(docs), batch):
-        group = docs[i:i + batch]
+        group = docs[i : i + batch]
         width = max(map(len, group))
         ids = torch.full((len(group), width), tok.pad_token_id or eos, dtype=torch.long)
         attn = torch.zeros((len(group), width), dtype=torch.long)
         for r, d in enumerate(group):
-            ids[r, :len(d)] = torch.tensor(d)
-            attn[r, :len(d)] = 1
+            ids[r, : len(d)] = torch.tensor(d)
+            attn[r, : len(d)] = 1
         padded.append((ids, attn))
     # The warm-up batch (untimed: first-call costs, optimizer state) is short, to save time.
-    warm_docs, timed_docs = [d[:WARMUP_TOKENS - 1] + [eos] for d in docs[:batch]], docs[batch:]
+    warm_docs, timed_docs = [d[: WARMUP_TOKENS - 1] + [eos] for d in docs[:batch]], docs[batch:]
     padded[0] = (padded[0][0][:, :WARMUP_TOKENS], padded[0][1][:, :WARMUP_TOKENS])
     # The same tokens, packed.
 
@@ -103,11 +103,18 @@ def make_batches(teacher_path: Path, seq_len: int, batch: int, n_batches: int) -
 
     def packed(ds, length=seq_len):
         blocks = list(BlockStream(lambda _epoch: iter(ds), _Tok(), length, pad_last=True))
-        return [tuple(torch.stack(t) for t in zip(*[(b.input_ids, b.labels, b.mask) for b in blocks[i:i + batch]]))
-                for i in range(0, len(blocks), batch)]
+        return [
+            tuple(torch.stack(t) for t in zip(*[(b.input_ids, b.labels, b.mask) for b in blocks[i : i + batch]]))
+            for i in range(0, len(blocks), batch)
+        ]
 
-    return {"padded": padded, "packed_warm": packed(warm_docs, WARMUP_TOKENS)[:1], "packed": packed(timed_docs),
-            "useful_tokens": sum(map(len, timed_docs)), "docs": len(timed_docs)}
+    return {
+        "padded": padded,
+        "packed_warm": packed(warm_docs, WARMUP_TOKENS)[:1],
+        "packed": packed(timed_docs),
+        "useful_tokens": sum(map(len, timed_docs)),
+        "docs": len(timed_docs),
+    }
 
 
 # -- the child: one variant ---------------------------------------------------------------------
@@ -128,8 +135,14 @@ def straightforward_step(student, teacher, aligned, ids, attn, optimizer) -> flo
         t = teacher(input_ids=ids, attention_mask=attn, output_hidden_states=True)
     s = student(input_ids=ids, attention_mask=attn, labels=labels, output_hidden_states=True)
     V = s.logits.size(-1)
-    kl = F.kl_div(F.log_softmax(s.logits.float().view(-1, V) / TEMP, dim=-1),
-                  F.softmax(t.logits.float().view(-1, V) / TEMP, dim=-1), reduction="batchmean") * TEMP ** 2
+    kl = (
+        F.kl_div(
+            F.log_softmax(s.logits.float().view(-1, V) / TEMP, dim=-1),
+            F.softmax(t.logits.float().view(-1, V) / TEMP, dim=-1),
+            reduction="batchmean",
+        )
+        * TEMP**2
+    )
     mask = attn.bool()
     cos = 0.0
     for i, j in enumerate(aligned):
@@ -177,8 +190,9 @@ def run_child(variant: str, batches_file: Path, threads: int | None) -> dict:
     else:
         acc = Accelerator(cpu=True)
         t = Teacher(teacher, layers, aligned, keep_hidden=True)
-        model = DistillStudent(student, layers, ce_weight=W_CE, kl_weight=W_KL, cos_weight=W_COS,
-                               temperature=TEMP, teacher_head=t.head)
+        model = DistillStudent(
+            student, layers, ce_weight=W_CE, kl_weight=W_KL, cos_weight=W_COS, temperature=TEMP, teacher_head=t.head
+        )
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
         model, optimizer = acc.prepare(model, optimizer)
         if variant == "boomerang":
@@ -205,9 +219,18 @@ def run_child(variant: str, batches_file: Path, threads: int | None) -> dict:
         times.append(time.perf_counter() - t0)
     processed = sum(int(b[0].numel()) for b in timed)
     tokens = sum(useful(b) for b in timed)
-    return {"variant": variant, "steps": len(timed), "useful_tokens": tokens, "processed_tokens": processed,
-            "time_s": sum(times), "step_s": times, "tokens_per_s": tokens / sum(times),
-            "peak_rss_mib": _peak_rss_kib() / 1024, "losses": losses, "threads": torch.get_num_threads()}
+    return {
+        "variant": variant,
+        "steps": len(timed),
+        "useful_tokens": tokens,
+        "processed_tokens": processed,
+        "time_s": sum(times),
+        "step_s": times,
+        "tokens_per_s": tokens / sum(times),
+        "peak_rss_mib": _peak_rss_kib() / 1024,
+        "losses": losses,
+        "threads": torch.get_num_threads(),
+    }
 
 
 # -- the parent --------------------------------------------------------------------------------
@@ -244,8 +267,9 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--child", v, "--batches-file", str(f)]
                 if args.threads:
                     cmd += ["--threads", str(args.threads)]
-                p = subprocess.run(cmd, capture_output=True, text=True,
-                                   env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                p = subprocess.run(
+                    cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+                )
                 if p.returncode:
                     sys.stderr.write(p.stderr)
                     sys.exit(p.returncode)
@@ -258,9 +282,15 @@ def main() -> None:
     padded_tokens = sum(int(ids.numel()) for ids, _ in data["padded"][1:])
     summary = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "torch": torch.__version__, "seq_len": args.seq_len, "batch": args.batch, "documents": data["docs"],
-        "useful_tokens": data["useful_tokens"], "padding_fraction": 1 - data["useful_tokens"] / padded_tokens,
-        "repeat": args.repeat, "load_average_1min": load, "results": results,
+        "torch": torch.__version__,
+        "seq_len": args.seq_len,
+        "batch": args.batch,
+        "documents": data["docs"],
+        "useful_tokens": data["useful_tokens"],
+        "padding_fraction": 1 - data["useful_tokens"] / padded_tokens,
+        "repeat": args.repeat,
+        "load_average_1min": load,
+        "results": results,
     }
     base = results.get("straightforward")
     if base:
@@ -270,17 +300,23 @@ def main() -> None:
     if args.json:
         print(json.dumps(summary, indent=2))
         return
-    print(f"SmolLM2-135M teacher, 16-layer student; {summary['documents']} stdlib documents, "
-          f"{summary['useful_tokens']} tokens, seq-len {args.seq_len}, batch {args.batch}; "
-          f"padding to the longest document: {summary['padding_fraction']:.1%} of the padded batches; "
-          f"{summary['machine']}, torch {summary['torch']}, "
-          f"{next(iter(results.values()))['threads']} threads; best of {args.repeat} run(s) each, "
-          f"1-min load average after each run: {', '.join(f'{x:.1f}' for x in load)}\n")
-    print("| step | steps | useful tokens/s | peak RSS (MiB) | tokens/s vs straightforward | peak RSS vs straightforward |")
+    print(
+        f"SmolLM2-135M teacher, 16-layer student; {summary['documents']} stdlib documents, "
+        f"{summary['useful_tokens']} tokens, seq-len {args.seq_len}, batch {args.batch}; "
+        f"padding to the longest document: {summary['padding_fraction']:.1%} of the padded batches; "
+        f"{summary['machine']}, torch {summary['torch']}, "
+        f"{next(iter(results.values()))['threads']} threads; best of {args.repeat} run(s) each, "
+        f"1-min load average after each run: {', '.join(f'{x:.1f}' for x in load)}\n"
+    )
+    print(
+        "| step | steps | useful tokens/s | peak RSS (MiB) | tokens/s vs straightforward | peak RSS vs straightforward |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for v, r in results.items():
-        print(f"| {v} | {r['steps']} | {r['tokens_per_s']:.1f} | {r['peak_rss_mib']:.0f} | "
-              f"{r.get('speedup', float('nan')):.2f}x | {r.get('memory_ratio', float('nan')):.2f}x |")
+        print(
+            f"| {v} | {r['steps']} | {r['tokens_per_s']:.1f} | {r['peak_rss_mib']:.0f} | "
+            f"{r.get('speedup', float('nan')):.2f}x | {r.get('memory_ratio', float('nan')):.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -84,8 +84,9 @@ def streaming_worker(teacher_ref: str, student_dir: str, out: str, order: str, r
     t1 = time.perf_counter()
     pair = open_pair(resolve(teacher_ref), resolve(student_dir))
     every = achievable(pair, order)
-    picks = select(every[1:-1], all_members=True, student_params=every[0].num_params,
-                   teacher_params=every[-1].num_params)
+    picks = select(
+        every[1:-1], all_members=True, student_params=every[0].num_params, teacher_params=every[-1].num_params
+    )
     t2 = time.perf_counter()
     build_family(pair, picks, Path(out), order=order)
     t3 = time.perf_counter()
@@ -218,18 +219,40 @@ def main() -> None:
         return
 
     root = Path(tempfile.mkdtemp(prefix="boomerang-bench-", dir="/tmp"))
-    env = dict(os.environ, BOOMERANG_STATE=str(root / "state.json"), BOOMERANG_PROGRESS="0",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        BOOMERANG_STATE=str(root / "state.json"),
+        BOOMERANG_PROGRESS="0",
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     try:
         if args.student:
             student = Path(args.student).resolve()
         else:
             student = root / "student"
-            subprocess.run([sys.executable, "-m", "boomerang_cli", "init-student", args.teacher, "-o", str(student),
-                            "--json"], env=env, check=True, stdout=subprocess.DEVNULL, cwd=str(REPO))
-        teacher_dir = Path(subprocess.run(
-            [sys.executable, "-c", "import sys; from boomerang_cli.refs import resolve; print(resolve(sys.argv[1]).path)",
-             args.teacher], env=env, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+            subprocess.run(
+                [sys.executable, "-m", "boomerang_cli", "init-student", args.teacher, "-o", str(student), "--json"],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+                cwd=str(REPO),
+            )
+        teacher_dir = Path(
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from boomerang_cli.refs import resolve; print(resolve(sys.argv[1]).path)",
+                    args.teacher,
+                ],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         runs: dict[str, list[dict[str, float]]] = {"streaming": [], "baseline": [], "plain copy": []}
         stream_out, base_out, copy_out = root / "streaming", root / "baseline", root / "copy"
         report = root / "phases.json"
@@ -239,17 +262,45 @@ def main() -> None:
         for _ in range(args.repeat):
             for d in (stream_out, base_out):
                 shutil.rmtree(d, ignore_errors=True)
-            runs["streaming"].append(run_measured(
-                [sys.executable, __file__, "--worker", "streaming", args.teacher, str(student), str(stream_out),
-                 args.order, str(report)], env, report))
+            runs["streaming"].append(
+                run_measured(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        "streaming",
+                        args.teacher,
+                        str(student),
+                        str(stream_out),
+                        args.order,
+                        str(report),
+                    ],
+                    env,
+                    report,
+                )
+            )
             manifest = json.loads((stream_out / "family.json").read_text())
             sizes = weight_bytes(stream_out)
             names = [m["name"] for m in manifest["members"]]
 
             base_out.mkdir()
-            runs["baseline"].append(run_measured(
-                [sys.executable, __file__, "--worker", "baseline", args.teacher, str(student), str(base_out),
-                 args.order, str(report)], env, report))
+            runs["baseline"].append(
+                run_measured(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        "baseline",
+                        args.teacher,
+                        str(student),
+                        str(base_out),
+                        args.order,
+                        str(report),
+                    ],
+                    env,
+                    report,
+                )
+            )
             assert sorted(p.name for p in base_out.iterdir()) == sorted(names), "baseline wrote other members"
 
             copy_out.mkdir()
@@ -274,8 +325,10 @@ def main() -> None:
             "median_wall_streaming_over_copy": s["median_wall_s"] / c["median_wall_s"],
             "median_build_streaming_over_copy": s["median_build_s"] / c["median_wall_s"],
         }
-        print(f"teacher {args.teacher}, {len(names)} members ({args.order}), {total / 1e9:.2f} GB of weights, "
-              f"{os.cpu_count()} CPUs, best of {args.repeat}")
+        print(
+            f"teacher {args.teacher}, {len(names)} members ({args.order}), {total / 1e9:.2f} GB of weights, "
+            f"{os.cpu_count()} CPUs, best of {args.repeat}"
+        )
         print(f"{'':12} {'wall s':>8} {'peak RSS MB':>12} {'import s':>9} {'setup s':>8} {'build s':>8}")
         for k, v in figures.items():
             ph = "".join(f" {v[p]:8.1f}" if p in v else f" {'-':>8}" for p in ("import_s", "setup_s", "build_s"))
@@ -283,20 +336,36 @@ def main() -> None:
         print(f"peak RSS streaming/baseline: {ratios['rss_streaming_over_baseline']:.2f} (target <= 0.3)")
         print(f"wall streaming/baseline:     {ratios['wall_streaming_over_baseline']:.2f} (target <= 0.6)")
         print(f"wall streaming/plain copy:   {ratios['wall_streaming_over_copy']:.2f} (target <= 2)")
-        print(f"build phase only: streaming/baseline {ratios['build_streaming_over_baseline']:.2f}, "
-              f"streaming/plain copy {ratios['build_streaming_over_copy']:.2f}")
+        print(
+            f"build phase only: streaming/baseline {ratios['build_streaming_over_baseline']:.2f}, "
+            f"streaming/plain copy {ratios['build_streaming_over_copy']:.2f}"
+        )
         if args.repeat > 1:
-            print(f"medians of {args.repeat}: wall streaming/baseline {ratios['median_wall_streaming_over_baseline']:.2f}, "
-                  f"streaming/plain copy {ratios['median_wall_streaming_over_copy']:.2f}, build phase/plain copy "
-                  f"{ratios['median_build_streaming_over_copy']:.2f}")
+            print(
+                f"medians of {args.repeat}: wall streaming/baseline {ratios['median_wall_streaming_over_baseline']:.2f}, "
+                f"streaming/plain copy {ratios['median_wall_streaming_over_copy']:.2f}, build phase/plain copy "
+                f"{ratios['median_build_streaming_over_copy']:.2f}"
+            )
             for k, v in figures.items():
                 print(f"  {k} runs: {v['runs_wall_s']} s")
         print(f"{check}: streaming and baseline tensors identical: {identical}")
         if args.json_out:
-            Path(args.json_out).write_text(json.dumps(
-                {"teacher": args.teacher, "members": len(names), "bytes": total, "figures": figures,
-                 "ratios": ratios, "identical": identical, "cpus": os.cpu_count(), "repeat": args.repeat},
-                indent=2) + "\n")
+            Path(args.json_out).write_text(
+                json.dumps(
+                    {
+                        "teacher": args.teacher,
+                        "members": len(names),
+                        "bytes": total,
+                        "figures": figures,
+                        "ratios": ratios,
+                        "identical": identical,
+                        "cpus": os.cpu_count(),
+                        "repeat": args.repeat,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
     finally:
         if args.keep_output:
             print(f"kept {root}")

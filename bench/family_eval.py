@@ -47,7 +47,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--repeat", type=int, default=1, help="alternate trunk / member-by-member runs N times, keep the fastest")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="alternate trunk / member-by-member runs N times, keep the fastest"
+    )
     ap.add_argument("--json", action="store_true", help="print the numbers as JSON too")
     args = ap.parse_args()
     quiet_libraries()
@@ -71,8 +73,9 @@ def main() -> None:
         def build(stack: Stack):
             if stack in whole:
                 return models[whole[stack]]
-            return model_from_composition(compose(infos, stack.layers, stack.embed_from, stack.head_from),
-                                          dtype, device)
+            return model_from_composition(
+                compose(infos, stack.layers, stack.embed_from, stack.head_from), dtype, device
+            )
 
         tok = load_tokenizer(teacher.path)
         data = load_eval_data(["stdlib"], "validation", tok, args.seq_len, args.max_tokens)
@@ -97,30 +100,54 @@ def main() -> None:
     worst = max(diffs, key=diffs.__getitem__)
     n_mid = sum(1 for m in members if not (m.is_student or m.is_teacher))
     print(f"SmolLM2-135M family, {args.order}: student + {n_mid} members + teacher = {len(stacks)} models")
-    print(f"device {device} ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()}), "
-          f"fp32; {data.num_tokens} tokens scored ({data.num_blocks} blocks of {data.seq_len}, "
-          f"batch {args.batch_size}, {data.key})")
-    print(f"decoder-layer passes per batch: trunk {info.layer_passes}, member by member {info.flat_layer_passes} "
-          f"({info.flat_layer_passes / info.layer_passes:.2f}x); heads: {len(stacks)} in both")
+    print(
+        f"device {device} ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()}), "
+        f"fp32; {data.num_tokens} tokens scored ({data.num_blocks} blocks of {data.seq_len}, "
+        f"batch {args.batch_size}, {data.key})"
+    )
+    print(
+        f"decoder-layer passes per batch: trunk {info.layer_passes}, member by member {info.flat_layer_passes} "
+        f"({info.flat_layer_passes / info.layer_passes:.2f}x); heads: {len(stacks)} in both"
+    )
     print(f"{'model':<12} {'layers':>6} {'ppl (trunk)':>12} {'ppl (each)':>12} {'rel diff':>9}")
     for m in members:
         k = m.name
         print(f"{k:<12} {m.num_layers:>6} {trunk[k].ppl:>12.4f} {flat[k].ppl:>12.4f} {diffs[k]:>9.1e}")
     runs = f" (fastest of {args.repeat}, alternating)" if args.repeat > 1 else ""
-    print(f"wall time{runs}: shared trunk {t_trunk:.1f} s, member by member {t_flat:.1f} s, "
-          f"ratio {t_flat / t_trunk:.2f}x")
-    print(f"CPU time{runs}:  shared trunk {c_trunk:.1f} s, member by member {c_flat:.1f} s, "
-          f"ratio {c_flat / c_trunk:.2f}x")
+    print(
+        f"wall time{runs}: shared trunk {t_trunk:.1f} s, member by member {t_flat:.1f} s, ratio {t_flat / t_trunk:.2f}x"
+    )
+    print(
+        f"CPU time{runs}:  shared trunk {c_trunk:.1f} s, member by member {c_flat:.1f} s, ratio {c_flat / c_trunk:.2f}x"
+    )
     print(f"largest perplexity difference: {diffs[worst]:.2e} (relative, {worst})")
     if args.json:
-        print(json.dumps({
-            "order": args.order, "models": len(stacks), "tokens": data.num_tokens, "seq_len": data.seq_len,
-            "batch_size": args.batch_size, "device": str(device), "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(), "repeat": args.repeat, "trunk_s": t_trunk, "member_by_member_s": t_flat,
-            "speedup": t_flat / t_trunk, "trunk_cpu_s": c_trunk, "member_by_member_cpu_s": c_flat,
-            "cpu_speedup": c_flat / c_trunk, "all_wall_s": wall, "all_cpu_s": cpu, "layer_passes": info.layer_passes,
-            "flat_layer_passes": info.flat_layer_passes, "max_rel_ppl_diff": diffs[worst],
-        }))
+        print(
+            json.dumps(
+                {
+                    "order": args.order,
+                    "models": len(stacks),
+                    "tokens": data.num_tokens,
+                    "seq_len": data.seq_len,
+                    "batch_size": args.batch_size,
+                    "device": str(device),
+                    "threads": torch.get_num_threads(),
+                    "cpus": os.cpu_count(),
+                    "repeat": args.repeat,
+                    "trunk_s": t_trunk,
+                    "member_by_member_s": t_flat,
+                    "speedup": t_flat / t_trunk,
+                    "trunk_cpu_s": c_trunk,
+                    "member_by_member_cpu_s": c_flat,
+                    "cpu_speedup": c_flat / c_trunk,
+                    "all_wall_s": wall,
+                    "all_cpu_s": cpu,
+                    "layer_passes": info.layer_passes,
+                    "flat_layer_passes": info.flat_layer_passes,
+                    "max_rel_ppl_diff": diffs[worst],
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

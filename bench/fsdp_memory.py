@@ -42,11 +42,24 @@ REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 TIME = "/usr/bin/time"
 #: the random teacher: ~281M parameters, 1.05 GiB in fp32
-LLAMA = dict(hidden_size=1024, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=16,
-             intermediate_size=3328, vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=2048)
-COLUMNS = [("student_params", "student weights"), ("student_grads", "gradients"),
-           ("optimizer_state", "AdamW state"), ("teacher_params", "teacher weights"),
-           ("peak_rss", "peak RSS at step 1"), ("time_peak_rss", "peak RSS (time -v)")]
+LLAMA = dict(
+    hidden_size=1024,
+    num_hidden_layers=16,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    intermediate_size=3328,
+    vocab_size=49152,
+    tie_word_embeddings=True,
+    max_position_embeddings=2048,
+)
+COLUMNS = [
+    ("student_params", "student weights"),
+    ("student_grads", "gradients"),
+    ("optimizer_state", "AdamW state"),
+    ("teacher_params", "teacher weights"),
+    ("peak_rss", "peak RSS at step 1"),
+    ("time_peak_rss", "peak RSS (time -v)"),
+]
 
 
 def random_teacher(work: Path) -> Path:
@@ -69,18 +82,57 @@ def random_teacher(work: Path) -> Path:
     return out
 
 
-def run(nproc: int, extra: list[str], env_extra: dict[str, str], teacher: str, args: argparse.Namespace,
-        work: Path) -> dict:
+def run(
+    nproc: int, extra: list[str], env_extra: dict[str, str], teacher: str, args: argparse.Namespace, work: Path
+) -> dict:
     out = work / f"out-{nproc}-{'-'.join(extra) or 'ddp'}"
     timed = [TIME, "-v", sys.executable] if shutil.which(TIME) else [sys.executable]
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-                 "--no-python", *timed] if nproc > 1 else timed)
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+            "--no-python",
+            *timed,
+        ]
+        if nproc > 1
+        else timed
+    )
     entry = [str(REPO / "bench" / "rss_phases.py")] if args.phases else ["-m", "boomerang_cli"]
-    cmd = [*launcher, *entry, "distill", teacher, "-o", str(out), "--data", "stdlib",
-           "--seq-len", str(args.seq_len), "--batch-size", str(2 // nproc if nproc <= 2 else 1),
-           "--steps", str(args.steps), "--save-every", "0", "--device", "cpu", "--json", "--overwrite", *extra]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads),
-           "BOOMERANG_PROGRESS": "0", "BOOMERANG_STATE": str(work / "state.json"), **env_extra}
+    cmd = [
+        *launcher,
+        *entry,
+        "distill",
+        teacher,
+        "-o",
+        str(out),
+        "--data",
+        "stdlib",
+        "--seq-len",
+        str(args.seq_len),
+        "--batch-size",
+        str(2 // nproc if nproc <= 2 else 1),
+        "--steps",
+        str(args.steps),
+        "--save-every",
+        "0",
+        "--device",
+        "cpu",
+        "--json",
+        "--overwrite",
+        *extra,
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": str(args.threads),
+        "BOOMERANG_PROGRESS": "0",
+        "BOOMERANG_STATE": str(work / "state.json"),
+        **env_extra,
+    }
     if args.phases:
         env["RSS_PHASES_OUT"] = str(out) + "-phases"
     if args.mmap_threshold:  # glibc: allocations from this size on are mmapped, so freed ones go back
@@ -89,7 +141,7 @@ def run(nproc: int, extra: list[str], env_extra: dict[str, str], teacher: str, a
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if p.returncode:
         sys.exit(p.stderr[-3000:])
-    summary = json.loads(p.stdout[p.stdout.index("{"):])
+    summary = json.loads(p.stdout[p.stdout.index("{") :])
     peaks = [int(k) * 1024 for k in re.findall(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)]
     ranks = summary["memory"]
     phases = [json.loads(Path(f"{out}-phases.{r}.json").read_text()) for r in range(nproc)] if args.phases else None
@@ -98,9 +150,15 @@ def run(nproc: int, extra: list[str], env_extra: dict[str, str], teacher: str, a
     key = [tr["peak"] for tr in phases] if phases else [r["peak_rss"] for r in ranks]
     for i, peak in zip(sorted(range(len(ranks)), key=lambda i: -key[i]), sorted(peaks, reverse=True)):
         ranks[i]["time_peak_rss"] = peak
-    return {"command": " ".join(cmd[cmd.index("distill") - 2:]), "env": env_extra, "phases": phases,
-            "wall_s": round(time.perf_counter() - t, 1), "world_size": summary["world_size"], "ranks": ranks,
-            "final": summary["final"]}
+    return {
+        "command": " ".join(cmd[cmd.index("distill") - 2 :]),
+        "env": env_extra,
+        "phases": phases,
+        "wall_s": round(time.perf_counter() - t, 1),
+        "world_size": summary["world_size"],
+        "ranks": ranks,
+        "final": summary["final"],
+    }
 
 
 def _span(values: list[float], fmt: str) -> str:
@@ -113,15 +171,18 @@ def table(results: dict[str, list[dict]]) -> str:
     peak over that same run's one-process peak, as min-max over the runs."""
     runs = len(results["1 process"])
     base = [max(r.get("time_peak_rss", 0) for r in one["ranks"]) for one in results["1 process"]]
-    head = ("| run | rank | " + " | ".join(c for _, c in COLUMNS)
-            + f" | peak / 1 process{f' ({runs} runs)' if runs > 1 else ''} |")
+    head = (
+        "| run | rank | "
+        + " | ".join(c for _, c in COLUMNS)
+        + f" | peak / 1 process{f' ({runs} runs)' if runs > 1 else ''} |"
+    )
     lines = [head, "|---|---:|" + "---:|" * (len(COLUMNS) + 1)]
     for name, reps in results.items():
         for i, rank in enumerate(reps[0]["ranks"]):
             cells = [f"{rank[k] / MiB:,.0f}" if k in rank else "-" for k, _ in COLUMNS[:-1]]
             peaks = [rep["ranks"][i].get("time_peak_rss", 0) for rep in reps]
             cells.append(_span([p / MiB for p in peaks], "{:,.0f}") if all(peaks) else "-")
-            ratio = (_span([p / b for p, b in zip(peaks, base)], "{:.2f}x") if all(base) and all(peaks) else "-")
+            ratio = _span([p / b for p, b in zip(peaks, base)], "{:.2f}x") if all(base) and all(peaks) else "-"
             lines.append(f"| {name} | {i} | " + " | ".join(cells) + f" | {ratio} |")
     note = f"; peaks min-max over {runs} runs, each ratio against its own run's one process" if runs > 1 else ""
     return "\n".join(lines) + f"\n\nMiB per rank; tensor columns after the first optimizer step{note}."
@@ -133,13 +194,18 @@ def phase_table(results: dict[str, list[dict]]) -> str:
     out = []
     for name, reps in results.items():
         for rank, trace in enumerate(reps[0].get("phases") or []):
-            out += [f"\n{name}, rank {rank} (peak {trace['peak'] / MiB:,.0f} MiB)\n",
-                    "| phase | times | RSS at start | highest seen | malloc in use / free then | most in use | at end "
-                    "| peak rose by |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            out += [
+                f"\n{name}, rank {rank} (peak {trace['peak'] / MiB:,.0f} MiB)\n",
+                "| phase | times | RSS at start | highest seen | malloc in use / free then | most in use | at end "
+                "| peak rose by |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|",
+            ]
             for phase, p in trace["phases"].items():
-                out.append(f"| {phase} | {p['count']} | {p['start'] / MiB:,.0f} | {p['max'] / MiB:,.0f} | "
-                           f"{p['used_at_max'] / MiB:,.0f} / {p['free_at_max'] / MiB:,.0f} | "
-                           f"{p['max_used'] / MiB:,.0f} | {p['end'] / MiB:,.0f} | {p['hwm_rise'] / MiB:,.0f} |")
+                out.append(
+                    f"| {phase} | {p['count']} | {p['start'] / MiB:,.0f} | {p['max'] / MiB:,.0f} | "
+                    f"{p['used_at_max'] / MiB:,.0f} / {p['free_at_max'] / MiB:,.0f} | "
+                    f"{p['max_used'] / MiB:,.0f} | {p['end'] / MiB:,.0f} | {p['hwm_rise'] / MiB:,.0f} |"
+                )
     return "\n".join(out)
 
 
@@ -152,13 +218,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=1, help="repeat every variant, report peaks min-max")
     ap.add_argument("--ddp", action="store_true", help="also 2 processes without --fsdp")
-    ap.add_argument("--same-allocator", action="store_true",
-                    help="also 1 process with glibc's mmap threshold fixed at 1 MiB, the setting --fsdp makes "
-                    "(distill/heap.py), so that the ratio is not the allocator's alone")
-    ap.add_argument("--mmap-threshold", type=int, default=0,
-                    help="MALLOC_MMAP_THRESHOLD_ for every run (glibc; 0: the default, dynamic)")
-    ap.add_argument("--phases", action="store_true", help="trace each rank's resident set by phase "
-                    "(bench/rss_phases.py) and print it after the table")
+    ap.add_argument(
+        "--same-allocator",
+        action="store_true",
+        help="also 1 process with glibc's mmap threshold fixed at 1 MiB, the setting --fsdp makes "
+        "(distill/heap.py), so that the ratio is not the allocator's alone",
+    )
+    ap.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=0,
+        help="MALLOC_MMAP_THRESHOLD_ for every run (glibc; 0: the default, dynamic)",
+    )
+    ap.add_argument(
+        "--phases",
+        action="store_true",
+        help="trace each rank's resident set by phase (bench/rss_phases.py) and print it after the table",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     variants: dict[str, tuple[int, list[str], dict[str, str]]] = {"1 process": (1, [], {})}

@@ -80,8 +80,9 @@ def llama_cpp():
 
 def install_llama_cpp() -> None:
     """pip builds llama-cpp-python from its sdist with cmake (several minutes on 16 cores)."""
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-binary", "llama-cpp-python",
-                    "llama-cpp-python"], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-binary", "llama-cpp-python", "llama-cpp-python"], check=True
+    )
 
 
 def llama_cpp_nll(path: Path, data, threads: int) -> dict:
@@ -91,8 +92,14 @@ def llama_cpp_nll(path: Path, data, threads: int) -> dict:
     from boomerang_cli.data import IGNORE
 
     lc = llama_cpp()
-    llm = lc.Llama(model_path=str(path), n_ctx=data.seq_len, logits_all=True, n_threads=threads,
-                   n_batch=data.seq_len, verbose=False)
+    llm = lc.Llama(
+        model_path=str(path),
+        n_ctx=data.seq_len,
+        logits_all=True,
+        n_threads=threads,
+        n_batch=data.seq_len,
+        verbose=False,
+    )
     total, count = 0.0, 0
     for ids, labels, mask in data.batches(1):
         n = int(mask[0].sum())
@@ -146,8 +153,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--convert-script", type=Path, default=None, help="llama.cpp's convert_hf_to_gguf.py")
     ap.add_argument("--no-install", action="store_true", help="skip perplexity if llama-cpp-python is missing")
-    ap.add_argument("--no-timing", action="store_true",
-                    help="export only the scored members and skip the export timings (perplexity only)")
+    ap.add_argument(
+        "--no-timing",
+        action="store_true",
+        help="export only the scored members and skip the export timings (perplexity only)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--keep-output", action="store_true")
     args = ap.parse_args()
@@ -177,12 +187,17 @@ def main() -> None:
         secs, out = boomerang("export", str(fam), "-o", str(root / "all"), "--type", args.type, "--json", *only)
         whole = json.loads(out)
         report["whole_family" if not only else "scored_members"] = {
-            "files": len(whole["files"]), "wall_s": secs, "bytes": sum(f["size"] for f in whole["files"]),
-            **whole["conversions"], "seconds": whole["seconds"]}
+            "files": len(whole["files"]),
+            "wall_s": secs,
+            "bytes": sum(f["size"] for f in whole["files"]),
+            **whole["conversions"],
+            "seconds": whole["seconds"],
+        }
         separate = {"wall_s": 0.0, "unique_tensors": 0, "convert_s": 0.0, "per_file_s": {}}
         for name in [] if args.no_timing else names:
-            secs, out = boomerang("export", str(fam), "-o", str(root / "one" / name), "--type", args.type,
-                                  "--members", name, "--json")
+            secs, out = boomerang(
+                "export", str(fam), "-o", str(root / "one" / name), "--type", args.type, "--members", name, "--json"
+            )
             one = json.loads(out)
             separate["wall_s"] += secs
             separate["per_file_s"][name] = secs
@@ -195,12 +210,21 @@ def main() -> None:
             from boomerang_cli.family.open import load_family_models
 
             roles = load_family_models(manifest, fam.parent)
-            dirs = {"student": Path(roles["student"].path), "teacher": Path(roles["teacher"].path),
-                    **{m.name: fam.parent / m.path for m in manifest.members}}
+            dirs = {
+                "student": Path(roles["student"].path),
+                "teacher": Path(roles["teacher"].path),
+                **{m.name: fam.parent / m.path for m in manifest.members},
+            }
             per = {}
             for name in names:
-                per[name], _ = run(str(args.convert_script), str(dirs[name]), "--outtype", args.type,
-                                   "--outfile", str(root / "convert.gguf"))
+                per[name], _ = run(
+                    str(args.convert_script),
+                    str(dirs[name]),
+                    "--outtype",
+                    args.type,
+                    "--outfile",
+                    str(root / "convert.gguf"),
+                )
                 os.unlink(root / "convert.gguf")
             report["llama_cpp_convert"] = {"files": len(per), "wall_s": sum(per.values()), "per_file_s": per}
 
@@ -224,9 +248,14 @@ def main() -> None:
         for name in members:
             path = root / "all" / f"{name}.gguf"
             hf = model_nll(load_member_from_manifest(fam, name, models=models), data, 4)
-            reread = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                          dtype=torch.float32).eval()
-            row = {"member": name, "boomerang_eval_ppl": hf.ppl, "transformers_gguf_ppl": model_nll(reread, data, 4).ppl}
+            reread = AutoModelForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, dtype=torch.float32
+            ).eval()
+            row = {
+                "member": name,
+                "boomerang_eval_ppl": hf.ppl,
+                "transformers_gguf_ppl": model_nll(reread, data, 4).ppl,
+            }
             if llama_cpp() is not None:
                 row["llama_cpp"] = llama_cpp_nll(path, data, args.threads)
                 row["llama_cpp_tokenizer"] = same_tokenization(path, tokenizer, data)

@@ -56,8 +56,14 @@ dist.destroy_process_group()
 
 
 def _env(work: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "BOOMERANG_PROGRESS": "0", "HF_HUB_OFFLINE": "1",
-            "BOOMERANG_STATE": str(work / "state.json"), "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "BOOMERANG_PROGRESS": "0",
+        "HF_HUB_OFFLINE": "1",
+        "BOOMERANG_STATE": str(work / "state.json"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def _torchrun(n: int) -> list[str]:
@@ -67,18 +73,47 @@ def _torchrun(n: int) -> list[str]:
 def distill(n: int, args: argparse.Namespace, work: Path) -> dict:
     """One bf16 run on ``n`` GPUs (``--fsdp`` when n > 1), global batch ``args.batch`` sequences."""
     out = work / f"gpus-{n}"
-    cmd = [*(_torchrun(n) if n > 1 else [sys.executable]), "-m", "boomerang_cli", "distill", args.teacher,
-           "-o", str(out), "--data", "stdlib", "--seq-len", str(args.seq_len), "--batch-size", str(args.batch // n),
-           "--steps", str(args.steps), "--save-every", "0", "--precision", "bf16", "--device", "cuda",
-           "--json", "--overwrite", *(["--fsdp"] if n > 1 else [])]
+    cmd = [
+        *(_torchrun(n) if n > 1 else [sys.executable]),
+        "-m",
+        "boomerang_cli",
+        "distill",
+        args.teacher,
+        "-o",
+        str(out),
+        "--data",
+        "stdlib",
+        "--seq-len",
+        str(args.seq_len),
+        "--batch-size",
+        str(args.batch // n),
+        "--steps",
+        str(args.steps),
+        "--save-every",
+        "0",
+        "--precision",
+        "bf16",
+        "--device",
+        "cuda",
+        "--json",
+        "--overwrite",
+        *(["--fsdp"] if n > 1 else []),
+    ]
     t = time.perf_counter()
     p = subprocess.run(cmd, env=_env(work), capture_output=True, text=True, timeout=args.timeout)
     if p.returncode:
         return {"gpus": n, "rc": p.returncode, "error": p.stderr[-2000:]}
-    s = json.loads(p.stdout[p.stdout.index("{"):])
-    return {"gpus": n, "rc": 0, "wall_s": round(time.perf_counter() - t, 1), "tokens_per_s": s["tokens_per_s"],
-            "final": s["final"], "memory": s["memory"], "peak_memory_bytes": s["peak_memory_bytes"],
-            "command": " ".join(cmd[cmd.index("distill"):])}
+    s = json.loads(p.stdout[p.stdout.index("{") :])
+    return {
+        "gpus": n,
+        "rc": 0,
+        "wall_s": round(time.perf_counter() - t, 1),
+        "tokens_per_s": s["tokens_per_s"],
+        "final": s["final"],
+        "memory": s["memory"],
+        "peak_memory_bytes": s["peak_memory_bytes"],
+        "command": " ".join(cmd[cmd.index("distill") :]),
+    }
 
 
 def flops_per_token(teacher: str) -> tuple[float, dict]:
@@ -91,8 +126,11 @@ def flops_per_token(teacher: str) -> tuple[float, dict]:
     n_teacher = sum(e.numel for e in info.weights.entries.values())
     plan = Plan.from_flags(info.arch.num_layers, None, 1, 2, 2)
     n_layers = sum(info.layer_params(k) for k in plan.kept)  # tied teacher: embeddings frozen, not trained
-    n_student = n_layers if info.arch.tied else n_teacher - sum(info.layer_params(i)
-                                                                for i in range(info.arch.num_layers)) + n_layers
+    n_student = (
+        n_layers
+        if info.arch.tied
+        else n_teacher - sum(info.layer_params(i) for i in range(info.arch.num_layers)) + n_layers
+    )
     return 6.0 * n_student + 2.0 * n_teacher, {"teacher_params": n_teacher, "student_trained_params": n_student}
 
 
@@ -116,8 +154,13 @@ def main() -> None:
     args.outdir.mkdir(parents=True, exist_ok=True)
     work = args.outdir / "work"
     report: dict = {"gpu": name, "gpus": n, "torch": torch.__version__, "bf16": torch.cuda.is_bf16_supported()}
-    p = subprocess.run([*_torchrun(n), "--no-python", sys.executable, "-c", NCCL],
-                       env=_env(work), capture_output=True, text=True, timeout=args.timeout)
+    p = subprocess.run(
+        [*_torchrun(n), "--no-python", sys.executable, "-c", NCCL],
+        env=_env(work),
+        capture_output=True,
+        text=True,
+        timeout=args.timeout,
+    )
     report["nccl"] = p.stdout.strip().splitlines()[-1] if p.returncode == 0 and p.stdout.strip() else p.stderr[-2000:]
     runs = [distill(1, args, work)] + ([distill(n, args, work)] if n > 1 else [])
     fpt, counts = flops_per_token(args.teacher)

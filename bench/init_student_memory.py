@@ -47,10 +47,7 @@ LOAD = (
     "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)\n"
 )
 
-LOAD_FORWARD = LOAD + (
-    "with torch.no_grad():\n"
-    "    m(input_ids=torch.arange(2, 34).unsqueeze(0), use_cache=False)\n"
-)
+LOAD_FORWARD = LOAD + ("with torch.no_grad():\n    m(input_ids=torch.arange(2, 34).unsqueeze(0), use_cache=False)\n")
 
 NAIVE_PRUNE = LOAD + (
     "from boomerang_cli.plan import Plan\n"
@@ -85,21 +82,44 @@ def main() -> None:
     info = ModelInfo.load(ref.path)
     teacher_bytes = info.weights.total_bytes()
     params = info.count_params(info.arch.pre + info.arch.post) + sum(
-        info.layer_params(i) for i in range(info.arch.num_layers))
+        info.layer_params(i) for i in range(info.arch.num_layers)
+    )
 
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         cases = {
             "python + torch + transformers imported (floor)": lambda i: [py, "-c", IMPORTS],
             "init-student (fp32, as stored)": lambda i: [
-                py, "-m", "boomerang_cli", "init-student", args.teacher, "-o", f"{tmp}/fp32-{i}", "--json"],
+                py,
+                "-m",
+                "boomerang_cli",
+                "init-student",
+                args.teacher,
+                "-o",
+                f"{tmp}/fp32-{i}",
+                "--json",
+            ],
             "init-student --dtype bf16": lambda i: [
-                py, "-m", "boomerang_cli", "init-student", args.teacher, "-o", f"{tmp}/bf16-{i}", "--json",
-                "--dtype", "bf16"],
+                py,
+                "-m",
+                "boomerang_cli",
+                "init-student",
+                args.teacher,
+                "-o",
+                f"{tmp}/bf16-{i}",
+                "--json",
+                "--dtype",
+                "bf16",
+            ],
             "from_pretrained (load only)": lambda i: [py, "-c", LOAD, str(ref.path)],
             "from_pretrained + one forward pass": lambda i: [py, "-c", LOAD_FORWARD, str(ref.path)],
             "naive prune: from_pretrained, drop layers, save_pretrained": lambda i: [
-                py, "-c", NAIVE_PRUNE, str(ref.path), f"{tmp}/naive-{i}"],
+                py,
+                "-c",
+                NAIVE_PRUNE,
+                str(ref.path),
+                f"{tmp}/naive-{i}",
+            ],
         }
         # The CLI's "last step" record goes to the temporary directory, not the caller's.
         env = {**os.environ, "BOOMERANG_STATE": f"{tmp}/state.json", "BOOMERANG_PROGRESS": "0"}
@@ -108,7 +128,9 @@ def main() -> None:
             runs = [measure(cmd(i), env) for i in range(args.repeats)]
             peaks = [r["peak_kib"] * 1024 / 1e6 for r in runs]
             results[name] = {
-                "peak_mb_median": statistics.median(peaks), "peak_mb_min": min(peaks), "peak_mb_max": max(peaks),
+                "peak_mb_median": statistics.median(peaks),
+                "peak_mb_min": min(peaks),
+                "peak_mb_max": max(peaks),
                 "wall_s_median": statistics.median(r["wall_s"] for r in runs),
             }
         student_bytes = ModelInfo.load(Path(f"{tmp}/fp32-0")).weights.total_bytes()
@@ -117,25 +139,37 @@ def main() -> None:
     import transformers
 
     meta = {
-        "teacher": args.teacher, "teacher_path": str(ref.path), "resolve_s": resolve_s,
-        "teacher_params": params, "teacher_fp32_mb": teacher_bytes / 1e6, "student_fp32_mb": student_bytes / 1e6,
-        "repeats": args.repeats, "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "boomerang": __version__, "machine": platform.machine(),
+        "teacher": args.teacher,
+        "teacher_path": str(ref.path),
+        "resolve_s": resolve_s,
+        "teacher_params": params,
+        "teacher_fp32_mb": teacher_bytes / 1e6,
+        "student_fp32_mb": student_bytes / 1e6,
+        "repeats": args.repeats,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "boomerang": __version__,
+        "machine": platform.machine(),
         "cpus": os.cpu_count(),
     }
     if args.json:
         print(json.dumps({"meta": meta, "results": results}, indent=2))
         return
     floor = results["python + torch + transformers imported (floor)"]["peak_mb_median"]
-    print(f"Teacher {args.teacher}: {params / 1e6:.1f}M parameters, {meta['teacher_fp32_mb']:.0f} MB in fp32; "
-          f"student {meta['student_fp32_mb']:.0f} MB. Median of {args.repeats} runs; "
-          f"torch {meta['torch']}, transformers {meta['transformers']}, {meta['cpus']} CPUs.\n")
+    print(
+        f"Teacher {args.teacher}: {params / 1e6:.1f}M parameters, {meta['teacher_fp32_mb']:.0f} MB in fp32; "
+        f"student {meta['student_fp32_mb']:.0f} MB. Median of {args.repeats} runs; "
+        f"torch {meta['torch']}, transformers {meta['transformers']}, {meta['cpus']} CPUs.\n"
+    )
     print("| command | peak RSS (MB) | above the floor (MB) | wall (s) |")
     print("|---|---:|---:|---:|")
     for name, r in results.items():
         above = "—" if "floor" in name else f"{r['peak_mb_median'] - floor:.0f}"
-        print(f"| {name} | {r['peak_mb_median']:.0f} ({r['peak_mb_min']:.0f}–{r['peak_mb_max']:.0f}) "
-              f"| {above} | {r['wall_s_median']:.1f} |")
+        print(
+            f"| {name} | {r['peak_mb_median']:.0f} ({r['peak_mb_min']:.0f}–{r['peak_mb_max']:.0f}) "
+            f"| {above} | {r['wall_s_median']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,9 @@ DOMAINS = {d.name: d for d in DemoConfig(output=Path(".")).domains()}
 
 def builder(infos):
     """A stack as a standalone model (the trunk checks its first batch against one)."""
-    return lambda s: model_from_composition(compose(infos, s.layers, s.embed_from, s.head_from), torch.float32,
-                                            torch.device("cpu"))
+    return lambda s: model_from_composition(
+        compose(infos, s.layers, s.embed_from, s.head_from), torch.float32, torch.device("cpu")
+    )
 
 
 def shortgpt_rows(out: Path, domain: str, t_info, t_runner, tok, data) -> list[dict]:
@@ -63,12 +64,20 @@ def shortgpt_rows(out: Path, domain: str, t_info, t_runner, tok, data) -> list[d
     stacks = {"teacher": Stack.whole("teacher", L)}
     for n in range(L // 2, L):
         stacks[f"shortgpt-{n:02d}L"] = Stack.of_layers("teacher", shortgpt_layers(influence, n))
-    res, _ = stack_perplexities(stacks, {"teacher": t_runner}, data, 8, builder({"teacher": t_info}),
-                                trunk=True, dtype=torch.float32)
-    base = [{"name": k, "kind": "teacher" if k == "teacher" else "baseline", "method": "shortgpt",
-             "num_layers": len(s.layers), "num_params": compose({"teacher": t_info}, s.layers, "teacher",
-                                                                "teacher").num_params,
-             "ppl": res[k].ppl} for k, s in stacks.items()]
+    res, _ = stack_perplexities(
+        stacks, {"teacher": t_runner}, data, 8, builder({"teacher": t_info}), trunk=True, dtype=torch.float32
+    )
+    base = [
+        {
+            "name": k,
+            "kind": "teacher" if k == "teacher" else "baseline",
+            "method": "shortgpt",
+            "num_layers": len(s.layers),
+            "num_params": compose({"teacher": t_info}, s.layers, "teacher", "teacher").num_params,
+            "ppl": res[k].ppl,
+        }
+        for k, s in stacks.items()
+    ]
     cache.write_text(json.dumps(base, indent=1))
     return base
 
@@ -120,8 +129,9 @@ def main() -> None:
                     score(out, name, order, domain, members, infos, runners, data, base)
 
 
-def score(out: Path, name: str, order: str, domain: str, members: list[Member], infos, runners, data,
-          base: list[dict]) -> None:
+def score(
+    out: Path, name: str, order: str, domain: str, members: list[Member], infos, runners, data, base: list[dict]
+) -> None:
     t0 = time.perf_counter()
     stacks = {("student" if m.is_student else m.name): Stack.of_member(m) for m in members}
     res, _ = stack_perplexities(stacks, runners, data, 8, builder(infos), trunk=True, dtype=torch.float32)
@@ -129,15 +139,33 @@ def score(out: Path, name: str, order: str, domain: str, members: list[Member], 
     for m in members:
         key = "student" if m.is_student else m.name
         comp = m.composition(infos)
-        rows.append({"name": key, "kind": "student" if m.is_student else "member", "method": None,
-                     "num_layers": m.num_layers, "num_params": comp.num_params, "tied": comp.tied,
-                     "teacher_blocks": sorted(m.teacher_blocks), "ppl": res[key].ppl})
+        rows.append(
+            {
+                "name": key,
+                "kind": "student" if m.is_student else "member",
+                "method": None,
+                "num_layers": m.num_layers,
+                "num_params": comp.num_params,
+                "tied": comp.tied,
+                "teacher_blocks": sorted(m.teacher_blocks),
+                "ppl": res[key].ppl,
+            }
+        )
     sc = score_family(rows)
-    row = {"name": name, "order": order, "domain": domain, "seconds": round(time.perf_counter() - t0, 1),
-           "geomean_ratio": sc.geomean_ratio, "wins": sc.wins, "sizes": sc.sizes,
-           "increases": sc.increases, "within_range": sc.within_range,
-           "student_ppl": res["student"].ppl, "rows": [r for r in rows if r["kind"] != "baseline"],
-           "increase_detail": sc.increase_detail}
+    row = {
+        "name": name,
+        "order": order,
+        "domain": domain,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "geomean_ratio": sc.geomean_ratio,
+        "wins": sc.wins,
+        "sizes": sc.sizes,
+        "increases": sc.increases,
+        "within_range": sc.within_range,
+        "student_ppl": res["student"].ppl,
+        "rows": [r for r in rows if r["kind"] != "baseline"],
+        "increase_detail": sc.increase_detail,
+    }
     with open(out / "scores.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     print(json.dumps({k: v for k, v in row.items() if k != "rows"}), flush=True)

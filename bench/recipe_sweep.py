@@ -71,11 +71,19 @@ def judge(rows: list[dict[str, Any]]) -> dict[str, Any]:
     sc = score_family(rows, "shortgpt")
     student = next(r["ppl"] for r in rows if r["kind"] == "student")
     teacher = next(r["ppl"] for r in rows if r["kind"] == "teacher")
-    return {"wins": sc.wins, "sizes": sc.sizes, "increases": sc.increases, "increase_detail": sc.increase_detail,
-            "geomean": sc.geomean_ratio, "student_ppl": student, "teacher_ppl": teacher,
-            "losses": [f"{v.name} {v.ppl:.4g} vs {v.baseline_ppl:.4g}" for v in sc.per_size if not v.wins],
-            "per_size": [{"name": v.name, "layers": v.num_layers, "ppl": v.ppl, "shortgpt": v.baseline_ppl}
-                         for v in sc.per_size]}
+    return {
+        "wins": sc.wins,
+        "sizes": sc.sizes,
+        "increases": sc.increases,
+        "increase_detail": sc.increase_detail,
+        "geomean": sc.geomean_ratio,
+        "student_ppl": student,
+        "teacher_ppl": teacher,
+        "losses": [f"{v.name} {v.ppl:.4g} vs {v.baseline_ppl:.4g}" for v in sc.per_size if not v.wins],
+        "per_size": [
+            {"name": v.name, "layers": v.num_layers, "ppl": v.ppl, "shortgpt": v.baseline_ppl} for v in sc.per_size
+        ],
+    }
 
 
 def run_point(out: Path, name: str, seed: int, keep_weights: bool = False) -> dict[str, Any]:
@@ -92,21 +100,31 @@ def run_point(out: Path, name: str, seed: int, keep_weights: bool = False) -> di
     if not keep_weights:  # 14 members of 0.4 GB a point: the records (family.json, demo.json) are what stays
         for f in (cfg.output / "family").rglob("*.safetensors"):
             f.unlink()
-    point = {"name": name, "seed": seed, "settings": cfg.to_json(), "seconds": round(time.perf_counter() - t0, 1),
-             "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()},
-             "final_losses": (result.distill or {}).get("final"),
-             "domains": {d: judge(rows) for d, rows in result.domains.items()}}
+    point = {
+        "name": name,
+        "seed": seed,
+        "settings": cfg.to_json(),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+        "final_losses": (result.distill or {}).get("final"),
+        "domains": {d: judge(rows) for d, rows in result.domains.items()},
+    }
     return point
 
 
 def table(points: list[dict[str, Any]]) -> str:
-    lines = ["| setting | seed | code wins | code incr. | code geomean | prose wins | prose incr. | prose geomean "
-             "| student ppl code / prose |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| setting | seed | code wins | code incr. | code geomean | prose wins | prose incr. | prose geomean "
+        "| student ppl code / prose |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for p in points:
         c, r = p["domains"]["code"], p["domains"]["prose"]
-        lines.append(f"| {p['name']} | {p['seed']} | {c['wins']}/{c['sizes']} | {c['increases']} | "
-                     f"{c['geomean']:.3f} | {r['wins']}/{r['sizes']} | {r['increases']} | {r['geomean']:.3f} | "
-                     f"{c['student_ppl']:.1f} / {r['student_ppl']:.1f} |")
+        lines.append(
+            f"| {p['name']} | {p['seed']} | {c['wins']}/{c['sizes']} | {c['increases']} | "
+            f"{c['geomean']:.3f} | {r['wins']}/{r['sizes']} | {r['increases']} | {r['geomean']:.3f} | "
+            f"{c['student_ppl']:.1f} / {r['student_ppl']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -117,9 +135,11 @@ def spread(points: list[dict[str, Any]], name: str) -> str:
     for d in ("code", "prose"):
         js = [p["domains"][d] for p in ps]
         g = [j["geomean"] for j in js]
-        parts.append(f"{d}: wins {min(j['wins'] for j in js)}-{max(j['wins'] for j in js)}, increases "
-                     f"{min(j['increases'] for j in js)}-{max(j['increases'] for j in js)}, geomean "
-                     f"{min(g):.3f}-{max(g):.3f} (mean {math.fsum(g) / len(g):.3f})")
+        parts.append(
+            f"{d}: wins {min(j['wins'] for j in js)}-{max(j['wins'] for j in js)}, increases "
+            f"{min(j['increases'] for j in js)}-{max(j['increases'] for j in js)}, geomean "
+            f"{min(g):.3f}-{max(g):.3f} (mean {math.fsum(g) / len(g):.3f})"
+        )
     return f"{name} over {len(ps)} seeds: " + "; ".join(parts)
 
 
@@ -148,9 +168,13 @@ def main() -> None:
             with open(log, "a") as f:
                 f.write(json.dumps(point) + "\n")
             c, r = point["domains"]["code"], point["domains"]["prose"]
-            print(f"{name} seed {seed}: code {c['wins']}/{c['sizes']} incr {c['increases']} g {c['geomean']:.3f}; "
-                  f"prose {r['wins']}/{r['sizes']} incr {r['increases']} g {r['geomean']:.3f} "
-                  f"({point['seconds']:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"{name} seed {seed}: code {c['wins']}/{c['sizes']} incr {c['increases']} g {c['geomean']:.3f}; "
+                f"prose {r['wins']}/{r['sizes']} incr {r['increases']} g {r['geomean']:.3f} "
+                f"({point['seconds']:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     points = list(done.values())
     print(table(points))
     for name in dict.fromkeys(p["name"] for p in points):

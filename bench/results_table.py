@@ -28,9 +28,18 @@ def _rows(path: str, domain: str = "code") -> list[dict[str, Any]]:
     data = data.get("result", data)
     if "rows" in data:  # demo --json: the code domain's rows, or another domain's
         return data["domains"][domain] if domain != "code" else data["rows"]
-    return [{"name": r["name"], "kind": r["kind"], "method": r.get("method"), "num_layers": r["num_layers"],
-             "num_params": r["num_params"], "ppl": (r.get("perplexity") or {}).get("ppl"),
-             "selection": r.get("selection")} for r in data["results"]]
+    return [
+        {
+            "name": r["name"],
+            "kind": r["kind"],
+            "method": r.get("method"),
+            "num_layers": r["num_layers"],
+            "num_params": r["num_params"],
+            "ppl": (r.get("perplexity") or {}).get("ppl"),
+            "selection": r.get("selection"),
+        }
+        for r in data["results"]
+    ]
 
 
 def demo_table(path: str) -> str:
@@ -40,8 +49,10 @@ def demo_table(path: str) -> str:
         key = r.get("method") if r["kind"] == "baseline" else r["kind"]
         by[r["num_layers"]].setdefault(key, []).append(r)
     depth = max(r["num_layers"] for r in rows if r["kind"] == "teacher")
-    out = ["| layers | model | params | perplexity | ShortGPT | plan-prune | beats both |",
-           "|---:|---|---:|---:|---:|---:|:---:|"]
+    out = [
+        "| layers | model | params | perplexity | ShortGPT | plan-prune | beats both |",
+        "|---:|---|---:|---:|---:|---:|:---:|",
+    ]
     for n in sorted(by):
         for kind in ("student", "member", "teacher"):
             for r in sorted(by[n].get(kind, []), key=lambda r: r["num_params"]):
@@ -49,8 +60,10 @@ def demo_table(path: str) -> str:
                 sg = (by[n].get("shortgpt") or [{}])[0].get("ppl") if n < depth else None
                 pp = (by[n].get("plan-prune") or [{}])[0].get("ppl") if n < depth else None
                 beats = "" if kind == "teacher" or sg is None else ("yes" if r["ppl"] < min(sg, pp) else "no")
-                out.append(f"| {n} | {r['name']} | {r['num_params'] / 1e6:.1f}M | {_fmt(r['ppl'])} | {_fmt(sg)} | "
-                           f"{_fmt(pp)} | {beats} |")
+                out.append(
+                    f"| {n} | {r['name']} | {r['num_params'] / 1e6:.1f}M | {_fmt(r['ppl'])} | {_fmt(sg)} | "
+                    f"{_fmt(pp)} | {beats} |"
+                )
     return "\n".join(out)
 
 
@@ -73,7 +86,11 @@ def orders_table(path: str) -> str:
     out = ["| layers | " + " | ".join(cols) + " | best order |", "|---:|" + "---:|" * len(cols) + "---|"]
     s, t = ends.get("student"), ends.get("teacher")
     if s:
-        out.append(f"| {s['num_layers']} (student) | " + " | ".join(_fmt(s["ppl"]) if c in methods else "" for c in cols) + " | |")
+        out.append(
+            f"| {s['num_layers']} (student) | "
+            + " | ".join(_fmt(s["ppl"]) if c in methods else "" for c in cols)
+            + " | |"
+        )
     for n in sorted(by):
         cells = by[n]
         if not any(m in cells for m in methods):
@@ -82,7 +99,11 @@ def orders_table(path: str) -> str:
         best = min(have, key=have.__getitem__) if have else ""
         out.append(f"| {n} | " + " | ".join(_fmt(cells.get(c)) for c in cols) + f" | {best} |")
     if t:
-        out.append(f"| {t['num_layers']} (teacher) | " + " | ".join(_fmt(t["ppl"]) if c in methods else "" for c in cols) + " | |")
+        out.append(
+            f"| {t['num_layers']} (teacher) | "
+            + " | ".join(_fmt(t["ppl"]) if c in methods else "" for c in cols)
+            + " | |"
+        )
     return "\n".join(out)
 
 
@@ -94,8 +115,7 @@ def plot(path: str, png: str, title: str) -> None:
     rows = _rows(path)
     depth = max(r["num_layers"] for r in rows if r["kind"] == "teacher")
     orders = any(r["kind"] == "order" for r in rows)
-    keep = [dict(r, tasks={}) for r in rows
-            if not (r["kind"] == "baseline" and (orders or r["num_layers"] >= depth))]
+    keep = [dict(r, tasks={}) for r in rows if not (r["kind"] == "baseline" and (orders or r["num_layers"] >= depth))]
     plot_results(keep, png, title=title, data_key="stdlib:validation", by_layers=orders)
 
 
@@ -105,20 +125,26 @@ def equal_size_table(path: str, domain: str = "code") -> str:
     rows = _rows(path, domain)
     sc = score_family(rows)
     by_name = {r["name"]: r for r in rows}
-    out = ["| layers | model | params | tied | perplexity | ShortGPT at equal size | ratio | wins |",
-           "|---:|---|---:|:---:|---:|---:|---:|:---:|"]
+    out = [
+        "| layers | model | params | tied | perplexity | ShortGPT at equal size | ratio | wins |",
+        "|---:|---|---:|:---:|---:|---:|---:|:---:|",
+    ]
     for v in sc.per_size:
         tied = by_name[v.name].get("tied")
-        out.append(f"| {v.num_layers} | {v.name} | {v.num_params / 1e6:.1f}M | {'' if tied is None else 'yes' if tied else 'no'} "
-                   f"| {_fmt(v.ppl)} | {_fmt(v.baseline_ppl)}{'' if v.exact else ' (interpolated)'} | "
-                   f"{v.ppl / v.baseline_ppl:.3f} | {'yes' if v.wins else 'no'} |")
+        out.append(
+            f"| {v.num_layers} | {v.name} | {v.num_params / 1e6:.1f}M | {'' if tied is None else 'yes' if tied else 'no'} "
+            f"| {_fmt(v.ppl)} | {_fmt(v.baseline_ppl)}{'' if v.exact else ' (interpolated)'} | "
+            f"{v.ppl / v.baseline_ppl:.3f} | {'yes' if v.wins else 'no'} |"
+        )
     t = next(r for r in rows if r["kind"] == "teacher")
     out.append(f"| {t['num_layers']} | teacher | {t['num_params'] / 1e6:.1f}M | | {_fmt(t['ppl'])} | | | |")
     out.append("")
-    out.append(f"Score: geometric mean ratio {sc.geomean_ratio:.3f}, wins {sc.wins} of {sc.sizes}, "
-               f"perplexity increases along the family {sc.increases}"
-               + (f" ({'; '.join(sc.increase_detail)})" if sc.increases else "")
-               + f", every size within [student, teacher]: {'yes' if sc.within_range else 'no'}.")
+    out.append(
+        f"Score: geometric mean ratio {sc.geomean_ratio:.3f}, wins {sc.wins} of {sc.sizes}, "
+        f"perplexity increases along the family {sc.increases}"
+        + (f" ({'; '.join(sc.increase_detail)})" if sc.increases else "")
+        + f", every size within [student, teacher]: {'yes' if sc.within_range else 'no'}."
+    )
     return "\n".join(out)
 
 
@@ -126,18 +152,31 @@ def sweep_table(path: str, *runs: str) -> str:
     """bench/recipe_score.py's rows, then whole runs given as ``LABEL=ORDER=demo.json`` scored the same way."""
     from boomerang_cli.evaluate.score import score_family
 
-    out = ["| setting | order | student ppl | geomean ratio vs ShortGPT | wins | increases | sizes within ends |",
-           "|---|---|---:|---:|---:|---:|:---:|"]
+    out = [
+        "| setting | order | student ppl | geomean ratio vs ShortGPT | wins | increases | sizes within ends |",
+        "|---|---|---:|---:|---:|---:|:---:|",
+    ]
     rows = [json.loads(line) for line in open(path)]
     for run in runs:
         label, order, demo = run.split("=", 2)
         sc, fam = score_family(_rows(demo)), _rows(demo)
-        rows.append({"name": label, "order": order, "geomean_ratio": sc.geomean_ratio, "wins": sc.wins,
-                     "sizes": sc.sizes, "increases": sc.increases, "within_range": sc.within_range,
-                     "student_ppl": next(r["ppl"] for r in fam if r["kind"] == "student")})
+        rows.append(
+            {
+                "name": label,
+                "order": order,
+                "geomean_ratio": sc.geomean_ratio,
+                "wins": sc.wins,
+                "sizes": sc.sizes,
+                "increases": sc.increases,
+                "within_range": sc.within_range,
+                "student_ppl": next(r["ppl"] for r in fam if r["kind"] == "student"),
+            }
+        )
     for r in rows:
-        out.append(f"| {r['name']} | {r['order']} | {_fmt(r['student_ppl'])} | {r['geomean_ratio']:.3f} | "
-                   f"{r['wins']} of {r['sizes']} | {r['increases']} | {'yes' if r['within_range'] else 'no'} |")
+        out.append(
+            f"| {r['name']} | {r['order']} | {_fmt(r['student_ppl'])} | {r['geomean_ratio']:.3f} | "
+            f"{r['wins']} of {r['sizes']} | {r['increases']} | {'yes' if r['within_range'] else 'no'} |"
+        )
     return "\n".join(out)
 
 

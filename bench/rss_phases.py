@@ -40,8 +40,10 @@ def rss() -> int:
 
 
 class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+    _fields_ = [
+        (n, ctypes.c_size_t)
+        for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    ]
 
 
 try:
@@ -88,8 +90,19 @@ class Tracer:
                 self._note(p, now, used, free)
                 p["hwm_rise"] += max(0, high - p.pop("_hwm0", high))
             self.current = name
-            p = self.phases.setdefault(name, {"start": now, "end": now, "max": 0, "hwm_rise": 0, "count": 0,
-                                              "max_used": 0, "used_at_max": 0, "free_at_max": 0})
+            p = self.phases.setdefault(
+                name,
+                {
+                    "start": now,
+                    "end": now,
+                    "max": 0,
+                    "hwm_rise": 0,
+                    "count": 0,
+                    "max_used": 0,
+                    "used_at_max": 0,
+                    "free_at_max": 0,
+                },
+            )
             p["count"] += 1
             p["_hwm0"] = high
             self._note(p, now, used, free)
@@ -109,8 +122,10 @@ class Tracer:
 
     def dump(self, path: str) -> None:
         self._enter("exit")
-        out = {"phases": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")}
-                          for k, v in self.phases.items()}, "peak": hwm()}
+        out = {
+            "phases": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in self.phases.items()},
+            "peak": hwm(),
+        }
         Path(path).write_text(json.dumps(out, indent=1))
 
 
@@ -131,9 +146,9 @@ def _wrap(owner: Any, attr: str, before: str, after: str | None, tracer: Tracer)
 def install(tracer: Tracer) -> None:
     import torch
 
-    from boomerang_cli.distill import fsdp, model, sharded_load, train
+    from boomerang_cli.distill import fsdp, model, setup, sharded_load, train
 
-    _wrap(train, "_setup_inputs", "setup: tokenizer and data", "setup: other", tracer)
+    _wrap(setup, "_setup_inputs", "setup: tokenizer and data", "setup: other", tracer)
     _wrap(sharded_load, "teacher", "load: teacher (build)", None, tracer)
     _wrap(fsdp.Sharding, "shard_teacher", "load: teacher (shard, read)", "setup: other", tracer)
     _wrap(sharded_load, "student", "load: student (build)", None, tracer)

@@ -40,8 +40,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = ["def fibonacci(n):", "import os\nimport sys\n\ndef main():", "class Stack:\n    def __init__(self):",
-           "The capital of France is", "for i in range(10):", "Once upon a time,"]
+PROMPTS = [
+    "def fibonacci(n):",
+    "import os\nimport sys\n\ndef main():",
+    "class Stack:\n    def __init__(self):",
+    "The capital of France is",
+    "for i in range(10):",
+    "Once upon a time,",
+]
 
 SEPARATE = r"""
 import sys, torch
@@ -120,7 +126,7 @@ class ServerProc:
             if not line:
                 raise SystemExit(f"server did not start (exit {self.proc.wait()})")
             if "http://" in line:
-                self.url = line[line.index("http://"):].strip()
+                self.url = line[line.index("http://") :].strip()
 
     def status(self) -> str:
         return Path(f"/proc/{self.proc.pid}/status").read_text()
@@ -132,8 +138,11 @@ class ServerProc:
 
 def request(h, url: str, model: str, prompt: str, max_tokens: int) -> dict:
     t = time.perf_counter()
-    r = h.post(url + "/completions", json={"model": model, "prompt": prompt, "max_tokens": max_tokens,
-                                           "temperature": 0}, timeout=600)
+    r = h.post(
+        url + "/completions",
+        json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0},
+        timeout=600,
+    )
     out = {"latency_s": time.perf_counter() - t, "status": r.status_code, "model": model}
     if r.status_code == 200:
         out["tokens"] = r.json()["usage"]["completion_tokens"]
@@ -153,11 +162,18 @@ def memory(fam: Path) -> dict:
                 assert request(h, srv.url, name, "Hello", 4)["status"] == 200
             stats = h.get(srv.url + "/stats").json()
         st = srv.status()
-        out[label] = {"rss_mb": status_kib(st, "VmRSS") / 1024, "peak_mb": status_kib(st, "VmHWM") / 1024,
-                      "resident_weights_mb": stats["resident_bytes"] / 1e6,
-                      "unique_tensors": stats["unique_tensors"], "exit_code": srv.stop()}
-    dirs = [manifest["student"]["path"]] + [str(fam / m["path"]) for m in manifest["members"]] + \
-        [manifest["teacher"]["path"]]
+        out[label] = {
+            "rss_mb": status_kib(st, "VmRSS") / 1024,
+            "peak_mb": status_kib(st, "VmHWM") / 1024,
+            "resident_weights_mb": stats["resident_bytes"] / 1e6,
+            "unique_tensors": stats["unique_tensors"],
+            "exit_code": srv.stop(),
+        }
+    dirs = (
+        [manifest["student"]["path"]]
+        + [str(fam / m["path"]) for m in manifest["members"]]
+        + [manifest["teacher"]["path"]]
+    )
     for label, script, argv in (("separate", SEPARATE, dirs), ("floor", FLOOR, [])):
         p = subprocess.run([sys.executable, "-c", script, *argv], env=env(), capture_output=True, text=True)
         if p.returncode:
@@ -171,10 +187,15 @@ def summarize(results: list[dict], wall: float) -> dict:
     ok = [r for r in results if r["status"] == 200]
     lat = sorted(r["latency_s"] for r in ok)
     tokens = sum(r["tokens"] for r in ok)
-    return {"requests": len(results), "errors": len(results) - len(ok), "wall_s": wall,
-            "p50_s": statistics.median(lat) if lat else None,
-            "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None,
-            "completion_tokens": tokens, "tokens_per_s": tokens / wall if wall else None}
+    return {
+        "requests": len(results),
+        "errors": len(results) - len(ok),
+        "wall_s": wall,
+        "p50_s": statistics.median(lat) if lat else None,
+        "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None,
+        "completion_tokens": tokens,
+        "tokens_per_s": tokens / wall if wall else None,
+    }
 
 
 def load(fam: Path, clients: int, per_client: int, max_tokens: int, threads: int | None) -> dict:
@@ -183,8 +204,11 @@ def load(fam: Path, clients: int, per_client: int, max_tokens: int, threads: int
     manifest = json.loads((fam / "family.json").read_text())
     middle = manifest["members"][len(manifest["members"]) // 2]["name"]
     members = ["student", middle, "teacher"]
-    plan = [(members[(c + i) % 3], PROMPTS[(c * per_client + i) % len(PROMPTS)])
-            for c in range(clients) for i in range(per_client)]
+    plan = [
+        (members[(c + i) % 3], PROMPTS[(c * per_client + i) % len(PROMPTS)])
+        for c in range(clients)
+        for i in range(per_client)
+    ]
     srv = ServerProc(fam, members, threads)
     try:
         with httpx.Client() as h:  # warm-up: one request per member
@@ -206,9 +230,17 @@ def load(fam: Path, clients: int, per_client: int, max_tokens: int, threads: int
             wall_s = time.perf_counter() - t
     finally:
         code = srv.stop()
-    return {"members": members, "clients": clients, "requests_per_client": per_client, "max_tokens": max_tokens,
-            "concurrent": summarize(concurrent, wall_c), "sequential": summarize(sequential, wall_s),
-            "threads": threads, "batches": stats["members"], "exit_code": code}
+    return {
+        "members": members,
+        "clients": clients,
+        "requests_per_client": per_client,
+        "max_tokens": max_tokens,
+        "concurrent": summarize(concurrent, wall_c),
+        "sequential": summarize(sequential, wall_s),
+        "threads": threads,
+        "batches": stats["members"],
+        "exit_code": code,
+    }
 
 
 def markdown(mem: dict | None, ld: dict | None) -> str:
@@ -216,28 +248,44 @@ def markdown(mem: dict | None, ld: dict | None) -> str:
     if mem:
         t = mem["teacher_only"]["rss_mb"]
         lines += ["| process | RSS (MB) | peak (MB) | x teacher-only server |", "|---|---:|---:|---:|"]
-        for label, what in (("floor", "python + torch + transformers + FastAPI/uvicorn + boomerang imported"),
-                            ("teacher_only", "`boomerang serve --members teacher`"),
-                            ("all", f"`boomerang serve` holding all {mem['members']} sizes"),
-                            ("separate", f"{mem['members']} separate `from_pretrained` loads (+ forward)")):
+        for label, what in (
+            ("floor", "python + torch + transformers + FastAPI/uvicorn + boomerang imported"),
+            ("teacher_only", "`boomerang serve --members teacher`"),
+            ("all", f"`boomerang serve` holding all {mem['members']} sizes"),
+            ("separate", f"{mem['members']} separate `from_pretrained` loads (+ forward)"),
+        ):
             r = mem[label]
             lines.append(f"| {what} | {r['rss_mb']:.0f} | {r['peak_mb']:.0f} | {r['rss_mb'] / t:.2f} |")
-        lines += ["", f"On disk: {mem['saved_mb']:.0f} MB of safetensors for the {mem['members']} sizes. "
-                      f"Resident weights: all sizes {mem['all']['resident_weights_mb']:.0f} MB in "
-                      f"{mem['all']['unique_tensors']} unique tensors; teacher only "
-                      f"{mem['teacher_only']['resident_weights_mb']:.0f} MB.", ""]
+        lines += [
+            "",
+            f"On disk: {mem['saved_mb']:.0f} MB of safetensors for the {mem['members']} sizes. "
+            f"Resident weights: all sizes {mem['all']['resident_weights_mb']:.0f} MB in "
+            f"{mem['all']['unique_tensors']} unique tensors; teacher only "
+            f"{mem['teacher_only']['resident_weights_mb']:.0f} MB.",
+            "",
+        ]
     if ld:
-        lines += [f"Load: {ld['clients']} clients x {ld['requests_per_client']} greedy requests, "
-                  f"max_tokens {ld['max_tokens']}, over {', '.join(ld['members'])} (--threads {ld['threads']}).", "",
-                  "| mode | requests | errors | wall (s) | p50 (s) | p95 (s) | tokens/s |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"Load: {ld['clients']} clients x {ld['requests_per_client']} greedy requests, "
+            f"max_tokens {ld['max_tokens']}, over {', '.join(ld['members'])} (--threads {ld['threads']}).",
+            "",
+            "| mode | requests | errors | wall (s) | p50 (s) | p95 (s) | tokens/s |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for mode in ("concurrent", "sequential"):
             r = ld[mode]
-            lines.append(f"| {mode} | {r['requests']} | {r['errors']} | {r['wall_s']:.1f} | {r['p50_s']:.2f} | "
-                         f"{r['p95_s']:.2f} | {r['tokens_per_s']:.1f} |")
-        lines += ["", "Batches (concurrent phase): " + "; ".join(
-            f"{n}: {b['requests']} requests in {b['batches']} batches, largest {b['largest_batch']}"
-            for n, b in ld["batches"].items())]
+            lines.append(
+                f"| {mode} | {r['requests']} | {r['errors']} | {r['wall_s']:.1f} | {r['p50_s']:.2f} | "
+                f"{r['p95_s']:.2f} | {r['tokens_per_s']:.1f} |"
+            )
+        lines += [
+            "",
+            "Batches (concurrent phase): "
+            + "; ".join(
+                f"{n}: {b['requests']} requests in {b['batches']} batches, largest {b['largest_batch']}"
+                for n, b in ld["batches"].items()
+            ),
+        ]
     return "\n".join(lines)
 
 
@@ -248,8 +296,12 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--requests", type=int, default=2, help="Requests per client.")
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="serve --threads for the load test (1: fastest on CPUs shared with other work; 0: torch's)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="serve --threads for the load test (1: fastest on CPUs shared with other work; 0: torch's)",
+    )
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--json", action="store_true")
@@ -261,8 +313,12 @@ def main() -> None:
     import torch
     import transformers
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "cpus": os.cpu_count()}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpus": os.cpu_count(),
+    }
     if args.json:
         print(json.dumps({"machine": info, "memory": mem, "load": ld}, indent=2))
     else:

@@ -73,10 +73,18 @@ PATTERN_FIELDS: dict[str, PatternField] = {
 }
 
 #: Config lists that never describe layers, even when their length equals the layer count.
-NOT_PER_LAYER = frozenset({
-    "architectures", "bos_token_id", "eos_token_id", "pad_token_id", "suppress_tokens",
-    "begin_suppress_tokens", "bad_words_ids", "forced_decoder_ids",
-})
+NOT_PER_LAYER = frozenset(
+    {
+        "architectures",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "suppress_tokens",
+        "begin_suppress_tokens",
+        "bad_words_ids",
+        "forced_decoder_ids",
+    }
+)
 
 #: Config keys that name the layer count, first found wins.
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
@@ -131,10 +139,16 @@ class ArchMap:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "model_type": self.model_type, "architecture": self.architecture,
-            "num_layers": self.num_layers, "layers_path": self.layers_path,
-            "embed": self.embed, "head": self.head, "head_stored": self.head_stored, "tied": self.tied,
-            "pre": list(self.pre), "post": list(self.post),
+            "model_type": self.model_type,
+            "architecture": self.architecture,
+            "num_layers": self.num_layers,
+            "layers_path": self.layers_path,
+            "embed": self.embed,
+            "head": self.head,
+            "head_stored": self.head_stored,
+            "tied": self.tied,
+            "pre": list(self.pre),
+            "post": list(self.post),
             "per_layer_fields": list(self.list_fields) + list(self.pattern_fields),
         }
 
@@ -189,9 +203,9 @@ def _renamings(model: PreTrainedModel) -> list[tuple[str, str]]:
 
 def _find_layers(model: torch.nn.Module, n: int) -> str:
     candidates = [
-        name for name, mod in model.named_modules()
-        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n
-        and len({type(m) for m in mod}) == 1
+        name
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n and len({type(m) for m in mod}) == 1
     ]
     if not candidates:
         raise UnsupportedArchitectureError(
@@ -230,13 +244,15 @@ def _checkpoint_renames(model: Any, weight_names: Sequence[str], state_keys: lis
     if unknown:
         raise UnsupportedArchitectureError(
             f"{type(model).__name__}: checkpoint tensors not understood: "
-            + ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            + ", ".join(unknown[:5])
+            + (" ..." if len(unknown) > 5 else "")
         )
     return rename
 
 
-def _layer_layout(model: Any, state_keys: list[str], present: set[str], layers_path: str,
-                  n: int) -> tuple[list[str], list[str], list[str]]:
+def _layer_layout(
+    model: Any, state_keys: list[str], present: set[str], layers_path: str, n: int
+) -> tuple[list[str], list[str], list[str]]:
     """Tensor names inside one layer, before the layers and after them; every layer alike, nothing missing."""
     layer_prefix = layers_path + "."
     layer_re = re.compile(re.escape(layer_prefix) + r"(\d+)\.(.+)$")
@@ -272,15 +288,14 @@ def _layer_layout(model: Any, state_keys: list[str], present: set[str], layers_p
     if absent:
         raise UnsupportedArchitectureError(
             f"{type(model).__name__}: checkpoint lacks tensors "
-            + ", ".join(absent[:5]) + (" ..." if len(absent) > 5 else "")
+            + ", ".join(absent[:5])
+            + (" ..." if len(absent) > 5 else "")
             + "; does config.json match the weights?"
         )
     return layer_keys, pre, post
 
 
-def build_arch_map(
-    config: Any, weight_names: Sequence[str], trust_remote_code: bool = False
-) -> ArchMap:
+def build_arch_map(config: Any, weight_names: Sequence[str], trust_remote_code: bool = False) -> ArchMap:
     """Discover the layout of the model described by ``config`` stored under ``weight_names``."""
     tcfg = text_config(config)
     n = getattr(tcfg, "num_hidden_layers", None)
@@ -312,20 +327,32 @@ def build_arch_map(
         raise UnsupportedArchitectureError(f"{type(model).__name__}: head {head} missing from checkpoint")
 
     list_fields = tuple(
-        k for k, v in tcfg.to_dict().items()
+        k
+        for k, v in tcfg.to_dict().items()
         if isinstance(v, (list, tuple)) and len(v) == n and n > 1 and k not in NOT_PER_LAYER
     )
     stored = tcfg.to_dict()
     pattern_fields = tuple(
-        k for k in PATTERN_FIELDS
+        k
+        for k in PATTERN_FIELDS
         if isinstance(stored.get(k), int) and not isinstance(stored[k], bool) and stored[k] > 0
     )
     archs = getattr(config, "architectures", None) or [type(model).__name__]
     return ArchMap(
-        model_type=str(getattr(config, "model_type", "")), architecture=archs[0],
-        num_layers=n, layers_path=layers_path, layer_keys=tuple(layer_keys),
-        pre=tuple(pre), post=tuple(post), embed=embed, head=head, head_stored=head_stored, tied=tied,
-        list_fields=list_fields, pattern_fields=pattern_fields, rename=rename,
+        model_type=str(getattr(config, "model_type", "")),
+        architecture=archs[0],
+        num_layers=n,
+        layers_path=layers_path,
+        layer_keys=tuple(layer_keys),
+        pre=tuple(pre),
+        post=tuple(post),
+        embed=embed,
+        head=head,
+        head_stored=head_stored,
+        tied=tied,
+        list_fields=list_fields,
+        pattern_fields=pattern_fields,
+        rename=rename,
     )
 
 
@@ -350,8 +377,7 @@ class ModelInfo:
         return self.arch.checkpoint_name(canonical)
 
     def layer_params(self, layer: int) -> int:
-        return sum(self.weights.info(self.tensor(self.arch.layer_tensor(layer, k))).numel
-                   for k in self.arch.layer_keys)
+        return sum(self.weights.info(self.tensor(self.arch.layer_tensor(layer, k))).numel for k in self.arch.layer_keys)
 
     def count_params(self, names: Sequence[str]) -> int:
         return sum(self.weights.info(self.tensor(k)).numel for k in names)
@@ -393,8 +419,7 @@ def derived_config(
         setattr(tcfg, name, [copy.deepcopy(l[name]) for l in layers])
     for name in arch.pattern_fields:
         # A layer whose source has no such rule (its own field was cleared) leaves nothing to encode.
-        enc = (PATTERN_FIELDS[name].encode([bool(l[name]) for l in layers])
-               if all(name in l for l in layers) else None)
+        enc = PATTERN_FIELDS[name].encode([bool(l[name]) for l in layers]) if all(name in l for l in layers) else None
         _set_pattern(tcfg, name, enc)
     # Tying is decided by content, so an untied base may give a tied output too.
     tcfg.tie_word_embeddings = tied

@@ -22,9 +22,7 @@ def check_output_dir(path: Path, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"{path} exists and is not a directory; choose another -o")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise OutputExistsError(
-            f"{path} exists and is not empty; pass --overwrite or choose another -o"
-        )
+        raise OutputExistsError(f"{path} exists and is not empty; pass --overwrite or choose another -o")
 
 
 @contextlib.contextmanager
@@ -85,7 +83,7 @@ def short_name(name: str, limit: int = 200) -> str:
     import hashlib
 
     digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
-    return os.fsencode(name)[:limit - 17].decode("utf-8", "ignore") + "-" + digest
+    return os.fsencode(name)[: limit - 17].decode("utf-8", "ignore") + "-" + digest
 
 
 def _sibling_prefix(final: Path) -> str:
@@ -114,7 +112,7 @@ def remove_dead_siblings(final: Path) -> None:
     if not parent.is_dir():
         return
     for p in parent.iterdir():
-        m = _SIBLING.fullmatch(p.name[len(prefix):]) if p.name.startswith(prefix) else None
+        m = _SIBLING.fullmatch(p.name[len(prefix) :]) if p.name.startswith(prefix) else None
         if m is None or _alive(int(m.group(2) or m.group(3))):
             continue
         if p.is_dir() and not p.is_symlink():
@@ -140,7 +138,7 @@ def _write(fd: int, data: bytes) -> None:
     """All of ``data`` to ``fd`` (one place where a full disk shows up, and tests simulate it)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def atomic_write_text(path: Path, text: str) -> None:

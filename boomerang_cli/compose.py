@@ -20,8 +20,9 @@ import torch
 
 from .arch import ModelInfo, derived_config
 from .errors import PairMismatchError
-from .refs import copy_aux_files
-from .tensors import OutTensor, TensorDigests, WriteResult, same_values, write_safetensors
+from .provenance import copy_aux_files
+from .tensor_writer import OutTensor, TensorDigests, WriteResult, write_safetensors
+from .tensors import same_values
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,7 @@ def compose(
     per_layer = [models[ls.model].arch.per_layer_config(models[ls.model].config)[ls.layer] for ls in layers]
     config = derived_config(naming.config, arch, per_layer, tied=tied, dtype=dtype)
     num_params = sum(t.info.numel for t in out)
-    return Composition(out, config, tied, num_params, Stack(embed_from, tuple(layers), head_from),
-                       dict(arch.rename))
+    return Composition(out, config, tied, num_params, Stack(embed_from, tuple(layers), head_from), dict(arch.rename))
 
 
 def check_same_family(teacher: ModelInfo, student: ModelInfo) -> list[str]:
@@ -160,9 +160,7 @@ def check_same_family(teacher: ModelInfo, student: ModelInfo) -> list[str]:
 def require_same_family(teacher: ModelInfo, student: ModelInfo) -> None:
     problems = check_same_family(teacher, student)
     if problems:
-        raise PairMismatchError(
-            f"student {student.path} does not match teacher {teacher.path}: {'; '.join(problems)}"
-        )
+        raise PairMismatchError(f"student {student.path} does not match teacher {teacher.path}: {'; '.join(problems)}")
 
 
 def fingerprint(info: ModelInfo, samples: int = 16, width: int = 64) -> str:
@@ -185,7 +183,10 @@ def fingerprint(info: ModelInfo, samples: int = 16, width: int = 64) -> str:
 
 
 def model_card(
-    title: str, base_models: Sequence[str], body: str, tags: Sequence[str] = ("boomerang-distillation",),
+    title: str,
+    base_models: Sequence[str],
+    body: str,
+    tags: Sequence[str] = ("boomerang-distillation",),
     license: str | None = None,
 ) -> str:
     """A README.md with Hub metadata, so the directory is a complete HF model.
@@ -216,7 +217,7 @@ def write_model_dir(
     """Write a complete HF model directory (weights, config, tokenizer, card) into ``directory``.
 
     ``digests``: the weight files' digests come back in ``result.digests``
-    (``tensors.TensorDigests``; the small files are left to the caller).
+    (``tensor_writer.TensorDigests``; the small files are left to the caller).
     """
     result = write_safetensors(directory, comp.tensors, max_shard_size, on_tensor, digests)
     copy_aux_files(aux_from, directory)

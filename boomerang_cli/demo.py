@@ -151,18 +151,32 @@ def paper_checks(rows: list[dict[str, Any]], methods: tuple[str, ...] = ("shortg
     first = scores[methods[0]]
     n = len(family_order(rows))
     checks = [
-        Check("every member's saved size lies between student and teacher", first.within_range,
-              "; ".join(first.outside) if first.outside else f"{n} models"),
-        Check("perplexity never increases as members grow", not first.increases,
-              "; ".join(first.increase_detail) if first.increases else f"{n} models, student to teacher"),
+        Check(
+            "every member's saved size lies between student and teacher",
+            first.within_range,
+            "; ".join(first.outside) if first.outside else f"{n} models",
+        ),
+        Check(
+            "perplexity never increases as members grow",
+            not first.increases,
+            "; ".join(first.increase_detail) if first.increases else f"{n} models, student to teacher",
+        ),
     ]
     for method, sc in scores.items():
         losses = [f"{v.name} {v.ppl:.3g} vs {v.baseline_ppl:.3g}" for v in sc.per_size if not v.wins]
         curve = any(r["kind"] == "baseline" and r.get("method") == method for r in rows)
-        detail = (f"{sc.wins} of {sc.sizes} sizes, perplexity {sc.geomean_ratio:.3f}x {method}'s (geometric mean)"
-                  if curve and sc.geomean_ratio is not None else "nothing compared")
-        checks.append(Check(f"every member beats {method} at equal parameter count", curve and not losses and
-                            sc.sizes > 0, detail + (": " + "; ".join(losses) if losses and curve else "")))
+        detail = (
+            f"{sc.wins} of {sc.sizes} sizes, perplexity {sc.geomean_ratio:.3f}x {method}'s (geometric mean)"
+            if curve and sc.geomean_ratio is not None
+            else "nothing compared"
+        )
+        checks.append(
+            Check(
+                f"every member beats {method} at equal parameter count",
+                curve and not losses and sc.sizes > 0,
+                detail + (": " + "; ".join(losses) if losses and curve else ""),
+            )
+        )
     return checks
 
 
@@ -197,8 +211,12 @@ def run_demo(cfg: DemoConfig, progress: Progress = NULL) -> DemoResult:
     summary_path = out / DEMO_JSON
     plots = {d.name: out / d.plot_name for d in domains}
     previous = _previous(summary_path, cfg)
-    if (previous is not None and "ran" not in (stages["distill"], stages["family"])
-            and all(p.exists() for p in plots.values()) and set(previous.get("domains") or {}) == set(plots)):
+    if (
+        previous is not None
+        and "ran" not in (stages["distill"], stages["family"])
+        and all(p.exists() for p in plots.values())
+        and set(previous.get("domains") or {}) == set(plots)
+    ):
         by_domain = previous["domains"]
         stages["eval"] = "skipped (done)"
     else:
@@ -209,9 +227,20 @@ def run_demo(cfg: DemoConfig, progress: Progress = NULL) -> DemoResult:
     if not all(by_domain.values()):
         raise BoomerangError("evaluation produced no results")
     checks = [c for d in domains for c in _named(paper_checks(by_domain[d.name], cfg.baselines), d, domains)]
-    result = DemoResult(str(out), str(student), str(fam_dir), str(manifest), str(plots["code"]), stages, seconds,
-                        by_domain["code"], checks, distill_summary, by_domain,
-                        {k: str(v) for k, v in plots.items()})
+    result = DemoResult(
+        str(out),
+        str(student),
+        str(fam_dir),
+        str(manifest),
+        str(plots["code"]),
+        stages,
+        seconds,
+        by_domain["code"],
+        checks,
+        distill_summary,
+        by_domain,
+        {k: str(v) for k, v in plots.items()},
+    )
     atomic_write_text(summary_path, json.dumps({"config": cfg.to_json(), "result": result.to_json()}, indent=2) + "\n")
     return result
 
@@ -223,8 +252,10 @@ def _check_domains(cfg: DemoConfig) -> list[Domain]:
     for d in cfg.domains():
         for source in d.sources:
             if d.name == "prose" and not Path(source).expanduser().exists():
-                raise BoomerangError(f"--prose-data {source}: no such file; pass an English text file to judge "
-                                     "the family on beside code, or --no-prose to judge on code only")
+                raise BoomerangError(
+                    f"--prose-data {source}: no such file; pass an English text file to judge "
+                    "the family on beside code, or --no-prose to judge on code only"
+                )
             check_source(source)
     return cfg.domains()
 
@@ -236,8 +267,9 @@ def _named(checks: list[Check], domain: Domain, domains: list[Domain]) -> list[C
     return [Check(f"{domain.name}: {c.name}", c.passed, c.detail) for c in checks]
 
 
-def _distill_stage(cfg: DemoConfig, teacher: str, student: Path, ckpt: Path,
-                   progress: Progress) -> tuple[str, dict[str, Any] | None]:
+def _distill_stage(
+    cfg: DemoConfig, teacher: str, student: Path, ckpt: Path, progress: Progress
+) -> tuple[str, dict[str, Any] | None]:
     """Distill the student (or resume it, or skip it when done): the stage's state and the run's summary."""
     from .distill import DistillConfig, distill
 
@@ -245,11 +277,25 @@ def _distill_stage(cfg: DemoConfig, teacher: str, student: Path, ckpt: Path,
         return "skipped (done)", None
     resume = ckpt.is_dir() and any(ckpt.glob("step-*"))
     dcfg = DistillConfig(
-        teacher=teacher, output=student, data=list(cfg.data), seq_len=cfg.seq_len,
-        data_weights=list(cfg.data_weights) if cfg.data_weights else None, shuffle=cfg.shuffle,
-        batch_size=cfg.batch_size, steps=cfg.steps, recipe=cfg.recipe, seed=cfg.seed, mix=cfg.mix, lr=cfg.lr,
-        warmup=cfg.warmup, weights=cfg.weights, save_every=max(cfg.steps // 6, 1), checkpoint_dir=ckpt,
-        resume=resume, eval_every=0, overwrite=student.exists() and not _trained(student),
+        teacher=teacher,
+        output=student,
+        data=list(cfg.data),
+        seq_len=cfg.seq_len,
+        data_weights=list(cfg.data_weights) if cfg.data_weights else None,
+        shuffle=cfg.shuffle,
+        batch_size=cfg.batch_size,
+        steps=cfg.steps,
+        recipe=cfg.recipe,
+        seed=cfg.seed,
+        mix=cfg.mix,
+        lr=cfg.lr,
+        warmup=cfg.warmup,
+        weights=cfg.weights,
+        save_every=max(cfg.steps // 6, 1),
+        checkpoint_dir=ckpt,
+        resume=resume,
+        eval_every=0,
+        overwrite=student.exists() and not _trained(student),
     )
     summary = distill(dcfg, progress).to_json()
     return ("resumed" if resume else "ran"), summary
@@ -260,28 +306,46 @@ def _family_stage(cfg: DemoConfig, teacher: str, student: Path, fam_dir: Path, p
     proportions), its search reused from the manifest on a rerun."""
     from .family.run import FamilyRequest, make_family
 
-    fam = make_family(FamilyRequest(teacher, str(student), fam_dir, all_members=True, order=cfg.order,
-                                    calib_samples=cfg.calib_samples, calib_seq_len=cfg.calib_seq_len), progress)
+    fam = make_family(
+        FamilyRequest(
+            teacher,
+            str(student),
+            fam_dir,
+            all_members=True,
+            order=cfg.order,
+            calib_samples=cfg.calib_samples,
+            calib_seq_len=cfg.calib_seq_len,
+        ),
+        progress,
+    )
     assert fam.result is not None  # not a dry run
     return "ran" if fam.result.written else "skipped (done)"
 
 
-def _eval_domain(cfg: DemoConfig, domain: Domain, manifest: Path, plot: Path, teacher: str,
-                 progress: Progress) -> list[dict[str, Any]]:
+def _eval_domain(
+    cfg: DemoConfig, domain: Domain, manifest: Path, plot: Path, teacher: str, progress: Progress
+) -> list[dict[str, Any]]:
     """Perplexity of every model and baseline on one domain (recorded in the manifest), and its plot."""
     from .evaluate.family import evaluate_family
     from .evaluate.options import EvalOptions
     from .evaluate.plot import plot_results
 
-    opts = EvalOptions(sources=list(domain.sources), split=domain.split, max_tokens=cfg.eval_tokens,
-                       seq_len=cfg.eval_seq_len, baselines=list(cfg.baselines),
-                       calibration_tokens=cfg.calibration_tokens)
+    opts = EvalOptions(
+        sources=list(domain.sources),
+        split=domain.split,
+        max_tokens=cfg.eval_tokens,
+        seq_len=cfg.eval_seq_len,
+        baselines=list(cfg.baselines),
+        calibration_tokens=cfg.calibration_tokens,
+    )
     report = evaluate_family(manifest, opts, progress=progress)
     rows = [r.plot_point() | {"num_layers": r.num_layers} for r in report.rows]
-    plot_results([r.plot_point() for r in report.rows], plot,
-                 title=f"{Path(teacher).name} boomerang family ({cfg.steps} distill steps, {cfg.order}): "
-                       f"{domain.name}",
-                 data_key=report.data["key"] if report.data else None)
+    plot_results(
+        [r.plot_point() for r in report.rows],
+        plot,
+        title=f"{Path(teacher).name} boomerang family ({cfg.steps} distill steps, {cfg.order}): {domain.name}",
+        data_key=report.data["key"] if report.data else None,
+    )
     return rows
 
 

@@ -68,8 +68,9 @@ def check_apart(first: Path | str, first_flag: str, second: Path | str, second_f
     a, b = _real(first), _real(second)
     how = "is" if a == b else "contains" if b in a.parents else "is inside" if a in b.parents else None
     if how is not None:
-        raise OutputExistsError(f"{second_flag} {second} {how} {first_flag} {first}; the two may not overlap: "
-                                f"choose another {second_flag}")
+        raise OutputExistsError(
+            f"{second_flag} {second} {how} {first_flag} {first}; the two may not overlap: choose another {second_flag}"
+        )
 
 
 def check_written_file(path: Path | str | None, inputs: Inputs, flag: str) -> None:
@@ -85,8 +86,11 @@ def check_written_file(path: Path | str | None, inputs: Inputs, flag: str) -> No
 
 def local_sources(sources: Iterable[str]) -> list[tuple[str, Path]]:
     """The data sources that are local files or directories, as inputs for :func:`check_disjoint`."""
-    return [("data source", Path(s).expanduser()) for s in sources
-            if not is_builtin(s) and not s.startswith("hf:") and Path(s).expanduser().exists()]
+    return [
+        ("data source", Path(s).expanduser())
+        for s in sources
+        if not is_builtin(s) and not s.startswith("hf:") and Path(s).expanduser().exists()
+    ]
 
 
 def lock_path(output: Path | str) -> Path:
@@ -143,8 +147,9 @@ def output_lock(output: Path | str) -> Iterator[None]:
 def _in_model_dir(directory: Path) -> bool:
     """Whether ``directory`` is, or lies inside, a model directory (config.json beside safetensors weights)."""
     for d in [directory, *directory.parents]:
-        if (d / "config.json").is_file() and ((d / "model.safetensors").is_file()
-                                              or (d / "model.safetensors.index.json").is_file()):
+        if (d / "config.json").is_file() and (
+            (d / "model.safetensors").is_file() or (d / "model.safetensors.index.json").is_file()
+        ):
             return True
     return False
 
@@ -188,5 +193,13 @@ def lock_if(output: Path | str | None, enabled: bool = True) -> contextlib.Abstr
     return output_lock(output) if output is not None and enabled else contextlib.nullcontext()
 
 
-__all__ = ["lock_if", "check_disjoint", "check_apart", "check_written_file", "local_sources", "output_lock",
-           "lock_path", "OutputLockedError"]
+__all__ = [
+    "lock_if",
+    "check_disjoint",
+    "check_apart",
+    "check_written_file",
+    "local_sources",
+    "output_lock",
+    "lock_path",
+    "OutputLockedError",
+]

@@ -143,8 +143,11 @@ def files_identity(files: Mapping[str, Path]) -> dict[str, dict[str, Any]]:
 def _model_files(directory: Path | str | None) -> dict[str, Path]:
     if directory is None or not Path(directory).is_dir():
         return {}
-    return {p.name: p for p in sorted(Path(directory).iterdir())
-            if p.is_file() and (p.name.endswith(".safetensors") or p.name in _IDENTITY_FILES)}
+    return {
+        p.name: p
+        for p in sorted(Path(directory).iterdir())
+        if p.is_file() and (p.name.endswith(".safetensors") or p.name in _IDENTITY_FILES)
+    }
 
 
 def model_identity(directory: Path | str | None) -> dict[str, dict[str, Any]]:

@@ -43,8 +43,10 @@ def perplexity_key(entry: dict[str, Any]) -> str:
     a measurement with other settings gets another key, beside the old one.
     """
     bos = entry.get("bos")
-    key = (f"{entry.get('data')}|seq_len={entry.get('seq_len')}|tokens={entry.get('tokens')}"
-           f"|bos={'true' if bos else 'false'}|dtype={entry.get('dtype')}")
+    key = (
+        f"{entry.get('data')}|seq_len={entry.get('seq_len')}|tokens={entry.get('tokens')}"
+        f"|bos={'true' if bos else 'false'}|dtype={entry.get('dtype')}"
+    )
     if entry.get("window", "packed") != "packed":
         key += f"|window={entry.get('window')}"
     if entry.get("split_rule", SPLIT_RULE) != SPLIT_RULE:
@@ -90,13 +92,21 @@ def _migrate(data: dict[str, Any], version: int) -> dict[str, Any]:
             data[role] = {**data[role], "metrics": migrate_metrics(data[role].get("metrics", {}), version)}
     for group in ("members", "baselines"):
         if isinstance(data.get(group), list):
-            data[group] = [{**e, "metrics": migrate_metrics(e.get("metrics", {}), version)} if isinstance(e, dict)
-                           else e for e in data[group]]
+            data[group] = [
+                {**e, "metrics": migrate_metrics(e.get("metrics", {}), version)} if isinstance(e, dict) else e
+                for e in data[group]
+            ]
     data["schema_version"] = SCHEMA_VERSION
     return data
 
 
-_SIMPLE: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool, "Any": object}
+_SIMPLE: dict[str, type | tuple[type, ...]] = {
+    "str": str,
+    "int": int,
+    "float": (int, float),
+    "bool": bool,
+    "Any": object,
+}
 
 
 def _fits(value: Any, annotation: str) -> bool:
@@ -212,9 +222,7 @@ class FamilyManifest:
         for m in self.members:
             if m.name == name:
                 return m
-        raise BoomerangError(
-            f"no member {name!r} in this family; members: {', '.join(m.name for m in self.members)}"
-        )
+        raise BoomerangError(f"no member {name!r} in this family; members: {', '.join(m.name for m in self.members)}")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -238,7 +246,7 @@ class FamilyManifest:
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "manifest") -> "FamilyManifest":
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise BoomerangError(f"{source}: not a boomerang family manifest (no \"format\": \"{FORMAT}\")")
+            raise BoomerangError(f'{source}: not a boomerang family manifest (no "format": "{FORMAT}")')
         version = data.get("schema_version")
         if version not in READABLE_VERSIONS:
             raise BoomerangError(
@@ -257,8 +265,12 @@ class FamilyManifest:
                 order=_known(OrderInfo, data["order"]),
                 members=[_known(MemberEntry, m) for m in data["members"]],
                 baselines=[_known(BaselineEntry, b) for b in data.get("baselines", [])],
-                **{k: _typed("manifest", k, data[k], str(f.type)) for f in fields(cls) for k in [f.name]
-                   if k in data and k in _TOP_LEVEL},
+                **{
+                    k: _typed("manifest", k, data[k], str(f.type))
+                    for f in fields(cls)
+                    for k in [f.name]
+                    if k in data and k in _TOP_LEVEL
+                },
                 created=_typed("manifest", "created", data["created"], "str"),
                 tool_version=_typed("manifest", "tool_version", data["tool_version"], "str"),
                 schema_version=version,

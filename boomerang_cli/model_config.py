@@ -28,8 +28,10 @@ def load_config(path: Path, trust_remote_code: bool = False) -> Any:
     except Exception as exc:  # OSError, huggingface_hub's strict dataclasses: a field of the wrong type
         if not isinstance(exc, (OSError, TypeError)) and "StrictDataclass" not in type(exc).__name__:
             raise
-        raise UnsupportedArchitectureError(f"{cfg}: {(str(exc).splitlines() or [type(exc).__name__])[0][:160]}; "
-                                           "fix or re-download the model's config.json") from None
+        raise UnsupportedArchitectureError(
+            f"{cfg}: {(str(exc).splitlines() or [type(exc).__name__])[0][:160]}; "
+            "fix or re-download the model's config.json"
+        ) from None
 
 
 def require_causal_lm(config: Any, trust_remote_code: bool = False) -> None:
@@ -64,7 +66,7 @@ def require_causal_lm(config: Any, trust_remote_code: bool = False) -> None:
             # class could be wrong, so refuse, but say what it is and how to proceed.
             raise UnsupportedArchitectureError(
                 f"{named} is a custom class, not transformers' {standard} for model type {model_type!r}; "
-                f"if the weights are a standard {model_type} checkpoint, set \"architectures\": [\"{standard}\"] "
+                f'if the weights are a standard {model_type} checkpoint, set "architectures": ["{standard}"] '
                 "in its config.json"
             )
         raise UnsupportedArchitectureError(

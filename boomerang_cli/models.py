@@ -35,8 +35,12 @@ def resolve_device(name: str) -> torch.device:
         raise BoomerangError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
-def load_model(path: Path | str | ModelInfo, dtype: torch.dtype = torch.float32,
-               device: str | torch.device = "cpu", trust_remote_code: bool = False) -> Any:
+def load_model(
+    path: Path | str | ModelInfo,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+) -> Any:
     """A resolved model directory as a ``PreTrainedModel`` in eval mode (safetensors only:
     ``refs.resolve`` has already converted anything else, or refused it)."""
     from transformers import AutoModelForCausalLM
@@ -44,8 +48,9 @@ def load_model(path: Path | str | ModelInfo, dtype: torch.dtype = torch.float32,
     where = path.path if isinstance(path, ModelInfo) else path
     if not isinstance(path, ModelInfo):
         ModelWeights(where)  # every header validated (tensors.read_header) before transformers reads it
-    model = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype, use_safetensors=True,
-                                                 trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(where), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
     return cast(torch.nn.Module, model).to(device).eval()  # PreTrainedModel.to, which transformers' stubs wrap
 
 
@@ -59,8 +64,11 @@ def no_init_weights() -> contextlib.AbstractContextManager:
     return skip()
 
 
-def load_tokenizer(path: Path | str, trust_remote_code: bool = False,
-                   why: str = "evaluation tokenizes --data with the model's own tokenizer") -> Any:
+def load_tokenizer(
+    path: Path | str,
+    trust_remote_code: bool = False,
+    why: str = "evaluation tokenizes --data with the model's own tokenizer",
+) -> Any:
     """The model's own tokenizer; a directory without a usable one is a DataError naming it and ``why``."""
     from transformers import AutoTokenizer
 
@@ -76,8 +84,12 @@ def attention_mask(mask: torch.Tensor) -> torch.Tensor | None:
     return None if bool(mask.all()) else mask.long()
 
 
-def model_from_composition(comp: Composition, dtype: torch.dtype = torch.float32,
-                           device: str | torch.device = "cpu", trust_remote_code: bool = False) -> Any:
+def model_from_composition(
+    comp: Composition,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+) -> Any:
     """Instantiate the composed model with its weights (no disk writes), in eval mode."""
     from transformers import AutoModelForCausalLM
 

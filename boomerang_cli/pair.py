@@ -61,11 +61,13 @@ class Pair:
         ref = self.teacher_ref if role == "teacher" else self.student_ref
         info = self.teacher if role == "teacher" else self.student
         fp = self.teacher_fingerprint if role == "teacher" else self.student_fingerprint
-        full = Member(self.plan, frozenset(range(self.plan.num_student_layers)) if role == "teacher"
-                      else frozenset())
+        full = Member(self.plan, frozenset(range(self.plan.num_student_layers)) if role == "teacher" else frozenset())
         return ModelEntry(
-            ref=ref.stable_ref, path=str(Path(ref.path).resolve()), fingerprint=fp,
-            num_layers=info.arch.num_layers, num_params=full.composition(self.models).num_params,
+            ref=ref.stable_ref,
+            path=str(Path(ref.path).resolve()),
+            fingerprint=fp,
+            num_layers=info.arch.num_layers,
+            num_params=full.composition(self.models).num_params,
             identity=model_identity(ref.path) if with_identity else {},
         )
 
@@ -121,13 +123,18 @@ def open_pair(
     of the teacher is legitimate) makes a fingerprint mismatch a warning;
     ``force_flag`` is the flag an error message offers (None: the command has none).
     """
+
     def mismatch(problems: Sequence[str]) -> PairMismatchError:
         fix = f", or pass {force_flag} to build anyway" if force_flag else ""
-        return PairMismatchError(f"student {student_ref.ref} does not match teacher {teacher_ref.ref}: "
-                                 f"{'; '.join(problems)}; give the student's own teacher{fix}")
+        return PairMismatchError(
+            f"student {student_ref.ref} does not match teacher {teacher_ref.ref}: "
+            f"{'; '.join(problems)}; give the student's own teacher{fix}"
+        )
 
     if Path(teacher_ref.path).resolve() == Path(student_ref.path).resolve():
-        raise PairMismatchError(f"teacher and student are the same model ({student_ref.ref}); give the student as STUDENT")
+        raise PairMismatchError(
+            f"teacher and student are the same model ({student_ref.ref}); give the student as STUDENT"
+        )
     teacher = ModelInfo.load(teacher_ref.path, trust_remote_code)
     student = ModelInfo.load(student_ref.path, trust_remote_code)
     L = teacher.arch.num_layers
@@ -160,11 +167,16 @@ def open_pair(
     warnings: list[str] = []
     if record is not None and record.teacher_fingerprint:
         if record.teacher_fingerprint != t_fp and other_teacher == "warn":
-            warnings.append(f"student {student_ref.ref} was initialized from a teacher with other weights "
-                            f"({record.teacher_ref}); using {teacher_ref.ref} anyway")
+            warnings.append(
+                f"student {student_ref.ref} was initialized from a teacher with other weights "
+                f"({record.teacher_ref}); using {teacher_ref.ref} anyway"
+            )
         elif record.teacher_fingerprint != t_fp:
-            soft.insert(0, f"teacher fingerprint differs from the one recorded in the student's {BOOMERANG_JSON} "
-                           f"(made from {record.teacher_ref})")
+            soft.insert(
+                0,
+                f"teacher fingerprint differs from the one recorded in the student's {BOOMERANG_JSON} "
+                f"(made from {record.teacher_ref})",
+            )
     else:
         notes.append(f"the student records no teacher fingerprint ({source}); checked shapes and config only")
     if soft and not force:
@@ -174,12 +186,27 @@ def open_pair(
         if td != sd:
             dtype = DTYPES[td]
             notes.append(f"teacher is stored as {td} and student as {sd}; members are saved as {td} (see --dtype)")
-    return Pair(teacher_ref, student_ref, teacher, student, plan, source, record, t_fp, s_fp, dtype,
-                forced=force, forced_reasons=soft if force else [], notes=notes, warnings=warnings)
+    return Pair(
+        teacher_ref,
+        student_ref,
+        teacher,
+        student,
+        plan,
+        source,
+        record,
+        t_fp,
+        s_fp,
+        dtype,
+        forced=force,
+        forced_reasons=soft if force else [],
+        notes=notes,
+        warnings=warnings,
+    )
 
 
-def _find_plan(teacher_ref: ModelRef, student_ref: ModelRef, L: int,
-               keep: Sequence[int] | None) -> tuple[Plan, str, StudentRecord | None]:
+def _find_plan(
+    teacher_ref: ModelRef, student_ref: ModelRef, L: int, keep: Sequence[int] | None
+) -> tuple[Plan, str, StudentRecord | None]:
     """The plan relating the pair, where it came from, and the student's record."""
     record = StudentRecord.read(student_ref.path)
     if keep is not None:

@@ -57,25 +57,18 @@ class Plan:
             if b < a:
                 raise PlanError(f"kept layers must be sorted ({a} before {b}); sort --keep")
         if kept[-1] >= L:
-            raise PlanError(
-                f"layer {kept[-1]} is out of range for a {L}-layer teacher; use 0..{L - 1}"
-            )
+            raise PlanError(f"layer {kept[-1]} is out of range for a {L}-layer teacher; use 0..{L - 1}")
         if len(kept) == L:
             raise PlanError("the plan keeps every teacher layer; drop at least one layer")
 
     # -- construction -----------------------------------------------------------------
 
     @classmethod
-    def from_paper_flags(
-        cls, num_layers: int, keep_first: int = 1, every: int = 2, keep_last: int = 2
-    ) -> "Plan":
+    def from_paper_flags(cls, num_layers: int, keep_first: int = 1, every: int = 2, keep_last: int = 2) -> "Plan":
         """The reference code's rule (SPEC section 2), reproduced exactly."""
         L, f, n, l = num_layers, keep_first, every, keep_last
         if f < 1 or n < 2 or l < 0:
-            raise PlanError(
-                "--keep-first must be >= 1, --every >= 2 and --keep-last >= 0 "
-                f"(got {f}, {n}, {l})"
-            )
+            raise PlanError(f"--keep-first must be >= 1, --every >= 2 and --keep-last >= 0 (got {f}, {n}, {l})")
         align: list[int] = []
         k = 1
         while f + k * n - 1 <= L - l:
@@ -95,8 +88,9 @@ class Plan:
         return cls(num_layers, tuple(int(k) for k in kept))
 
     @classmethod
-    def from_flags(cls, num_layers: int, keep: str | None = None, keep_first: int = 1, every: int = 2,
-                   keep_last: int = 2) -> "Plan":
+    def from_flags(
+        cls, num_layers: int, keep: str | None = None, keep_first: int = 1, every: int = 2, keep_last: int = 2
+    ) -> "Plan":
         """The plan the command-line flags ask for: ``--keep`` when given (an empty one is an
         error, not the default plan), else the paper flags."""
         if keep is not None:
@@ -108,8 +102,10 @@ class Plan:
         """Parse ``0,2,4`` (ranges like ``0-3`` allowed) from the command line."""
         out: list[int] = []
         if not text.replace(" ", "").replace(",", ""):
-            raise PlanError("--keep is empty; list the teacher layers to keep, e.g. --keep 0,2,4,7 "
-                            "(or leave --keep out for the paper's plan)")
+            raise PlanError(
+                "--keep is empty; list the teacher layers to keep, e.g. --keep 0,2,4,7 "
+                "(or leave --keep out for the paper's plan)"
+            )
         for part in text.replace(" ", "").split(","):
             if not part:
                 continue
@@ -123,9 +119,7 @@ class Plan:
                 else:
                     out.append(int(part))
             except ValueError:
-                raise PlanError(
-                    f"--keep: {part!r} is not a layer index; use e.g. --keep 0,2,4,7"
-                ) from None
+                raise PlanError(f"--keep: {part!r} is not a layer index; use e.g. --keep 0,2,4,7") from None
         return out
 
     # -- derived ----------------------------------------------------------------------
@@ -183,9 +177,7 @@ class Plan:
             data = json.loads(Path(path).read_text())
             kept: Sequence[int] = data["copied_teacher_layers"]
         except (OSError, ValueError, KeyError) as exc:
-            raise PlanError(
-                f"{path}: not a reference student_config.json with copied_teacher_layers ({exc})"
-            ) from None
+            raise PlanError(f"{path}: not a reference student_config.json with copied_teacher_layers ({exc})") from None
         return cls(int(data.get("num_teacher_layers", num_teacher_layers)), tuple(kept))
 
     def describe(self) -> str:

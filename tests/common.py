@@ -18,14 +18,38 @@ TINY_LAYERS = 6
 #: model_type -> config overrides; small but structurally faithful.
 ARCHS: dict[str, dict[str, Any]] = {
     "llama": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2),
-    "qwen2": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
-                  use_sliding_window=True, sliding_window=8, max_window_layers=3),
+    "qwen2": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_sliding_window=True,
+        sliding_window=8,
+        max_window_layers=3,
+    ),
     "qwen3": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8),
-    "mistral": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, sliding_window=16),
-    "gemma2": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                   sliding_window=8, query_pre_attn_scalar=8),
-    "gemma3_text": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                        sliding_window=8, query_pre_attn_scalar=8, sliding_window_pattern=3),
+    "mistral": dict(
+        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, sliding_window=16
+    ),
+    "gemma2": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=8,
+        query_pre_attn_scalar=8,
+    ),
+    "gemma3_text": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=8,
+        query_pre_attn_scalar=8,
+        sliding_window_pattern=3,
+    ),
     "phi3": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2),
     "gpt_neox": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4),
     "gpt2": dict(n_embd=32, n_head=4, n_positions=128),
@@ -52,8 +76,10 @@ def _tokenizer_json(add_bos: bool = False) -> str:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB, special_tokens=["<|endoftext|>", "<pad>"] + ([BOS] if add_bos else []),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=VOCAB,
+        special_tokens=["<|endoftext|>", "<pad>"] + ([BOS] if add_bos else []),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator([TEXT], trainer)
     if add_bos:  # like Llama 3 or Gemma: every encoded text starts with BOS
@@ -68,7 +94,9 @@ def save_tokenizer(path: Path, add_bos: bool = False) -> None:
 
     tok = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(_tokenizer_json(add_bos)),
-        eos_token="<|endoftext|>", bos_token=BOS if add_bos else "<|endoftext|>", pad_token="<pad>",
+        eos_token="<|endoftext|>",
+        bos_token=BOS if add_bos else "<|endoftext|>",
+        pad_token="<pad>",
     )
     tok.save_pretrained(str(path))
 

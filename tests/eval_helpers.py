@@ -24,8 +24,15 @@ def write_corpus(directory: Path, docs: int = 240) -> Path:
     return path
 
 
-def build_family(tmp: Path, arch: str = "llama", order: str = "last-first", keep: list[int] | None = None,
-                 layers: int = 6, bos: bool = False, **overrides) -> Path:
+def build_family(
+    tmp: Path,
+    arch: str = "llama",
+    order: str = "last-first",
+    keep: list[int] | None = None,
+    layers: int = 6,
+    bos: bool = False,
+    **overrides,
+) -> Path:
     """teacher -> init-student -> perturbed student -> family with every member; returns family.json.
 
     ``bos``: the teacher's tokenizer adds a BOS to every text (like Gemma or Llama 3)."""

@@ -22,7 +22,7 @@ from boomerang_cli.arch import ModelInfo
 from boomerang_cli.distill import fsdp, sharded_load
 from boomerang_cli.distill.model import DistillStudent, Teacher
 from boomerang_cli.distill.step import forward_backward
-from boomerang_cli.distill.train import freeze_embeddings
+from boomerang_cli.distill.setup import freeze_embeddings
 from boomerang_cli.models import load_model, student_from_plan
 from boomerang_cli.plan import Plan
 
@@ -50,8 +50,9 @@ def _build(info: ModelInfo, plan: Plan, sharded: bool) -> tuple[DistillStudent, 
     if info.arch.tied:  # as distill does: a tied teacher's student keeps its embeddings (and head)
         freeze_embeddings(s)
     teacher = Teacher(teacher_model, path, plan.aligned_teacher_hidden(), keep_hidden=True)
-    student = DistillStudent(s, path, ce_weight=1.0, kl_weight=1.0, cos_weight=1.0, temperature=2.0,
-                             teacher_head=teacher.head, chunk=None)
+    student = DistillStudent(
+        s, path, ce_weight=1.0, kl_weight=1.0, cos_weight=1.0, temperature=2.0, teacher_head=teacher.head, chunk=None
+    )
     return sh.shard_student(student, path), teacher, sh
 
 
@@ -79,21 +80,30 @@ def check(teacher_dir: str) -> dict:
     # --student DIR: a whole directory as the student (here the teacher's own), read by rows likewise.
     sh = fsdp.Sharding.create("student", dist.get_world_size(), torch.device("cpu"), False)
     path = info.arch.layers_path
-    pairs = [DistillStudent(m, path, ce_weight=1.0, kl_weight=0.0, cos_weight=0.0, temperature=1.0,
-                            teacher_head=None) for m in (load_model(info.path),
-                                                         sharded_load.student(sh, info, plan, info.path))]
+    pairs = [
+        DistillStudent(m, path, ce_weight=1.0, kl_weight=0.0, cos_weight=0.0, temperature=1.0, teacher_head=None)
+        for m in (load_model(info.path), sharded_load.student(sh, info, plan, info.path))
+    ]
     da, db = (dict(sh.shard_student(m, path).named_parameters()) for m in pairs)
     assert da.keys() == db.keys() and all(torch.equal(da[k].to_local(), db[k].to_local()) for k in da)
     shards += len(da)
     ids = torch.randint(0, info.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids, dtype=torch.bool)
     acc = _Acc(dist.get_rank(), dist.get_world_size())
-    losses = [[float(v) for v in forward_backward(m, t, acc, ids, ids.clone(), mask, 1, 1, True)]
-              for m, t in ((full, t_full), (part, t_part))]
+    losses = [
+        [float(v) for v in forward_backward(m, t, acc, ids, ids.clone(), mask, 1, 1, True)]
+        for m, t in ((full, t_full), (part, t_part))
+    ]
     for x, y in zip(*losses):
         assert abs(x - y) <= 1e-6 * max(1.0, abs(x)), losses
-    return {"shards": shards, "buffers": sorted(dict(part.named_buffers())), "tied": tied, "losses": losses,
-            "head_is_own": [full.teacher_head_is_own, part.teacher_head_is_own], "shared_embedding": shared}
+    return {
+        "shards": shards,
+        "buffers": sorted(dict(part.named_buffers())),
+        "tied": tied,
+        "losses": losses,
+        "head_is_own": [full.teacher_head_is_own, part.teacher_head_is_own],
+        "shared_embedding": shared,
+    }
 
 
 def _shared_embedding(student: DistillStudent, teacher: Teacher) -> bool:
@@ -106,8 +116,14 @@ def _shared_embedding(student: DistillStudent, teacher: Teacher) -> bool:
     if hasattr(t_emb, "to_local"):
         return False
     assert t_emb.shape == (teacher.model.config.vocab_size, teacher.model.config.hidden_size)
-    managed = {id(p.sharded_param) for m in (*student.modules(), *teacher.model.modules()) if isinstance(m, FSDPModule)
-               for g in [m._get_fsdp_state()._fsdp_param_group] if g is not None for p in g.fsdp_params}
+    managed = {
+        id(p.sharded_param)
+        for m in (*student.modules(), *teacher.model.modules())
+        if isinstance(m, FSDPModule)
+        for g in [m._get_fsdp_state()._fsdp_param_group]
+        if g is not None
+        for p in g.fsdp_params
+    }
     assert id(t_emb) not in managed
     return s.get_input_embeddings().weight is t_emb and s.get_output_embeddings().weight is t_emb
 

@@ -33,8 +33,9 @@ def test_the_api_example_runs(tmp_path, monkeypatch, capsys):
     torch.set_num_threads(1)
     teacher = tiny_model_dir(tmp_path / "teacher", "llama", layers=6)
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"text": f"The quick brown fox {i % 7} jumps. " * (1 + i % 3)}) + "\n"
-                              for i in range(300)))
+    corpus.write_text(
+        "".join(json.dumps({"text": f"The quick brown fox {i % 7} jumps. " * (1 + i % 3)}) + "\n" for i in range(300))
+    )
     code = example()
     code = _replace(code, "teacher", repr(str(teacher)))
     code = _replace(code, "data", repr([str(corpus)]))

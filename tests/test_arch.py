@@ -11,7 +11,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from boomerang_cli.arch import (
-    PATTERN_FIELDS, ModelInfo, _period_encode, _prefix_encode, build_arch_map, derived_config,
+    PATTERN_FIELDS,
+    ModelInfo,
+    _period_encode,
+    _prefix_encode,
+    build_arch_map,
+    derived_config,
 )
 from boomerang_cli.errors import UnsupportedArchitectureError
 from boomerang_cli.model_config import load_config
@@ -22,31 +27,106 @@ from .common import ARCHS, TIED_ARCHS, TINY_LAYERS, load, tiny_model_dir
 DECODER = "model.layers"
 #: model_type -> (layers_path, embed, head, tied, pre, post, list_fields, pattern_fields)
 EXPECTED = {
-    "llama": (DECODER, "model.embed_tokens.weight", "lm_head.weight", False,
-              ("model.embed_tokens.weight",), ("model.norm.weight", "lm_head.weight"), (), ()),
-    "qwen2": (DECODER, "model.embed_tokens.weight", "lm_head.weight", False,
-              ("model.embed_tokens.weight",), ("model.norm.weight", "lm_head.weight"),
-              ("layer_types",), ("max_window_layers",)),
-    "qwen3": (DECODER, "model.embed_tokens.weight", "lm_head.weight", False,
-              ("model.embed_tokens.weight",), ("model.norm.weight", "lm_head.weight"),
-              ("layer_types",), ("max_window_layers",)),
-    "mistral": (DECODER, "model.embed_tokens.weight", "lm_head.weight", False,
-                ("model.embed_tokens.weight",), ("model.norm.weight", "lm_head.weight"), (), ()),
-    "gemma2": (DECODER, "model.embed_tokens.weight", "lm_head.weight", True,
-               ("model.embed_tokens.weight",), ("model.norm.weight",), ("layer_types",), ()),
-    "gemma3_text": (DECODER, "model.embed_tokens.weight", "lm_head.weight", True,
-                    ("model.embed_tokens.weight",), ("model.norm.weight",), ("layer_types",),
-                    ("sliding_window_pattern", "_sliding_window_pattern")),
-    "phi3": (DECODER, "model.embed_tokens.weight", "lm_head.weight", False,
-             ("model.embed_tokens.weight",), ("model.norm.weight", "lm_head.weight"), (), ()),
-    "gpt_neox": ("gpt_neox.layers", "gpt_neox.embed_in.weight", "lm_head.weight", False,
-                 ("gpt_neox.embed_in.weight",),
-                 ("gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias", "lm_head.weight"), (), ()),
-    "gpt2": ("transformer.h", "transformer.wte.weight", "lm_head.weight", True,
-             ("transformer.wte.weight", "transformer.wpe.weight"),
-             ("transformer.ln_f.weight", "transformer.ln_f.bias"), (), ()),
-    "olmo2": (DECODER, "model.embed_tokens.weight", "lm_head.weight", False,
-              ("model.embed_tokens.weight",), ("model.norm.weight", "lm_head.weight"), (), ()),
+    "llama": (
+        DECODER,
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        False,
+        ("model.embed_tokens.weight",),
+        ("model.norm.weight", "lm_head.weight"),
+        (),
+        (),
+    ),
+    "qwen2": (
+        DECODER,
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        False,
+        ("model.embed_tokens.weight",),
+        ("model.norm.weight", "lm_head.weight"),
+        ("layer_types",),
+        ("max_window_layers",),
+    ),
+    "qwen3": (
+        DECODER,
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        False,
+        ("model.embed_tokens.weight",),
+        ("model.norm.weight", "lm_head.weight"),
+        ("layer_types",),
+        ("max_window_layers",),
+    ),
+    "mistral": (
+        DECODER,
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        False,
+        ("model.embed_tokens.weight",),
+        ("model.norm.weight", "lm_head.weight"),
+        (),
+        (),
+    ),
+    "gemma2": (
+        DECODER,
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        True,
+        ("model.embed_tokens.weight",),
+        ("model.norm.weight",),
+        ("layer_types",),
+        (),
+    ),
+    "gemma3_text": (
+        DECODER,
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        True,
+        ("model.embed_tokens.weight",),
+        ("model.norm.weight",),
+        ("layer_types",),
+        ("sliding_window_pattern", "_sliding_window_pattern"),
+    ),
+    "phi3": (
+        DECODER,
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        False,
+        ("model.embed_tokens.weight",),
+        ("model.norm.weight", "lm_head.weight"),
+        (),
+        (),
+    ),
+    "gpt_neox": (
+        "gpt_neox.layers",
+        "gpt_neox.embed_in.weight",
+        "lm_head.weight",
+        False,
+        ("gpt_neox.embed_in.weight",),
+        ("gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias", "lm_head.weight"),
+        (),
+        (),
+    ),
+    "gpt2": (
+        "transformer.h",
+        "transformer.wte.weight",
+        "lm_head.weight",
+        True,
+        ("transformer.wte.weight", "transformer.wpe.weight"),
+        ("transformer.ln_f.weight", "transformer.ln_f.bias"),
+        (),
+        (),
+    ),
+    "olmo2": (
+        DECODER,
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        False,
+        ("model.embed_tokens.weight",),
+        ("model.norm.weight", "lm_head.weight"),
+        (),
+        (),
+    ),
 }
 
 
@@ -204,8 +284,7 @@ def test_missing_final_norm_refused(models, tmp_path):
 def test_masked_lm_refused(tmp_path):
     from transformers import BertConfig, BertForMaskedLM
 
-    cfg = BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
-                     vocab_size=512)
+    cfg = BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, vocab_size=512)
     BertForMaskedLM(cfg).save_pretrained(str(tmp_path / "bert"))
     with pytest.raises(UnsupportedArchitectureError) as err:
         ModelInfo.load(tmp_path / "bert")
@@ -270,8 +349,9 @@ def test_pattern_fields_never_contradict_the_layers(model_type, models, tmp_path
                     assert name in written and getattr(back, name, None) is None, (model_type, member.name, name)
                     continue
                 seen.add("encoded")
-                assert [PATTERN_FIELDS[name].flag(value, i) for i in range(len(want))] == \
-                    [bool(w[name]) for w in want], (model_type, order, member.name, name)
+                assert [PATTERN_FIELDS[name].flag(value, i) for i in range(len(want))] == [
+                    bool(w[name]) for w in want
+                ], (model_type, order, member.name, name)
                 if "layer_types" in written:  # the rule alone rebuilds the same list
                     alone = type(back)(**{k: v for k, v in written.items() if k != "layer_types"})
                     assert alone.layer_types == written["layer_types"], (model_type, member.name, name)

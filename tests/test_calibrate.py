@@ -83,8 +83,10 @@ def test_calibration_blocks_start_with_bos_when_the_tokenizer_adds_one(tmp_path)
 
     teacher = tiny_model_dir(tmp_path, "llama", layers=6, seed=0)
     save_tokenizer(teacher, add_bos=True)
-    models = {"teacher": ModelInfo.load(teacher),
-              "student": ModelInfo.load(tiny_model_dir(tmp_path / "s", "llama", layers=4, seed=1))}
+    models = {
+        "teacher": ModelInfo.load(teacher),
+        "student": ModelInfo.load(tiny_model_dir(tmp_path / "s", "llama", layers=4, seed=1)),
+    }
     spec = CalibrationSpec(("stdlib",), samples=2, seq_len=16)
     scorer = KLScorer(models, spec, batch_size=2)
     assert scorer.data.bos and bool((scorer.data.input_ids[:, 0] == BOS_ID).all())

@@ -52,8 +52,11 @@ def brute(pair_dirs) -> dict[frozenset[int], float]:
     teacher, student = pair_dirs
     models = {"teacher": ModelInfo.load(teacher), "student": ModelInfo.load(student)}
     scorer = KLScorer(models, CalibrationSpec(("stdlib",), samples=4, seq_len=16))
-    subsets = [frozenset(c) for k in range(PLAN.num_student_layers + 1)
-               for c in itertools.combinations(range(PLAN.num_student_layers), k)]
+    subsets = [
+        frozenset(c)
+        for k in range(PLAN.num_student_layers + 1)
+        for c in itertools.combinations(range(PLAN.num_student_layers), k)
+    ]
     return dict(zip(subsets, scorer([Member(PLAN, s) for s in subsets])))
 
 
@@ -95,9 +98,12 @@ def test_kl_greedy_family_follows_the_lowest_kl_at_every_step(tmp_path, pair_dir
         prev = set(entry["teacher_blocks"])
         # Written members reload as the member they describe.
         saved = load(out / entry["path"])
-        torch.testing.assert_close(logits(saved, sample_ids()),
-                                   logits(load_member_from_manifest(out / "family.json", entry["name"]), sample_ids()),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            logits(saved, sample_ids()),
+            logits(load_member_from_manifest(out / "family.json", entry["name"]), sample_ids()),
+            rtol=1e-4,
+            atol=1e-5,
+        )
     from .test_manifest import VALIDATOR
 
     VALIDATOR.validate(json.loads((out / "family.json").read_text()))
@@ -108,8 +114,20 @@ def test_kl_greedy_family_follows_the_lowest_kl_at_every_step(tmp_path, pair_dir
 def test_wide_beam_is_exhaustive_at_every_size(tmp_path, pair_dirs, brute):
     teacher, student = pair_dirs
     width = 10  # C(5, 2) = C(5, 3) = 10: nothing is ever dropped
-    r = cli("family", teacher, student, "-o", tmp_path / "fam", "--order", "beam", "--beam", width, *CALIB,
-            "--all", "--json")
+    r = cli(
+        "family",
+        teacher,
+        student,
+        "-o",
+        tmp_path / "fam",
+        "--order",
+        "beam",
+        "--beam",
+        width,
+        *CALIB,
+        "--all",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     order = json.loads(r.stdout)["order"]
     assert order["beam"] == width
@@ -146,8 +164,10 @@ def test_fast_orders_against_their_probes_the_fixed_orders_and_exhaustive_search
         assert p["kl_teacher_with_block_from_student"] == pytest.approx(brute[full - {b}], rel=1e-5, abs=1e-7)
         assert p["kl_student_with_block_from_teacher"] == pytest.approx(brute[frozenset({b})], rel=1e-5, abs=1e-7)
     # The DP's proposals are the oracle's: the best subsets for the probes' additive costs.
-    costs = {"dp-teacher-side": [brute[full - {b}] - brute[full] for b in range(n)],
-             "dp-student-side": [brute[frozenset()] - brute[frozenset({b})] for b in range(n)]}
+    costs = {
+        "dp-teacher-side": [brute[full - {b}] - brute[full] for b in range(n)],
+        "dp-student-side": [brute[frozenset()] - brute[frozenset({b})] for b in range(n)],
+    }
     sizes = [t for t in info["trace"] if "candidates" in t]
     for t in sizes:
         for c in t["candidates"]:
@@ -168,8 +188,10 @@ def test_fast_orders_against_their_probes_the_fixed_orders_and_exhaustive_search
         for fixed in FIXED_ORDERS:
             for mem in sequential_members(PLAN, fixed):
                 if not (mem.is_student or mem.is_teacher):
-                    assert min(s["kl"] for s in info["steps"] if s["num_layers"] == mem.num_layers) \
+                    assert (
+                        min(s["kl"] for s in info["steps"] if s["num_layers"] == mem.num_layers)
                         <= brute[mem.teacher_blocks] + 1e-7
+                    )
     assert info["calibration"]["evaluated"] <= dp_cost(n, 2 * (n + 1) if order == "auto" else 0)
     from .test_manifest import VALIDATOR
 
@@ -187,8 +209,23 @@ def test_rerun_reuses_the_search_and_the_members(tmp_path, pair_dirs):
     text = " ".join(second.stdout.split())
     assert "reused from the family's manifest" in text and "0 written, 2 reused" in text
     # Other calibration settings: a new search (same members or not, the manifest says which).
-    third = cli("family", teacher, student, "-o", out, "--order", "kl-greedy", *CALIB[:-4], "--calib-seq-len", "12",
-                "--device", "cpu", "--num", "2", "--json")
+    third = cli(
+        "family",
+        teacher,
+        student,
+        "-o",
+        out,
+        "--order",
+        "kl-greedy",
+        *CALIB[:-4],
+        "--calib-seq-len",
+        "12",
+        "--device",
+        "cpu",
+        "--num",
+        "2",
+        "--json",
+    )
     assert third.exit_code == 0, third.output
     assert json.loads(third.stdout)["order"]["calibration"]["seq_len"] == 12
 
@@ -211,8 +248,21 @@ def test_calibration_defaults_to_the_distillation_data(tmp_path, pair_dirs):
     record = json.loads((distilled / "boomerang.json").read_text())
     record["training"] = {"config": {"data": ["stdlib"], "text_field": "text"}}
     (distilled / "boomerang.json").write_text(json.dumps(record))
-    r = cli("family", teacher, distilled, "--order", "kl-greedy", "--calib-samples", "2", "--calib-seq-len", "16",
-            "--device", "cpu", "--dry-run", "--json")
+    r = cli(
+        "family",
+        teacher,
+        distilled,
+        "--order",
+        "kl-greedy",
+        "--calib-samples",
+        "2",
+        "--calib-seq-len",
+        "16",
+        "--device",
+        "cpu",
+        "--dry-run",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["order"]["calibration"]["data"] == ["stdlib"]
 
@@ -232,16 +282,22 @@ def test_unusable_output_is_refused_before_the_search(tmp_path, pair_dirs, monke
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--order", "kl-greedy"], "pass --calib-data"),
-    (["--order", "last-first", "--calib-data", "stdlib"], "--calib-data apply to a calibrated --order (kl-greedy, beam, kl-dp, auto), not last-first"),
-    (["--order", "kl-greedy", "--calib-data", "stdlib", "--beam", "3"], "use --order beam"),
-    (["--order", "beam", "--calib-data", "stdlib", "--beam", "0"], "--beam must be at least 1"),
-    (["--order", "beam", "--calib-data", "stdlib", "--calib-samples", "0"], "--calib-samples must be at least 1"),
-    (["--order", "kl-greedy", "--calib-data", "stdlib", "--device", "tpu"], "--device 'tpu' is not a device"),
-    (["--order", "shortest"], "unknown --order 'shortest'"),
-    (["--order", "kl-greedy", "--calib-data", "/no/such/corpus"], "/no/such/corpus"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--order", "kl-greedy"], "pass --calib-data"),
+        (
+            ["--order", "last-first", "--calib-data", "stdlib"],
+            "--calib-data apply to a calibrated --order (kl-greedy, beam, kl-dp, auto), not last-first",
+        ),
+        (["--order", "kl-greedy", "--calib-data", "stdlib", "--beam", "3"], "use --order beam"),
+        (["--order", "beam", "--calib-data", "stdlib", "--beam", "0"], "--beam must be at least 1"),
+        (["--order", "beam", "--calib-data", "stdlib", "--calib-samples", "0"], "--calib-samples must be at least 1"),
+        (["--order", "kl-greedy", "--calib-data", "stdlib", "--device", "tpu"], "--device 'tpu' is not a device"),
+        (["--order", "shortest"], "unknown --order 'shortest'"),
+        (["--order", "kl-greedy", "--calib-data", "/no/such/corpus"], "/no/such/corpus"),
+    ],
+)
 def test_bad_calibration_arguments(tmp_path, pair_dirs, args, match):
     teacher, student = pair_dirs
     out = tmp_path / "fam"
@@ -267,8 +323,21 @@ def test_eval_compares_orders_in_memory(tmp_path, last_first_family, brute):
     fam = last_first_family
     before = json.loads((fam / "family.json").read_text())
     plot = tmp_path / "orders.png"
-    args = ["eval", fam, "--compare-orders", "last-first,first-last,kl-greedy,beam", "--beam", "10", *CALIB[:-2],
-            *EVAL, "--device", "cpu", "--plot", plot, "--json"]
+    args = [
+        "eval",
+        fam,
+        "--compare-orders",
+        "last-first,first-last,kl-greedy,beam",
+        "--beam",
+        "10",
+        *CALIB[:-2],
+        *EVAL,
+        "--device",
+        "cpu",
+        "--plot",
+        plot,
+        "--json",
+    ]
     r = cli(*args)
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
@@ -283,8 +352,9 @@ def test_eval_compares_orders_in_memory(tmp_path, last_first_family, brute):
         info = report["orders"][method]
         assert info["source"] == "searched for this comparison" and info["calibration"]["key"] == "stdlib:train"
         for x in by_order[method]:
-            assert x["selection"]["kl"] == pytest.approx(brute[frozenset(x["selection"]["teacher_blocks"])],
-                                                         rel=1e-5, abs=1e-7)
+            assert x["selection"]["kl"] == pytest.approx(
+                brute[frozenset(x["selection"]["teacher_blocks"])], rel=1e-5, abs=1e-7
+            )
     # The family's own last-first members and the compared last-first rows are the same models.
     members = {x["num_layers"]: x["perplexity"]["ppl"] for x in report["results"] if x["kind"] == "member"}
     for x in by_order["last-first"]:
@@ -320,12 +390,15 @@ def test_eval_reuses_the_familys_own_search(tmp_path, pair_dirs):
         assert x["perplexity"]["ppl"] == pytest.approx(ppl[x["num_layers"]], rel=1e-6)
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--compare-orders", "zigzag"], "unknown order 'zigzag' in --compare-orders"),
-    (["--compare-orders", ","], "--compare-orders is empty"),
-    (["--compare-orders", "beam", "--beam", "0"], "--beam must be at least 1"),
-    (["--compare-orders", "last-first", "--no-perplexity", "--tasks", "x"], "drop --no-perplexity"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--compare-orders", "zigzag"], "unknown order 'zigzag' in --compare-orders"),
+        (["--compare-orders", ","], "--compare-orders is empty"),
+        (["--compare-orders", "beam", "--beam", "0"], "--beam must be at least 1"),
+        (["--compare-orders", "last-first", "--no-perplexity", "--tasks", "x"], "drop --no-perplexity"),
+    ],
+)
 def test_bad_compare_orders(last_first_family, args, match):
     r = cli("eval", last_first_family, *args, *EVAL)
     assert r.exit_code == 2, r.output
@@ -334,8 +407,20 @@ def test_bad_compare_orders(last_first_family, args, match):
 
 def test_eval_calibration_options_apply_without_calib_data(last_first_family):
     """--calib-samples/--calib-seq-len alone still set the search's calibration (train split of --data)."""
-    r = cli("eval", last_first_family, "--compare-orders", "kl-greedy", "--calib-samples", "3", "--calib-seq-len",
-            "12", *EVAL, "--device", "cpu", "--json")
+    r = cli(
+        "eval",
+        last_first_family,
+        "--compare-orders",
+        "kl-greedy",
+        "--calib-samples",
+        "3",
+        "--calib-seq-len",
+        "12",
+        *EVAL,
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     cal = json.loads(r.stdout)["orders"]["kl-greedy"]["calibration"]
     assert (cal["samples"], cal["seq_len"], cal["key"]) == (3, 12, "stdlib:train")

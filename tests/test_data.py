@@ -168,8 +168,15 @@ def test_stream_resumes_exactly_across_passes(tokenizer):
         ref_blocks.append(next(it))
         positions.append(ref.position)
     for cut in (1, 5, 23):
-        resumed = iter(D.BlockStream(lambda _e: iter(texts), tokenizer, T, repeat=True,
-                                     position=D.StreamPosition.from_json(positions[cut - 1].to_json())))
+        resumed = iter(
+            D.BlockStream(
+                lambda _e: iter(texts),
+                tokenizer,
+                T,
+                repeat=True,
+                position=D.StreamPosition.from_json(positions[cut - 1].to_json()),
+            )
+        )
         for k in range(cut, 40):
             b = next(resumed)
             assert torch.equal(b.input_ids, ref_blocks[k].input_ids)
@@ -222,8 +229,9 @@ def test_every_block_starts_with_bos_and_labels_are_unchanged(bos_tokenizer):
     assert all(int(b.input_ids[0]) == bos for b in blocks)
     # Inputs without the inserted BOS are the stream; a block starting at a document's own BOS gets no second.
     inserted = [b for b in blocks if int(b.labels[0]) == D.IGNORE]
-    body = torch.cat([b.input_ids[b.mask][1:] if int(b.labels[0]) == D.IGNORE else b.input_ids[b.mask]
-                      for b in blocks]).tolist()
+    body = torch.cat(
+        [b.input_ids[b.mask][1:] if int(b.labels[0]) == D.IGNORE else b.input_ids[b.mask] for b in blocks]
+    ).tolist()
     assert body == stream and 0 < len(inserted) < len(blocks)
     # Labels: exactly those of plain packing (the same stream tokens), none at an inserted BOS.
     plain = list(D.BlockStream(lambda _e: iter(texts), tok, T, pad_last=True))

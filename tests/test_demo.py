@@ -17,15 +17,29 @@ pytestmark = []
 
 
 def _rows(ppls: dict[str, tuple[str, int, float]]) -> list[dict]:
-    return [{"name": n, "kind": k, "num_layers": l, "num_params": l, "ppl": p,
-             "method": n.split("-")[0] if k == "baseline" else None}
-            for n, (k, l, p) in ppls.items()]
+    return [
+        {
+            "name": n,
+            "kind": k,
+            "num_layers": l,
+            "num_params": l,
+            "ppl": p,
+            "method": n.split("-")[0] if k == "baseline" else None,
+        }
+        for n, (k, l, p) in ppls.items()
+    ]
 
 
 def test_paper_checks_pass_and_fail():
-    good = _rows({"student": ("student", 4, 30.0), "member-5L": ("member", 5, 20.0),
-                  "teacher": ("teacher", 6, 10.0), "shortgpt-4L": ("baseline", 4, 99.0),
-                  "shortgpt-5L": ("baseline", 5, 50.0)})
+    good = _rows(
+        {
+            "student": ("student", 4, 30.0),
+            "member-5L": ("member", 5, 20.0),
+            "teacher": ("teacher", 6, 10.0),
+            "shortgpt-4L": ("baseline", 4, 99.0),
+            "shortgpt-5L": ("baseline", 5, 50.0),
+        }
+    )
     for r in good:
         if r["name"].startswith("shortgpt"):
             r["method"] = "shortgpt"
@@ -43,8 +57,9 @@ def test_paper_checks_pass_and_fail():
     assert isinstance(next(iter(checks.values())), Check)
 
     # A member as deep as the teacher but larger (untied head) comes before the teacher.
-    deep = [dict(r) for r in good] + [{"name": "member-6L", "kind": "member", "num_layers": 6, "num_params": 9,
-                                       "ppl": 11.0, "method": None}]
+    deep = [dict(r) for r in good] + [
+        {"name": "member-6L", "kind": "member", "num_layers": 6, "num_params": 9, "ppl": 11.0, "method": None}
+    ]
     checks = {c.name: c for c in paper_checks(deep)}
     assert checks["perplexity never increases as members grow"].passed, checks
 
@@ -53,8 +68,27 @@ def test_paper_checks_pass_and_fail():
 def test_demo_tiny_budget_writes_a_loadable_family(tmp_path: Path):
     out = tmp_path / "demo"
     env = dict(os.environ, BOOMERANG_STATE=str(tmp_path / "state.json"))
-    cmd = [sys.executable, "-m", "boomerang_cli", "demo", "-o", str(out), "--steps", "2", "--seq-len", "32",
-           "--batch-size", "2", "--eval-tokens", "64", "--calib-samples", "1", "--calib-seq-len", "16", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "boomerang_cli",
+        "demo",
+        "-o",
+        str(out),
+        "--steps",
+        "2",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--eval-tokens",
+        "64",
+        "--calib-samples",
+        "1",
+        "--calib-seq-len",
+        "16",
+        "--json",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
@@ -66,8 +100,10 @@ def test_demo_tiny_budget_writes_a_loadable_family(tmp_path: Path):
     assert len(depths) == len(set(depths)) and set(range(17, 30)) <= set(depths) <= set(range(16, 31))
     # Frozen embeddings (the default for a tied teacher): every member tied, between the ends in size.
     assert all(m["tied"] for m in manifest["members"])
-    assert all(manifest["student"]["num_params"] <= m["num_params"] <= manifest["teacher"]["num_params"]
-               for m in manifest["members"])
+    assert all(
+        manifest["student"]["num_params"] <= m["num_params"] <= manifest["teacher"]["num_params"]
+        for m in manifest["members"]
+    )
     checks = {c["name"]: c for c in result["checks"]}
     assert checks["every member's saved size lies between student and teacher"]["passed"]
     assert "every member beats shortgpt at equal parameter count" in checks

@@ -58,8 +58,16 @@ def one_thread(monkeypatch):
 
 
 def _cfg(teacher, corpus, out, **kw) -> DistillConfig:
-    base = dict(teacher=str(teacher), output=Path(out), data=[str(corpus)], seq_len=32, batch_size=2,
-                steps=4, lr=3e-3, save_every=0)
+    base = dict(
+        teacher=str(teacher),
+        output=Path(out),
+        data=[str(corpus)],
+        seq_len=32,
+        batch_size=2,
+        steps=4,
+        lr=3e-3,
+        save_every=0,
+    )
     base.update(kw)
     return DistillConfig(**base)
 
@@ -170,31 +178,57 @@ def _one_line_error(res, code=2):
 def test_bad_input_is_one_line_exit_2(teacher, corpus, tmp_path):
     common = ["--data", str(corpus), "--steps", "1", "--seq-len", "32"]
     other = tiny_model_dir(tmp_path, "qwen3", layers=4)
-    assert "does not match" in _one_line_error(runner.invoke(
-        app, ["distill", str(teacher), "--student", str(other), "-o", str(tmp_path / "o1"), *common]))
+    assert "does not match" in _one_line_error(
+        runner.invoke(app, ["distill", str(teacher), "--student", str(other), "-o", str(tmp_path / "o1"), *common])
+    )
     fake = tiny_model_dir(tmp_path / "fake", "llama", layers=3)
-    assert "--keep" in _one_line_error(runner.invoke(
-        app, ["distill", str(teacher), "--student", str(fake), "-o", str(tmp_path / "o2"), *common]))
-    assert "positions" in _one_line_error(runner.invoke(
-        app, ["distill", str(teacher), "-o", str(tmp_path / "o3"), "--data", str(corpus), "--seq-len", "4096"]))
-    assert "no such file" in _one_line_error(runner.invoke(
-        app, ["distill", str(teacher), "-o", str(tmp_path / "o4"), "--data", str(tmp_path / "missing.jsonl")]))
+    assert "--keep" in _one_line_error(
+        runner.invoke(app, ["distill", str(teacher), "--student", str(fake), "-o", str(tmp_path / "o2"), *common])
+    )
+    assert "positions" in _one_line_error(
+        runner.invoke(
+            app, ["distill", str(teacher), "-o", str(tmp_path / "o3"), "--data", str(corpus), "--seq-len", "4096"]
+        )
+    )
+    assert "no such file" in _one_line_error(
+        runner.invoke(
+            app, ["distill", str(teacher), "-o", str(tmp_path / "o4"), "--data", str(tmp_path / "missing.jsonl")]
+        )
+    )
     (tmp_path / "empty").mkdir()
-    assert "no text" in _one_line_error(runner.invoke(
-        app, ["distill", str(teacher), "-o", str(tmp_path / "o5"), "--data", str(tmp_path / "empty")]))
+    assert "no text" in _one_line_error(
+        runner.invoke(app, ["distill", str(teacher), "-o", str(tmp_path / "o5"), "--data", str(tmp_path / "empty")])
+    )
     (tmp_path / "none.jsonl").write_text("\n")
-    assert "no documents" in _one_line_error(runner.invoke(
-        app, ["distill", str(teacher), "-o", str(tmp_path / "o6"), "--data", str(tmp_path / "none.jsonl"),
-              "--seq-len", "64", "--steps", "1"]))
+    assert "no documents" in _one_line_error(
+        runner.invoke(
+            app,
+            [
+                "distill",
+                str(teacher),
+                "-o",
+                str(tmp_path / "o6"),
+                "--data",
+                str(tmp_path / "none.jsonl"),
+                "--seq-len",
+                "64",
+                "--steps",
+                "1",
+            ],
+        )
+    )
     (tmp_path / "afile").write_text("x")
-    assert "cannot write" in _one_line_error(runner.invoke(
-        app, ["distill", str(teacher), "-o", str(tmp_path / "afile" / "out"), *common]))
+    assert "cannot write" in _one_line_error(
+        runner.invoke(app, ["distill", str(teacher), "-o", str(tmp_path / "afile" / "out"), *common])
+    )
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    assert "--overwrite" in _one_line_error(runner.invoke(
-        app, ["distill", str(teacher), "-o", str(tmp_path / "full"), *common]))
-    assert "tensorboard" in _one_line_error(runner.invoke(
-        app, ["distill", str(teacher), "-o", str(tmp_path / "o7"), *common, "--report-to", "tensorboard"]))
+    assert "--overwrite" in _one_line_error(
+        runner.invoke(app, ["distill", str(teacher), "-o", str(tmp_path / "full"), *common])
+    )
+    assert "tensorboard" in _one_line_error(
+        runner.invoke(app, ["distill", str(teacher), "-o", str(tmp_path / "o7"), *common, "--report-to", "tensorboard"])
+    )
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 8))
     assert not list(tmp_path.glob("*-checkpoints")) and not (tmp_path / "afile-checkpoints").exists()
 
@@ -249,8 +283,9 @@ def test_existing_checkpoints_need_resume_or_overwrite(teacher, corpus, tmp_path
     for name in ("state.pt", "trainer_state.json"):
         (ckpt / "step-0000001" / name).write_text("{}")
     (ckpt / "latest").write_text("step-0000001\n")
-    res = runner.invoke(app, ["distill", str(teacher), "-o", str(out), "--data", str(corpus), "--steps", "1",
-                              "--seq-len", "32"])
+    res = runner.invoke(
+        app, ["distill", str(teacher), "-o", str(out), "--data", str(corpus), "--steps", "1", "--seq-len", "32"]
+    )
     assert "--resume" in _one_line_error(res)
 
 
@@ -261,16 +296,35 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 #: Plain, and with issue #22's levers: members trained (--mix), two sources interleaved, a shuffled order.
-LEVERS = {"plain": ([], {}),
-          "mix-shuffle-weights": (["--mix", "0.5", "--shuffle", "--data", "stdlib-docs", "--data-weights", "2,1"],
-                                  dict(mix=0.5, shuffle=True, data_weights=[2.0, 1.0]))}
+LEVERS = {
+    "plain": ([], {}),
+    "mix-shuffle-weights": (
+        ["--mix", "0.5", "--shuffle", "--data", "stdlib-docs", "--data-weights", "2,1"],
+        dict(mix=0.5, shuffle=True, data_weights=[2.0, 1.0]),
+    ),
+}
 
 
 @pytest.mark.parametrize("levers", list(LEVERS))
 def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher, corpus, tmp_path, levers):
     extra_flags, extra = LEVERS[levers]
-    flags = ["--data", str(corpus), "--seq-len", "32", "--batch-size", "2", "--steps", "60", "--lr", "3e-3",
-             "--save-every", "3", "--seed", "7", *extra_flags]
+    flags = [
+        "--data",
+        str(corpus),
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--steps",
+        "60",
+        "--lr",
+        "3e-3",
+        "--save-every",
+        "3",
+        "--seed",
+        "7",
+        *extra_flags,
+    ]
     out = tmp_path / "killed"
     ckpt = Path(f"{out}-checkpoints")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -316,8 +370,19 @@ def test_smollm2_default_student_distills_on_stdlib(tmp_path):
 
     resolve("smollm2-135m")
     out = tmp_path / "smol"
-    r = distill(DistillConfig(teacher="smollm2-135m", output=out, data=["stdlib"], seq_len=64, batch_size=2,
-                              steps=6, save_every=0, eval_every=6, eval_blocks=4))
+    r = distill(
+        DistillConfig(
+            teacher="smollm2-135m",
+            output=out,
+            data=["stdlib"],
+            seq_len=64,
+            batch_size=2,
+            steps=6,
+            save_every=0,
+            eval_every=6,
+            eval_blocks=4,
+        )
+    )
     assert r.plan.kept == tuple(list(range(0, 29, 2)) + [29])
     train, val = _rows(out / "metrics.jsonl"), _rows(out / "metrics.jsonl", "validation")
     for row in train + val:
@@ -397,13 +462,19 @@ def test_without_a_terminal_progress_is_plain_lines_and_quiet_silences_it(teache
     env = {k: v for k, v in os.environ.items() if k != "BOOMERANG_PROGRESS"}
     env.update(PYTHONPATH=str(REPO), BOOMERANG_PROGRESS_INTERVAL="0.01", BOOMERANG_STATE=str(tmp_path / "s.json"))
     cmd = [sys.executable, "-m", "boomerang_cli", "distill", str(teacher), *flags]
-    run = subprocess.run([*cmd, "-o", str(tmp_path / "a"), "--steps", "60"], env=env, capture_output=True,
-                         text=True, timeout=300)
+    run = subprocess.run(
+        [*cmd, "-o", str(tmp_path / "a"), "--steps", "60"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr
     lines = [line for line in run.stderr.splitlines() if line.startswith("distilling: step ")]
     assert len(lines) >= 2 and all("/60 " in line for line in lines)
     assert lines[-1].startswith("distilling: step 60/60 (100%) loss ") and "done in" in lines[-1]
     assert "eta" in lines[0] and "\x1b" not in run.stderr
-    quiet = subprocess.run([*cmd, "-o", str(tmp_path / "b"), "--steps", "2", "--quiet"], env=env,
-                           capture_output=True, text=True, timeout=300)
+    quiet = subprocess.run(
+        [*cmd, "-o", str(tmp_path / "b"), "--steps", "2", "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert quiet.returncode == 0 and "distilling" not in quiet.stderr, quiet.stderr

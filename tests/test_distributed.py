@@ -23,8 +23,9 @@ def _rows(path: Path, split: str) -> list[dict]:
     return [r for r in map(json.loads, Path(path).read_text().splitlines()) if r["split"] == split]
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not hasattr(torch.distributed, "run"),
-                    reason="torchrun is not available")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not hasattr(torch.distributed, "run"), reason="torchrun is not available"
+)
 @pytest.mark.parametrize("mix", [None, 0.5], ids=["student", "mix"])
 def test_two_processes_match_one_process(tmp_path, monkeypatch, mix):
     """With --mix, DDP must also accept steps whose replaced student layers get no gradient."""
@@ -35,16 +36,56 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch, mix):
             f.write(json.dumps({"text": f"sample {i} of a small corpus; the fox jumps. " * (1 + i % 4)}) + "\n")
     steps, seq = 4, 32
     # 2 processes x batch 1 x 2 micro-steps == 1 process x batch 2 x 2 micro-steps: 4 blocks a step.
-    flags = ["--data", str(corpus), "--seq-len", str(seq), "--steps", str(steps), "--lr", "3e-3",
-             "--grad-accum", "2", "--eval-every", "2", "--eval-blocks", "5", "--save-every", "2",
-             "--keep-checkpoints", "--device", "cpu", *(["--mix", str(mix), "--seed", "1"] if mix else [])]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "BOOMERANG_STATE": str(tmp_path / "state.json")}
+    flags = [
+        "--data",
+        str(corpus),
+        "--seq-len",
+        str(seq),
+        "--steps",
+        str(steps),
+        "--lr",
+        "3e-3",
+        "--grad-accum",
+        "2",
+        "--eval-every",
+        "2",
+        "--eval-blocks",
+        "5",
+        "--save-every",
+        "2",
+        "--keep-checkpoints",
+        "--device",
+        "cpu",
+        *(["--mix", str(mix), "--seed", "1"] if mix else []),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "BOOMERANG_STATE": str(tmp_path / "state.json"),
+    }
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "boomerang_cli", "distill", str(teacher), "-o", str(two), "--batch-size", "1", *flags, "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "boomerang_cli",
+        "distill",
+        str(teacher),
+        "-o",
+        str(two),
+        "--batch-size",
+        "1",
+        *flags,
+        "--json",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout[proc.stdout.index("{"):])  # rank 0 alone prints
+    summary = json.loads(proc.stdout[proc.stdout.index("{") :])  # rank 0 alone prints
     assert summary["world_size"] == 2 and proc.stdout.count('"world_size"') == 1
 
     threads = torch.get_num_threads()
@@ -52,9 +93,25 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch, mix):
     monkeypatch.setenv("BOOMERANG_STATE", str(tmp_path / "state.json"))
     try:
         one = tmp_path / "one"
-        distill(DistillConfig(teacher=str(teacher), output=one, data=[str(corpus)], seq_len=seq, batch_size=2,
-                              grad_accum=2, steps=steps, lr=3e-3, eval_every=2, eval_blocks=5, save_every=2,
-                              keep_checkpoints=True, device="cpu", mix=mix, seed=1 if mix else 0))
+        distill(
+            DistillConfig(
+                teacher=str(teacher),
+                output=one,
+                data=[str(corpus)],
+                seq_len=seq,
+                batch_size=2,
+                grad_accum=2,
+                steps=steps,
+                lr=3e-3,
+                eval_every=2,
+                eval_blocks=5,
+                save_every=2,
+                keep_checkpoints=True,
+                device="cpu",
+                mix=mix,
+                seed=1 if mix else 0,
+            )
+        )
     finally:
         torch.set_num_threads(threads)
 

@@ -14,8 +14,7 @@ from boomerang_cli.errors import BoomerangError, DataError
 from boomerang_cli.evaluate.family import open_family
 from boomerang_cli.evaluate.results import read_results
 from boomerang_cli.models import load_tokenizer
-from boomerang_cli.evaluate.baselines import (block_influence, plan_baselines, plan_prune_layers,
-                                              shortgpt_layers)
+from boomerang_cli.evaluate.baselines import block_influence, plan_baselines, plan_prune_layers, shortgpt_layers
 from boomerang_cli.forward.perplexity import EvalData, NLL, batch_nll, load_eval_data, model_nll, relative_difference
 from boomerang_cli.evaluate.plot import plot_results
 from boomerang_cli.evaluate.options import EvalOptions
@@ -142,8 +141,12 @@ def test_walk_holds_only_the_current_path(tmp_path: Path) -> None:
     runner.layer = layer  # type: ignore[method-assign]
     plan = Plan.from_paper_flags(LAYERS)
     stacks = {f"m{i}": Stack.of_layers("teacher", range(LAYERS - i)) for i in range(4)}
-    stacks.update({f"p{i}": Stack.of_layers("teacher", plan_prune_layers(m))
-                   for i, m in enumerate(sequential_members(plan, "last-first"))})
+    stacks.update(
+        {
+            f"p{i}": Stack.of_layers("teacher", plan_prune_layers(m))
+            for i, m in enumerate(sequential_members(plan, "last-first"))
+        }
+    )
     ev = TrunkEvaluator({"teacher": runner}, stacks)
     seen: dict[str, torch.Tensor] = {}
     ids = torch.randint(2, 500, (2, 16))
@@ -210,8 +213,19 @@ def test_results_land_in_manifest_entries(tmp_path: Path) -> None:
     key = perplexity_key(report.rows[0].perplexity)
     assert key == f"{corpus}:train|seq_len={SEQ}|tokens={report.rows[0].perplexity['tokens']}|bos=false|dtype=float32"
     rec = m.member("member-07L").metrics["perplexity"][key]
-    assert set(rec) >= {"nll", "ppl", "tokens", "data", "seq_len", "bos", "blocks", "data_fingerprint", "trunk",
-                        "dtype", "evaluated"}
+    assert set(rec) >= {
+        "nll",
+        "ppl",
+        "tokens",
+        "data",
+        "seq_len",
+        "bos",
+        "blocks",
+        "data_fingerprint",
+        "trunk",
+        "dtype",
+        "evaluated",
+    }
     assert rec["seq_len"] == SEQ and rec["tokens"] == report.rows[0].perplexity["tokens"] and rec["bos"] is False
     assert key in m.teacher.metrics["perplexity"]
     assert m.student.metrics == {} and m.member("member-06L").metrics == {}
@@ -220,14 +234,20 @@ def test_results_land_in_manifest_entries(tmp_path: Path) -> None:
     assert m.plan == before.plan and m.created == before.created
     # another data set, another block length or BOS policy each add an entry beside the others
     keys = {key}
-    for opts in (opts_for(corpus, split="validation", max_tokens=10**6), opts_for(corpus, seq_len=SEQ // 2),
-                 opts_for(corpus, bos="always")):
+    for opts in (
+        opts_for(corpus, split="validation", max_tokens=10**6),
+        opts_for(corpus, seq_len=SEQ // 2),
+        opts_for(corpus, bos="always"),
+    ):
         again = evaluate_family(mpath, opts, members=["member-07L"])
         keys.add(perplexity_key(again.rows[0].perplexity))
     recs = FamilyManifest.read(mpath).member("member-07L").metrics["perplexity"]
     assert set(recs) == keys and len(keys) == 4
     assert recs[key] == rec  # the first measurement is untouched
-    assert {r["seq_len"] for r in recs.values()} == {SEQ, SEQ // 2} and {r["bos"] for r in recs.values()} == {False, True}
+    assert {r["seq_len"] for r in recs.values()} == {SEQ, SEQ // 2} and {r["bos"] for r in recs.values()} == {
+        False,
+        True,
+    }
     # the same settings again replace their own entry
     evaluate_family(mpath, opts_for(corpus), members=["member-07L"])
     assert set(FamilyManifest.read(mpath).member("member-07L").metrics["perplexity"]) == keys
@@ -260,8 +280,19 @@ def test_plain_models_write_a_results_file(tmp_path: Path) -> None:
     assert {e["data"] for e in metrics.values()} == {f"{corpus}:train", f"{corpus}:validation"}
     # a schema-1 results file is read and re-keyed
     v1 = dict(data, schema_version=1)
-    v1["models"] = [dict(e, metrics={"perplexity": {f"{corpus}:train": {k: v for k, v in ppl_for(
-        e["metrics"], f"{corpus}:train").items() if k not in ("data", "bos")}}}) for e in data["models"]]
+    v1["models"] = [
+        dict(
+            e,
+            metrics={
+                "perplexity": {
+                    f"{corpus}:train": {
+                        k: v for k, v in ppl_for(e["metrics"], f"{corpus}:train").items() if k not in ("data", "bos")
+                    }
+                }
+            },
+        )
+        for e in data["models"]
+    ]
     out.write_text(json.dumps(v1))
     migrated = read_results(out)
     assert migrated["schema_version"] == 3
@@ -322,8 +353,14 @@ def test_plan_prune_takes_the_members_teacher_layers() -> None:
     assert plan_prune_layers(Member(plan, frozenset(range(5)))) == list(range(LAYERS))
     members = sequential_members(plan, "last-first")
     bs = plan_baselines(["shortgpt", "plan-prune"], members, [0.5] * LAYERS)
-    assert {b.name for b in bs} == {"shortgpt-05L", "shortgpt-06L", "shortgpt-07L",
-                                    "plan-prune-05L", "plan-prune-06L", "plan-prune-07L"}
+    assert {b.name for b in bs} == {
+        "shortgpt-05L",
+        "shortgpt-06L",
+        "shortgpt-07L",
+        "plan-prune-05L",
+        "plan-prune-06L",
+        "plan-prune-07L",
+    }
     assert all(b.num_layers == int(b.name[-3:-1]) for b in bs)
     # first-last's last member is as deep as the teacher (trailing singletons still the
     # student's): pruning nothing would be the teacher itself, so no baseline there.
@@ -338,8 +375,14 @@ def test_baselines_are_evaluated_and_recorded(tmp_path: Path) -> None:
     opts = opts_for(corpus, baselines=["shortgpt", "plan-prune"], calibration_tokens=2 * SEQ)
     report = evaluate_family(mpath, opts)
     base = [r for r in report.rows if r.kind == "baseline"]
-    assert {r.name for r in base} == {"shortgpt-05L", "shortgpt-06L", "shortgpt-07L",
-                                      "plan-prune-05L", "plan-prune-06L", "plan-prune-07L"}
+    assert {r.name for r in base} == {
+        "shortgpt-05L",
+        "shortgpt-06L",
+        "shortgpt-07L",
+        "plan-prune-05L",
+        "plan-prune-06L",
+        "plan-prune-07L",
+    }
     m = FamilyManifest.read(mpath)
     entries = {b.name: b for b in m.baselines}
     assert set(entries) == {r.name for r in base}
@@ -371,16 +414,46 @@ def test_plot_is_a_valid_png(tmp_path: Path) -> None:
     import matplotlib.image
 
     rows = [
-        {"name": "student", "kind": "student", "method": None, "num_params": 1.0e8, "ppl": 30.0,
-         "tasks": {"arc_easy": ("acc", 0.40)}},
-        {"name": "member-18L", "kind": "member", "method": None, "num_params": 1.1e8, "ppl": 25.0,
-         "tasks": {"arc_easy": ("acc", 0.45)}},
-        {"name": "teacher", "kind": "teacher", "method": None, "num_params": 1.35e8, "ppl": 20.0,
-         "tasks": {"arc_easy": ("acc", 0.5)}},
-        {"name": "shortgpt-16L", "kind": "baseline", "method": "shortgpt", "num_params": 1.0e8, "ppl": 3000.0,
-         "tasks": {"arc_easy": ("acc", 0.27)}},
-        {"name": "plan-prune-16L", "kind": "baseline", "method": "plan-prune", "num_params": 1.0e8, "ppl": 900.0,
-         "tasks": {}},
+        {
+            "name": "student",
+            "kind": "student",
+            "method": None,
+            "num_params": 1.0e8,
+            "ppl": 30.0,
+            "tasks": {"arc_easy": ("acc", 0.40)},
+        },
+        {
+            "name": "member-18L",
+            "kind": "member",
+            "method": None,
+            "num_params": 1.1e8,
+            "ppl": 25.0,
+            "tasks": {"arc_easy": ("acc", 0.45)},
+        },
+        {
+            "name": "teacher",
+            "kind": "teacher",
+            "method": None,
+            "num_params": 1.35e8,
+            "ppl": 20.0,
+            "tasks": {"arc_easy": ("acc", 0.5)},
+        },
+        {
+            "name": "shortgpt-16L",
+            "kind": "baseline",
+            "method": "shortgpt",
+            "num_params": 1.0e8,
+            "ppl": 3000.0,
+            "tasks": {"arc_easy": ("acc", 0.27)},
+        },
+        {
+            "name": "plan-prune-16L",
+            "kind": "baseline",
+            "method": "plan-prune",
+            "num_params": 1.0e8,
+            "ppl": 900.0,
+            "tasks": {},
+        },
     ]
     cases = (("ppl.png", rows, ()), ("both.png", rows, ("arc_easy",)), ("linear.png", rows[:3], ()))
     for name, points, tasks in cases:
@@ -389,7 +462,9 @@ def test_plot_is_a_valid_png(tmp_path: Path) -> None:
         assert raw[:8] == b"\x89PNG\r\n\x1a\n"
         img = matplotlib.image.imread(out)
         assert img.shape[0] > 300 and img.shape[1] > 500
-    assert matplotlib.image.imread(tmp_path / "both.png").shape[1] > matplotlib.image.imread(tmp_path / "ppl.png").shape[1]
+    assert (
+        matplotlib.image.imread(tmp_path / "both.png").shape[1] > matplotlib.image.imread(tmp_path / "ppl.png").shape[1]
+    )
     with pytest.raises(BoomerangError):
         plot_results(rows, tmp_path / "x.jpg", title="t", data_key=None)
 

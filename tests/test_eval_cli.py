@@ -40,8 +40,18 @@ def run(*args: str):
 
 
 def data_args(corpus: Path) -> list[str]:
-    return ["--data", str(corpus), "--split", "train", "--seq-len", str(SEQ), "--max-tokens", str(4 * SEQ),
-            "--batch-size", "3"]
+    return [
+        "--data",
+        str(corpus),
+        "--split",
+        "train",
+        "--seq-len",
+        str(SEQ),
+        "--max-tokens",
+        str(4 * SEQ),
+        "--batch-size",
+        "3",
+    ]
 
 
 def test_eval_family_json_and_table(family, tmp_path: Path) -> None:
@@ -58,15 +68,30 @@ def test_eval_family_json_and_table(family, tmp_path: Path) -> None:
     assert ppl_for(m.member("member-06L").metrics, f"{corpus}:train")["ppl"] == out["results"][1]["perplexity"]["ppl"]
 
     plot = tmp_path / "fam.png"
-    res = run("eval", mpath, *data_args(corpus), "--members", "student,member-07L,teacher", "--baseline", "prune",
-              "--calibration-tokens", str(2 * SEQ), "--plot", plot)
+    res = run(
+        "eval",
+        mpath,
+        *data_args(corpus),
+        "--members",
+        "student,member-07L,teacher",
+        "--baseline",
+        "prune",
+        "--calibration-tokens",
+        str(2 * SEQ),
+        "--plot",
+        plot,
+    )
     assert res.exit_code == 0, res.output
     for text in ("member-07L", "shortgpt-05L", "plan-prune-07L", "baseline", "shared trunk", "Δ teacher"):
         assert text in res.stdout
     assert "member-06L" not in res.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {b.name for b in FamilyManifest.read(mpath).baselines} == {
-        "shortgpt-05L", "shortgpt-07L", "plan-prune-05L", "plan-prune-07L"}
+        "shortgpt-05L",
+        "shortgpt-07L",
+        "plan-prune-05L",
+        "plan-prune-07L",
+    }
 
 
 def test_short_form_uses_the_last_family(family, tmp_path: Path) -> None:
@@ -96,8 +121,21 @@ def test_default_data_is_the_held_out_stdlib_split(tmp_path: Path) -> None:
 def test_seq_len_is_bounded_by_the_model(tmp_path: Path) -> None:
     model = tiny_model_dir(tmp_path, "gpt2", layers=2)  # n_positions 128
     corpus = write_corpus(tmp_path / "data")
-    res = run("eval", model, "--data", corpus, "--split", "train", "--seq-len", "4096", "--max-tokens", "128",
-              "-o", tmp_path / "r.json", "--json")
+    res = run(
+        "eval",
+        model,
+        "--data",
+        corpus,
+        "--split",
+        "train",
+        "--seq-len",
+        "4096",
+        "--max-tokens",
+        "128",
+        "-o",
+        tmp_path / "r.json",
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     got = json.loads(res.stdout)
     assert got["data"]["seq_len"] == 128 and any("128 positions" in n for n in got["notes"])
@@ -121,9 +159,20 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """
-QUESTIONS = ["what jumps over the dog", "what does add return", "what does python import",
-             "what is lazy", "what builds a family", "what is brown", "which class passes",
-             "what does boomerang build", "what is quick", "what is the dog", "what is def", "what returns"]
+QUESTIONS = [
+    "what jumps over the dog",
+    "what does add return",
+    "what does python import",
+    "what is lazy",
+    "what builds a family",
+    "what is brown",
+    "which class passes",
+    "what does boomerang build",
+    "what is quick",
+    "what is the dog",
+    "what is def",
+    "what returns",
+]
 CHOICES = [["fox", "dog", "class"], ["a + b", "sys", "pass"], ["os", "fox", "teacher"]]
 
 
@@ -148,7 +197,7 @@ def oracle_accuracy(model_dir: Path, docs: list[dict]) -> float:
         scores = []
         for choice in d["choices"]:
             ids = tok(ctx + " " + choice, add_special_tokens=False)["input_ids"]
-            cont = ids[len(ctx_ids):]
+            cont = ids[len(ctx_ids) :]
             with torch.no_grad():
                 logp = torch.log_softmax(model(input_ids=torch.tensor([ids[:-1]])).logits[0].float(), -1)
             pos = range(len(ids) - 1 - len(cont), len(ids) - 1)
@@ -160,8 +209,20 @@ def oracle_accuracy(model_dir: Path, docs: list[dict]) -> float:
 def test_local_lm_eval_task_scores_land_in_manifest(family, tmp_path: Path) -> None:
     mpath, corpus = family
     docs = write_task(tmp_path / "tasks")
-    res = run("eval", mpath, "--members", "student,member-06L", "--tasks", "tiny_mc", "--task-dir",
-              tmp_path / "tasks", "--no-perplexity", "--batch-size", "4", "--json")
+    res = run(
+        "eval",
+        mpath,
+        "--members",
+        "student,member-06L",
+        "--tasks",
+        "tiny_mc",
+        "--task-dir",
+        tmp_path / "tasks",
+        "--no-perplexity",
+        "--batch-size",
+        "4",
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["tasks"] == ["tiny_mc"]
@@ -202,7 +263,7 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(family, tmp_path: Pat
         args = [a for a in data_args(corpus)]
         if "--data" in extra:
             i = args.index("--data")
-            del args[i:i + 2]
+            del args[i : i + 2]
         res = run("eval", mpath, *args, *extra)
         assert res.exit_code == 2, (extra, res.output)
         assert message in res.output, (extra, res.output)
@@ -240,7 +301,18 @@ def test_bos_option(tmp_path: Path) -> None:
 
     model = tiny_model_dir(tmp_path, "llama", layers=2)
     corpus = write_corpus(tmp_path / "data")
-    args = ["--data", str(corpus), "--split", "train", "--max-tokens", "64", "--seq-len", "32", "-o", tmp_path / "r.json"]
+    args = [
+        "--data",
+        str(corpus),
+        "--split",
+        "train",
+        "--max-tokens",
+        "64",
+        "--seq-len",
+        "32",
+        "-o",
+        tmp_path / "r.json",
+    ]
     res = run("eval", model, *args, "--bos", "sometimes")
     assert res.exit_code == 2 and "--bos" in res.output and "auto" in res.output
     save_tokenizer(model, add_bos=True)

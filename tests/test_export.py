@@ -20,7 +20,7 @@ from boomerang_cli.export.convert import TensorCache, tensor_type  # noqa: E402
 from boomerang_cli.export.gguf_arch import gguf_arch, llama3_rope_factors  # noqa: E402
 from boomerang_cli.export.writer import EXPORT_MANIFEST, export_family  # noqa: E402
 from boomerang_cli.family import sha256_file  # noqa: E402
-from boomerang_cli.family.open import load_family_models, load_member_from_manifest, member_of# noqa: E402
+from boomerang_cli.family.open import load_family_models, load_member_from_manifest, member_of  # noqa: E402
 from boomerang_cli.manifest import FamilyManifest  # noqa: E402
 
 from .common import logits, sample_ids, tiny_config  # noqa: E402
@@ -83,8 +83,9 @@ def gguf_model(directory: Path, name: str):
 
 def perplexity(model, ids: torch.Tensor) -> float:
     out = logits(model, ids)
-    return math.exp(torch.nn.functional.cross_entropy(out[:, :-1].reshape(-1, out.shape[-1]),
-                                                      ids[:, 1:].reshape(-1)).item())
+    return math.exp(
+        torch.nn.functional.cross_entropy(out[:, :-1].reshape(-1, out.shape[-1]), ids[:, 1:].reshape(-1)).item()
+    )
 
 
 def tensor_names(path: Path) -> list[str]:
@@ -169,7 +170,8 @@ def test_cli_members_json_manifest_and_modelfiles(families, tmp_path):
         assert f["size"] == path.stat().st_size and f["sha256"] == sha256_file(path) and f["type"] == "q8_0"
         assert (out / f["modelfile"]).read_text() == f"FROM ./{f['path']}\n"
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["export.json", "member-06L.gguf", "member-06L.Modelfile", "teacher.gguf", "teacher.Modelfile"])
+        ["export.json", "member-06L.gguf", "member-06L.Modelfile", "teacher.gguf", "teacher.Modelfile"]
+    )
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads((Path(__file__).parent.parent / "docs" / "export.schema.json").read_text())
     jsonschema.Draft202012Validator(schema).validate(data)
@@ -182,9 +184,12 @@ def test_cli_members_json_manifest_and_modelfiles(families, tmp_path):
     # the table, an existing output, an unknown member or type: one line, exit 2
     r = cli("export", fam, "-o", tmp_path / "table", "--type", "f16", "--members", "student")
     assert r.exit_code == 0 and "student.gguf" in r.stdout and "unique tensors" in r.stdout
-    for args, msg in ((["-o", out], "--overwrite"), (["-o", tmp_path / "x", "--members", "member-99L"], "no member"),
-                      (["-o", tmp_path / "x", "--type", "q4_k"], "unknown --type"),
-                      (["-o", tmp_path / "x", "--format", "onnx"], "unknown --format")):
+    for args, msg in (
+        (["-o", out], "--overwrite"),
+        (["-o", tmp_path / "x", "--members", "member-99L"], "no member"),
+        (["-o", tmp_path / "x", "--type", "q4_k"], "unknown --type"),
+        (["-o", tmp_path / "x", "--format", "onnx"], "unknown --format"),
+    ):
         r = cli("export", fam, *args)
         assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not (tmp_path / "x").exists()
@@ -273,8 +278,14 @@ def test_conversion_in_row_slices_gives_the_same_bytes(families, tmp_path, monke
     assert whole.files[0].sha256 == sliced.files[0].sha256
 
 
-LLAMA3_ROPE = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                   original_max_position_embeddings=64)
+LLAMA3_ROPE = dict(
+    rope_type="llama3",
+    rope_theta=10000.0,
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=64,
+)
 
 
 def test_llama3_rope_scaling_is_written_as_rope_freqs(tmp_path):

@@ -12,8 +12,18 @@ from typer.testing import CliRunner
 
 from boomerang_cli.cli import app
 from boomerang_cli.errors import BoomerangError, PairMismatchError
-from boomerang_cli.family import (Candidate, achievable, build_family, candidates, check_selection_args,
-                                  open_pair, parse_size_targets, parse_sizes, select, verify_member)
+from boomerang_cli.family import (
+    Candidate,
+    achievable,
+    build_family,
+    candidates,
+    check_selection_args,
+    open_pair,
+    parse_size_targets,
+    parse_sizes,
+    select,
+    verify_member,
+)
 from boomerang_cli.family.open import load_member_from_manifest
 from boomerang_cli.manifest import FamilyManifest
 from boomerang_cli.orders.names import sequential_members
@@ -62,8 +72,7 @@ def build_all(teacher: Path, student: Path, out: Path, order: str = "last-first"
     pair = open_(teacher, student)
     cands = candidates(pair, order)
     every = achievable(pair, order)
-    picks = select(cands, all_members=True, student_params=every[0].num_params,
-                   teacher_params=every[-1].num_params)
+    picks = select(cands, all_members=True, student_params=every[0].num_params, teacher_params=every[-1].num_params)
     return build_family(pair, picks, out, order=order, **kw)
 
 
@@ -93,7 +102,10 @@ def test_select_by_size_takes_the_closest_member_and_merges_duplicates():
     cands = fake_candidates([110, 120, 130, 140])
     picks = select(cands, sizes=parse_size_targets("112,139,141,125"), student_params=100, teacher_params=150)
     assert [(p.candidate.num_params, [t.label for t in p.targets]) for p in picks] == [
-        (110, ["112"]), (120, ["125"]), (140, ["139", "141"])]
+        (110, ["112"]),
+        (120, ["125"]),
+        (140, ["139", "141"]),
+    ]
     # A tie goes to the smaller member; the ends of the range are allowed.
     picks = select(cands, sizes=parse_size_targets("115,100,150"), student_params=100, teacher_params=150)
     assert [p.candidate.num_params for p in picks] == [110, 140]
@@ -104,23 +116,35 @@ def test_select_never_picks_a_member_larger_than_the_teacher():
     cands = fake_candidates([110, 120, 150, 160])
     picks = select(cands, sizes=parse_size_targets("138"), student_params=100, teacher_params=140)
     assert [p.candidate.num_params for p in picks] == [120]  # not 150, the closer count: it outgrows the teacher
-    with pytest.raises(BoomerangError, match=r"range 100\.\.140 \(student 100 \.\. teacher 140\).*"
-                                             r"2 member\(s\) are larger than the teacher.*--freeze-embeddings"):
+    with pytest.raises(
+        BoomerangError,
+        match=r"range 100\.\.140 \(student 100 \.\. teacher 140\).*"
+        r"2 member\(s\) are larger than the teacher.*--freeze-embeddings",
+    ):
         select(cands, sizes=parse_size_targets("158"), student_params=100, teacher_params=140)
     with pytest.raises(BoomerangError, match="no member of this family lies between.*--freeze-embeddings"):
-        select(fake_candidates([150, 160, 170, 180]), sizes=parse_size_targets("120"), student_params=100,
-               teacher_params=140)
+        select(
+            fake_candidates([150, 160, 170, 180]),
+            sizes=parse_size_targets("120"),
+            student_params=100,
+            teacher_params=140,
+        )
 
 
 @pytest.mark.parametrize("size", ["99", "151", "1B"])
 def test_select_rejects_sizes_outside_student_teacher_range(size):
     with pytest.raises(BoomerangError, match="outside this family's range"):
-        select(fake_candidates([110, 120, 130, 140]), sizes=parse_size_targets(size),
-               student_params=100, teacher_params=150)
+        select(
+            fake_candidates([110, 120, 130, 140]),
+            sizes=parse_size_targets(size),
+            student_params=100,
+            teacher_params=150,
+        )
 
 
 def test_select_num_is_evenly_spaced_and_distinct():
     cands = fake_candidates([110, 120, 130, 140])
+
     def sel(n: int) -> list[int]:
         return [p.candidate.num_params for p in select(cands, num=n, student_params=100, teacher_params=150)]
 
@@ -131,8 +155,9 @@ def test_select_num_is_evenly_spaced_and_distinct():
     assert sel(4) == [110, 120, 130, 140]
     with pytest.raises(BoomerangError, match="only 4 member"):
         sel(5)
-    assert [p.candidate.num_params for p in select(cands, all_members=True, student_params=100,
-                                                   teacher_params=150)] == [110, 120, 130, 140]
+    assert [
+        p.candidate.num_params for p in select(cands, all_members=True, student_params=100, teacher_params=150)
+    ] == [110, 120, 130, 140]
     with pytest.raises(BoomerangError, match="no member between"):
         select([], all_members=True, student_params=100, teacher_params=150)
 
@@ -182,14 +207,14 @@ def test_family_sizes_writes_members_and_manifest(tmp_path, pair_dirs):
 def test_family_hashes_each_source_tensor_once_and_reads_no_member_back(tmp_path, pair_dirs, monkeypatch):
     """Weight files get sha256-tensors digests from source tensors hashed once for the whole family;
     no member's weights are read back; the digests verify from the files alone."""
-    from boomerang_cli import integrity, tensors
+    from boomerang_cli import integrity, tensor_writer
 
     teacher, student = pair_dirs
     read_back: list[str] = []
     hashed: list[tuple] = []
-    real_file, real_range = integrity.sha256_file, tensors.range_digest
+    real_file, real_range = integrity.sha256_file, tensor_writer.range_digest
     monkeypatch.setattr(integrity, "sha256_file", lambda p: read_back.append(Path(p).name) or real_file(p))
-    monkeypatch.setattr(tensors, "range_digest", lambda *a: hashed.append(a[:3]) or real_range(*a))
+    monkeypatch.setattr(tensor_writer, "range_digest", lambda *a: hashed.append(a[:3]) or real_range(*a))
     out = tmp_path / "fam"
     r = cli("family", teacher, student, "-o", out, "--all", "--max-shard-size", "40kB")
     assert r.exit_code == 0, r.output
@@ -338,7 +363,14 @@ def test_pair_check_architecture_hidden_vocab_layers(tmp_path, pair_dirs):
     wide = save_model(make_model("llama", LAYERS, seed=0, hidden_size=64), tmp_path / "wide")
     _bad(tmp_path, wide, student, "--all", "--force", match="not even with --force")
     vocab = save_model(make_model("llama", LAYERS, seed=0, vocab_size=600), tmp_path / "vocab")
-    _bad(tmp_path, vocab, student, "--all", "--force", match="embed_tokens.weight has shape [512, 32] vs teacher [600, 32]")
+    _bad(
+        tmp_path,
+        vocab,
+        student,
+        "--all",
+        "--force",
+        match="embed_tokens.weight has shape [512, 32] vs teacher [600, 32]",
+    )
     deep = save_model(make_model("llama", 10, seed=0), tmp_path / "deep")
     _bad(tmp_path, deep, student, "--all", match="8-layer teacher")
     other = save_model(make_model("llama", 5, seed=5), tmp_path / "five")
@@ -475,8 +507,9 @@ def test_load_member_from_manifest(tmp_path, pair_dirs):
     for name, ref in (("teacher", teacher), ("student", student)):
         torch.testing.assert_close(logits(load_member_from_manifest(out, name), ids), logits(load(ref), ids))
     for e in res.manifest.members:
-        torch.testing.assert_close(logits(load_member_from_manifest(res.manifest_path, e.name), ids),
-                                   logits(load(out / e.path), ids))
+        torch.testing.assert_close(
+            logits(load_member_from_manifest(res.manifest_path, e.name), ids), logits(load(out / e.path), ids)
+        )
     with pytest.raises(BoomerangError, match="no member 'member-99L'"):
         load_member_from_manifest(out, "member-99L")
     # The family remembers which teacher it was built from.

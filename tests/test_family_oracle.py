@@ -113,12 +113,14 @@ def expected_layer_types(teacher_cfg: dict, student_cfg: dict, teacher_blocks) -
 # -- the checks ---------------------------------------------------------------------------
 
 
-def check_family(tmp: Path, teacher_dir: Path, student_dir: Path, order: str,
-                 search: SearchResult | None = None) -> int:
+def check_family(
+    tmp: Path, teacher_dir: Path, student_dir: Path, order: str, search: SearchResult | None = None
+) -> int:
     pair = open_pair(resolve(str(teacher_dir)), resolve(str(student_dir)))
     every = achievable(pair, order, search)
-    picks = select(every[1:-1], all_members=True, student_params=every[0].num_params,
-                   teacher_params=every[-1].num_params)
+    picks = select(
+        every[1:-1], all_members=True, student_params=every[0].num_params, teacher_params=every[-1].num_params
+    )
     out = tmp / f"family-{order}"
     result = build_family(pair, picks, out, order=order_info(search) if search else order)
     assert result.written == [p.name for p in picks] and len(picks) >= 2
@@ -213,8 +215,16 @@ def test_tied_teacher_members_are_untied_when_sources_differ(tmp_path, pairs, or
 @pytest.mark.parametrize("order", ["last-first", "first-last"])
 def test_mixed_layer_types_follow_each_layers_source(tmp_path, order):
     """Irregular sliding/full layers; the student's own layer_types differ from its teacher layers'."""
-    types = ["sliding_attention", "full_attention", "full_attention", "sliding_attention",
-             "sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+    types = [
+        "sliding_attention",
+        "full_attention",
+        "full_attention",
+        "sliding_attention",
+        "sliding_attention",
+        "full_attention",
+        "sliding_attention",
+        "full_attention",
+    ]
     teacher = save_model(
         make_model("qwen3", LAYERS, seed=0, use_sliding_window=True, sliding_window=3, layer_types=types),
         tmp_path / "qwen3-teacher",

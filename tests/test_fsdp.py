@@ -41,19 +41,61 @@ def setup(tmp_path_factory):
 
 def _flags(corpus: Path) -> list[str]:
     # 2 processes x batch 1 x 2 micro-steps == 1 process x batch 2 x 2 micro-steps: 4 blocks a step.
-    return ["--data", str(corpus), "--seq-len", str(SEQ), "--steps", str(STEPS), "--lr", "3e-3", "--grad-accum", "2",
-            "--eval-every", "6", "--eval-blocks", "5", "--save-every", "2", "--seed", "3", "--device", "cpu"]
+    return [
+        "--data",
+        str(corpus),
+        "--seq-len",
+        str(SEQ),
+        "--steps",
+        str(STEPS),
+        "--lr",
+        "3e-3",
+        "--grad-accum",
+        "2",
+        "--eval-every",
+        "6",
+        "--eval-blocks",
+        "5",
+        "--save-every",
+        "2",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+    ]
 
 
 def _env(root: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "BOOMERANG_PROGRESS": "0",
-            "BOOMERANG_STATE": str(root / "state.json")}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "BOOMERANG_PROGRESS": "0",
+        "BOOMERANG_STATE": str(root / "state.json"),
+    }
 
 
 def _torchrun(root: Path, teacher: Path, out: Path, corpus: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "boomerang_cli", "distill", str(teacher), "-o", str(out), "--batch-size", "1", *_flags(corpus),
-            "--fsdp", "--json", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "boomerang_cli",
+        "distill",
+        str(teacher),
+        "-o",
+        str(out),
+        "--batch-size",
+        "1",
+        *_flags(corpus),
+        "--fsdp",
+        "--json",
+        *extra,
+    ]
 
 
 def _rows(path: Path, split: str) -> list[dict]:
@@ -71,10 +113,15 @@ def fsdp_run(setup):
     """One uninterrupted 2-process FSDP run, its checkpoints kept."""
     root, teacher, corpus = setup
     out = root / "fsdp"
-    proc = subprocess.run(_torchrun(root, teacher, out, corpus, "--keep-checkpoints"), env=_env(root),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        _torchrun(root, teacher, out, corpus, "--keep-checkpoints"),
+        env=_env(root),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, json.loads(proc.stdout[proc.stdout.index("{"):])  # rank 0 alone prints
+    return out, json.loads(proc.stdout[proc.stdout.index("{") :])  # rank 0 alone prints
 
 
 @pytest.fixture
@@ -89,9 +136,22 @@ def in_process(monkeypatch, tmp_path):
 
 
 def _one_process(teacher: Path, corpus: Path, out: Path, **kw) -> DistillConfig:
-    return DistillConfig(teacher=str(teacher), output=out, data=[str(corpus)], seq_len=SEQ, batch_size=2,
-                         grad_accum=2, steps=STEPS, lr=3e-3, eval_every=6, eval_blocks=5, save_every=2, seed=3,
-                         device="cpu", **kw)
+    return DistillConfig(
+        teacher=str(teacher),
+        output=out,
+        data=[str(corpus)],
+        seq_len=SEQ,
+        batch_size=2,
+        grad_accum=2,
+        steps=STEPS,
+        lr=3e-3,
+        eval_every=6,
+        eval_blocks=5,
+        save_every=2,
+        seed=3,
+        device="cpu",
+        **kw,
+    )
 
 
 @pytest.mark.slow
@@ -107,7 +167,10 @@ def test_fsdp_on_two_processes_matches_one_process_and_halves_each_rank(setup, f
             for k in ("loss", "ce", "kl", "cosine"):
                 assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6), (split, ra["step"], k)
     # The first step (the sharded load's weights, before any update) to 1e-6.
-    first_two, first_one = _rows(two / "metrics.jsonl", "train")[0], _rows(tmp_path / "one" / "metrics.jsonl", "train")[0]
+    first_two, first_one = (
+        _rows(two / "metrics.jsonl", "train")[0],
+        _rows(tmp_path / "one" / "metrics.jsonl", "train")[0],
+    )
     assert first_two["loss"] == pytest.approx(first_one["loss"], rel=1e-6)
     wa, wb = _weights(two), _weights(tmp_path / "one")
     assert wa.keys() == wb.keys()
@@ -131,11 +194,20 @@ def test_sharded_load_equals_a_full_load_shard_for_shard_and_in_the_first_step_l
     teacher's embedding is whole on each rank, shared with its student, and gives the same loss."""
     root, teacher, _ = setup
     tied = tiny_model_dir(tmp_path, "gemma2", layers=4)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tests" / "fsdp_load_check.py"), str(teacher), str(tied)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "tests" / "fsdp_load_check.py"),
+        str(teacher),
+        str(tied),
+    ]
     proc = subprocess.run(cmd, env=_env(root), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout[proc.stdout.index("{"):])
+    out = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert [out[str(teacher)]["tied"], out[str(tied)]["tied"]] == [False, True]
     assert out[str(teacher)]["head_is_own"] == [False, False] and out[str(tied)]["head_is_own"] == [False, True]
     # The tied teacher's embedding: one whole matrix per rank, outside FSDP, the student's too.
@@ -156,10 +228,15 @@ def test_tied_teacher_shares_one_whole_embedding_matches_one_process_and_resumes
     root, _, corpus = setup
     tied = tiny_model_dir(tmp_path, "llama", layers=6, tie_word_embeddings=True)
     out, steps = tmp_path / "fsdp", ["--steps", "4", "--eval-every", "2"]
-    proc = subprocess.run([*_torchrun(root, tied, out, corpus, "--keep-checkpoints"), *steps], env=_env(root),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*_torchrun(root, tied, out, corpus, "--keep-checkpoints"), *steps],
+        env=_env(root),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    summary = json.loads(proc.stdout[proc.stdout.index("{") :])
     one = distill(dataclasses.replace(_one_process(tied, corpus, tmp_path / "one"), steps=4, eval_every=2))
     assert summary["frozen_embeddings"] and one.frozen_embeddings
     for split in ("train", "validation"):
@@ -169,7 +246,8 @@ def test_tied_teacher_shares_one_whole_embedding_matches_one_process_and_resumes
             for k in ("loss", "ce", "kl", "cosine"):
                 assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6), (split, ra["step"], k)
     assert _rows(out / "metrics.jsonl", "train")[0]["loss"] == pytest.approx(
-        _rows(tmp_path / "one" / "metrics.jsonl", "train")[0]["loss"], rel=1e-6)
+        _rows(tmp_path / "one" / "metrics.jsonl", "train")[0]["loss"], rel=1e-6
+    )
     wa, wb, wt = _weights(out), _weights(tmp_path / "one"), _weights(tied)
     assert wa.keys() == wb.keys()
     for k in wa:
@@ -185,20 +263,31 @@ def test_tied_teacher_shares_one_whole_embedding_matches_one_process_and_resumes
     # Its checkpoint after step 2 (the shared matrix a plain tensor in it) resumes on 2 ranks to the end.
     moved = tmp_path / "moved"
     shutil.copytree(f"{out}-checkpoints", f"{moved}-checkpoints", symlinks=True)
-    proc = subprocess.run([*_torchrun(root, tied, moved, corpus, "--resume"), *steps], env=_env(root),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*_torchrun(root, tied, moved, corpus, "--resume"), *steps],
+        env=_env(root),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout[proc.stdout.index("{"):])["resumed_from"] == 2
+    assert json.loads(proc.stdout[proc.stdout.index("{") :])["resumed_from"] == 2
     assert [r["loss"] for r in _rows(moved / "metrics.jsonl", "train")] == [
-        r["loss"] for r in _rows(out / "metrics.jsonl", "train")]
+        r["loss"] for r in _rows(out / "metrics.jsonl", "train")
+    ]
     wm = _weights(moved)
     assert all(torch.equal(wm[k], wa[k]) for k in wa)
     # bf16 gathers: the student gathers a bf16 copy of its own, so the teacher's matrix is sharded too.
     bf = tmp_path / "bf16"
-    proc = subprocess.run([*_torchrun(root, tied, bf, corpus, "--precision", "bf16"), "--steps", "1",
-                           "--eval-every", "0"], env=_env(root), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*_torchrun(root, tied, bf, corpus, "--precision", "bf16"), "--steps", "1", "--eval-every", "0"],
+        env=_env(root),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for rank in json.loads(proc.stdout[proc.stdout.index("{"):])["memory"]:
+    for rank in json.loads(proc.stdout[proc.stdout.index("{") :])["memory"]:
         assert rank["teacher_params"] == pytest.approx(whole["teacher_params"] / 2, rel=0.02)
 
 
@@ -211,8 +300,13 @@ def test_fsdp_gradient_checkpointing_equals_without_and_bf16_gathers_run(setup, 
     ref, _ = fsdp_run
     want = _rows(ref / "metrics.jsonl", "train")
     out = tmp_path / "gc"
-    proc = subprocess.run(_torchrun(root, teacher, out, corpus, "--gradient-checkpointing"), env=_env(root),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        _torchrun(root, teacher, out, corpus, "--gradient-checkpointing"),
+        env=_env(root),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _rows(out / "metrics.jsonl", "train")
     assert [r["step"] for r in rows] == [r["step"] for r in want]
@@ -223,7 +317,7 @@ def test_fsdp_gradient_checkpointing_equals_without_and_bf16_gathers_run(setup, 
     cmd = [*_torchrun(root, teacher, bf, corpus, "--precision", "bf16"), "--steps", "1", "--eval-every", "0"]
     proc = subprocess.run(cmd, env=_env(root), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout[proc.stdout.index("{"):])["precision"] == "bf16"
+    assert json.loads(proc.stdout[proc.stdout.index("{") :])["precision"] == "bf16"
     first = _rows(bf / "metrics.jsonl", "train")[0]["loss"]
     assert first == pytest.approx(want[0]["loss"], rel=2e-2) and first != pytest.approx(want[0]["loss"], rel=1e-6)
 
@@ -244,15 +338,42 @@ def test_two_torchrun_nodes_over_localhost_match_one_process(setup, in_process, 
     out, port, steps = tmp_path / "nodes", _free_port(), "4"
     nodes = []
     for node in (0, 1):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
-               "--nproc_per_node", "1", "--rdzv_backend", "static", "--master_addr", "127.0.0.1",
-               "--master_port", str(port), "-m", "boomerang_cli", "distill", str(teacher), "-o", str(out),
-               "--batch-size", "1", *_flags(corpus), "--steps", steps, "--eval-every", "2", "--fsdp", "--json"]
-        nodes.append(subprocess.Popen(cmd, env=_env(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--node_rank",
+            str(node),
+            "--nproc_per_node",
+            "1",
+            "--rdzv_backend",
+            "static",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            "-m",
+            "boomerang_cli",
+            "distill",
+            str(teacher),
+            "-o",
+            str(out),
+            "--batch-size",
+            "1",
+            *_flags(corpus),
+            "--steps",
+            steps,
+            "--eval-every",
+            "2",
+            "--fsdp",
+            "--json",
+        ]
+        nodes.append(subprocess.Popen(cmd, env=_env(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     (out0, err0), (out1, err1) = (p.communicate(timeout=600) for p in nodes)
     assert [p.returncode for p in nodes] == [0, 0], (err0[-2000:], err1[-2000:])
-    summary = json.loads(out0[out0.index("{"):])
+    summary = json.loads(out0[out0.index("{") :])
     assert summary["world_size"] == 2 and "{" not in out1  # node 1 writes and prints nothing
     distill(dataclasses.replace(_one_process(teacher, corpus, tmp_path / "one"), steps=4, eval_every=2))
     for split in ("train", "validation"):
@@ -291,8 +412,9 @@ def killed(setup):
     root, teacher, corpus = setup
     out = root / "killed"
     ckpt = Path(f"{out}-checkpoints")
-    proc = subprocess.Popen(_torchrun(root, teacher, out, corpus), env=_env(root), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _torchrun(root, teacher, out, corpus), env=_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 300
     while not (ckpt / "latest").exists():
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
@@ -324,10 +446,11 @@ def test_fsdp_resume_after_kill_9_equals_the_uninterrupted_run(setup, fsdp_run, 
         distill(dataclasses.replace(_one_process(teacher, corpus, out, resume=True), batch_size=1))
     assert (ckpt / "latest").exists()
 
-    resumed = subprocess.run(_torchrun(root, teacher, out, corpus, "--resume"), env=_env(root),
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        _torchrun(root, teacher, out, corpus, "--resume"), env=_env(root), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, [line for line in resumed.stderr.splitlines() if "rror" in line]
-    assert json.loads(resumed.stdout[resumed.stdout.index("{"):])["resumed_from"] == killed_at
+    assert json.loads(resumed.stdout[resumed.stdout.index("{") :])["resumed_from"] == killed_at
     ref, _ = fsdp_run
     a, b = _weights(out), _weights(ref)
     assert a.keys() == b.keys()
@@ -363,10 +486,11 @@ def test_fsdp_resumes_on_another_world_size_2_then_1_then_2(setup, fsdp_run, kil
     assert mid == killed_at + 2 and sharded_checkpoint.is_sharded(ckpt / f"step-{mid:07d}")
     assert json.loads((ckpt / f"step-{mid:07d}" / "trainer_state.json").read_text())["world_size"] == 1
 
-    resumed = subprocess.run(_torchrun(root, teacher, out, corpus, "--resume"), env=_env(root),
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        _torchrun(root, teacher, out, corpus, "--resume"), env=_env(root), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, [line for line in resumed.stderr.splitlines() if "rror" in line]
-    summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
+    summary = json.loads(resumed.stdout[resumed.stdout.index("{") :])
     ref, ref_summary = fsdp_run
     assert summary["resumed_from"] == mid and summary["tokens"] == ref_summary["tokens"]
     rows, want = _rows(out / "metrics.jsonl", "train"), _rows(ref / "metrics.jsonl", "train")
@@ -389,8 +513,24 @@ def _one_line_error(res, code=2) -> str:
 
 def test_fsdp_with_one_process_trains_unsharded_and_says_so(setup, in_process, tmp_path):
     root, teacher, corpus = setup
-    res = runner.invoke(app, ["distill", str(teacher), "-o", str(tmp_path / "o"), "--data", str(corpus),
-                              "--steps", "1", "--seq-len", str(SEQ), "--batch-size", "1", "--fsdp"])
+    res = runner.invoke(
+        app,
+        [
+            "distill",
+            str(teacher),
+            "-o",
+            str(tmp_path / "o"),
+            "--data",
+            str(corpus),
+            "--steps",
+            "1",
+            "--seq-len",
+            str(SEQ),
+            "--batch-size",
+            "1",
+            "--fsdp",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "nothing to shard across" in res.stderr and (tmp_path / "o" / "model.safetensors").exists()
 
@@ -398,7 +538,9 @@ def test_fsdp_with_one_process_trains_unsharded_and_says_so(setup, in_process, t
 def test_bad_shard_flags_are_one_line_exit_2(setup, in_process, tmp_path, monkeypatch):
     root, teacher, corpus = setup
     common = [str(teacher), "-o", str(tmp_path / "o"), "--data", str(corpus), "--steps", "1", "--seq-len", str(SEQ)]
-    assert "student, teacher or both" in _one_line_error(runner.invoke(app, ["distill", *common, "--shard", "optimizer"]))
+    assert "student, teacher or both" in _one_line_error(
+        runner.invoke(app, ["distill", *common, "--shard", "optimizer"])
+    )
     assert "not both" in _one_line_error(runner.invoke(app, ["distill", *common, "--shard", "teacher", "--fsdp"]))
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # accelerate launch --use_fsdp
     assert "pass --fsdp" in _one_line_error(runner.invoke(app, ["distill", *common, "--fsdp"]))
@@ -412,8 +554,20 @@ def _tree(path: Path) -> dict[str, tuple[int, int]]:
 def test_bad_sharded_combinations_are_one_line_exit_2_and_write_nothing(setup, in_process, tmp_path, monkeypatch):
     root, teacher, corpus = setup
     out = tmp_path / "full"
-    common = ["--data", str(corpus), "--steps", "4", "--seq-len", str(SEQ), "--batch-size", "1",
-              "--save-every", "2", "--device", "cpu"]
+    common = [
+        "--data",
+        str(corpus),
+        "--steps",
+        "4",
+        "--seq-len",
+        str(SEQ),
+        "--batch-size",
+        "1",
+        "--save-every",
+        "2",
+        "--device",
+        "cpu",
+    ]
     save = checkpoint.save
 
     def save_then_stop(*args, **kw):
@@ -427,8 +581,7 @@ def test_bad_sharded_combinations_are_one_line_exit_2_and_write_nothing(setup, i
     ckpt = Path(f"{out}-checkpoints")
     before = _tree(ckpt)
     assert not sharded_checkpoint.is_sharded(ckpt / (ckpt / "latest").read_text().strip())
-    line = _one_line_error(runner.invoke(app, ["distill", str(teacher), "-o", str(out), *common, "--resume",
-                                               "--fsdp"]))
+    line = _one_line_error(runner.invoke(app, ["distill", str(teacher), "-o", str(out), *common, "--resume", "--fsdp"]))
     assert "full (unsharded) checkpoint" in line and "without --fsdp" in line
     assert _tree(ckpt) == before and not out.exists()
 
@@ -438,8 +591,9 @@ def test_bad_sharded_combinations_are_one_line_exit_2_and_write_nothing(setup, i
     shutil.copytree(teacher, pickled, ignore=shutil.ignore_patterns("*.safetensors*"))
     torch.save(load_file(str(teacher / "model.safetensors")), pickled / "pytorch_model.bin")
     monkeypatch.setenv("BOOMERANG_CACHE", str(tmp_path / "cache"))
-    line = _one_line_error(runner.invoke(app, ["distill", str(pickled), "-o", str(tmp_path / "p"), *common,
-                                               "--shard", "teacher"]))
+    line = _one_line_error(
+        runner.invoke(app, ["distill", str(pickled), "-o", str(tmp_path / "p"), *common, "--shard", "teacher"])
+    )
     assert "--allow-pickle" in line
     assert not (tmp_path / "p").exists() and not Path(f"{tmp_path / 'p'}-checkpoints").exists()
     assert not (tmp_path / "cache").exists()

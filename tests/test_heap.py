@@ -13,8 +13,9 @@ import pytest
 from boomerang_cli.distill import heap
 
 REPO = Path(__file__).resolve().parents[1]
-glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-                           reason="glibc's malloc only")
+glibc = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only"
+)
 
 # FSDP's pattern in small: layer-sized tensors gathered and freed while long-lived ones (shards, AdamW
 # state) are allocated in between. Prints the resident set (MiB) before the churn and after freeing it.
@@ -37,8 +38,11 @@ print(before, rss())
 
 
 def _churn(mode: str) -> tuple[int, int]:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}, "PYTHONPATH": str(REPO),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")},
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("GLIBC_TUNABLES", None)
     out = subprocess.run([sys.executable, "-c", CHURN, mode], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -117,8 +117,10 @@ def test_library_call_matches_cli(teachers, tmp_path):
     assert summary.plan.kept == (0, 1, 3, 5) and not summary.dry_run
     assert_oracle(teachers["qwen2"], tmp_path / "lib", "qwen2", [0, 1, 3, 5])
     invoke("init-student", teachers["qwen2"], "-o", tmp_path / "cli", "--keep-first", "2", "--keep-last", "1")
-    assert load_file(str(tmp_path / "lib" / "model.safetensors")).keys() == \
-        load_file(str(tmp_path / "cli" / "model.safetensors")).keys()
+    assert (
+        load_file(str(tmp_path / "lib" / "model.safetensors")).keys()
+        == load_file(str(tmp_path / "cli" / "model.safetensors")).keys()
+    )
     for k, v in load_file(str(tmp_path / "lib" / "model.safetensors")).items():
         assert torch.equal(v, load_file(str(tmp_path / "cli" / "model.safetensors"))[k])
 
@@ -165,13 +167,17 @@ def test_tied_teacher_storing_a_head_copy_stays_tied(teachers, tmp_path):
 MIXED = ["sliding_attention", "full_attention"] * 3
 
 
-@pytest.mark.parametrize(("keep", "expected"), [
-    ("0,2,4,5", ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]),
-    ("0,1,3,5", ["sliding_attention", "full_attention", "full_attention", "full_attention"]),
-])
+@pytest.mark.parametrize(
+    ("keep", "expected"),
+    [
+        ("0,2,4,5", ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]),
+        ("0,1,3,5", ["sliding_attention", "full_attention", "full_attention", "full_attention"]),
+    ],
+)
 def test_mixed_layer_types_sliced(tmp_path, keep, expected):
-    teacher = save_model(make_model("qwen3", use_sliding_window=True, sliding_window=4, layer_types=MIXED),
-                         tmp_path / "qwen3-mixed")
+    teacher = save_model(
+        make_model("qwen3", use_sliding_window=True, sliding_window=4, layer_types=MIXED), tmp_path / "qwen3-mixed"
+    )
     assert json.loads((teacher / "config.json").read_text())["layer_types"] == MIXED
     out = tmp_path / "s"
     invoke("init-student", teacher, "-o", out, "--keep", keep)
@@ -209,8 +215,11 @@ def test_hub_style_gpt2_names(teachers, tmp_path):
     d = tmp_path / "gpt2-hub"
     shutil.copytree(teachers["gpt2"], d)
     sd = load_file(str(d / "model.safetensors"))
-    save_file({k.removeprefix("transformer."): v for k, v in sd.items()}, str(d / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k.removeprefix("transformer."): v for k, v in sd.items()},
+        str(d / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     invoke("init-student", d, "-o", tmp_path / "s")
     names = ModelWeights(tmp_path / "s").keys()
     assert "h.3.mlp.c_fc.weight" in names and "h.4.mlp.c_fc.weight" not in names
@@ -238,16 +247,23 @@ def test_output_directory_contents(teachers, tmp_path):
     out = tmp_path / "student"
     invoke("init-student", teacher, "-o", out)
     names = {p.name for p in out.iterdir()}
-    assert names == {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                     "tokenizer_config.json", "README.md", BOOMERANG_JSON, REFERENCE_JSON}
+    assert names == {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+        BOOMERANG_JSON,
+        REFERENCE_JSON,
+    }
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
 
     rec = json.loads((out / BOOMERANG_JSON).read_text())
     assert rec["format"] == "boomerang-student" and rec["tool_version"] == __version__
     assert rec["teacher"]["ref"] == str(teacher.resolve())
     assert rec["teacher"]["fingerprint"] == fingerprint(ModelInfo.load(teacher))
-    assert rec["plan"] == {"num_teacher_layers": 6, "kept": DEFAULT_KEPT,
-                           "blocks": [[0, 2], [2, 4], [4, 5], [5, 6]]}
+    assert rec["plan"] == {"num_teacher_layers": 6, "kept": DEFAULT_KEPT, "blocks": [[0, 2], [2, 4], [4, 5], [5, 6]]}
     parsed = StudentRecord.read(out)
     assert parsed.plan == Plan.from_paper_flags(6) and parsed.training is None
 
@@ -260,8 +276,10 @@ def test_output_directory_contents(teachers, tmp_path):
     assert "kept: 0,2,4,5" in card and "boomerang init-student" in card
     from transformers import AutoTokenizer
 
-    assert AutoTokenizer.from_pretrained(str(out))("def add").input_ids == \
-        AutoTokenizer.from_pretrained(str(teacher))("def add").input_ids
+    assert (
+        AutoTokenizer.from_pretrained(str(out))("def add").input_ids
+        == AutoTokenizer.from_pretrained(str(teacher))("def add").input_ids
+    )
     state = json.loads(Path(os.environ["BOOMERANG_STATE"]).read_text())
     assert state["student"] == str(out.resolve()) and state["teacher"] == str(teacher.resolve())
 
@@ -325,8 +343,19 @@ def test_dry_run_of_a_gguf_teacher_converts_nothing(tmp_path):
 def test_json_output(teachers, tmp_path):
     r = invoke("init-student", teachers["gpt_neox"], "-o", tmp_path / "s", "--json")
     data = json.loads(r.stdout)
-    assert set(data) >= {"output", "teacher", "kept", "pruned", "num_teacher_layers", "num_student_layers",
-                         "blocks", "num_patchable_blocks", "num_params", "teacher_params", "dry_run"}
+    assert set(data) >= {
+        "output",
+        "teacher",
+        "kept",
+        "pruned",
+        "num_teacher_layers",
+        "num_student_layers",
+        "blocks",
+        "num_patchable_blocks",
+        "num_params",
+        "teacher_params",
+        "dry_run",
+    }
     assert data["pruned"] == [1, 3] and data["num_patchable_blocks"] == 2
     assert data["output"] == str(tmp_path / "s")
 
@@ -336,8 +365,9 @@ def test_dtype_bf16(teachers, tmp_path):
     invoke("init-student", teachers["phi3"], "-o", out, "--dtype", "bf16")
     w, t = ModelWeights(out), ModelWeights(teachers["phi3"])
     assert {w.info(k).dtype for k in w.keys()} == {"BF16"}
-    assert torch.equal(w.read("model.layers.1.mlp.down_proj.weight"),
-                       t.read("model.layers.2.mlp.down_proj.weight").to(torch.bfloat16))
+    assert torch.equal(
+        w.read("model.layers.1.mlp.down_proj.weight"), t.read("model.layers.2.mlp.down_proj.weight").to(torch.bfloat16)
+    )
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     from transformers import AutoModelForCausalLM
 
@@ -413,8 +443,9 @@ def test_bad_models(teachers, tmp_path):
     assert_refused(invoke("init-student", tmp_path / "nope", "-o", out, ok=False), "no such file or directory")
     assert_refused(invoke("init-student", "not a model!", "-o", out, ok=False), "not a local directory")
     bert = tmp_path / "bert"
-    BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=6, num_attention_heads=4, intermediate_size=64,
-                               vocab_size=512)).save_pretrained(str(bert))
+    BertForMaskedLM(
+        BertConfig(hidden_size=32, num_hidden_layers=6, num_attention_heads=4, intermediate_size=64, vocab_size=512)
+    ).save_pretrained(str(bert))
     assert_refused(invoke("init-student", bert, "-o", out, ok=False), "not a causal language model")
     assert not out.exists()
 

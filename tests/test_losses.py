@@ -51,9 +51,17 @@ def _direct(h, W, b, ht, Wt, labels, T, cap):
 def test_ce_and_kl_match_direct_computation_with_gradients(T, cap):
     h, W, b, ht, Wt, labels = _case()
     ce_c, kl_c = 0.9, 0.1 * T * T
-    loss, ce, kl = head_losses(h, labels, LogitHead(W, b, 1.0, cap), teacher_hidden=ht,
-                               teacher=LogitHead(Wt, None, 1.0, cap), ce_coef=ce_c, kl_coef=kl_c,
-                               temperature=T, chunk=5)
+    loss, ce, kl = head_losses(
+        h,
+        labels,
+        LogitHead(W, b, 1.0, cap),
+        teacher_hidden=ht,
+        teacher=LogitHead(Wt, None, 1.0, cap),
+        ce_coef=ce_c,
+        kl_coef=kl_c,
+        temperature=T,
+        chunk=5,
+    )
     ce_r, kl_r = _direct(h, W, b, ht, Wt, labels, T, cap)
     torch.testing.assert_close(ce, ce_r.detach(), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(kl, kl_r.detach(), rtol=1e-5, atol=1e-4)
@@ -72,11 +80,13 @@ def test_scale_transform_and_single_terms():
     torch.testing.assert_close(ce, F.cross_entropy(z, labels, ignore_index=-100, reduction="sum").detach())
     assert kl.item() == 0.0
     g = torch.autograd.grad(loss, W)[0]
-    torch.testing.assert_close(g, torch.autograd.grad(F.cross_entropy(z, labels, reduction="sum"), W)[0],
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        g, torch.autograd.grad(F.cross_entropy(z, labels, reduction="sum"), W)[0], rtol=1e-4, atol=1e-5
+    )
     # KL only: the CE coefficient 0 switches CE's gradient off.
-    loss, _, kl = head_losses(h, labels, LogitHead(W, None), teacher_hidden=ht, teacher=LogitHead(Wt, None),
-                              ce_coef=0.0, kl_coef=1.0)
+    loss, _, kl = head_losses(
+        h, labels, LogitHead(W, None), teacher_hidden=ht, teacher=LogitHead(Wt, None), ce_coef=0.0, kl_coef=1.0
+    )
     torch.testing.assert_close(loss, kl)
 
 
@@ -84,8 +94,16 @@ def test_chunked_equals_unchunked():
     h, W, b, ht, Wt, labels = _case(seed=1, N=50)
     outs, grads = [], []
     for chunk in (1, 7, 50, 1000):
-        loss, ce, kl = head_losses(h, labels, LogitHead(W, b), teacher_hidden=ht, teacher=LogitHead(Wt, None),
-                                   ce_coef=1.0, kl_coef=0.1, chunk=chunk)
+        loss, ce, kl = head_losses(
+            h,
+            labels,
+            LogitHead(W, b),
+            teacher_hidden=ht,
+            teacher=LogitHead(Wt, None),
+            ce_coef=1.0,
+            kl_coef=0.1,
+            chunk=chunk,
+        )
         outs.append(torch.stack([loss, ce, kl]).detach())
         grads.append(torch.autograd.grad(loss, [h, W, b]))
     for o, g in zip(outs[1:], grads[1:]):
@@ -171,10 +189,12 @@ def _reference_loss(student, teacher, plan, ids, labels, mask, w: LossWeights):
     p = F.softmax(to.logits[mask] / T, -1)
     kl = (p * (torch.log(p) - F.log_softmax(so.logits[mask] / T, -1))).sum(-1).mean()
     pairs = plan.aligned_teacher_hidden()
-    cos = torch.stack([
-        (1 - F.cosine_similarity(so.hidden_states[i][mask], to.hidden_states[j][mask], dim=-1)).mean()
-        for i, j in enumerate(pairs)
-    ])
+    cos = torch.stack(
+        [
+            (1 - F.cosine_similarity(so.hidden_states[i][mask], to.hidden_states[j][mask], dim=-1)).mean()
+            for i, j in enumerate(pairs)
+        ]
+    )
     return w.ce * ce + w.kl * T * T * kl + w.cosine / len(pairs) * cos.sum(), ce, kl, cos.mean()
 
 
@@ -192,8 +212,16 @@ def test_student_loss_is_the_spec_formula(model_type):
     labels[:, -1] = -100
     labels[0, 3] = -100  # a document boundary
     t = Teacher(teacher, lp, plan.aligned_teacher_hidden(), keep_hidden=True)
-    model = DistillStudent(student, lp, ce_weight=w.ce, kl_weight=w.kl, cos_weight=w.cosine,
-                           temperature=w.temperature, teacher_head=t.head, chunk=3)
+    model = DistillStudent(
+        student,
+        lp,
+        ce_weight=w.ce,
+        kl_weight=w.kl,
+        cos_weight=w.cosine,
+        temperature=w.temperature,
+        teacher_head=t.head,
+        chunk=3,
+    )
     t_out = t(ids, mask.long())
     n_ce, n_tok = int((labels != -100).sum()), int(mask.sum())
     out = model(ids, labels, mask, mask.long(), t_out.final, t_out.aligned, n_ce, n_tok)

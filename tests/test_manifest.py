@@ -38,8 +38,12 @@ def family(tmp_path_factory):
     every = achievable(pair, "first-last")
     from boomerang_cli.family import parse_size_targets
 
-    picks = select(every[1:-1], sizes=parse_size_targets(f"{every[1].num_params},{every[-2].num_params}"),
-                   student_params=every[0].num_params, teacher_params=every[-1].num_params)
+    picks = select(
+        every[1:-1],
+        sizes=parse_size_targets(f"{every[1].num_params},{every[-2].num_params}"),
+        student_params=every[0].num_params,
+        teacher_params=every[-1].num_params,
+    )
     res = build_family(pair, picks, root / "fam", order="first-last")
     return res.manifest_path, dry_run_json(pair, "first-last", every, picks)
 
@@ -92,13 +96,29 @@ def _data_paths(data, prefix: str, out: set[str], free: tuple[str, ...]) -> None
 def test_schema_documents_every_field_written(family):
     path, _ = family
     data = json.loads(path.read_text())
-    data["baselines"] = [{"name": "shortgpt-4L", "method": "shortgpt", "num_layers": 4, "num_params": 1,
-                          "teacher_layers": [0, 1, 2, 5], "metrics": {}}]
+    data["baselines"] = [
+        {
+            "name": "shortgpt-4L",
+            "method": "shortgpt",
+            "num_layers": 4,
+            "num_params": 1,
+            "teacher_layers": [0, 1, 2, 5],
+            "metrics": {},
+        }
+    ]
     VALIDATOR.validate(data)
-    free = ("teacher.metrics", "student.metrics", "members[].metrics", "members[].files", "members[].sizes",
-            "teacher.identity", "student.identity",
-            "baselines[].metrics",
-            "order.calibration", "order.steps")
+    free = (
+        "teacher.metrics",
+        "student.metrics",
+        "members[].metrics",
+        "members[].files",
+        "members[].sizes",
+        "teacher.identity",
+        "student.identity",
+        "baselines[].metrics",
+        "order.calibration",
+        "order.steps",
+    )
     written: set[str] = set()
     _data_paths(data, "", written, free)
     documented: set[str] = set()
@@ -113,18 +133,21 @@ def test_schema_documents_every_field_written(family):
     assert set(SCHEMA["$defs"]["model"]["required"]) == set(data["teacher"]) - {"identity"}
 
 
-@pytest.mark.parametrize("break_it", [
-    lambda d: d.pop("members"),
-    lambda d: d.update(schema_version=4),
-    lambda d: d.update(format="something-else"),
-    lambda d: d["members"][0].update(num_params="12M"),
-    lambda d: d["members"][0].update(layers=[["teacher", 0, 1]]),
-    lambda d: d["members"][0].update(embed_from="other"),
-    lambda d: d["members"][0]["files"].update({"model.safetensors": "md5:abc"}),
-    lambda d: d["teacher"].pop("fingerprint"),
-    lambda d: d.update(created="yesterday"),
-    lambda d: d["plan"].update(blocks=[[0, 2, 4]]),
-])
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        lambda d: d.pop("members"),
+        lambda d: d.update(schema_version=4),
+        lambda d: d.update(format="something-else"),
+        lambda d: d["members"][0].update(num_params="12M"),
+        lambda d: d["members"][0].update(layers=[["teacher", 0, 1]]),
+        lambda d: d["members"][0].update(embed_from="other"),
+        lambda d: d["members"][0]["files"].update({"model.safetensors": "md5:abc"}),
+        lambda d: d["teacher"].pop("fingerprint"),
+        lambda d: d.update(created="yesterday"),
+        lambda d: d["plan"].update(blocks=[[0, 2, 4]]),
+    ],
+)
 def test_schema_rejects_broken_manifests(family, break_it):
     path, _ = family
     data = copy.deepcopy(json.loads(path.read_text()))
@@ -149,13 +172,16 @@ def test_round_trip_and_unknown_fields(family, tmp_path):
     assert FamilyManifest.read(tmp_path).members[0].metrics == {"arc_easy": {"acc": 0.5}}
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda d: d.update(schema_version=4), "schema version 4"),
-    (lambda d: d.pop("format"), "not a boomerang family manifest"),
-    (lambda d: d.pop("teacher"), "malformed manifest"),
-    (lambda d: d["members"][0].pop("name"), "malformed manifest"),
-    (lambda d: d["plan"].update(kept=[1, 2]), "invalid plan"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda d: d.update(schema_version=4), "schema version 4"),
+        (lambda d: d.pop("format"), "not a boomerang family manifest"),
+        (lambda d: d.pop("teacher"), "malformed manifest"),
+        (lambda d: d["members"][0].pop("name"), "malformed manifest"),
+        (lambda d: d["plan"].update(kept=[1, 2]), "invalid plan"),
+    ],
+)
 def test_reader_errors_are_one_line_and_name_the_fix(family, tmp_path, edit, match):
     path, _ = family
     data = json.loads(path.read_text())
@@ -186,8 +212,17 @@ def test_schema_1_is_read_and_perplexity_rekeyed(family, tmp_path):
     """A version-1 manifest kept one perplexity per data key; it is migrated, nothing lost."""
     path, _ = family
     data = json.loads(path.read_text())
-    old = {"nll": 2.0, "ppl": 7.389, "tokens": 4000, "seq_len": 128, "blocks": 32, "data_fingerprint": "sha256:ab",
-           "trunk": True, "dtype": "float32", "evaluated": "2026-11-28T05:30:48Z"}
+    old = {
+        "nll": 2.0,
+        "ppl": 7.389,
+        "tokens": 4000,
+        "seq_len": 128,
+        "blocks": 32,
+        "data_fingerprint": "sha256:ab",
+        "trunk": True,
+        "dtype": "float32",
+        "evaluated": "2026-11-28T05:30:48Z",
+    }
     v1 = copy.deepcopy(data)
     v1["schema_version"] = 1
     v1["members"][0]["metrics"] = {"perplexity": {"stdlib:validation": old}, "tasks": {"arc_easy": {"acc": 0.5}}}
@@ -214,12 +249,19 @@ def test_schema_2_records_of_text_sources_are_keyed_apart(family, tmp_path):
     v2["schema_version"] = 2
     base = {"nll": 2.0, "ppl": 7.389, "tokens": 4000, "seq_len": 128, "bos": False, "dtype": "float32"}
     datas = ["stdlib:validation", "notes.txt:validation", "corpus/+rows.jsonl:train", "hf:org/x:all", "org/x:all"]
-    v2["members"][0]["metrics"] = {"perplexity": {perplexity_key(dict(base, data=d)): dict(base, data=d)
-                                                  for d in datas}}
+    v2["members"][0]["metrics"] = {
+        "perplexity": {perplexity_key(dict(base, data=d)): dict(base, data=d) for d in datas}
+    }
     records = FamilyManifest.from_json(v2).members[0].metrics["perplexity"]
     rules = {r["data"]: (r["split_rule"], k.endswith("|split_rule=1")) for k, r in records.items()}
-    assert rules == {"stdlib:validation": (2, False), "notes.txt:validation": (1, True),
-                     "corpus/+rows.jsonl:train": (1, True), "hf:org/x:all": (2, False), "org/x:all": (1, True)}
+    assert rules == {
+        "stdlib:validation": (2, False),
+        "notes.txt:validation": (1, True),
+        "corpus/+rows.jsonl:train": (1, True),
+        "hf:org/x:all": (2, False),
+        "org/x:all": (1, True),
+    }
     fresh = dict(base, data="notes.txt:validation", split_rule=2, window="packed")
     assert perplexity_key(fresh) not in records and perplexity_key(dict(fresh, window="rolling")).endswith(
-        "|window=rolling")
+        "|window=rolling"
+    )

@@ -13,8 +13,18 @@ import torch
 import torch.nn.functional as F
 
 from boomerang_cli.arch import ModelInfo
-from boomerang_cli.data import (BlockStream, check_weights, collate, docstrings, load_all_documents,
-                                load_documents, mixed_documents, parse_weights, split_of, stdlib_files)
+from boomerang_cli.data import (
+    BlockStream,
+    check_weights,
+    collate,
+    docstrings,
+    load_all_documents,
+    load_documents,
+    mixed_documents,
+    parse_weights,
+    split_of,
+    stdlib_files,
+)
 from boomerang_cli.distill import DistillConfig, distill
 from boomerang_cli.distill.members import MemberDraw, MemberModels
 from boomerang_cli.errors import BoomerangError, DataError
@@ -52,7 +62,7 @@ def test_weights_hold_each_sources_share_of_characters_and_every_source_is_read_
     from_a = [d for d in mixed if d.startswith("alpha")]
     assert from_a == docs_a
     from_b = [d for d in mixed if d.startswith("beta")]
-    assert len(from_b) > len(docs_b) and from_b == (docs_b * 10)[:len(from_b)]
+    assert len(from_b) > len(docs_b) and from_b == (docs_b * 10)[: len(from_b)]
     # At every point the shares stay within one document of 3:1.
     longest = max(map(len, docs_a + docs_b))
     read = {"alpha": 0, "beta": 0}
@@ -119,7 +129,7 @@ def test_resumed_stream_with_shuffle_and_weights_continues_exactly(tmp_path):
     assert positions[-1].epoch >= 2
     for k in (7, 150, 399 - 20):
         resumed = iter(BlockStream(docs, tok, 16, repeat=True, position=positions[k]))
-        for want in blocks[k + 1:k + 20]:
+        for want in blocks[k + 1 : k + 20]:
             got = next(resumed)
             assert torch.equal(got.input_ids, want.input_ids) and torch.equal(got.labels, want.labels)
 
@@ -192,8 +202,7 @@ def test_a_member_over_shared_parameters_computes_what_its_composition_does(tmp_
         if hasattr(want.config, "layer_types"):
             assert built.config.layer_types == want.config.layer_types
         with torch.no_grad():
-            torch.testing.assert_close(built(input_ids=ids).logits, want(input_ids=ids).logits,
-                                       rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(built(input_ids=ids).logits, want(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
 
 
 def _oracle_loss(member_model, teacher, plan: Plan, member: Member, ids, labels) -> float:
@@ -203,8 +212,15 @@ def _oracle_loss(member_model, teacher, plan: Plan, member: Member, ids, labels)
         m = member_model(input_ids=ids, output_hidden_states=True)
     n = labels.numel()
     ce = F.cross_entropy(m.logits.reshape(n, -1), labels.reshape(-1), ignore_index=-100)
-    kl = F.kl_div(F.log_softmax(m.logits, -1).reshape(n, -1), F.log_softmax(t.logits, -1).reshape(n, -1),
-                  log_target=True, reduction="sum") / n
+    kl = (
+        F.kl_div(
+            F.log_softmax(m.logits, -1).reshape(n, -1),
+            F.log_softmax(t.logits, -1).reshape(n, -1),
+            log_target=True,
+            reduction="sum",
+        )
+        / n
+    )
     starts, at = [], 0
     for b in plan.blocks:
         starts.append(at)
@@ -222,8 +238,21 @@ def test_a_member_step_trains_the_member_against_the_teacher(tmp_path):
     corpus = _corpus(tmp_path / "c.jsonl", 300, "the fox jumps")
     plan = Plan.from_keep(7, [0, 2, 3, 5])
     out = tmp_path / "out"
-    distill(DistillConfig(teacher=str(teacher), student=sdir, output=out, data=[str(corpus)], seq_len=16,
-                          batch_size=2, steps=3, lr=1e-2, mix=1.0, seed=4, save_every=0))
+    distill(
+        DistillConfig(
+            teacher=str(teacher),
+            student=sdir,
+            output=out,
+            data=[str(corpus)],
+            seq_len=16,
+            batch_size=2,
+            steps=3,
+            lr=1e-2,
+            mix=1.0,
+            seed=4,
+            save_every=0,
+        )
+    )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     draws = [MemberDraw(1.0, 4, plan).at(s) for s in range(3)]
     assert [r["trained"] for r in rows] == ["member"] * 3
@@ -234,8 +263,7 @@ def test_a_member_step_trains_the_member_against_the_teacher(tmp_path):
     tok = load_tokenizer(teacher)
     stream = BlockStream(lambda e: mixed_documents([str(corpus)]), tok, 16, repeat=True)
     ids, labels, _ = collate(list(itertools.islice(stream, 2)))
-    want = _oracle_loss(model_from_composition(draws[0].composition(infos)), load(teacher), plan, draws[0], ids,
-                        labels)
+    want = _oracle_loss(model_from_composition(draws[0].composition(infos)), load(teacher), plan, draws[0], ids, labels)
     assert rows[0]["loss"] == pytest.approx(want, rel=1e-4)
 
 
@@ -248,8 +276,9 @@ def test_gradients_reach_only_the_student_layers_a_member_runs(tmp_path):
     plan = Plan.from_keep(7, [0, 2, 3, 5])
     path = infos["teacher"].arch.layers_path
     teacher = Teacher(t, path, plan.aligned_teacher_hidden(), keep_hidden=True)
-    model = DistillStudent(s, path, ce_weight=1.0, kl_weight=0.1, cos_weight=2.0, temperature=1.0,
-                           teacher_head=teacher.head)
+    model = DistillStudent(
+        s, path, ce_weight=1.0, kl_weight=0.1, cos_weight=2.0, temperature=1.0, teacher_head=teacher.head
+    )
     model.members = MemberModels.of_pair(s, t, infos["teacher"], infos["student"], plan)
     ids = sample_ids(2, 16)
     labels = torch.roll(ids, -1, dims=1)
@@ -276,8 +305,7 @@ def test_mix_0_builds_no_member_and_logs_as_before(tmp_path, monkeypatch):
         raise AssertionError("--mix 0 must not build a member")
 
     monkeypatch.setattr(MemberModels, "build", no_member)
-    base = dict(teacher=str(teacher), data=[str(corpus)], seq_len=16, batch_size=2, steps=3, lr=3e-3,
-                save_every=0)
+    base = dict(teacher=str(teacher), data=[str(corpus)], seq_len=16, batch_size=2, steps=3, lr=3e-3, save_every=0)
     distill(DistillConfig(output=tmp_path / "a", mix=0.0, **base))
     distill(DistillConfig(output=tmp_path / "b", **base))  # the paper recipe's --mix: 0
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
@@ -291,8 +319,9 @@ def test_bad_mix_is_refused_before_any_work(tmp_path):
     with pytest.raises(BoomerangError, match=r"--mix must be a probability in \[0, 1\]"):
         distill(DistillConfig(teacher=str(teacher), output=tmp_path / "o", mix=1.5, steps=1))
     with pytest.raises(BoomerangError, match="--fsdp/--shard cannot shard"):
-        distill(DistillConfig(teacher=str(teacher), output=tmp_path / "o", mix=0.5, steps=1,
-                              shard=["student", "teacher"]))
+        distill(
+            DistillConfig(teacher=str(teacher), output=tmp_path / "o", mix=0.5, steps=1, shard=["student", "teacher"])
+        )
     assert not (tmp_path / "o").exists()
 
 
@@ -302,8 +331,21 @@ def test_member_steps_under_gradient_checkpointing_change_nothing(tmp_path):
     losses = {}
     for ckpt in (False, True):
         out = tmp_path / f"ckpt-{ckpt}"
-        distill(DistillConfig(teacher=str(teacher), output=out, data=[str(corpus)], seq_len=16, batch_size=2,
-                              steps=4, lr=3e-3, mix=1.0, seed=2, save_every=0, gradient_checkpointing=ckpt))
+        distill(
+            DistillConfig(
+                teacher=str(teacher),
+                output=out,
+                data=[str(corpus)],
+                seq_len=16,
+                batch_size=2,
+                steps=4,
+                lr=3e-3,
+                mix=1.0,
+                seed=2,
+                save_every=0,
+                gradient_checkpointing=ckpt,
+            )
+        )
         losses[ckpt] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(losses[False]) == 4
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)

@@ -25,9 +25,7 @@ def synthetic_scorer(plan: Plan, seed: int = 0):
 
     def kl(m: Member) -> float:
         missing = [b for b in range(n) if b not in m.teacher_blocks]
-        return sum(single[b] for b in missing) + sum(
-            pair[(i, j)] for i, j in itertools.combinations(missing, 2)
-        ) + 5.0
+        return sum(single[b] for b in missing) + sum(pair[(i, j)] for i, j in itertools.combinations(missing, 2)) + 5.0
 
     def scorer(members):
         calls.extend(members)
@@ -127,11 +125,15 @@ def test_dp_subsets_are_exhaustive_for_additive_costs(plan, seed):
     n = plan.num_student_layers
     cost = [random.Random(seed).uniform(-0.5, 1.0) for _ in range(n)]
     got = dp_subsets(plan, cost)
-    for size in {Member(plan, frozenset(s)).num_layers for r in range(n + 1)
-                 for s in itertools.combinations(range(n), r)}:
-        brute = min(sum(cost[b] for b in range(n) if b not in s)
-                    for r in range(n + 1) for s in itertools.combinations(range(n), r)
-                    if Member(plan, frozenset(s)).num_layers == size)
+    for size in {
+        Member(plan, frozenset(s)).num_layers for r in range(n + 1) for s in itertools.combinations(range(n), r)
+    }:
+        brute = min(
+            sum(cost[b] for b in range(n) if b not in s)
+            for r in range(n + 1)
+            for s in itertools.combinations(range(n), r)
+            if Member(plan, frozenset(s)).num_layers == size
+        )
         from_student = got[size]
         assert Member(plan, frozenset(range(n)) - from_student).num_layers == size
         assert sum(cost[b] for b in from_student) == pytest.approx(brute)

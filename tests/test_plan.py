@@ -83,8 +83,13 @@ def test_invalid_plans(L, kept, words):
 
 @pytest.mark.parametrize(
     ("flags", "words"),
-    [((6, 0, 2, 2), "--keep-first"), ((6, 1, 1, 2), "--every"), ((6, 1, 2, -1), "--keep-last"),
-     ((6, 5, 2, 2), "prunes nothing"), ((4, 1, 2, 4), "prunes nothing")],
+    [
+        ((6, 0, 2, 2), "--keep-first"),
+        ((6, 1, 1, 2), "--every"),
+        ((6, 1, 2, -1), "--keep-last"),
+        ((6, 5, 2, 2), "prunes nothing"),
+        ((4, 1, 2, 4), "prunes nothing"),
+    ],
 )
 def test_invalid_paper_flags(flags, words):
     with pytest.raises(PlanError, match=words):

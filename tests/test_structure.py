@@ -98,9 +98,11 @@ def test_no_import_circle():
 
 
 def test_the_core_never_imports_the_cli():
-    bad = {m: sorted(t for t in deps if t == "boomerang_cli.cli" or t.startswith("boomerang_cli.cli."))
-           for m, deps in _graph().items()
-           if not (m == "boomerang_cli.cli" or m.startswith("boomerang_cli.cli.")) and m not in ENTRY_POINTS}
+    bad = {
+        m: sorted(t for t in deps if t == "boomerang_cli.cli" or t.startswith("boomerang_cli.cli."))
+        for m, deps in _graph().items()
+        if not (m == "boomerang_cli.cli" or m.startswith("boomerang_cli.cli.")) and m not in ENTRY_POINTS
+    }
     assert {m: d for m, d in bad.items() if d} == {}
 
 
@@ -111,15 +113,20 @@ def test_modules_stay_small():
 
 def _body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
     body = fn.body
-    doc = isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(
-        body[0].value.value, str)
+    doc = (
+        isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+        and isinstance(body[0].value.value, str)
+    )
     first = body[1] if doc and len(body) > 1 else body[0]
     return (fn.end_lineno or first.lineno) - first.lineno + 1
 
 
 def _is_command(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    return any(isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "command"
-               for d in fn.decorator_list)
+    return any(
+        isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "command"
+        for d in fn.decorator_list
+    )
 
 
 def _long_functions() -> dict[str, int]:
@@ -177,16 +184,31 @@ def test_help_version_and_flag_errors_import_no_torch():
     cases = [["--help"], ["--version"], ["distill", "--steps", "many"], ["family", "--no-such-flag"]]
     cases += [[c, "--help"] for c in commands]
     for argv in cases:
-        run = subprocess.run([sys.executable, "-c", _PROBE.format(heavy=HEAVY), *argv], env=env,
-                             capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, "-c", _PROBE.format(heavy=HEAVY), *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         code, heavy = json.loads(run.stderr.strip().splitlines()[-1])
         assert (code, heavy) == (2 if argv[-1] in ("many", "--no-such-flag") else 0, []), argv
 
 
 def test_demo_has_no_pipeline_steps_of_its_own():
     """The demo calls the commands' entry points; the family's steps live in family.run.make_family only."""
-    steps = {"open_pair", "build_family", "write_family", "calibrated_search", "select", "candidates", "achievable",
-             "order_candidates", "calibration_for", "check_output"}
+    steps = {
+        "open_pair",
+        "build_family",
+        "write_family",
+        "calibrated_search",
+        "select",
+        "candidates",
+        "achievable",
+        "order_candidates",
+        "calibration_for",
+        "check_output",
+    }
     for name in ("boomerang_cli.demo", "boomerang_cli.cli.demo", "boomerang_cli.cli.family"):
         tree = ast.parse(_modules()[name].read_text())
         used = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
@@ -194,4 +216,5 @@ def test_demo_has_no_pipeline_steps_of_its_own():
         assert used & steps == set(), name
     run = ast.parse(_modules()["boomerang_cli.family.run"].read_text())
     assert {"open_pair", "calibrated_search", "select", "write_family"} <= {
-        n.id for n in ast.walk(run) if isinstance(n, ast.Name)}
+        n.id for n in ast.walk(run) if isinstance(n, ast.Name)
+    }

@@ -12,9 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from boomerang_cli.errors import BoomerangError, OutputExistsError
 from boomerang_cli.atomic import atomic_dir, atomic_write_text, check_output_dir
-from boomerang_cli.tensors import (
-    INDEX_FILE, SINGLE_FILE, ModelWeights, OutTensor, parse_dtype, write_safetensors,
-)
+from boomerang_cli.tensor_writer import OutTensor, write_safetensors
+from boomerang_cli.tensors import INDEX_FILE, SINGLE_FILE, ModelWeights, parse_dtype
 from boomerang_cli.units import parse_size
 
 from .common import load, logits, make_model, sample_ids, save_model
@@ -128,8 +127,11 @@ def test_sharded_write_loads_with_from_pretrained(llama_dir, tmp_path):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
 def test_dtype_conversion(tmp_path, dtype):
     g = torch.Generator().manual_seed(3)
-    ref = {"big": torch.randn(300, 70, generator=g), "small": torch.randn(5, generator=g),
-           "bf": torch.randn(9, 4, generator=g).to(torch.bfloat16)}
+    ref = {
+        "big": torch.randn(300, 70, generator=g),
+        "small": torch.randn(5, generator=g),
+        "bf": torch.randn(9, 4, generator=g).to(torch.bfloat16),
+    }
     (tmp_path / "src").mkdir()
     save_file(ref, str(tmp_path / "src" / SINGLE_FILE))
     w = ModelWeights(tmp_path / "src")
@@ -146,14 +148,14 @@ def test_dtype_conversion(tmp_path, dtype):
 def test_tensor_digests_match_the_files_and_hash_each_source_once(llama_dir, tmp_path, dtype, monkeypatch):
     """write_safetensors(digests=...): each weight file's sha256-tensors digest equals the one computed
     from the file alone; a second write of the same tensors (another member) reads no source again."""
-    from boomerang_cli import tensors
+    from boomerang_cli import tensor_writer
     from boomerang_cli.integrity import tensors_digest
 
     w = ModelWeights(llama_dir)
-    digests = tensors.TensorDigests()
+    digests = tensor_writer.TensorDigests()
     reads: list[int] = []
-    real = tensors.range_digest
-    monkeypatch.setattr(tensors, "range_digest", lambda *a: reads.append(a[2]) or real(*a))
+    real = tensor_writer.range_digest
+    monkeypatch.setattr(tensor_writer, "range_digest", lambda *a: reads.append(a[2]) or real(*a))
     results = []
     for shard, name in ((5 * 10**9, "one"), (parse_size("40kB"), "many"), (parse_size("40kB"), "again")):
         out = tmp_path / name
@@ -181,13 +183,13 @@ def test_tensor_digests_match_the_files_and_hash_each_source_once(llama_dir, tmp
 def test_dtype_conversion_in_small_chunks(tmp_path):
     # The converter streams a tensor in slices; a slice size that does not divide the
     # tensor must still give exactly the converted tensor.
-    from boomerang_cli import tensors
+    from boomerang_cli import tensor_writer
 
     t = torch.randn(1001, 13)
     save_file({"t": t}, str(tmp_path / SINGLE_FILE))
     info = ModelWeights(tmp_path).info("t")
     with open(tmp_path / "raw", "wb") as out:
-        tensors._convert_range(info, torch.bfloat16, out, chunk_bytes=4 * 997)
+        tensor_writer._convert_range(info, torch.bfloat16, out, chunk_bytes=4 * 997)
     raw = (tmp_path / "raw").read_bytes()
     got = torch.frombuffer(bytearray(raw), dtype=torch.bfloat16).reshape(1001, 13)
     assert torch.equal(got, t.to(torch.bfloat16))
@@ -256,8 +258,17 @@ def test_atomic_write_text(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("123", 123), ("5GB", 5 * 10**9), ("500MB", 500 * 10**6), ("40kB", 40_000), ("1.5G", 1_500_000_000),
-     ("2GiB", 2 * 2**30), ("10 MiB", 10 * 2**20), ("7b", 7), ("1TB", 10**12)],
+    [
+        ("123", 123),
+        ("5GB", 5 * 10**9),
+        ("500MB", 500 * 10**6),
+        ("40kB", 40_000),
+        ("1.5G", 1_500_000_000),
+        ("2GiB", 2 * 2**30),
+        ("10 MiB", 10 * 2**20),
+        ("7b", 7),
+        ("1TB", 10**12),
+    ],
 )
 def test_parse_size(text, size):
     assert parse_size(text) == size

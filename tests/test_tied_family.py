@@ -29,13 +29,26 @@ def corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "corpus.jsonl"
     with open(path, "w") as f:
         for i in range(200):
-            f.write(json.dumps({"text": f"The quick brown fox {i % 5} jumps. def add(a, b):\n    return a + b\n"}) + "\n")
+            f.write(
+                json.dumps({"text": f"The quick brown fox {i % 5} jumps. def add(a, b):\n    return a + b\n"}) + "\n"
+            )
     return path
 
 
 def _distill(teacher: Path, corpus: Path, out: Path, freeze: bool | None) -> Path:
-    distill(DistillConfig(teacher=str(teacher), output=out, data=[str(corpus)], seq_len=32, batch_size=2, steps=3,
-                          lr=1e-2, save_every=0, freeze_embeddings=freeze))
+    distill(
+        DistillConfig(
+            teacher=str(teacher),
+            output=out,
+            data=[str(corpus)],
+            seq_len=32,
+            batch_size=2,
+            steps=3,
+            lr=1e-2,
+            save_every=0,
+            freeze_embeddings=freeze,
+        )
+    )
     return out
 
 
@@ -65,8 +78,10 @@ def test_frozen_student_of_a_tied_teacher_gives_tied_members_between_the_ends(ar
     embed = t_info.arch.embed
     assert same_values(t_info.weights.info(t_info.tensor(embed)), s_info.weights.info(s_info.tensor(embed)))
     # ... while the layers did train.
-    assert not torch.equal(_tensors(student)[s_info.tensor(s_info.arch.layer_tensor(1, s_info.arch.layer_keys[0]))],
-                           _tensors(teacher)[t_info.tensor(t_info.arch.layer_tensor(2, t_info.arch.layer_keys[0]))])
+    assert not torch.equal(
+        _tensors(student)[s_info.tensor(s_info.arch.layer_tensor(1, s_info.arch.layer_keys[0]))],
+        _tensors(teacher)[t_info.tensor(t_info.arch.layer_tensor(2, t_info.arch.layer_keys[0]))],
+    )
 
     for order in ("first-last", "last-first"):
         pair, every, res = _family(teacher, student, tmp_path / f"fam-{order}", order)

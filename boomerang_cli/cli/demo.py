@@ -19,32 +19,56 @@ from .options import Json, Quiet
 def demo_cmd(
     output: Path = typer.Option(Path("demo"), "-o", "--output", help="Directory for everything the demo writes."),
     teacher: str = typer.Option(DemoConfig.teacher, "--teacher", help="Teacher (default: the embedded SmolLM2-135M)."),
-    data: List[str] = typer.Option(list(DemoConfig.data), "--data", help="Training text (as distill --data); "
-                                   "repeat for several."),
-    data_weights: Optional[str] = typer.Option(None, "--data-weights", help="Each --data source's share of the "
-                                               "training text, e.g. 1,1 (as distill --data-weights)."),
-    shuffle: bool = typer.Option(DemoConfig.shuffle, "--shuffle/--no-shuffle", help="Read training documents in "
-                                 "an order drawn from --seed (as distill --shuffle)."),
-    mix: Optional[float] = typer.Option(None, "--mix", help="Probability that a step trains a random member "
-                                        "(as distill --mix; default: the recipe's)."),
-    seed: int = typer.Option(DemoConfig.seed, "--seed", help="Seed of the document order and of the members "
-                             "--mix trains."),
+    data: List[str] = typer.Option(
+        list(DemoConfig.data), "--data", help="Training text (as distill --data); repeat for several."
+    ),
+    data_weights: Optional[str] = typer.Option(
+        None,
+        "--data-weights",
+        help="Each --data source's share of the training text, e.g. 1,1 (as distill --data-weights).",
+    ),
+    shuffle: bool = typer.Option(
+        DemoConfig.shuffle,
+        "--shuffle/--no-shuffle",
+        help="Read training documents in an order drawn from --seed (as distill --shuffle).",
+    ),
+    mix: Optional[float] = typer.Option(
+        None, "--mix", help="Probability that a step trains a random member (as distill --mix; default: the recipe's)."
+    ),
+    seed: int = typer.Option(
+        DemoConfig.seed, "--seed", help="Seed of the document order and of the members --mix trains."
+    ),
     steps: int = typer.Option(DemoConfig.steps, "--steps", help="Distillation steps."),
     seq_len: int = typer.Option(DemoConfig.seq_len, "--seq-len", help="Tokens per training sequence."),
     batch_size: int = typer.Option(DemoConfig.batch_size, "--batch-size", help="Training sequences per step."),
-    recipe: str = typer.Option(DemoConfig.recipe, "--recipe", help="Distillation recipe: short (tuned for small "
-                               "budgets, docs/results.md) or paper."),
-    order: str = typer.Option(DemoConfig.order, "--order", help="Patch order of the family: auto (per size the "
-                              "lowest calibration KL of kl-dp, first-last and last-first), kl-dp, first-last, "
-                              "last-first, kl-greedy or beam (docs/orders.md)."),
-    calib_samples: int = typer.Option(DemoConfig.calib_samples, "--calib-samples", help="Calibrated orders: "
-                                      "calibration sequences (train split of the distillation text)."),
-    calib_seq_len: int = typer.Option(DemoConfig.calib_seq_len, "--calib-seq-len", help="Calibrated orders: "
-                                      "tokens per calibration sequence."),
-    eval_tokens: int = typer.Option(DemoConfig.eval_tokens, "--eval-tokens", help="Held-out tokens for "
-                                    "perplexity, in each domain."),
-    prose_data: str = typer.Option(DEFAULT_PROSE, "--prose-data", help="English text (a file or directory, all "
-                                   "of it) the family is judged on beside the held-out code."),
+    recipe: str = typer.Option(
+        DemoConfig.recipe,
+        "--recipe",
+        help="Distillation recipe: short (tuned for small budgets, docs/results.md) or paper.",
+    ),
+    order: str = typer.Option(
+        DemoConfig.order,
+        "--order",
+        help="Patch order of the family: auto (per size the "
+        "lowest calibration KL of kl-dp, first-last and last-first), kl-dp, first-last, "
+        "last-first, kl-greedy or beam (docs/orders.md).",
+    ),
+    calib_samples: int = typer.Option(
+        DemoConfig.calib_samples,
+        "--calib-samples",
+        help="Calibrated orders: calibration sequences (train split of the distillation text).",
+    ),
+    calib_seq_len: int = typer.Option(
+        DemoConfig.calib_seq_len, "--calib-seq-len", help="Calibrated orders: tokens per calibration sequence."
+    ),
+    eval_tokens: int = typer.Option(
+        DemoConfig.eval_tokens, "--eval-tokens", help="Held-out tokens for perplexity, in each domain."
+    ),
+    prose_data: str = typer.Option(
+        DEFAULT_PROSE,
+        "--prose-data",
+        help="English text (a file or directory, all of it) the family is judged on beside the held-out code.",
+    ),
     no_prose: bool = typer.Option(False, "--no-prose", help="Judge on the held-out code only."),
     json_out: bool = Json,
     quiet: bool = Quiet,
@@ -61,11 +85,24 @@ def demo_cmd(
         from ..data.mix import parse_weights
         from ..demo import run_demo
 
-        cfg = DemoConfig(output=output, teacher=teacher, data=tuple(data), shuffle=shuffle, mix=mix, seed=seed,
-                         data_weights=tuple(parse_weights(data_weights)) if data_weights else None,
-                         steps=steps, seq_len=seq_len, batch_size=batch_size, recipe=recipe, order=order,
-                         calib_samples=calib_samples, calib_seq_len=calib_seq_len, eval_tokens=eval_tokens,
-                         prose_data=None if no_prose else prose_data)
+        cfg = DemoConfig(
+            output=output,
+            teacher=teacher,
+            data=tuple(data),
+            shuffle=shuffle,
+            mix=mix,
+            seed=seed,
+            data_weights=tuple(parse_weights(data_weights)) if data_weights else None,
+            steps=steps,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            recipe=recipe,
+            order=order,
+            calib_samples=calib_samples,
+            calib_seq_len=calib_seq_len,
+            eval_tokens=eval_tokens,
+            prose_data=None if no_prose else prose_data,
+        )
         cfg.check()
         with progress(not (json_out or quiet)) as bar:
             result = run_demo(cfg, bar)
@@ -83,8 +120,13 @@ def _render(result: DemoResult, json_out: bool) -> None:
         for col in ("model", "kind", "layers", "params", "perplexity"):
             t.add_column(col, justify="right" if col in ("layers", "params", "perplexity") else "left")
         for r in sorted(rows, key=lambda r: (r["kind"] == "baseline", r["num_layers"], r["name"])):
-            t.add_row(r["name"], r.get("method") or r["kind"], str(r["num_layers"]), human(r["num_params"]),
-                      f"{r['ppl']:.3f}" if r.get("ppl") is not None else "-")
+            t.add_row(
+                r["name"],
+                r.get("method") or r["kind"],
+                str(r["num_layers"]),
+                human(r["num_params"]),
+                f"{r['ppl']:.3f}" if r.get("ppl") is not None else "-",
+            )
         out_console.print(t)
     for c in result.checks:
         mark = Text("yes", style="green") if c.passed else Text("no", style="red")
@@ -92,6 +134,7 @@ def _render(result: DemoResult, json_out: bool) -> None:
     plots = ", ".join(result.plots.values()) if result.plots else result.plot
     out_console.print(
         f"student: {result.student}\nfamily:  {result.manifest}\nplots:   {plots}\n"
-        + "stages:  " + ", ".join(f"{k} {v} ({result.seconds.get(k, 0):.0f} s)" for k, v in result.stages.items()),
+        + "stages:  "
+        + ", ".join(f"{k} {v} ({result.seconds.get(k, 0):.0f} s)" for k, v in result.stages.items()),
         highlight=False,
     )

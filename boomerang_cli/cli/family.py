@@ -18,42 +18,75 @@ from .options import AllowPickle, Bos, Dtype, Json, MaxShardSize, Overwrite, Qui
 if TYPE_CHECKING:
     from ..family.run import FamilyRun
 
-ORDER_HELP = ("last-first: patch the last blocks first (head from the teacher); first-last: the "
-              "first blocks first (embeddings from the teacher); kl-greedy: at each step patch the block "
-              "whose member is closest to the teacher (KL on --calib-data); beam: the same keeping --beam "
-              "choices per size; kl-dp: each block scored once from each end, the best member of every size by dynamic "
-              "programming (linear cost); auto: per size the lowest-KL member of kl-dp, first-last and last-first. "
-              "See docs/orders.md.")
+ORDER_HELP = (
+    "last-first: patch the last blocks first (head from the teacher); first-last: the "
+    "first blocks first (embeddings from the teacher); kl-greedy: at each step patch the block "
+    "whose member is closest to the teacher (KL on --calib-data); beam: the same keeping --beam "
+    "choices per size; kl-dp: each block scored once from each end, the best member of every size by dynamic "
+    "programming (linear cost); auto: per size the lowest-KL member of kl-dp, first-last and last-first. "
+    "See docs/orders.md."
+)
+
 
 @app.command("family")
 def family_cmd(
     teacher: Optional[str] = typer.Argument(
-        None, help="Teacher: local dir, hub id[@rev], .gguf or builtin. Omitted: the one the student's boomerang.json names."),
+        None,
+        help="Teacher: local dir, hub id[@rev], .gguf or builtin. Omitted: the one the student's boomerang.json names.",
+    ),
     student: Optional[str] = typer.Argument(
-        None, help="Student (init-student/distill output, a reference-code student, or any model with --keep). "
-        "Omitted: the last student init-student/distill recorded here."),
+        None,
+        help="Student (init-student/distill output, a reference-code student, or any model with --keep). "
+        "Omitted: the last student init-student/distill recorded here.",
+    ),
     output: Optional[Path] = typer.Option(
-        None, "-o", "--output", help="Family directory (members + family.json). Default: <student>-family next to the student."),
+        None,
+        "-o",
+        "--output",
+        help="Family directory (members + family.json). Default: <student>-family next to the student.",
+    ),
     sizes: Optional[str] = typer.Option(
-        None, "--sizes", help="Target sizes, e.g. 2B,3.5B,500M (K/M/B/T): each picks the member with the closest parameter count."),
+        None,
+        "--sizes",
+        help="Target sizes, e.g. 2B,3.5B,500M (K/M/B/T): each picks the member with the closest parameter count.",
+    ),
     num: Optional[int] = typer.Option(None, "--num", help="N members evenly spaced along the order."),
     all_members: bool = typer.Option(False, "--all", help="Every member between student and teacher."),
     order: str = typer.Option(DEFAULT_ORDER, "--order", help=ORDER_HELP),
     calib_data: List[str] = typer.Option(
-        [], "--calib-data", help="calibrated orders: calibration text (same sources as distill; repeatable). "
-        "Default: the data the student was distilled on (its boomerang.json)."),
-    calib_samples: int = typer.Option(CalibrationSpec.samples, "--calib-samples", help="calibrated orders: calibration sequences (train split)."),
-    calib_seq_len: int = typer.Option(CalibrationSpec.seq_len, "--calib-seq-len", help="calibrated orders: tokens per calibration sequence."),
+        [],
+        "--calib-data",
+        help="calibrated orders: calibration text (same sources as distill; repeatable). "
+        "Default: the data the student was distilled on (its boomerang.json).",
+    ),
+    calib_samples: int = typer.Option(
+        CalibrationSpec.samples, "--calib-samples", help="calibrated orders: calibration sequences (train split)."
+    ),
+    calib_seq_len: int = typer.Option(
+        CalibrationSpec.seq_len, "--calib-seq-len", help="calibrated orders: tokens per calibration sequence."
+    ),
     bos: str = Bos,
-    beam: Optional[int] = typer.Option(None, "--beam", help=f"beam: choices kept per size (default {DEFAULT_BEAM}; "
-                                       "1 = kl-greedy)."),
-    device: str = typer.Option("auto", "--device", help="calibrated orders: where candidates are scored: auto (CUDA if "
-                               "available), cuda or cpu. Writing members never needs a GPU."),
+    beam: Optional[int] = typer.Option(
+        None, "--beam", help=f"beam: choices kept per size (default {DEFAULT_BEAM}; 1 = kl-greedy)."
+    ),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        help="calibrated orders: where candidates are scored: auto (CUDA if "
+        "available), cuda or cpu. Writing members never needs a GPU.",
+    ),
     keep: Optional[str] = typer.Option(
-        None, "--keep", help="The plan (teacher layers the student kept, e.g. 0,2,4,7,9,11) for a student "
-        "with no boomerang.json or student_config.json, e.g. gpt2 + distilgpt2."),
-    force: bool = typer.Option(False, "--force", help="Build even if the pair check fails on identity (fingerprint, "
-                               "architecture name); recorded in the manifest. Shape mismatches cannot be forced."),
+        None,
+        "--keep",
+        help="The plan (teacher layers the student kept, e.g. 0,2,4,7,9,11) for a student "
+        "with no boomerang.json or student_config.json, e.g. gpt2 + distilgpt2.",
+    ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Build even if the pair check fails on identity (fingerprint, "
+        "architecture name); recorded in the manifest. Shape mismatches cannot be forced.",
+    ),
     dtype: Optional[str] = Dtype,
     max_shard_size: str = MaxShardSize,
     overwrite: bool = Overwrite,
@@ -69,9 +102,29 @@ def family_cmd(
     """
     from ..family.run import FamilyRequest
 
-    req = FamilyRequest(teacher, student, output, sizes, num, all_members, order, split_list(calib_data),
-                        calib_samples, calib_seq_len, bos, beam, device, keep, force, dtype, max_shard_size,
-                        overwrite, dry_run, allow_pickle, trust_remote_code)
+    req = FamilyRequest(
+        teacher,
+        student,
+        output,
+        sizes,
+        num,
+        all_members,
+        order,
+        split_list(calib_data),
+        calib_samples,
+        calib_seq_len,
+        bos,
+        beam,
+        device,
+        keep,
+        force,
+        dtype,
+        max_shard_size,
+        overwrite,
+        dry_run,
+        allow_pickle,
+        trust_remote_code,
+    )
     with handle_errors():
         from ..family.run import make_family
         from ..state import record
@@ -79,8 +132,9 @@ def family_cmd(
         with progress(not (json_out or quiet)) as bar:
             run = make_family(req, bar)
         if run.result is not None:
-            remember_warning = record([*run.pair.inputs.items(), ("family", run.result.manifest_path.parent)],
-                                      family=run.result.manifest_path)
+            remember_warning = record(
+                [*run.pair.inputs.items(), ("family", run.result.manifest_path.parent)], family=run.result.manifest_path
+            )
             if remember_warning:
                 say(f"warning: {remember_warning}", err_console)
     _render(run, json_out)
@@ -91,8 +145,11 @@ def _render(run: FamilyRun, json_out: bool) -> None:
     from ..family import dry_run_json
 
     if json_out:
-        emit_json(dry_run_json(run.pair, run.order, run.every, run.picks) if run.result is None
-                  else run.result.manifest.to_json())
+        emit_json(
+            dry_run_json(run.pair, run.order, run.every, run.picks)
+            if run.result is None
+            else run.result.manifest.to_json()
+        )
         for note in run.pair.notes if run.result is None else run.result.notes:
             err_console.print(f"note: {note}", highlight=False, markup=False, emoji=False)
         return
@@ -119,8 +176,10 @@ def _src(c) -> str:
     return f"{c.member.embed_from[0].upper()}/{c.member.head_from[0].upper()}"
 
 
-LEGEND = ("blocks: student-layer indices of the plan; emb/head: where embeddings / final norm + head "
-          "come from (S student, T teacher), saved untied when they differ")
+LEGEND = (
+    "blocks: student-layer indices of the plan; emb/head: where embeddings / final norm + head "
+    "come from (S student, T teacher), saved untied when they differ"
+)
 
 
 def _table(title: str, columns: list[tuple[str, str]]) -> Table:
@@ -135,16 +194,23 @@ def _search_line(info, reused: bool) -> None:
     if not info.steps:
         return
     cal = info.calibration or {}
-    how = ("reused from the family's manifest" if reused
-           else f"{cal.get('evaluated', '?')} members scored in {cal.get('seconds', 0):.0f} s")
+    how = (
+        "reused from the family's manifest"
+        if reused
+        else f"{cal.get('evaluated', '?')} members scored in {cal.get('seconds', 0):.0f} s"
+    )
     width = f", beam {info.beam}" if info.beam else ""
-    out_console.print(f"{info.method} search{width}: KL to the teacher on {cal.get('key')} "
-                      f"({cal.get('tokens', 0):,} tokens); {how}", highlight=False)
+    out_console.print(
+        f"{info.method} search{width}: KL to the teacher on {cal.get('key')} ({cal.get('tokens', 0):,} tokens); {how}",
+        highlight=False,
+    )
 
 
 def _kl(info, c) -> str:
     for step in info.steps:
-        if step.get("num_layers") == c.member.num_layers and step.get("teacher_blocks") == sorted(c.member.teacher_blocks):
+        if step.get("num_layers") == c.member.num_layers and step.get("teacher_blocks") == sorted(
+            c.member.teacher_blocks
+        ):
             return f"{step['kl']:.4f}"
     return ""
 
@@ -153,12 +219,20 @@ def _dry_table(pair, info, every, picks, teacher: str, student: str) -> None:
     from ..family import format_params
 
     chosen = {p.name: p for p in picks}
-    cols = [("name", "left"), ("layers", "right"), ("params", "right"), ("teacher blocks", "left"),
-            ("student blocks", "left"), ("emb/head", "left")]
+    cols = [
+        ("name", "left"),
+        ("layers", "right"),
+        ("params", "right"),
+        ("teacher blocks", "left"),
+        ("student blocks", "left"),
+        ("emb/head", "left"),
+    ]
     if info.steps:
         cols.append(("KL", "right"))
-    t = _table(f"{info.method} family of {_short(teacher)} + {_short(student)} (dry run, nothing written)",
-               cols + [("chosen", "left")])
+    t = _table(
+        f"{info.method} family of {_short(teacher)} + {_short(student)} (dry run, nothing written)",
+        cols + [("chosen", "left")],
+    )
     for c in every:
         tb, sb = _blocks(c)
         ref = c.member.is_student or c.member.is_teacher
@@ -169,15 +243,28 @@ def _dry_table(pair, info, every, picks, teacher: str, student: str) -> None:
         else:
             sel = ""
         kl = [_kl(info, c)] if info.steps else []
-        t.add_row(c.name, str(c.member.num_layers), format_params(c.num_params), tb, sb, _src(c), *kl, sel,
-                  style="dim" if ref else None)
+        t.add_row(
+            c.name,
+            str(c.member.num_layers),
+            format_params(c.num_params),
+            tb,
+            sb,
+            _src(c),
+            *kl,
+            sel,
+            style="dim" if ref else None,
+        )
     out_console.print(t)
-    blocks = " ".join(f"{b.index}:{b.start}" if b.size == 1 else f"{b.index}:{b.start}-{b.end - 1}"
-                      for b in pair.plan.blocks)
+    blocks = " ".join(
+        f"{b.index}:{b.start}" if b.size == 1 else f"{b.index}:{b.start}-{b.end - 1}" for b in pair.plan.blocks
+    )
     out_console.print(f"plan ({pair.plan_source}), block:teacher layers: {blocks}", highlight=False)
     out_console.print(LEGEND, highlight=False, style="dim")
-    out_console.print(f"{len(every) - 2} achievable members between student and teacher"
-                      + (f"; {len(picks)} chosen" if picks else ""), highlight=False)
+    out_console.print(
+        f"{len(every) - 2} achievable members between student and teacher"
+        + (f"; {len(picks)} chosen" if picks else ""),
+        highlight=False,
+    )
     for note in pair.notes:
         err_console.print(f"note: {note}", highlight=False, markup=False, emoji=False)
 
@@ -185,10 +272,18 @@ def _dry_table(pair, info, every, picks, teacher: str, student: str) -> None:
 def _result_table(result, ref_student, ref_teacher, teacher: str, student: str, info) -> None:
     from ..family import format_params
 
-    t = _table(f"{info.method} family of {_short(teacher)} + {_short(student)}",
-               [("name", "left"), ("layers", "right"), ("params", "right"), ("asked", "right"),
-                ("blocks teacher | student", "left")] + ([("KL", "right")] if info.steps else [])
-               + [("status", "left")])
+    t = _table(
+        f"{info.method} family of {_short(teacher)} + {_short(student)}",
+        [
+            ("name", "left"),
+            ("layers", "right"),
+            ("params", "right"),
+            ("asked", "right"),
+            ("blocks teacher | student", "left"),
+        ]
+        + ([("KL", "right")] if info.steps else [])
+        + [("status", "left")],
+    )
 
     def blocks(c) -> str:
         tb, sb = _blocks(c)
@@ -198,8 +293,16 @@ def _result_table(result, ref_student, ref_teacher, teacher: str, student: str, 
         return [_kl(info, c)] if info.steps else []
 
     def ref_row(c) -> None:
-        t.add_row(c.name, str(c.member.num_layers), format_params(c.num_params), "", blocks(c), *kl(c),
-                  "reference", style="dim")
+        t.add_row(
+            c.name,
+            str(c.member.num_layers),
+            format_params(c.num_params),
+            "",
+            blocks(c),
+            *kl(c),
+            "reference",
+            style="dim",
+        )
 
     ref_row(ref_student)
     for p in result.picks:
@@ -216,6 +319,5 @@ def _result_table(result, ref_student, ref_teacher, teacher: str, student: str, 
         out_console.print("reused: already written and verified against the manifest's checksums", style="dim")
     say(
         f"{len(result.picks)} member(s) in {result.manifest_path.parent} ({len(result.written)} written, "
-        f"{len(result.reused)} reused); manifest {result.manifest_path}"
-        + (" [forced]" if m.forced else ""),
+        f"{len(result.reused)} reused); manifest {result.manifest_path}" + (" [forced]" if m.forced else ""),
     )

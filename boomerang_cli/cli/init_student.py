@@ -10,8 +10,19 @@ from rich.table import Table
 
 from .app import app
 from .common import emit_json, err_console, handle_errors, human, out_console, progress, say
-from .options import (AllowPickle, Dtype, Every, Json, Keep, KeepFirst, KeepLast, MaxShardSize,
-                      Overwrite, Quiet, TrustRemoteCode)
+from .options import (
+    AllowPickle,
+    Dtype,
+    Every,
+    Json,
+    Keep,
+    KeepFirst,
+    KeepLast,
+    MaxShardSize,
+    Overwrite,
+    Quiet,
+    TrustRemoteCode,
+)
 
 
 @app.command("init-student")
@@ -36,14 +47,29 @@ def init_student_cmd(
         from ..state import record
         from ..student import StudentRequest, make_student
 
-        req = StudentRequest(teacher, output, keep, keep_first, every, keep_last, dtype, max_shard_size, overwrite,
-                             dry_run, allow_pickle, trust_remote_code)
+        req = StudentRequest(
+            teacher,
+            output,
+            keep,
+            keep_first,
+            every,
+            keep_last,
+            dtype,
+            max_shard_size,
+            overwrite,
+            dry_run,
+            allow_pickle,
+            trust_remote_code,
+        )
         with progress(not (json_out or quiet)) as bar:
             run = make_student(req, bar)
         summary, plan = run.summary, run.summary.plan
         if not dry_run and output is not None and run.teacher_ref is not None:
-            remember_warning = record([("teacher", run.teacher_ref.path), ("student", output)], student=output,
-                                      teacher=run.teacher_ref.stable_ref)
+            remember_warning = record(
+                [("teacher", run.teacher_ref.path), ("student", output)],
+                student=output,
+                teacher=run.teacher_ref.stable_ref,
+            )
             if remember_warning:
                 say(f"warning: {remember_warning}", err_console)
     _render(summary, plan, teacher, output, dry_run, json_out)
@@ -59,8 +85,11 @@ def _render(summary: Any, plan: Any, teacher: str, output: Optional[Path], dry_r
     t.add_column("teacher block", justify="left")
     t.add_column("kind")
     for b in plan.blocks:
-        t.add_row(str(b.index), f"{b.start}" if b.size == 1 else f"{b.start}-{b.end - 1}",
-                  "patchable" if b.patchable else "singleton")
+        t.add_row(
+            str(b.index),
+            f"{b.start}" if b.size == 1 else f"{b.start}-{b.end - 1}",
+            "patchable" if b.patchable else "singleton",
+        )
     out_console.print(t)
     say(
         f"{plan.num_student_layers} of {plan.num_teacher_layers} layers kept "

@@ -19,7 +19,6 @@ DEFAULT_BOS = "auto"  # --bos: follow the tokenizer
 IGNORE = -100  # label of a position no loss scores
 
 
-
 def tokenize(tokenizer: Any, text: str, **kwargs: Any) -> Any:
     """The tokenizer's encoding of ``text`` with the model's own special tokens, which a span of a file
     (:class:`~.sources.TextSpan`) gets only where the file itself starts."""
@@ -161,11 +160,14 @@ class BlockStream:
                 if start < len(tokens):
                     yield _Segment(epoch, i, tokens, start)
             if n_docs == 0:
-                raise DataError(f"{self.describe} has no documents (blank ones are left out); check --data "
-                                "and the split")
+                raise DataError(
+                    f"{self.describe} has no documents (blank ones are left out); check --data and the split"
+                )
             if skip >= n_docs:
-                raise DataError(f"{self.describe} has {n_docs} documents, fewer than the checkpoint "
-                                "had read; resume with the same --data")
+                raise DataError(
+                    f"{self.describe} has {n_docs} documents, fewer than the checkpoint "
+                    "had read; resume with the same --data"
+                )
             if not self.repeat:
                 return
             epoch, skip, offset = epoch + 1, 0, 0
@@ -193,14 +195,16 @@ class BlockStream:
             room = T - len(prefix)  # stream tokens this block takes as inputs
             if have < room + 1 and not self.pad_last:
                 if self.blocks_emitted == 0:
-                    raise DataError(f"{self.describe} has only {have} tokens; a block needs "
-                                    f"{room + 1} (--seq-len {T}{' with BOS' if prefix else ''}, plus one); "
-                                    "add data or lower --seq-len")
+                    raise DataError(
+                        f"{self.describe} has only {have} tokens; a block needs "
+                        f"{room + 1} (--seq-len {T}{' with BOS' if prefix else ''}, plus one); "
+                        "add data or lower --seq-len"
+                    )
                 return
             ids: list[int] = []
             ends: list[bool] = []
             for seg in buf:
-                part = seg.tokens[seg.start:seg.start + room + 1 - len(ids)]
+                part = seg.tokens[seg.start : seg.start + room + 1 - len(ids)]
                 ids.extend(part)
                 last = len(seg.tokens) - 1
                 ends.extend(seg.start + j == last for j in range(len(part)))
@@ -211,12 +215,12 @@ class BlockStream:
             inputs = torch.full((T,), self.pad_id, dtype=torch.long)
             labels = torch.full((T,), IGNORE, dtype=torch.long)  # the BOS position predicts nothing
             mask = torch.zeros(T, dtype=torch.bool)
-            inputs[:p + n] = torch.tensor(prefix + ids[:n], dtype=torch.long)
-            mask[:p + n] = True
-            nxt = torch.tensor(ids[1:n + 1], dtype=torch.long)
-            labels[p:p + len(nxt)] = nxt
-            boundary = torch.tensor(ends[:len(nxt)], dtype=torch.bool)
-            labels[p:p + len(nxt)][boundary] = IGNORE
+            inputs[: p + n] = torch.tensor(prefix + ids[:n], dtype=torch.long)
+            mask[: p + n] = True
+            nxt = torch.tensor(ids[1 : n + 1], dtype=torch.long)
+            labels[p : p + len(nxt)] = nxt
+            boundary = torch.tensor(ends[: len(nxt)], dtype=torch.bool)
+            labels[p : p + len(nxt)][boundary] = IGNORE
             # Advance by the n inputs emitted.
             todo = n
             while todo:
@@ -261,8 +265,14 @@ def iter_blocks(
     so every token of the split is scored once.
     """
     srcs = [sources] if isinstance(sources, str) else list(sources)
-    stream = BlockStream(lambda _epoch: load_all_documents(srcs, split, text_field), tokenizer, seq_len,
-                         pad_last=pad_last, describe=f"{split} split of {', '.join(srcs)}", bos_id=bos_id)
+    stream = BlockStream(
+        lambda _epoch: load_all_documents(srcs, split, text_field),
+        tokenizer,
+        seq_len,
+        pad_last=pad_last,
+        describe=f"{split} split of {', '.join(srcs)}",
+        bos_id=bos_id,
+    )
     for i, block in enumerate(stream):
         if max_blocks is not None and i >= max_blocks:
             return
@@ -273,6 +283,8 @@ def collate(blocks: Sequence[Block]) -> tuple[torch.Tensor, torch.Tensor, torch.
     """Stack blocks into ``(input_ids, labels, mask)`` batches."""
     import torch
 
-    return (torch.stack([b.input_ids for b in blocks]), torch.stack([b.labels for b in blocks]),
-            torch.stack([b.mask for b in blocks]))
-
+    return (
+        torch.stack([b.input_ids for b in blocks]),
+        torch.stack([b.labels for b in blocks]),
+        torch.stack([b.mask for b in blocks]),
+    )

@@ -34,8 +34,10 @@ def check_weights(sources: Sequence[str], weights: Sequence[float] | None) -> No
     if weights is None:
         return
     if len(weights) != len(sources):
-        raise DataError(f"--data-weights gives {len(weights)} weights for {len(sources)} --data sources; "
-                        "give one weight per --data, in the same order")
+        raise DataError(
+            f"--data-weights gives {len(weights)} weights for {len(sources)} --data sources; "
+            "give one weight per --data, in the same order"
+        )
     if not all(math.isfinite(w) and w > 0 for w in weights):
         raise DataError(f"--data-weights must be numbers > 0 (got {','.join(f'{w:g}' for w in weights)})")
 
@@ -72,8 +74,9 @@ def _source_pass(source: str, split: str, text_field: str, seed: int | None, tag
     return shuffled(docs, _order(tag)) if seed is not None else docs
 
 
-def _interleaved(sources: Sequence[str], weights: Sequence[float], split: str, text_field: str,
-                 seed: int | None, epoch: int) -> Iterator[str]:
+def _interleaved(
+    sources: Sequence[str], weights: Sequence[float], split: str, text_field: str, seed: int | None, epoch: int
+) -> Iterator[str]:
     """Documents of every source, each source's share of characters held at its weight."""
     total = math.fsum(weights)
     share = [w / total for w in weights]
@@ -103,9 +106,15 @@ def _interleaved(sources: Sequence[str], weights: Sequence[float], split: str, t
         yield doc
 
 
-def mixed_documents(sources: Sequence[str], split: str = "train", text_field: str = "text", *,
-                    weights: Sequence[float] | None = None, seed: int | None = None,
-                    epoch: int = 0) -> Iterator[str]:
+def mixed_documents(
+    sources: Sequence[str],
+    split: str = "train",
+    text_field: str = "text",
+    *,
+    weights: Sequence[float] | None = None,
+    seed: int | None = None,
+    epoch: int = 0,
+) -> Iterator[str]:
     """The documents of one pass over ``sources``: in order and one after the other (no weights, no
     seed: what :func:`load_all_documents` gives), interleaved by ``weights``, and/or shuffled by
     ``seed`` (a new order for each ``epoch``)."""

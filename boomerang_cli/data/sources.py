@@ -24,11 +24,35 @@ VALIDATION_PER_10K = 200  # 2% of documents (of a text file's characters) are he
 SPLIT_RULE = 2
 
 #: Suffixes read as one plain-text document per file when a directory is given.
-TEXT_SUFFIXES = frozenset({
-    ".txt", ".md", ".markdown", ".rst", ".tex", ".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".hpp",
-    ".rs", ".go", ".java", ".js", ".ts", ".sh", ".html", ".css", ".toml", ".yaml", ".yml",
-    ".ini", ".cfg",
-})
+TEXT_SUFFIXES = frozenset(
+    {
+        ".txt",
+        ".md",
+        ".markdown",
+        ".rst",
+        ".tex",
+        ".py",
+        ".pyi",
+        ".c",
+        ".h",
+        ".cc",
+        ".cpp",
+        ".hpp",
+        ".rs",
+        ".go",
+        ".java",
+        ".js",
+        ".ts",
+        ".sh",
+        ".html",
+        ".css",
+        ".toml",
+        ".yaml",
+        ".yml",
+        ".ini",
+        ".cfg",
+    }
+)
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
 PARQUET_SUFFIXES = frozenset({".parquet"})
 STDLIB = "stdlib"
@@ -140,8 +164,9 @@ def docstrings(text: str) -> str:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):
         return ""
-    nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef,
-                                                          ast.AsyncFunctionDef))]
+    nodes = [
+        n for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
     nodes.sort(key=lambda n: getattr(n, "lineno", 0))
     return "\n\n".join(d for d in (ast.get_docstring(n) for n in nodes) if d)
 
@@ -173,8 +198,10 @@ def check_text(data: bytes, where: object) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{where}: not UTF-8 text (undecodable byte at offset {exc.start}); convert it to UTF-8 "
-                        "or leave it out of --data") from None
+        raise DataError(
+            f"{where}: not UTF-8 text (undecodable byte at offset {exc.start}); convert it to UTF-8 "
+            "or leave it out of --data"
+        ) from None
 
 
 def _read_text(path: Path) -> str:
@@ -194,7 +221,9 @@ def _iter_jsonl(path: Path, key_prefix: str, split: str, text_field: str) -> Ite
             try:
                 record = json.loads(line)
             except ValueError:
-                raise DataError(f"{path}:{lineno}: not valid JSON; each line of a .jsonl file must be one object") from None
+                raise DataError(
+                    f"{path}:{lineno}: not valid JSON; each line of a .jsonl file must be one object"
+                ) from None
             yield _field(record, text_field, f"{path}:{lineno}")
 
 
@@ -217,8 +246,9 @@ def _iter_parquet(path: Path, key_prefix: str, split: str, text_field: str) -> I
     except Exception as exc:  # pyarrow raises its own error types
         raise DataError(f"{path}: not a readable Parquet file ({exc})".splitlines()[0]) from None
     if text_field not in pf.schema_arrow.names:
-        raise DataError(f"{path}: no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names[:8])}); "
-                        "pass --text-field")
+        raise DataError(
+            f"{path}: no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names[:8])}); pass --text-field"
+        )
     row = 0
     for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
         for value in batch.column(0).to_pylist():
@@ -297,8 +327,11 @@ def _chain_one(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
 
 def _looks_like_path(source: str) -> bool:
     suffix = Path(source).suffix.lower()
-    return (source.startswith((".", "/", "~")) or os.sep in source.replace("/", "", 1)
-            or suffix in TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES)
+    return (
+        source.startswith((".", "/", "~"))
+        or os.sep in source.replace("/", "", 1)
+        or suffix in TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES
+    )
 
 
 def public_source(source: str) -> str:
@@ -321,14 +354,15 @@ def check_source(source: str) -> None:
     path = Path(source).expanduser()
     if not path.exists():
         if _looks_like_path(source):
-            raise DataError(f"{source}: no such file or directory; pass files, a directory, "
-                            "a hub dataset id or 'stdlib' to --data")
+            raise DataError(
+                f"{source}: no such file or directory; pass files, a directory, a hub dataset id or 'stdlib' to --data"
+            )
         return
     if path.is_dir() and not _dir_files(path):
         raise DataError(f"{source}: no text, .jsonl or .parquet files in this directory")
     if path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{source}: empty file; pass a file with text in it")
-    for p in ([path] if path.is_file() else [p for _, p in _dir_files(path)]):
+    for p in [path] if path.is_file() else [p for _, p in _dir_files(path)]:
         if p.suffix.lower() not in PARQUET_SUFFIXES:
             _sniff(p)
 
@@ -341,7 +375,10 @@ def _sniff(path: Path, size: int = 8192) -> None:
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:  # incremental: a multi-byte character cut at the end of the sample is fine
-        ok = b"\0" not in head and codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < size) is not None
+        ok = (
+            b"\0" not in head
+            and codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < size) is not None
+        )
     except UnicodeDecodeError:
         ok = False
     if not ok:
@@ -375,13 +412,13 @@ def _documents(source: str, split: str, text_field: str) -> Iterator[str]:
             held = held or not _is_rows(p)
             yield doc
     if split == "validation" and not held and not any(_is_rows(p) for _, p in files):
-        raise DataError(f"{source}: too short to hold out a validation part (its last 2% must start at a "
-                        "line or word boundary); pass --split all to use all of it, or add text")
+        raise DataError(
+            f"{source}: too short to hold out a validation part (its last 2% must start at a "
+            "line or word boundary); pass --split all to use all of it, or add text"
+        )
 
 
 def load_all_documents(sources: Sequence[str], split: str = "train", text_field: str = "text") -> Iterator[str]:
     """The documents of several sources, one after the other."""
     for source in sources:
         yield from load_documents(source, split, text_field)
-
-

@@ -40,8 +40,10 @@ def check_window(window: str) -> None:
     from ..errors import DataError
 
     if window not in WINDOWS:
-        raise DataError(f"unknown --window {window!r}; use packed (blocks of --seq-len over the token stream) "
-                        "or rolling (lm-eval's loglikelihood_rolling windows, one document at a time)")
+        raise DataError(
+            f"unknown --window {window!r}; use packed (blocks of --seq-len over the token stream) "
+            "or rolling (lm-eval's loglikelihood_rolling windows, one document at a time)"
+        )
 
 
 def covered_text(tokenizer: Any, text: str, tokens: int) -> str:
@@ -53,8 +55,8 @@ def covered_text(tokenizer: Any, text: str, tokens: int) -> str:
         offsets = tokenize(tokenizer, text, return_offsets_mapping=True)["offset_mapping"][:tokens]
     except (NotImplementedError, KeyError, TypeError, ValueError):  # a slow tokenizer has no offsets
         ids = list(tokenize(tokenizer, text)["input_ids"])[:tokens]
-        return str(text)[:len(tokenizer.decode(ids, skip_special_tokens=True))]
-    return str(text)[:max((int(end) for _, end in offsets), default=0)]
+        return str(text)[: len(tokenizer.decode(ids, skip_special_tokens=True))]
+    return str(text)[: max((int(end) for _, end in offsets), default=0)]
 
 
 def prefix_token(tokenizer: Any) -> int:
@@ -84,7 +86,7 @@ def _window(inputs: list[int], targets: list[int], seq_len: int, pad_id: int) ->
     mask = torch.zeros(seq_len, dtype=torch.bool)
     ids[:n] = torch.tensor(inputs, dtype=torch.long)
     mask[:n] = True
-    labels[n - k:n] = torch.tensor(targets, dtype=torch.long)
+    labels[n - k : n] = torch.tensor(targets, dtype=torch.long)
     return Block(ids, labels, mask)
 
 
@@ -95,10 +97,10 @@ def rolling_blocks(tokens: list[int], prefix: int, seq_len: int, pad_id: int) ->
     if not tokens:
         return
     first = min(seq_len, len(tokens))
-    yield _window([prefix] + tokens[:first - 1], tokens[:first], seq_len, pad_id)
+    yield _window([prefix] + tokens[: first - 1], tokens[:first], seq_len, pad_id)
     done = first
     while done < len(tokens):
         n = min(len(tokens) - done, seq_len)
         end = done + n
-        yield _window(tokens[end - seq_len - 1:end - 1], tokens[end - n:end], seq_len, pad_id)
+        yield _window(tokens[end - seq_len - 1 : end - 1], tokens[end - n : end], seq_len, pad_id)
         done = end

@@ -3,8 +3,8 @@
 Bottom up: :mod:`.weights` and :mod:`.losses` (the aligned loss), :mod:`.recipes`
 (named defaults), :mod:`.model` (student and teacher wrappers), :mod:`.metrics`,
 :mod:`.checkpoint` (the run directory), :mod:`.config` (what a run is asked and
-reports), :mod:`.step` (one global batch), :mod:`.output` (the student directory)
-and :mod:`.train` (the run, top to bottom).
+reports), :mod:`.step` (one global batch), :mod:`.output` (the student directory),
+:mod:`.setup` (a run's models, data and optimizer) and :mod:`.train` (the run, top to bottom).
 
 The names below are loaded on first use, so that ``distill.config`` (the flags'
 defaults) imports no torch.
@@ -21,8 +21,15 @@ if TYPE_CHECKING:
     from .train import distill
     from .weights import LossWeights
 
-_HOMES = {"DistillConfig": "config", "DistillResult": "config", "LogitHead": "losses", "cosine_sums": "losses",
-          "head_losses": "losses", "distill": "train", "LossWeights": "weights"}
+_HOMES = {
+    "DistillConfig": "config",
+    "DistillResult": "config",
+    "LogitHead": "losses",
+    "cosine_sums": "losses",
+    "head_losses": "losses",
+    "distill": "train",
+    "LossWeights": "weights",
+}
 
 __all__ = ["DistillConfig", "DistillResult", "LogitHead", "LossWeights", "cosine_sums", "distill", "head_losses"]
 

@@ -26,7 +26,10 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict,
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
     set_optimizer_state_dict,
 )
 
@@ -86,8 +89,9 @@ def latest(root: Path) -> Path | None:
             return path
     except (OSError, ValueError):
         pass
-    steps = sorted((p for p in root.glob("step-*") if p.name[5:].isdigit() and _complete(p)),
-                   key=lambda p: int(p.name[5:]))
+    steps = sorted(
+        (p for p in root.glob("step-*") if p.name[5:].isdigit() and _complete(p)), key=lambda p: int(p.name[5:])
+    )
     return steps[-1] if steps else None
 
 
@@ -96,12 +100,20 @@ def run_files(root: Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir()
-                  if (p.name.startswith("step-") and p.is_dir()) or p.name in {LATEST, METRICS})
+    return sorted(
+        p for p in root.iterdir() if (p.name.startswith("step-") and p.is_dir()) or p.name in {LATEST, METRICS}
+    )
 
 
-def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         scheduler: Any, trainer_state: dict[str, Any], is_main: bool) -> Path | None:
+def save(
+    root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    trainer_state: dict[str, Any],
+    is_main: bool,
+) -> Path | None:
     """Write checkpoint ``step`` (collective: every rank calls it; rank 0 writes)."""
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_sd = get_model_state_dict(model, options=opts)
@@ -137,8 +149,10 @@ def commit(root: Path, step: int, tmp: Path, trainer_state: dict[str, Any], writ
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, (OSError, RuntimeError)):  # torch.save reports a full disk as a RuntimeError
             why = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-            raise BoomerangError(f"cannot write checkpoint {final} ({why}); free disk space or choose another "
-                                 "--checkpoint-dir (an earlier checkpoint is kept)") from None
+            raise BoomerangError(
+                f"cannot write checkpoint {final} ({why}); free disk space or choose another "
+                "--checkpoint-dir (an earlier checkpoint is kept)"
+            ) from None
         raise
     atomic_write_text(root / LATEST, name + "\n")
     for old in root.glob("step-*"):
@@ -158,22 +172,28 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise BoomerangError(f"{path}: unreadable checkpoint ({exc}); delete it or start without --resume") from None
     if not isinstance(state, dict):
-        raise BoomerangError(f"{path / TRAINER_STATE}: not a JSON object; delete the checkpoint or start "
-                             "without --resume")
+        raise BoomerangError(
+            f"{path / TRAINER_STATE}: not a JSON object; delete the checkpoint or start without --resume"
+        )
     for key, kind in _STATE_FIELDS.items():
         value = state.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise BoomerangError(f"{path / TRAINER_STATE}: {key} should be {kind.__name__}, not "
-                                 f"{type(value).__name__}; delete the checkpoint or start without --resume")
+            raise BoomerangError(
+                f"{path / TRAINER_STATE}: {key} should be {kind.__name__}, not "
+                f"{type(value).__name__}; delete the checkpoint or start without --resume"
+            )
     for key in ("steps", "world_size"):
         if key in state and (not isinstance(state[key], int) or isinstance(state[key], bool)):
-            raise BoomerangError(f"{path / TRAINER_STATE}: {key} should be int, not {type(state[key]).__name__}; "
-                                 "delete the checkpoint or start without --resume")
+            raise BoomerangError(
+                f"{path / TRAINER_STATE}: {key} should be int, not {type(state[key]).__name__}; "
+                "delete the checkpoint or start without --resume"
+            )
     return state
 
 
-def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-         rank: int, is_main: bool) -> None:
+def load(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int, is_main: bool
+) -> None:
     """Restore weights, optimizer, scheduler and this rank's RNG from checkpoint ``path`` (collective)."""
     distributed = _distributed()
     state: dict[str, Any] = {}
@@ -181,8 +201,9 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
         try:
             state = torch.load(Path(path) / STATE, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many kinds on a damaged file
-            raise BoomerangError(f"{path}: unreadable checkpoint ({type(exc).__name__}); "
-                                 "delete it or start without --resume") from None
+            raise BoomerangError(
+                f"{path}: unreadable checkpoint ({type(exc).__name__}); delete it or start without --resume"
+            ) from None
     opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed)
     set_model_state_dict(model, state.get("model", {}), options=opts)
     set_optimizer_state_dict(model, optimizer, state.get("optimizer", {}), options=opts)
@@ -206,13 +227,17 @@ def prepare_run_dir(ckpt: Path, *, overwrite: bool, resume: bool) -> Path | None
     try:
         ckpt.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BoomerangError(f"cannot write to {ckpt} ({exc.strerror or exc}); choose another --checkpoint-dir") from None
+        raise BoomerangError(
+            f"cannot write to {ckpt} ({exc.strerror or exc}); choose another --checkpoint-dir"
+        ) from None
     if not resume:
         return None
     found = latest(ckpt)
     if found is None and any(p.name.startswith("step-") for p in run_files(ckpt)):
-        raise BoomerangError(f"cannot resume: {ckpt} holds no complete checkpoint (each step-N needs {STATE} and "
-                             f"{TRAINER_STATE}); delete it or pass --overwrite to start over")
+        raise BoomerangError(
+            f"cannot resume: {ckpt} holds no complete checkpoint (each step-N needs {STATE} and "
+            f"{TRAINER_STATE}); delete it or pass --overwrite to start over"
+        )
     return found
 
 

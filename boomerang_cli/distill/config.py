@@ -24,9 +24,23 @@ from .recipes import DEFAULT_RECIPE, check_mix, get_recipe
 #: ``batch_size`` and ``grad_accum`` are not among them: only the global batch (their product
 #: times the process count) shapes it, so a run may resume on another number of processes.
 TRAJECTORY_FIELDS = (
-    "data", "text_field", "seq_len", "seed", "lr", "betas", "eps",
-    "weight_decay", "warmup", "grad_clip", "weights", "loss_chunk", "freeze_embeddings", "bos",
-    "data_weights", "shuffle", "mix",
+    "data",
+    "text_field",
+    "seq_len",
+    "seed",
+    "lr",
+    "betas",
+    "eps",
+    "weight_decay",
+    "warmup",
+    "grad_clip",
+    "weights",
+    "loss_chunk",
+    "freeze_embeddings",
+    "bos",
+    "data_weights",
+    "shuffle",
+    "mix",
 )
 #: What a checkpoint from before a trajectory field existed was made with (so it still resumes).
 FIELD_DEFAULTS: dict[str, Any] = {"bos": "never", "data_weights": None, "shuffle": False, "mix": 0.0}
@@ -157,7 +171,6 @@ class DistillResult:
         return d
 
 
-
 def validate(cfg: DistillConfig) -> None:
     """Check every flag that needs no model or data, and the outputs.
 
@@ -191,15 +204,19 @@ def validate(cfg: DistillConfig) -> None:
     check_weights(cfg.data, cfg.data_weights)
     check_mix(cfg.mix)
     if cfg.mix and cfg.shard:
-        raise BoomerangError("--mix runs members made of teacher and student layers, which --fsdp/--shard "
-                             "cannot shard; drop --mix, or train without --fsdp/--shard (DDP works)")
+        raise BoomerangError(
+            "--mix runs members made of teacher and student layers, which --fsdp/--shard "
+            "cannot shard; drop --mix, or train without --fsdp/--shard (DDP works)"
+        )
     check_apart(cfg.output, "-o", cfg.ckpt_dir, "--checkpoint-dir")
     _check_writable(Path(cfg.output))
     _check_writable(cfg.ckpt_dir)
     check_output_dir(Path(cfg.output), cfg.overwrite)
     if checkpoint.run_files(cfg.ckpt_dir) and not cfg.resume and not cfg.overwrite:
-        raise BoomerangError(f"{cfg.ckpt_dir} holds checkpoints of an earlier run; pass --resume to continue "
-                             "it or --overwrite to start over")
+        raise BoomerangError(
+            f"{cfg.ckpt_dir} holds checkpoints of an earlier run; pass --resume to continue "
+            "it or --overwrite to start over"
+        )
 
 
 def _check_writable(path: Path) -> None:
@@ -208,19 +225,24 @@ def _check_writable(path: Path) -> None:
     while not p.exists():
         p = p.parent
     if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
-        raise BoomerangError(f"cannot write to {path} ({p} is not a writable directory); "
-                             "choose another -o or --checkpoint-dir")
+        raise BoomerangError(
+            f"cannot write to {path} ({p} is not a writable directory); choose another -o or --checkpoint-dir"
+        )
 
 
-def run_identity(teacher_dir: Path | str | None, teacher_ref: str, student_dir: Path | None,
-                 plan: Plan, data: Sequence[str] = ()) -> dict[str, Any]:
+def run_identity(
+    teacher_dir: Path | str | None, teacher_ref: str, student_dir: Path | None, plan: Plan, data: Sequence[str] = ()
+) -> dict[str, Any]:
     """What a checkpoint records of its run beside the flags: teacher and student by content
     (per-file digests, :func:`integrity.model_identity`), the plan, and the local data files."""
     from ..integrity import files_identity, model_identity  # torch behind it: flags read this module without
 
-    return {"teacher": model_identity(teacher_dir) or teacher_ref,
-            "student": model_identity(student_dir) if student_dir is not None else "plan",
-            "plan": plan.to_json(), "data": files_identity(data_files(data))}
+    return {
+        "teacher": model_identity(teacher_dir) or teacher_ref,
+        "student": model_identity(student_dir) if student_dir is not None else "plan",
+        "plan": plan.to_json(),
+        "data": files_identity(data_files(data)),
+    }
 
 
 def data_files(sources: Sequence[str]) -> dict[str, Path]:
@@ -231,7 +253,7 @@ def data_files(sources: Sequence[str]) -> dict[str, Path]:
         path = Path(source).expanduser()
         if not local_sources([source]):
             continue
-        for rel, f in ([("", path)] if path.is_file() else dir_files(path)):
+        for rel, f in [("", path)] if path.is_file() else dir_files(path):
             out[f"{source}/{rel}" if rel else source] = f
     return out
 
@@ -264,18 +286,25 @@ def _identity_diffs(recorded: Any, now: dict[str, Any], dirs: dict[str, Any]) ->
     return diffs
 
 
-def check_resumable(cfg: DistillConfig, state: dict[str, Any], world: int, steps: int,
-                    identity: dict[str, Any] | None = None,
-                    dirs: dict[str, Any] | None = None) -> None:
+def check_resumable(
+    cfg: DistillConfig,
+    state: dict[str, Any],
+    world: int,
+    steps: int,
+    identity: dict[str, Any] | None = None,
+    dirs: dict[str, Any] | None = None,
+) -> None:
     """Refuse a resume that would not continue the checkpoint's trajectory, naming what differs:
     flags, steps, and (``identity``, :func:`run_identity`) the plan, and teacher, student and data
     by content (``dirs``: where they are now)."""
     old = {**FIELD_DEFAULTS, **state.get("config", {})}  # fields a checkpoint predates: how it was made
     new = cfg.to_json()
     if old.get("split_rule", 1) != SPLIT_RULE and split_rule_changed(cfg.data):
-        raise BoomerangError(f"cannot resume: this checkpoint read --data under split rule {old.get('split_rule', 1)} "
-                             "(text sources of fewer than 50 files cut into paragraphs), so its data position "
-                             "means nothing now; start over with --overwrite")
+        raise BoomerangError(
+            f"cannot resume: this checkpoint read --data under split rule {old.get('split_rule', 1)} "
+            "(text sources of fewer than 50 files cut into paragraphs), so its data position "
+            "means nothing now; start over with --overwrite"
+        )
     diffs = [k for k in TRAJECTORY_FIELDS if old.get(k) != new.get(k)]
     diffs += [k for k in RECORDED_FIELDS if k in old and old[k] != new.get(k)]
     if state.get("steps", steps) != steps:
@@ -283,15 +312,22 @@ def check_resumable(cfg: DistillConfig, state: dict[str, Any], world: int, steps
     if identity is not None:
         diffs += _identity_diffs(state.get("identity"), identity, dirs or {})
     if diffs:
-        raise BoomerangError(f"cannot resume: {', '.join(diffs)} differ from the checkpoint's run; "
-                             "pass the same flags (or --overwrite to start over)")
+        raise BoomerangError(
+            f"cannot resume: {', '.join(diffs)} differ from the checkpoint's run; "
+            "pass the same flags (or --overwrite to start over)"
+        )
     # Every process reads the one block stream and takes its slice of each global batch, and loss
     # terms are sums over the global batch: with the same global batch the run continues unchanged.
     was_world = int(state.get("world_size", world))
     was = int(old.get("batch_size", cfg.batch_size)) * int(old.get("grad_accum", cfg.grad_accum)) * was_world
     now = cfg.batch_size * cfg.grad_accum * world
     if was != now:
-        fix = (f"with {world} processes set --batch-size x --grad-accum to {was // world}" if was % world == 0
-               else f"launch a number of processes that divides {was}")
-        raise BoomerangError(f"the checkpoint's global batch is {was} blocks (--batch-size x --grad-accum x "
-                             f"{was_world} processes), now {now}; {fix}")
+        fix = (
+            f"with {world} processes set --batch-size x --grad-accum to {was // world}"
+            if was % world == 0
+            else f"launch a number of processes that divides {was}"
+        )
+        raise BoomerangError(
+            f"the checkpoint's global batch is {was} blocks (--batch-size x --grad-accum x "
+            f"{was_world} processes), now {now}; {fix}"
+        )

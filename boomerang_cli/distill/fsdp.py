@@ -94,12 +94,16 @@ class Sharding:
     def create(cls, shard: str | Sequence[str] | None, world: int, device: torch.device, bf16: bool) -> "Sharding":
         names = asked = parse_shard(shard)
         if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-            raise BoomerangError("accelerate's --use_fsdp would shard only the student, untested; drop it from "
-                                 "`accelerate launch` and pass --fsdp to boomerang distill (it shards both models)")
+            raise BoomerangError(
+                "accelerate's --use_fsdp would shard only the student, untested; drop it from "
+                "`accelerate launch` and pass --fsdp to boomerang distill (it shards both models)"
+            )
         warnings = []
         if names and world == 1:
-            warnings.append(f"--shard {','.join(names)} with one process: nothing to shard across, training "
-                            "unsharded (launch with torchrun --nproc_per_node N to shard)")
+            warnings.append(
+                f"--shard {','.join(names)} with one process: nothing to shard across, training "
+                "unsharded (launch with torchrun --nproc_per_node N to shard)"
+            )
             names = ()
         mesh = None
         if names:
@@ -112,7 +116,9 @@ class Sharding:
     def shard_teacher(self, model: PreTrainedModel, layers_path: str) -> PreTrainedModel:
         """The frozen teacher on this rank: on the device whole, or 1/world of it (forward only)."""
         if not self.teacher:
-            cast(torch.nn.Module, model).to(self.device)  # in place (PreTrainedModel.to, which transformers' stubs wrap)
+            cast(torch.nn.Module, model).to(
+                self.device
+            )  # in place (PreTrainedModel.to, which transformers' stubs wrap)
             return model
         from torch.distributed.fsdp import fully_shard
 
@@ -131,8 +137,12 @@ class Sharding:
         # The teacher runs base_model (no logits), so that is the root: final norm and embeddings
         # (unless kept whole), resharded after forward even as the root (reshard_after_forward=True,
         # not the default).
-        fully_shard(model.base_model, mesh=self.mesh, reshard_after_forward=True,
-                    ignored_params={cast(torch.nn.Parameter, emb.weight)} if keep_whole else None)
+        fully_shard(
+            model.base_model,
+            mesh=self.mesh,
+            reshard_after_forward=True,
+            ignored_params={cast(torch.nn.Parameter, emb.weight)} if keep_whole else None,
+        )
         if tied and not keep_whole:  # the head outside base_model still holds the full matrix: the shard
             head.weight = emb.weight
         if sharded_load.is_meta(model):  # built on meta: read this rank's rows only (all of a whole one)
@@ -143,8 +153,10 @@ class Sharding:
         _HEADS[model] = (None if keep_whole else model.base_model if tied else head, tied)
         for name, p in model.named_parameters():
             if not hasattr(p, "to_local") and p is not local:
-                raise BoomerangError(f"internal: teacher weight {name} lies outside its base model and head; "
-                                     "drop --shard teacher for this architecture")
+                raise BoomerangError(
+                    f"internal: teacher weight {name} lies outside its base model and head; "
+                    "drop --shard teacher for this architecture"
+                )
         return model
 
     def shard_student(self, model: DistillStudent, layers_path: str) -> DistillStudent:
@@ -153,20 +165,28 @@ class Sharding:
             return model
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.bf16
-              else MixedPrecisionPolicy())
+        mp = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if self.bf16
+            else MixedPrecisionPolicy()
+        )
         shared = None if self.bf16 else _teacher_embedding_for(model.model)
         emb = model.model.get_input_embeddings()
         if shared is not None and not sharded_load.is_meta(model.model):  # loaded whole: share it now
             _share(model.model, shared)
         for layer in decoder_layers(model.model, layers_path):
             fully_shard(layer, mesh=self.mesh, mp_policy=mp)
-        fully_shard(model, mesh=self.mesh, mp_policy=mp,
-                    ignored_params={cast(torch.nn.Parameter, emb.weight)} if shared is not None else None)
+        fully_shard(
+            model,
+            mesh=self.mesh,
+            mp_policy=mp,
+            ignored_params={cast(torch.nn.Parameter, emb.weight)} if shared is not None else None,
+        )
         if sharded_load.is_meta(model.model):  # built on meta: read this rank's rows only
             sharded_load.materialize(model, model.model, self.device, shared=shared)
-        teacher = next((t for t in _HEADS if model.teacher_head is not None
-                        and sharded_load.same_head(t, model.model)), None)
+        teacher = next(
+            (t for t in _HEADS if model.teacher_head is not None and sharded_load.same_head(t, model.model)), None
+        )
         head = model.model.get_output_embeddings()
         if teacher is not None and not head.weight.requires_grad:
             # The student's frozen head is the teacher's, byte for byte (its embeddings kept as the
@@ -184,8 +204,10 @@ class Sharding:
             return acc.get_state_dict(model)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        sd = cast(dict[str, torch.Tensor],  # a model's state dict holds tensors only (ValueType is wider)
-                  get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
+        sd = cast(
+            dict[str, torch.Tensor],  # a model's state dict holds tensors only (ValueType is wider)
+            get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)),
+        )
         # Gathered one by one, tied weights come back as copies; tie them again, so that the
         # writer stores one matrix as it does for the unsharded student.
         aliases: dict[int, list[str]] = {}
@@ -290,8 +312,9 @@ def _rss() -> int:
         return 0
 
 
-def memory_report(model: torch.nn.Module, optimizer: torch.optim.Optimizer, teacher_model: torch.nn.Module,
-                  device: torch.device) -> list[dict[str, int]]:
+def memory_report(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, teacher_model: torch.nn.Module, device: torch.device
+) -> list[dict[str, int]]:
     """Per rank (collective): bytes this rank holds of the student's parameters, gradients and
     optimizer state, and of the teacher's parameters, counted tensor by tensor (local shards
     only; a matrix the two share, a tied teacher's embedding, once, as the teacher's); its
@@ -302,8 +325,9 @@ def memory_report(model: torch.nn.Module, optimizer: torch.optim.Optimizer, teac
     mine = {
         "student_params": sum(_local_bytes(p) for p in student),
         "student_grads": sum(_local_bytes(p.grad) for p in student),
-        "optimizer_state": sum(_local_bytes(v) for s in optimizer.state.values() for v in s.values()
-                               if isinstance(v, torch.Tensor)),
+        "optimizer_state": sum(
+            _local_bytes(v) for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)
+        ),
         "teacher_params": sum(_local_bytes(p) for p in _unique(teacher_model.parameters())),
         "rss": _rss(),
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024),

@@ -118,8 +118,10 @@ def verify_head(model: PreTrainedModel, head: LogitHead, vocab: int) -> None:
     if not bool(torch.isfinite(ref).all()):
         bad = next((n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
         where = f"weight {bad} holds NaN or infinite values" if bad else "its logits are NaN or infinite"
-        raise BoomerangError(f"{type(model).__name__}: {where}; the model files are broken, not the "
-                             "architecture: restore or rebuild the model")
+        raise BoomerangError(
+            f"{type(model).__name__}: {where}; the model files are broken, not the "
+            "architecture: restore or rebuild the model"
+        )
     if not torch.allclose(ref, got, rtol=1e-3, atol=1e-3 * max(1.0, ref.abs().max().item())):
         raise UnsupportedArchitectureError(
             f"{type(model).__name__}: computes logits in a way boomerang does not know "
@@ -153,12 +155,49 @@ def _raw(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tens
     return z.float()
 
 
+def _logit_grad(
+    spec: _HeadSpec,
+    logq: torch.Tensor,
+    logp_s: torch.Tensor | None,
+    p_t: torch.Tensor | None,
+    lab: torch.Tensor,
+    valid: torch.Tensor,
+) -> torch.Tensor:
+    """One chunk's d loss / d logits, written over ``logq`` (and ``logp_s``): the caller drops both.
+
+    d loss / d logits = ce_coef * (softmax(logits) - onehot(label)) on rows with a label
+                      + (kl_coef / T) * (softmax(logits / T) - p_t)
+    """
+    T = spec.temperature
+    c = spec.kl_coef / T if p_t is not None else 0.0
+    row = (valid * spec.ce_coef).to(torch.float32).unsqueeze(1)
+    if T == 1:
+        g = logq.exp_().mul_(row + c)  # one softmax serves both terms
+    else:
+        g = logq.exp_().mul_(c)
+        if logp_s is not None:
+            g.addcmul_(logp_s.exp_(), row)
+    if p_t is not None:
+        g.sub_(p_t, alpha=c)
+    if spec.ce_coef:
+        rows = valid.nonzero().squeeze(1)
+        g[rows, lab[rows]] -= spec.ce_coef
+    return g
+
+
 class _HeadLosses(torch.autograd.Function):
     """CE and KL sums over rows of ``h``; gradients computed chunk by chunk in forward."""
 
     @staticmethod
-    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                h_t: torch.Tensor | None, labels: torch.Tensor, spec: _HeadSpec):
+    def forward(
+        ctx: Any,
+        h: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        h_t: torch.Tensor | None,
+        labels: torch.Tensor,
+        spec: _HeadSpec,
+    ):
         cd, T = spec.compute_dtype, spec.temperature
         n = h.shape[0]
         w = weight.detach().to(cd)
@@ -171,10 +210,16 @@ class _HeadLosses(torch.autograd.Function):
         # A frozen head (embeddings kept as the teacher's) gets no gradient: none is accumulated, so no
         # vocab x hidden fp32 matrix is allocated here and scaled again in backward (2 x 192 MiB for
         # SmolLM2's vocabulary at hidden 1024).
-        grad_w = (torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-                  if spec.need_grad and weight.requires_grad else None)
-        grad_b = (torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
-                  if spec.need_grad and bias is not None and bias.requires_grad else None)
+        grad_w = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            if spec.need_grad and weight.requires_grad
+            else None
+        )
+        grad_b = (
+            torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+            if spec.need_grad and bias is not None and bias.requires_grad
+            else None
+        )
         ce_sum = torch.zeros((), dtype=torch.float32, device=h.device)
         kl_sum = torch.zeros((), dtype=torch.float32, device=h.device)
         with torch.autocast(h.device.type, enabled=False):
@@ -201,21 +246,7 @@ class _HeadLosses(torch.autograd.Function):
                     del logp_t
                 g = None
                 if spec.need_grad and (spec.ce_coef or p_t is not None):
-                    # d loss / d logits = ce_coef * (softmax(logits) - onehot(label)) on rows with a label
-                    #                   + (kl_coef / T) * (softmax(logits / T) - p_t)
-                    c = spec.kl_coef / T if p_t is not None else 0.0
-                    row = (valid * spec.ce_coef).to(torch.float32).unsqueeze(1)
-                    if T == 1:
-                        g = logq.exp_().mul_(row + c)  # one softmax serves both terms
-                    else:
-                        g = logq.exp_().mul_(c)
-                        if logp_s is not None:
-                            g.addcmul_(logp_s.exp_(), row)
-                    if p_t is not None:
-                        g.sub_(p_t, alpha=c)
-                    if spec.ce_coef:
-                        rows = valid.nonzero().squeeze(1)
-                        g[rows, lab[rows]] -= spec.ce_coef
+                    g = _logit_grad(spec, logq, logp_s, p_t, lab, valid)
                 del logq, logp_s, p_t
                 if grad_h is not None and g is not None:  # need_grad (grad_w too, unless the head is frozen)
                     spec.student.transform_grad(g, logits)
@@ -247,8 +278,14 @@ class _HeadLosses(torch.autograd.Function):
         grad_w = next(saved) if has_w else None
         grad_b = next(saved) if has_b else None
         gl = grad_loss.float()
-        return ((grad_h * gl.to(grad_h.dtype)), (grad_w * gl).to(ctx.w_dtype) if grad_w is not None else None,
-                (grad_b * gl).to(ctx.b_dtype) if grad_b is not None else None, None, None, None)
+        return (
+            (grad_h * gl.to(grad_h.dtype)),
+            (grad_w * gl).to(ctx.w_dtype) if grad_w is not None else None,
+            (grad_b * gl).to(ctx.b_dtype) if grad_b is not None else None,
+            None,
+            None,
+            None,
+        )
 
 
 def head_losses(
@@ -275,20 +312,24 @@ def head_losses(
     if kl_coef and (teacher_hidden is None or teacher is None):
         raise ValueError("KL needs the teacher's final hidden states and head")
     spec = _HeadSpec(
-        student, teacher if kl_coef else None, float(ce_coef), float(kl_coef), float(temperature),
+        student,
+        teacher if kl_coef else None,
+        float(ce_coef),
+        float(kl_coef),
+        float(temperature),
         int(chunk or auto_chunk(student.weight.shape[0])),
         compute_dtype or student.weight.dtype,
         torch.is_grad_enabled() and (hidden.requires_grad or student.weight.requires_grad),
     )
-    return _HeadLosses.apply(hidden, student.weight, student.bias,
-                             teacher_hidden if kl_coef else None, labels, spec)
+    return _HeadLosses.apply(hidden, student.weight, student.bias, teacher_hidden if kl_coef else None, labels, spec)
 
 
 # -- cosine alignment of hidden states -------------------------------------------------------
 
 
-def cosine_sums(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+def cosine_sums(
+    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """``(P,)``: for each aligned pair, the sum over real tokens of ``1 - cos(h_s, h_t)`` (fp32)."""
     if len(student) != len(teacher):
         raise ValueError(f"{len(student)} student hidden states but {len(teacher)} teacher ones")

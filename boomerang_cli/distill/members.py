@@ -75,9 +75,16 @@ class MemberModels:
     """Members of one pair, built over the models' own parameters (a plain object: not a submodule,
     so neither the teacher nor a member enters the student's state dict or DDP's parameters)."""
 
-    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, arch: ArchMap, teacher_config: Any,
-                 student_layers: Sequence[dict[str, Any]], gradient_checkpointing: bool = False,
-                 trust_remote_code: bool = False) -> None:
+    def __init__(
+        self,
+        student: torch.nn.Module,
+        teacher: torch.nn.Module,
+        arch: ArchMap,
+        teacher_config: Any,
+        student_layers: Sequence[dict[str, Any]],
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+    ) -> None:
         """``arch``/``teacher_config``: the teacher's; ``student_layers``: each student layer's per-layer
         config values (:meth:`ArchMap.per_layer_config` of the student, or of the kept teacher layers)."""
         self.models: dict[str, Any] = {"student": student, "teacher": teacher}
@@ -86,9 +93,16 @@ class MemberModels:
         self.gradient_checkpointing, self.trust_remote_code = gradient_checkpointing, trust_remote_code
 
     @classmethod
-    def of_pair(cls, student: torch.nn.Module, teacher: torch.nn.Module, teacher_info: ModelInfo,
-                student_info: ModelInfo | None, plan: Plan, gradient_checkpointing: bool = False,
-                trust_remote_code: bool = False) -> "MemberModels":
+    def of_pair(
+        cls,
+        student: torch.nn.Module,
+        teacher: torch.nn.Module,
+        teacher_info: ModelInfo,
+        student_info: ModelInfo | None,
+        plan: Plan,
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+    ) -> "MemberModels":
         """The pair being distilled; ``student_info`` None: a student made from the plan (its layers'
         per-layer config values are the kept teacher layers')."""
         arch, config = teacher_info.arch, teacher_info.config

@@ -16,8 +16,9 @@ METRICS = "metrics.jsonl"
 class MetricSink:
     """metrics.jsonl plus optional TensorBoard / W&B; only rank 0 writes."""
 
-    def __init__(self, path: Path, report_to: list[str], logging_dir: Path, run_name: str,
-                 config: dict[str, Any], enabled: bool) -> None:
+    def __init__(
+        self, path: Path, report_to: list[str], logging_dir: Path, run_name: str, config: dict[str, Any], enabled: bool
+    ) -> None:
         self.path, self.enabled = path, enabled
         self.tb = self.wandb = None
         if enabled and "tensorboard" in report_to:
@@ -38,14 +39,17 @@ class MetricSink:
             try:
                 importlib.import_module("torch.utils.tensorboard" if target == "tensorboard" else "wandb")
             except ImportError:
-                raise BoomerangError(f"--report-to {target} needs the {target} package; run: pip install {target}") from None
+                raise BoomerangError(
+                    f"--report-to {target} needs the {target} package; run: pip install {target}"
+                ) from None
 
     def truncate(self, step: int) -> None:
         """Forget rows after ``step`` (a resumed run logs them again)."""
         if not self.enabled or not self.path.exists():
             return
-        rows = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
+        rows = [
+            line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
+        ]
         self.path.write_text("".join(r + "\n" for r in rows))
 
     def log(self, row: dict[str, Any]) -> None:

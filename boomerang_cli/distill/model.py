@@ -56,6 +56,7 @@ class HiddenCapture:
         def hook(module: Any, args: tuple, out: Any) -> None:
             if self.active:
                 self.states[j] = out[0] if isinstance(out, (tuple, list)) else out
+
         return hook
 
     @contextlib.contextmanager
@@ -89,15 +90,19 @@ class Teacher:
         self.head = LogitHead.of(model)
         self.aligned = list(aligned)
         self.num_layers = len(decoder_layers(model, layers_path))
-        self.capture = HiddenCapture(model, layers_path, [j for j in self.aligned if j < self.num_layers]) if keep_hidden else None
+        self.capture = (
+            HiddenCapture(model, layers_path, [j for j in self.aligned if j < self.num_layers]) if keep_hidden else None
+        )
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> TeacherOutput:
         with torch.inference_mode():
             ctx: contextlib.AbstractContextManager[dict[int, torch.Tensor]] = (
-                self.capture.recording() if self.capture else contextlib.nullcontext({}))
+                self.capture.recording() if self.capture else contextlib.nullcontext({})
+            )
             with ctx as states:
-                final = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                              use_cache=False).last_hidden_state
+                final = self.model.base_model(
+                    input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+                ).last_hidden_state
             states = dict(states)
         # Inference tensors cannot be saved for backward (cosine needs them): clone out.
         final = final.clone()
@@ -182,10 +187,16 @@ class DistillStudent(torch.nn.Module):
             cd = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else None
             own = LogitHead.of(net)
             head_loss, ce_sum, kl_sum = head_losses(
-                h, lab, own, teacher_hidden=ht, teacher=own if self.teacher_head_is_own else self.teacher_head,
+                h,
+                lab,
+                own,
+                teacher_hidden=ht,
+                teacher=own if self.teacher_head_is_own else self.teacher_head,
                 ce_coef=self.ce_weight / ce_denom if ce_denom else 0.0,
-                kl_coef=self.kl_weight * T * T / tok_denom, temperature=T,
-                chunk=self.chunk, compute_dtype=cd,
+                kl_coef=self.kl_weight * T * T / tok_denom,
+                temperature=T,
+                chunk=self.chunk,
+                compute_dtype=cd,
             )
             loss = loss + head_loss
             ce = ce_sum / ce_denom if ce_denom else zero
@@ -198,8 +209,9 @@ class DistillStudent(torch.nn.Module):
             cos = per_pair.mean().detach()
         return {"loss": loss, "ce": ce.detach(), "kl": kl.detach(), "cosine": cos}
 
-    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-             member: Member | None) -> tuple[Any, torch.Tensor, dict[int, torch.Tensor], Sequence[int]]:
+    def _run(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, member: Member | None
+    ) -> tuple[Any, torch.Tensor, dict[int, torch.Tensor], Sequence[int]]:
         """The final hidden state of the student (or of ``member``), the hidden states the cosine term
         aligns (by hidden index) and the index of each block's input among them."""
         starts: Sequence[int]
@@ -212,11 +224,13 @@ class DistillStudent(torch.nn.Module):
             net, starts = built.model, built.block_starts
             capture = HiddenCapture(net, self.layers_path, starts) if self.cos_weight else None
         ctx: contextlib.AbstractContextManager[dict[int, torch.Tensor]] = (
-            capture.recording() if capture else contextlib.nullcontext({}))
+            capture.recording() if capture else contextlib.nullcontext({})
+        )
         try:
             with ctx as states:
-                final = net.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                       use_cache=False).last_hidden_state
+                final = net.base_model(
+                    input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+                ).last_hidden_state
                 states = dict(states)
         finally:
             if member is not None and capture is not None:

@@ -26,8 +26,13 @@ class Recipe:
     summary: str
     mix: float = 0.0  # probability that a step trains a random member instead of the student (--mix)
 
-    def loss_weights(self, ce: float | None = None, kl: float | None = None, cosine: float | None = None,
-                     temperature: float | None = None) -> LossWeights:
+    def loss_weights(
+        self,
+        ce: float | None = None,
+        kl: float | None = None,
+        cosine: float | None = None,
+        temperature: float | None = None,
+    ) -> LossWeights:
         """The recipe's loss weights with the given ones (not None) replacing them."""
         given = {"ce": ce, "kl": kl, "cosine": cosine, "temperature": temperature}
         return replace(self.weights, **{k: v for k, v in given.items() if v is not None})
@@ -35,11 +40,19 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(
-        "paper", lr=3e-4, warmup=0.01, weights=LossWeights(), freeze_embeddings=None,
+        "paper",
+        lr=3e-4,
+        warmup=0.01,
+        weights=LossWeights(),
+        freeze_embeddings=None,
         summary="the paper's settings (500 steps of ~4.2M tokens): lr 3e-4, 1% warmup, CE 1 + KL 0.1 + cosine 2",
     ),
     "short": Recipe(
-        "short", lr=1e-3, warmup=0.05, weights=LossWeights(), freeze_embeddings=None,
+        "short",
+        lr=1e-3,
+        warmup=0.05,
+        weights=LossWeights(),
+        freeze_embeddings=None,
         summary="for runs of 10^4-10^7 tokens (docs/results.md sweep): lr 1e-3, 5% warmup, paper loss",
     ),
 }

@@ -27,7 +27,10 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
 )
 
 from ..errors import BoomerangError
@@ -45,8 +48,10 @@ def check_resume(ckpt_dir: Path, resume: bool, dcp_run: bool) -> None:
     """Refuse, before anything loads or is written, to resume a sharded run from a full checkpoint."""
     latest = checkpoint.latest(ckpt_dir) if resume else None
     if latest is not None and dcp_run and not is_sharded(latest):
-        raise BoomerangError(f"{latest} is a full (unsharded) checkpoint, not a distributed one; resume it "
-                             "without --fsdp/--shard student, or start over with --overwrite")
+        raise BoomerangError(
+            f"{latest} is a full (unsharded) checkpoint, not a distributed one; resume it "
+            "without --fsdp/--shard student, or start over with --overwrite"
+        )
 
 
 def _broadcast(obj: Any) -> Any:
@@ -56,8 +61,15 @@ def _broadcast(obj: Any) -> Any:
     return box[0]
 
 
-def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         scheduler: Any, trainer_state: dict[str, Any], is_main: bool) -> Path | None:
+def save(
+    root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    trainer_state: dict[str, Any],
+    is_main: bool,
+) -> Path | None:
     """Write sharded checkpoint ``step`` (collective: every rank writes its shards)."""
     tmp = Path(_broadcast(str(checkpoint.temp_dir(root, step)) if is_main else None))
     state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
@@ -72,8 +84,9 @@ def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.O
     return final
 
 
-def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-         rank: int, is_main: bool) -> None:
+def load(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int, is_main: bool
+) -> None:
     """Restore a checkpoint of either kind into the student (collective)."""
     path = Path(path)
     if not is_sharded(path):
@@ -81,11 +94,15 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
         return
     try:
         extra = torch.load(path / STATE, map_location="cpu", weights_only=True)
-        state: dict[str, Any] = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+        state: dict[str, Any] = {
+            "model": get_model_state_dict(model),
+            "optimizer": get_optimizer_state_dict(model, optimizer),
+        }
         dcp.load(state, checkpoint_id=str(path / DCP_DIR))
     except (OSError, RuntimeError, ValueError, CheckpointException) as exc:  # DCP: a missing or damaged shard
-        raise BoomerangError(f"{path}: unreadable sharded checkpoint ({type(exc).__name__}); "
-                             "delete it or start without --resume") from None
+        raise BoomerangError(
+            f"{path}: unreadable sharded checkpoint ({type(exc).__name__}); delete it or start without --resume"
+        ) from None
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])

@@ -40,8 +40,9 @@ _HEAD_FROM: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKe
 
 def whole(info: ModelInfo) -> Composition:
     """A model directory as a composition of itself (every layer, its own embeddings and head)."""
-    return compose({"teacher": info}, [LayerSource("teacher", i) for i in range(info.arch.num_layers)],
-                   "teacher", "teacher")
+    return compose(
+        {"teacher": info}, [LayerSource("teacher", i) for i in range(info.arch.num_layers)], "teacher", "teacher"
+    )
 
 
 def of_plan(teacher: ModelInfo, plan: Plan) -> Composition:
@@ -115,8 +116,9 @@ def head_source(model: PreTrainedModel) -> tuple | None:
     return _head_info(model, _SOURCES[model]) if model in _SOURCES else None
 
 
-def materialize(root: torch.nn.Module, hf_model: PreTrainedModel, device: torch.device,
-                shared: torch.nn.Parameter | None = None) -> None:
+def materialize(
+    root: torch.nn.Module, hf_model: PreTrainedModel, device: torch.device, shared: torch.nn.Parameter | None = None
+) -> None:
     """Allocate this rank's shards of a sharded meta model and read them from its files.
 
     ``root`` is the module ``to_empty`` runs on (the FSDP root, so that FSDP
@@ -153,8 +155,10 @@ def materialize(root: torch.nn.Module, hf_model: PreTrainedModel, device: torch.
             local, start, rows = _local_rows(p)
             info = t.source.info(t.src_name)
             if tuple(info.shape) != tuple(p.shape):
-                raise BoomerangError(f"{t.source.directory}: {t.src_name} has shape {list(info.shape)}, "
-                                     f"the model expects {list(p.shape)}")
+                raise BoomerangError(
+                    f"{t.source.directory}: {t.src_name} has shape {list(info.shape)}, "
+                    f"the model expects {list(p.shape)}"
+                )
             if local.numel() and p is not shared:
                 local.copy_(read_rows(info, start, rows) if p.ndim else t.source.read(t.src_name))
             if head is not None and p is head.weight:
@@ -207,7 +211,10 @@ def student(sharding: Any, t_info: ModelInfo, plan: Plan, student_dir: Any, trus
         return meta_model(comp, torch.float32, trust_remote_code)
     from ..models import load_model, student_from_plan
 
-    model = (load_model(student_dir, torch.float32, "cpu", trust_remote_code) if student_dir
-             else student_from_plan(t_info, plan, trust_remote_code))
+    model = (
+        load_model(student_dir, torch.float32, "cpu", trust_remote_code)
+        if student_dir
+        else student_from_plan(t_info, plan, trust_remote_code)
+    )
     verify_head(model, LogitHead.of(model), int(text_config(model.config).vocab_size))
     return model

@@ -20,9 +20,18 @@ from . import fsdp
 from .model import Teacher
 
 
-def forward_backward(model: Any, teacher: Teacher, acc: Any, ids: torch.Tensor, labels: torch.Tensor,
-                     mask: torch.Tensor, batch_size: int, grad_accum: int, need_teacher: bool,
-                     member: Member | None = None) -> torch.Tensor:
+def forward_backward(
+    model: Any,
+    teacher: Teacher,
+    acc: Any,
+    ids: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    batch_size: int,
+    grad_accum: int,
+    need_teacher: bool,
+    member: Member | None = None,
+) -> torch.Tensor:
     """Forward and backward of this process's share of one global batch ``(ids, labels, mask)``.
 
     Returns ``[loss, ce, kl, cosine]`` of the whole global batch (summed over
@@ -36,7 +45,7 @@ def forward_backward(model: Any, teacher: Teacher, acc: Any, ids: torch.Tensor, 
     per_rank = batch_size * grad_accum
     for m in range(grad_accum):
         lo = rank * per_rank + m * batch_size
-        x, y, msk = (t[lo:lo + batch_size].to(device) for t in (ids, labels, mask))
+        x, y, msk = (t[lo : lo + batch_size].to(device) for t in (ids, labels, mask))
         sync = m == grad_accum - 1
         with contextlib.nullcontext() if sync else acc.no_sync(model):
             out = _micro_batch(model, teacher, acc, x, y, msk, ce_denom, tok_denom, need_teacher, member)
@@ -50,9 +59,18 @@ def forward_backward(model: Any, teacher: Teacher, acc: Any, ids: torch.Tensor, 
     return totals
 
 
-def _micro_batch(model: Any, teacher: Teacher, acc: Any, x: torch.Tensor, y: torch.Tensor, msk: torch.Tensor,
-                 ce_denom: int, tok_denom: int, need_teacher: bool,
-                 member: Member | None = None) -> dict[str, torch.Tensor]:
+def _micro_batch(
+    model: Any,
+    teacher: Teacher,
+    acc: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    msk: torch.Tensor,
+    ce_denom: int,
+    tok_denom: int,
+    need_teacher: bool,
+    member: Member | None = None,
+) -> dict[str, torch.Tensor]:
     """Teacher forward (if a term needs it), then the student's forward and loss, on one micro-batch."""
     attn = attention_mask(msk)
     t_out = None
@@ -61,16 +79,26 @@ def _micro_batch(model: Any, teacher: Teacher, acc: Any, x: torch.Tensor, y: tor
             t_out = teacher(x, attn)
     with fsdp.teacher_head(teacher, model):  # a sharded teacher's head, gathered for KL
         extra = {"member": member} if member is not None else {}  # the student's call unchanged
-        return model(x, y, msk, attn, t_out.final if t_out else None, t_out.aligned if t_out else [],
-                     ce_denom, tok_denom, **extra)
+        return model(
+            x,
+            y,
+            msk,
+            attn,
+            t_out.final if t_out else None,
+            t_out.aligned if t_out else [],
+            ce_denom,
+            tok_denom,
+            **extra,
+        )
 
 
 def _terms(out: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack([out[k].detach().double() for k in ("loss", "ce", "kl", "cosine")])
 
 
-def evaluate(model: Any, teacher: Teacher, acc: Any, blocks: list[Block], batch_size: int,
-             need_teacher: bool) -> dict[str, float]:
+def evaluate(
+    model: Any, teacher: Teacher, acc: Any, blocks: list[Block], batch_size: int, need_teacher: bool
+) -> dict[str, float]:
     """Loss terms on held-out blocks, each process scoring its share (collective)."""
     rank, world = acc.process_index, acc.num_processes
     ids, labels, mask = collate(blocks)
@@ -84,9 +112,9 @@ def evaluate(model: Any, teacher: Teacher, acc: Any, blocks: list[Block], batch_
     model.eval()
     with torch.no_grad():
         for s in range(0, len(mine), batch_size):
-            sel = torch.tensor(mine[s:s + batch_size])
+            sel = torch.tensor(mine[s : s + batch_size])
             x = ids[sel].to(acc.device)
-            msk = (mask[sel] & keep[s:s + batch_size].unsqueeze(1)).to(acc.device)
+            msk = (mask[sel] & keep[s : s + batch_size].unsqueeze(1)).to(acc.device)
             y = torch.where(msk, labels[sel].to(acc.device), torch.full_like(x, IGNORE))
             totals += _terms(_micro_batch(model, teacher, acc, x, y, msk, ce_denom, tok_denom, need_teacher))
     if was_training:
@@ -94,5 +122,11 @@ def evaluate(model: Any, teacher: Teacher, acc: Any, blocks: list[Block], batch_
     if world > 1:
         torch.distributed.all_reduce(totals)
     loss, ce, kl, cos = (float(v) for v in totals)
-    return {"loss": loss, "ce": ce, "kl": kl, "cosine": cos, "perplexity": math.exp(min(ce, 50.0)),
-            "eval_tokens": tok_denom}
+    return {
+        "loss": loss,
+        "ce": ce,
+        "kl": kl,
+        "cosine": cos,
+        "perplexity": math.exp(min(ce, 50.0)),
+        "eval_tokens": tok_denom,
+    }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -60,9 +60,16 @@ class _Family:
 
 def open_family(path: Path, opts: EvalOptions, members: Sequence[str] | None = None) -> _Family:
     mpath, manifest = read_complete_manifest(path)
-    check_written_file(opts.plot, [("teacher", manifest.teacher.path), ("student", manifest.student.path),
-                                   *[(f"member {m.name}", mpath.parent / m.path) for m in manifest.members if m.path],
-                                   *local_sources(opts.sources)], "--plot")
+    check_written_file(
+        opts.plot,
+        [
+            ("teacher", manifest.teacher.path),
+            ("student", manifest.student.path),
+            *[(f"member {m.name}", mpath.parent / m.path) for m in manifest.members if m.path],
+            *local_sources(opts.sources),
+        ],
+        "--plot",
+    )
     check_member_dirs(mpath, manifest, select_names(manifest, members), opts.verify)
     infos = load_family_models(manifest, mpath.parent)
     check_family_models(manifest, infos)
@@ -79,8 +86,10 @@ def check_member_dirs(mpath: Path, manifest: FamilyManifest, names: Sequence[str
             continue  # checked by fingerprint (family.open.check_family_models)
         problem = member_problem(mpath.parent, manifest.member(name), full)
         if problem is not None:
-            raise BoomerangError(f"member {name} of {mpath}: {problem}; rerun `boomerang family` to rewrite it, "
-                                 "or leave it out with --members")
+            raise BoomerangError(
+                f"member {name} of {mpath}: {problem}; rerun `boomerang family` to rewrite it, "
+                "or leave it out with --members"
+            )
 
 
 def evaluate_family(
@@ -102,30 +111,20 @@ def evaluate_family(
     seconds: dict[str, float] = {"load": time.perf_counter() - t0}
 
     stacks: dict[str, Stack] = {name: fam.stack(name) for name in names}
-    rows: dict[str, Row] = {}
-    for name in names:
-        kind = name if name in ("teacher", "student") else "member"
-        entry = (manifest.teacher if name == "teacher" else manifest.student if name == "student"
-                 else manifest.member(name))
-        rows[name] = Row(name, kind, entry.num_params, entry.num_layers)
+    rows = _member_rows(manifest, names)
 
     data: EvalData | None = None
     if opts.perplexity:
         t = time.perf_counter()
-        data = load_eval_data(opts.sources, opts.split, tokenizer, seq_len, opts.max_tokens, opts.text_field,
-                              opts.bos, opts.window)
+        data = load_eval_data(
+            opts.sources, opts.split, tokenizer, seq_len, opts.max_tokens, opts.text_field, opts.bos, opts.window
+        )
         seconds["data"] = time.perf_counter() - t
 
-    baselines: list[Baseline] = []
     if opts.baselines:
         t = time.perf_counter()
-        baselines = _plan_baselines(fam, names, opts, tokenizer, seq_len, progress)
-        for b in baselines:
-            key = f"baseline:{b.name}"
-            stacks[key] = b.stack()
-            comp = compose(fam.infos, b.stack().layers, "teacher", "teacher")
-            rows[key] = Row(b.name, "baseline", comp.num_params, b.num_layers, b.method, b.teacher_layers,
-                            selection=b.selection)
+        for key, stack, row in _baseline_rows(fam, _plan_baselines(fam, names, opts, tokenizer, seq_len, progress)):
+            stacks[key], rows[key] = stack, row
         seconds["calibration"] = time.perf_counter() - t
 
     searches: dict[str, dict[str, Any]] = {}
@@ -133,21 +132,17 @@ def evaluate_family(
         t = time.perf_counter()
         for order in opts.compare_orders:
             order_members, searches[order] = _order_members(fam, order, opts, progress)
-            for m in order_members:
-                key = f"order:{order}:{m.name}"
-                stacks[key] = Stack.of_member(m)
-                comp = m.composition(fam.infos)
-                rows[key] = Row(f"{order}/{m.name}", "order", comp.num_params, m.num_layers, order,
-                                selection={"teacher_blocks": sorted(m.teacher_blocks),
-                                           "kl": searches[order].get("kl", {}).get(m.num_layers)})
+            for key, stack, row in _order_rows(fam, order, order_members, searches[order]):
+                stacks[key], rows[key] = stack, row
         seconds["orders"] = time.perf_counter() - t
 
     trunk: TrunkInfo | None = None
     if opts.perplexity:
         assert data is not None
         t = time.perf_counter()
-        results, trunk = stack_perplexities(stacks, fam.runners, data, opts.batch_size, fam.build,
-                                            trunk=opts.trunk, dtype=fam.dtype, progress=progress)
+        results, trunk = stack_perplexities(
+            stacks, fam.runners, data, opts.batch_size, fam.build, trunk=opts.trunk, dtype=fam.dtype, progress=progress
+        )
         seconds["perplexity"] = time.perf_counter() - t
         stamp = now()
         for key, nll in results.items():
@@ -164,11 +159,50 @@ def evaluate_family(
         written = str(fam.path)
     seconds["total"] = time.perf_counter() - t0
     return EvalReport(
-        target=str(fam.path), kind="family", rows=_ordered(rows.values()),
-        data=data.describe() if data is not None else None, trunk=trunk, seconds=seconds, written=written,
-        device=str(fam.device), dtype=str(fam.dtype).removeprefix("torch."), tasks=list(opts.tasks), notes=notes,
+        target=str(fam.path),
+        kind="family",
+        rows=_ordered(rows.values()),
+        data=data.describe() if data is not None else None,
+        trunk=trunk,
+        seconds=seconds,
+        written=written,
+        device=str(fam.device),
+        dtype=str(fam.dtype).removeprefix("torch."),
+        tasks=list(opts.tasks),
+        notes=notes,
         orders=searches,
     )
+
+
+def _member_rows(manifest: FamilyManifest, names: Sequence[str]) -> dict[str, Row]:
+    """The rows of the family's own models: teacher, student and the members asked for."""
+    rows: dict[str, Row] = {}
+    for name in names:
+        kind = name if name in ("teacher", "student") else "member"
+        entry = (
+            manifest.teacher if name == "teacher" else manifest.student if name == "student" else manifest.member(name)
+        )
+        rows[name] = Row(name, kind, entry.num_params, entry.num_layers)
+    return rows
+
+
+def _baseline_rows(fam: _Family, baselines: Sequence[Baseline]) -> Iterator[tuple[str, Stack, Row]]:
+    """Each pruning baseline's key, stack and row (its size as the teacher's layers it keeps)."""
+    for b in baselines:
+        comp = compose(fam.infos, b.stack().layers, "teacher", "teacher")
+        row = Row(b.name, "baseline", comp.num_params, b.num_layers, b.method, b.teacher_layers, selection=b.selection)
+        yield f"baseline:{b.name}", b.stack(), row
+
+
+def _order_rows(
+    fam: _Family, order: str, members: Sequence[Member], search: Mapping[str, Any]
+) -> Iterator[tuple[str, Stack, Row]]:
+    """Each member of a compared order: its key, stack and row (its blocks, and its KL when searched)."""
+    for m in members:
+        comp = m.composition(fam.infos)
+        selection = {"teacher_blocks": sorted(m.teacher_blocks), "kl": search.get("kl", {}).get(m.num_layers)}
+        row = Row(f"{order}/{m.name}", "order", comp.num_params, m.num_layers, order, selection=selection)
+        yield f"order:{order}:{m.name}", Stack.of_member(m), row
 
 
 def _ordered(rows: Any) -> list[Row]:
@@ -176,16 +210,21 @@ def _ordered(rows: Any) -> list[Row]:
     members by size; baselines last, by size and method."""
     rows = list(rows)
     rank = {"student": 0, "teacher": 2}
-    fam = sorted((r for r in rows if r.kind not in ("baseline", "order")),
-                 key=lambda r: (rank.get(r.kind, 1), r.num_layers, r.num_params, r.name))
+    fam = sorted(
+        (r for r in rows if r.kind not in ("baseline", "order")),
+        key=lambda r: (rank.get(r.kind, 1), r.num_layers, r.num_params, r.name),
+    )
     methods = list(dict.fromkeys(r.method for r in rows if r.kind == "order"))
-    orders = sorted((r for r in rows if r.kind == "order"),
-                    key=lambda r: (methods.index(r.method), r.num_layers, r.num_params))
+    orders = sorted(
+        (r for r in rows if r.kind == "order"), key=lambda r: (methods.index(r.method), r.num_layers, r.num_params)
+    )
     base = sorted((r for r in rows if r.kind == "baseline"), key=lambda r: (r.num_layers, r.method or "", r.name))
     return fam + orders + base
 
 
-def _order_members(fam: _Family, order: str, opts: EvalOptions, progress: Progress) -> tuple[list[Member], dict[str, Any]]:
+def _order_members(
+    fam: _Family, order: str, opts: EvalOptions, progress: Progress
+) -> tuple[list[Member], dict[str, Any]]:
     """Every member of ``order`` between student and teacher, and how they were chosen.
 
     A calibrated order reuses the family's own search when the family was built
@@ -218,46 +257,88 @@ def _order_members(fam: _Family, order: str, opts: EvalOptions, progress: Progre
             data, split, field_ = tuple(c["data"]), c.get("split", "train"), c.get("text_field", "text")
         else:
             data, split, field_ = tuple(opts.sources), "train", opts.text_field
-        spec = CalibrationSpec(data, opts.calib_samples or c.get("samples") or CalibrationSpec.samples,
-                               opts.calib_seq_len or c.get("seq_len") or CalibrationSpec.seq_len, split, field_,
-                               opts.bos)
-        result = search(fam.infos, plan, order, spec, beam=width, device=fam.device, batch_size=opts.batch_size,
-                        progress=progress, loaded=fam.models)
+        spec = CalibrationSpec(
+            data,
+            opts.calib_samples or c.get("samples") or CalibrationSpec.samples,
+            opts.calib_seq_len or c.get("seq_len") or CalibrationSpec.seq_len,
+            split,
+            field_,
+            opts.bos,
+        )
+        result = search(
+            fam.infos,
+            plan,
+            order,
+            spec,
+            beam=width,
+            device=fam.device,
+            batch_size=opts.batch_size,
+            progress=progress,
+            loaded=fam.models,
+        )
         how = "searched for this comparison"
     info = order_info(result)
     members = [m for m in result.members() if not (m.is_student or m.is_teacher)]
-    return members, {"method": order, "beam": info.beam, "calibration": info.calibration, "source": how,
-                     "kl": {s["num_layers"]: s["kl"] for s in info.steps}}
+    return members, {
+        "method": order,
+        "beam": info.beam,
+        "calibration": info.calibration,
+        "source": how,
+        "kl": {s["num_layers"]: s["kl"] for s in info.steps},
+    }
 
 
-def _plan_baselines(fam: _Family, names: Sequence[str], opts: EvalOptions, tokenizer: Any, seq_len: int,
-                    progress: Progress) -> list[Baseline]:
+def _plan_baselines(
+    fam: _Family, names: Sequence[str], opts: EvalOptions, tokenizer: Any, seq_len: int, progress: Progress
+) -> list[Baseline]:
     members: list[Member] = [member_of(fam.manifest, n) for n in names]
     if all(m.is_teacher for m in members):
-        raise BoomerangError("--baseline prunes the teacher to each member's size; select a member other than the teacher")
+        raise BoomerangError(
+            "--baseline prunes the teacher to each member's size; select a member other than the teacher"
+        )
     influence = None
     calibration = None
     if "shortgpt" in opts.baselines:
-        calib = load_eval_data(opts.sources, "train", tokenizer, seq_len, opts.calibration_tokens, opts.text_field,
-                               opts.bos)
+        calib = load_eval_data(
+            opts.sources, "train", tokenizer, seq_len, opts.calibration_tokens, opts.text_field, opts.bos
+        )
         task = progress.task("block influence (ShortGPT)", calib.num_batches(opts.batch_size), unit="batches")
         influence = block_influence(fam.runners["teacher"], calib, opts.batch_size, on_batch=lambda: task.advance(1))
         progress.finish(task)
-        calibration = {"calibration": calib.key, "calibration_tokens": calib.num_tokens, "seq_len": calib.seq_len,
-                       "bos": calib.bos}
+        calibration = {
+            "calibration": calib.key,
+            "calibration_tokens": calib.num_tokens,
+            "seq_len": calib.seq_len,
+            "bos": calib.bos,
+        }
     return plan_baselines(opts.baselines, members, influence, calibration)
 
 
-def _run_tasks(rows: Mapping[str, Row], stacks: Mapping[str, Stack], build: Callable[[Stack], Any], tokenizer: Any,
-               opts: EvalOptions, device: torch.device, progress: Progress) -> None:
+def _run_tasks(
+    rows: Mapping[str, Row],
+    stacks: Mapping[str, Stack],
+    build: Callable[[Stack], Any],
+    tokenizer: Any,
+    opts: EvalOptions,
+    device: torch.device,
+    progress: Progress,
+) -> None:
     manager = lmeval.task_manager(opts.tasks, opts.task_dir)
     task = progress.task("lm-eval tasks", len(stacks), unit="models")
     stamp = now()
     for key, stack in stacks.items():
         task.update(description=f"lm-eval on {rows[key].name}")
         model = build(stack)
-        scores = lmeval.run_tasks(model, tokenizer, opts.tasks, manager, batch_size=opts.batch_size,
-                                  limit=opts.limit, num_fewshot=opts.num_fewshot, device=str(device))
+        scores = lmeval.run_tasks(
+            model,
+            tokenizer,
+            opts.tasks,
+            manager,
+            batch_size=opts.batch_size,
+            limit=opts.limit,
+            num_fewshot=opts.num_fewshot,
+            device=str(device),
+        )
         for s in scores.values():
             s.setdefault("limit", opts.limit)
             s["evaluated"] = stamp
@@ -265,5 +346,3 @@ def _run_tasks(rows: Mapping[str, Row], stacks: Mapping[str, Stack], build: Call
         del model
         task.advance(1)
     progress.finish(task)
-
-

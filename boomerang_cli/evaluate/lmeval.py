@@ -105,8 +105,9 @@ def _lean(evaluator: Any) -> Any:
     """Skip what ``simple_evaluate`` adds for its own result files and we never read: the
     environment report (``torch.utils.collect_env``, ~3.5 s of subprocesses per call, i.e. per
     member) and the git hash of the current directory (prints "fatal: not a git repository")."""
-    saved = {name: getattr(evaluator, name) for name in ("add_env_info", "get_git_commit_hash")
-             if hasattr(evaluator, name)}
+    saved = {
+        name: getattr(evaluator, name) for name in ("add_env_info", "get_git_commit_hash") if hasattr(evaluator, name)
+    }
     if "add_env_info" in saved:
         evaluator.add_env_info = lambda storage: None
     if "get_git_commit_hash" in saved:
@@ -134,13 +135,17 @@ def run_tasks(
     evaluator = _lm_eval()
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
-              max_length=max_length)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device, max_length=max_length)
     try:
         with _lean(evaluator):
             results = evaluator.simple_evaluate(
-                model=lm, tasks=list(tasks), task_manager=manager, num_fewshot=num_fewshot, limit=limit,
-                log_samples=False, bootstrap_iters=BOOTSTRAP_ITERS,
+                model=lm,
+                tasks=list(tasks),
+                task_manager=manager,
+                num_fewshot=num_fewshot,
+                limit=limit,
+                log_samples=False,
+                bootstrap_iters=BOOTSTRAP_ITERS,
             )
     except Exception as exc:  # the harness, datasets and the hub raise many kinds (offline, bad YAML, ...)
         msg = str(exc).splitlines()[0][:200] if str(exc) else ""

@@ -23,11 +23,14 @@ def _float32() -> torch.dtype:
 
 
 #: What tables and plots show of a perplexity record (--metric): its field in the record.
-METRICS = {"ppl": "ppl", "bits-per-byte": "bits_per_byte", "word-ppl": "word_perplexity",
-           "byte-ppl": "byte_perplexity"}
+METRICS = {"ppl": "ppl", "bits-per-byte": "bits_per_byte", "word-ppl": "word_perplexity", "byte-ppl": "byte_perplexity"}
 DEFAULT_METRIC = "ppl"
-METRIC_LABELS = {"ppl": "perplexity", "bits-per-byte": "bits per byte", "word-ppl": "word perplexity",
-                 "byte-ppl": "byte perplexity"}  # how a plot's axis names each
+METRIC_LABELS = {
+    "ppl": "perplexity",
+    "bits-per-byte": "bits per byte",
+    "word-ppl": "word perplexity",
+    "byte-ppl": "byte perplexity",
+}  # how a plot's axis names each
 
 
 @dataclass
@@ -127,8 +130,12 @@ class Row:
         return None if self.perplexity is None else self.perplexity.get(METRICS[name])
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "kind": self.kind, "num_params": self.num_params,
-                               "num_layers": self.num_layers}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind,
+            "num_params": self.num_params,
+            "num_layers": self.num_layers,
+        }
         if self.method:
             out["method"] = self.method
             out["teacher_layers"] = self.teacher_layers
@@ -143,8 +150,15 @@ class Row:
             primary = lmeval.primary_metric(scores)
             if primary is not None:
                 tasks[task] = primary
-        return {"name": self.name, "kind": self.kind, "method": self.method, "num_params": self.num_params,
-                "num_layers": self.num_layers, "ppl": self.metric(metric), "tasks": tasks}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "method": self.method,
+            "num_params": self.num_params,
+            "num_layers": self.num_layers,
+            "ppl": self.metric(metric),
+            "tasks": tasks,
+        }
 
 
 @dataclass
@@ -158,8 +172,13 @@ class TrunkInfo:
     check: dict[str, Any] | None = None  # the first-batch comparison with a standalone member
 
     def to_json(self) -> dict[str, Any]:
-        return {"used": self.used, "reason": self.reason, "layer_passes": self.layer_passes,
-                "flat_layer_passes": self.flat_layer_passes, "check": self.check}
+        return {
+            "used": self.used,
+            "reason": self.reason,
+            "layer_passes": self.layer_passes,
+            "flat_layer_passes": self.flat_layer_passes,
+            "check": self.check,
+        }
 
 
 @dataclass
@@ -189,10 +208,18 @@ class EvalReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "target": self.target, "kind": self.kind, "written": self.written, "device": self.device,
-            "dtype": self.dtype, "data": self.data, "trunk": self.trunk.to_json() if self.trunk else None,
-            "tasks": list(self.tasks), "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
-            "notes": list(self.notes), "orders": self.orders, "results": [r.to_json() for r in self.rows],
+            "target": self.target,
+            "kind": self.kind,
+            "written": self.written,
+            "device": self.device,
+            "dtype": self.dtype,
+            "data": self.data,
+            "trunk": self.trunk.to_json() if self.trunk else None,
+            "tasks": list(self.tasks),
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "notes": list(self.notes),
+            "orders": self.orders,
+            "results": [r.to_json() for r in self.rows],
         }
 
 
@@ -208,5 +235,3 @@ def bounded_seq_len(opts: EvalOptions, config: Any, notes: list[str]) -> int:
 
 def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-

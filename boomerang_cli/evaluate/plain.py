@@ -55,16 +55,25 @@ def evaluate_models(
         if opts.perplexity:
             t = time.perf_counter()
             seq_len = bounded_seq_len(opts, info.config, notes)
-            data = load_eval_data(opts.sources, opts.split, tokenizer, seq_len, opts.max_tokens, opts.text_field,
-                                  opts.bos, opts.window)
+            data = load_eval_data(
+                opts.sources, opts.split, tokenizer, seq_len, opts.max_tokens, opts.text_field, opts.bos, opts.window
+            )
             nll = model_nll(model, data, opts.batch_size)
             row.perplexity = perplexity_entry(nll, data, opts.dtype, False, now())
             described = described or data.describe()
             seconds["perplexity"] += time.perf_counter() - t
         if manager is not None:
             t = time.perf_counter()
-            row.tasks = lmeval.run_tasks(model, tokenizer, opts.tasks, manager, batch_size=opts.batch_size,
-                                         limit=opts.limit, num_fewshot=opts.num_fewshot, device=str(device))
+            row.tasks = lmeval.run_tasks(
+                model,
+                tokenizer,
+                opts.tasks,
+                manager,
+                batch_size=opts.batch_size,
+                limit=opts.limit,
+                num_fewshot=opts.num_fewshot,
+                device=str(device),
+            )
             for s in row.tasks.values():
                 s.setdefault("limit", opts.limit)
             seconds["tasks"] += time.perf_counter() - t
@@ -75,9 +84,15 @@ def evaluate_models(
     write_results(out, rows, resolved)
     seconds["total"] = time.perf_counter() - t0
     return EvalReport(
-        target=", ".join(refs), kind="models", rows=rows, data=described,
-        trunk=TrunkInfo(False, trunk_reason) if opts.perplexity else None, seconds=seconds, written=str(out),
-        device=str(device), dtype=str(opts.dtype).removeprefix("torch."), tasks=list(opts.tasks), notes=notes,
+        target=", ".join(refs),
+        kind="models",
+        rows=rows,
+        data=described,
+        trunk=TrunkInfo(False, trunk_reason) if opts.perplexity else None,
+        seconds=seconds,
+        written=str(out),
+        device=str(device),
+        dtype=str(opts.dtype).removeprefix("torch."),
+        tasks=list(opts.tasks),
+        notes=notes,
     )
-
-

@@ -81,12 +81,18 @@ def _panel(ax: Any, rows: Sequence[dict[str, Any]], value: Any, ylabel: str, lab
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         if name == "family":
             # Beside compared orders, the family's own members are points on its order's line.
-            ax.plot(xs, ys, label="members (this family)", **STYLES["member"],
-                    **({"linestyle": "none", "markerfacecolor": "none", "markersize": 10} if compared else {}))
+            ax.plot(
+                xs,
+                ys,
+                label="members (this family)",
+                **STYLES["member"],
+                **({"linestyle": "none", "markerfacecolor": "none", "markersize": 10} if compared else {}),
+            )
         elif name.startswith("order:"):
             order = name.split(":", 1)[1]
-            ax.plot(xs, ys, label=f"{order} order", linestyle="-", alpha=0.85,
-                    **ORDER_STYLES.get(order, dict(marker="o")))
+            ax.plot(
+                xs, ys, label=f"{order} order", linestyle="-", alpha=0.85, **ORDER_STYLES.get(order, dict(marker="o"))
+            )
         else:
             style = dict(STYLES.get(name, STYLES["model"]))
             ls = style.pop("linestyle", "none" if name == "model" else "-")
@@ -99,8 +105,9 @@ def _panel(ax: Any, rows: Sequence[dict[str, Any]], value: Any, ylabel: str, lab
         for r in rows:
             y = value(r)
             if y is not None and r["kind"] not in ("baseline", "order"):
-                ax.annotate(r["name"], (r["num_params"], y), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7, alpha=0.8)
+                ax.annotate(
+                    r["name"], (r["num_params"], y), textcoords="offset points", xytext=(4, 4), fontsize=7, alpha=0.8
+                )
     ax.set_xlabel("parameters")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
@@ -140,36 +147,48 @@ def plot_results(
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
+
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise BoomerangError(f"--plot {path}: write a .png file")
     has_tasks = bool(tasks) and any(r.get("tasks") for r in rows)
     ncols = 2 if has_tasks else 1
     fig, axes = plt.subplots(1, ncols, figsize=(7.5 * ncols, 5.5), squeeze=False)
-    ok = _panel(axes[0][0], rows, lambda r: r.get("ppl"), f"{metric_label} ({data_key})" if data_key else metric_label,
-                label_points=sum(r["kind"] not in ("baseline", "order") for r in rows) <= 24)
+    ok = _panel(
+        axes[0][0],
+        rows,
+        lambda r: r.get("ppl"),
+        f"{metric_label} ({data_key})" if data_key else metric_label,
+        label_points=sum(r["kind"] not in ("baseline", "order") for r in rows) <= 24,
+    )
     ppls = [r["ppl"] for r in rows if r.get("ppl")]
     if ok and max(ppls) / min(ppls) > 20:  # pruned baselines can be orders of magnitude off
         axes[0][0].set_yscale("log")
         axes[0][0].yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:g}"))
         axes[0][0].yaxis.set_minor_formatter(FuncFormatter(lambda y, _pos: ""))
     elif not ok:
-        axes[0][0].text(0.5, 0.5, "no perplexity measured", ha="center", va="center",
-                        transform=axes[0][0].transAxes)
+        axes[0][0].text(0.5, 0.5, "no perplexity measured", ha="center", va="center", transform=axes[0][0].transAxes)
     if has_tasks:
         ax = axes[0][1]
         for i, task in enumerate(tasks):
+
             def score(r: dict[str, Any], task: str = task) -> float | None:
                 value = r.get("tasks", {}).get(task)
                 return value[1] if value else None
+
             series = _series(rows, score)
             color = f"C{i % 10}"
             for name, pts in series.items():
                 xs, ys = [p[0] for p in pts], [p[1] for p in pts]
                 base = STYLES.get(name, STYLES["member"]) if name != "family" else STYLES["member"]
-                ax.plot(xs, ys, color=color, marker=base.get("marker", "o"),
-                        linestyle=base.get("linestyle", "-") if name != "family" else "-",
-                        label=f"{task} ({'members' if name == 'family' else name})")
+                ax.plot(
+                    xs,
+                    ys,
+                    color=color,
+                    marker=base.get("marker", "o"),
+                    linestyle=base.get("linestyle", "-") if name != "family" else "-",
+                    label=f"{task} ({'members' if name == 'family' else name})",
+                )
         ax.set_xlabel("parameters")
         ax.set_ylabel("task score (primary metric)")
         ax.grid(True, alpha=0.3)

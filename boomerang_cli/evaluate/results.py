@@ -31,10 +31,19 @@ DEFAULT_RESULTS = "eval-results.json"
 
 def perplexity_entry(nll: NLL, data: EvalData, dtype: torch.dtype, trunk: bool, stamp: str) -> dict[str, Any]:
     """A perplexity result with every setting that identifies it (``manifest.perplexity_key``)."""
-    return nll.to_json(data=data.key, seq_len=data.seq_len, bos=data.bos, window=data.window,
-                       split_rule=SPLIT_RULE, **nll.units(data.text), blocks=data.num_blocks,
-                       data_fingerprint=data.fingerprint(), trunk=trunk, dtype=str(dtype).removeprefix("torch."),
-                       evaluated=stamp)
+    return nll.to_json(
+        data=data.key,
+        seq_len=data.seq_len,
+        bos=data.bos,
+        window=data.window,
+        split_rule=SPLIT_RULE,
+        **nll.units(data.text),
+        blocks=data.num_blocks,
+        data_fingerprint=data.fingerprint(),
+        trunk=trunk,
+        dtype=str(dtype).removeprefix("torch."),
+        evaluated=stamp,
+    )
 
 
 def _merge(metrics: dict[str, Any], row: Row) -> dict[str, Any]:
@@ -66,8 +75,9 @@ def write_family(path: Path, rows: Mapping[str, Row]) -> None:
             metrics = _merge(old.metrics if same and old is not None else {}, row)
             if row.selection:
                 metrics["selection"] = row.selection
-            entry = BaselineEntry(row.name, row.method or "", row.num_layers, row.num_params,
-                                  list(row.teacher_layers or []), metrics)
+            entry = BaselineEntry(
+                row.name, row.method or "", row.num_layers, row.num_params, list(row.teacher_layers or []), metrics
+            )
             manifest.baselines = [b for b in manifest.baselines if b.name != row.name] + [entry]
     manifest.baselines.sort(key=lambda b: (b.num_layers, b.method, b.name))
     manifest.write(path)
@@ -84,8 +94,7 @@ def check_results_output(path: Path, inputs: Sequence[tuple[str, Any]] = ()) -> 
     while not p.exists():
         p = p.parent
     if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
-        raise BoomerangError(f"-o {path}: cannot write there ({p} is not a writable directory); "
-                             "choose another -o")
+        raise BoomerangError(f"-o {path}: cannot write there ({p} is not a writable directory); choose another -o")
 
 
 def read_results(path: Path) -> dict[str, Any]:
@@ -102,21 +111,28 @@ def read_results(path: Path) -> dict[str, Any]:
     _check_shape(path, data)
     version = data.get("schema_version")
     if version in (1, 2):  # re-keyed by how each record was measured (manifest.migrate_metrics)
-        data["models"] = [{**e, "metrics": migrate_metrics(e.get("metrics", {}), version)} if isinstance(e, dict)
-                          else e for e in data.get("models", [])]
+        data["models"] = [
+            {**e, "metrics": migrate_metrics(e.get("metrics", {}), version)} if isinstance(e, dict) else e
+            for e in data.get("models", [])
+        ]
         data["schema_version"] = RESULTS_VERSION
     if data.get("schema_version") != RESULTS_VERSION:
-        raise BoomerangError(f"{path}: results schema version {data.get('schema_version')} but this boomerang "
-                             f"writes {RESULTS_VERSION}; pass another --output")
+        raise BoomerangError(
+            f"{path}: results schema version {data.get('schema_version')} but this boomerang "
+            f"writes {RESULTS_VERSION}; pass another --output"
+        )
     return data
 
 
 def _check_shape(path: Path, data: dict[str, Any]) -> None:
     """The parts of a results file a merge reads: models a list of objects with a ``ref`` and
     object ``metrics`` (and ``perplexity``); anything else is one line, not a traceback."""
+
     def bad(what: str, should: str, value: Any) -> BoomerangError:
-        return BoomerangError(f"{path}: {what} should be {should}, not {type(value).__name__}; "
-                              "fix it or pass another --output")
+        return BoomerangError(
+            f"{path}: {what} should be {should}, not {type(value).__name__}; fix it or pass another --output"
+        )
+
     models = data.get("models", [])
     if not isinstance(models, list):
         raise bad("models", "a list", models)
@@ -138,9 +154,17 @@ def write_results(path: Path, rows: Sequence[Row], refs: Sequence[Any]) -> None:
     for row, ref in zip(rows, refs):
         old = entries.get(row.name, {})
         entries[row.name] = {
-            "ref": row.name, "path": str(ref.path), "num_params": row.num_params, "num_layers": row.num_layers,
+            "ref": row.name,
+            "path": str(ref.path),
+            "num_params": row.num_params,
+            "num_layers": row.num_layers,
             "metrics": _merge(old.get("metrics", {}), row),
         }
-    data.update(format=RESULTS_FORMAT, schema_version=RESULTS_VERSION, tool_version=__version__, updated=now(),
-                models=sorted(entries.values(), key=lambda e: (e["num_params"], e["ref"])))
+    data.update(
+        format=RESULTS_FORMAT,
+        schema_version=RESULTS_VERSION,
+        tool_version=__version__,
+        updated=now(),
+        models=sorted(entries.values(), key=lambda e: (e["num_params"], e["ref"])),
+    )
     atomic_write_text(path, jsonio.dumps(data, indent=2) + "\n")

@@ -23,8 +23,11 @@ def eval_targets(targets: Sequence[str]) -> tuple[str, Any]:
                 "directory) or model references"
             )
         return "family", Path(recorded)
-    manifests = [t for t in targets if (Path(t).expanduser().is_file() and t.endswith(".json"))
-                 or (Path(t).expanduser() / MANIFEST_NAME).is_file()]
+    manifests = [
+        t
+        for t in targets
+        if (Path(t).expanduser().is_file() and t.endswith(".json")) or (Path(t).expanduser() / MANIFEST_NAME).is_file()
+    ]
     if manifests:
         if len(targets) > 1:
             raise BoomerangError(
@@ -84,8 +87,14 @@ def run_eval(req: EvalRequest, progress: Any = None) -> EvalReport:
     order_list = _split(req.compare_orders) if req.compare_orders else []
     if req.compare_orders is not None and not order_list:
         raise BoomerangError("--compare-orders is empty; name orders like --compare-orders last-first,kl-greedy")
-    opts = EvalOptions(**req.options, dtype=parse_dtype(req.dtype), tasks=parse_tasks(req.tasks), baselines=methods,
-                       compare_orders=list(dict.fromkeys(order_list)), plot=req.plot)
+    opts = EvalOptions(
+        **req.options,
+        dtype=parse_dtype(req.dtype),
+        tasks=parse_tasks(req.tasks),
+        baselines=methods,
+        compare_orders=list(dict.fromkeys(order_list)),
+        plot=req.plot,
+    )
     opts.check()
     if opts.task_dir is not None and not opts.tasks:
         raise BoomerangError("--task-dir adds task files; name the tasks to run with --tasks")
@@ -99,7 +108,9 @@ def run_eval(req: EvalRequest, progress: Any = None) -> EvalReport:
     if kind == "models" and req.members:
         raise BoomerangError("--members selects members of a family; give a family manifest")
     if kind == "models" and opts.compare_orders:
-        raise BoomerangError("--compare-orders builds members of a family's teacher and student; give a family manifest")
+        raise BoomerangError(
+            "--compare-orders builds members of a family's teacher and student; give a family manifest"
+        )
     if kind == "family" and req.output is not None:
         raise BoomerangError("a family's results go into its manifest; -o is for plain model references")
     member_list = _split(req.members) if req.members else None
@@ -125,9 +136,17 @@ def _plot(report: EvalReport, path: Path, metric: str) -> None:
     from .options import METRIC_LABELS
     from .plot import plot_results
 
-    title = (f"family {Path(report.target).parent.name}" if report.kind == "family" else "models") + f" ({report.dtype})"
+    title = (
+        f"family {Path(report.target).parent.name}" if report.kind == "family" else "models"
+    ) + f" ({report.dtype})"
     if report.orders:
         title += ": patch orders compared"
-    plot_results([r.plot_point(metric) for r in report.rows], path, title=title,
-                 data_key=report.data["key"] if report.data else None, tasks=report.tasks,
-                 by_layers=bool(report.orders), metric_label=METRIC_LABELS[metric])
+    plot_results(
+        [r.plot_point(metric) for r in report.rows],
+        path,
+        title=title,
+        data_key=report.data["key"] if report.data else None,
+        tasks=report.tasks,
+        by_layers=bool(report.orders),
+        metric_label=METRIC_LABELS[metric],
+    )

@@ -28,14 +28,19 @@ Row = Mapping[str, Any]
 def family_order(rows: Sequence[Row]) -> list[Row]:
     """Student, members by depth (then size), teacher last: the order a family grows in."""
     rank = {"student": 0, "member": 1, "teacher": 2}
-    return sorted((r for r in rows if r["kind"] in rank and r.get("ppl") is not None),
-                  key=lambda r: (rank[r["kind"]], r["num_layers"], r["num_params"]))
+    return sorted(
+        (r for r in rows if r["kind"] in rank and r.get("ppl") is not None),
+        key=lambda r: (rank[r["kind"]], r["num_layers"], r["num_params"]),
+    )
 
 
 def baseline_curve(rows: Sequence[Row], method: str = "shortgpt") -> list[tuple[int, float]]:
     """``(num_params, ppl)`` of ``method``'s models plus the teacher (pruning nothing), by size."""
-    points = {r["num_params"]: r["ppl"] for r in rows
-              if r.get("ppl") is not None and r["kind"] == "baseline" and r.get("method") == method}
+    points = {
+        r["num_params"]: r["ppl"]
+        for r in rows
+        if r.get("ppl") is not None and r["kind"] == "baseline" and r.get("method") == method
+    }
     for r in rows:
         if r["kind"] == "teacher" and r.get("ppl") is not None:
             points[r["num_params"]] = r["ppl"]
@@ -96,8 +101,9 @@ class FamilyScore:
 def score_family(rows: Sequence[Row], method: str = "shortgpt") -> FamilyScore:
     """Judge ``rows`` (one family plus its baselines) against ``method`` at equal saved size."""
     fam = family_order(rows)
-    increases = [f"{a['name']} {a['ppl']:.4g} -> {b['name']} {b['ppl']:.4g}"
-                 for a, b in zip(fam, fam[1:]) if b["ppl"] > a["ppl"]]
+    increases = [
+        f"{a['name']} {a['ppl']:.4g} -> {b['name']} {b['ppl']:.4g}" for a, b in zip(fam, fam[1:]) if b["ppl"] > a["ppl"]
+    ]
     curve = baseline_curve(rows, method)
     exact = {p for p, _ in curve}
     verdicts = []
@@ -106,12 +112,16 @@ def score_family(rows: Sequence[Row], method: str = "shortgpt") -> FamilyScore:
             continue
         base = at_size(curve, r["num_params"])
         if base is not None:
-            verdicts.append(SizeVerdict(r["name"], r["num_layers"], r["num_params"], r["ppl"], base,
-                                        r["num_params"] in exact))
-    ratio = (math.exp(sum(math.log(v.ppl / v.baseline_ppl) for v in verdicts) / len(verdicts))
-             if verdicts else None)
+            verdicts.append(
+                SizeVerdict(r["name"], r["num_layers"], r["num_params"], r["ppl"], base, r["num_params"] in exact)
+            )
+    ratio = math.exp(sum(math.log(v.ppl / v.baseline_ppl) for v in verdicts) / len(verdicts)) if verdicts else None
     ends = [r["num_params"] for r in fam if r["kind"] in ("student", "teacher")]
-    outside = [f"{r['name']} ({r['num_params']:,})" for r in fam
-               if len(ends) == 2 and not min(ends) <= r["num_params"] <= max(ends)]
-    return FamilyScore(method, ratio, sum(v.wins for v in verdicts), len(verdicts), len(increases), increases,
-                       verdicts, outside)
+    outside = [
+        f"{r['name']} ({r['num_params']:,})"
+        for r in fam
+        if len(ends) == 2 and not min(ends) <= r["num_params"] <= max(ends)
+    ]
+    return FamilyScore(
+        method, ratio, sum(v.wins for v in verdicts), len(verdicts), len(increases), increases, verdicts, outside
+    )

@@ -30,8 +30,9 @@ class TrunkMismatch(Exception):
 
 def _check_key(stacks: Mapping[str, Stack]) -> str:
     """The stack the trunk is checked on: one mixing sources (head and embeddings apart if any), smallest."""
-    return min(stacks, key=lambda k: (not stacks[k].mixed, stacks[k].embed_from == stacks[k].head_from,
-                                      len(stacks[k].layers)))
+    return min(
+        stacks, key=lambda k: (not stacks[k].mixed, stacks[k].embed_from == stacks[k].head_from, len(stacks[k].layers))
+    )
 
 
 def trunk_perplexities(
@@ -126,5 +127,3 @@ def stack_perplexities(
     flat = sum(len(s.layers) for s in stacks.values())
     results = separate_perplexities(stacks, data, batch_size, build, progress)
     return results, TrunkInfo(False, reason, None, flat, None)
-
-

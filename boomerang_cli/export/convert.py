@@ -13,7 +13,8 @@ import torch
 
 from ..compose import Composition
 from ..errors import BoomerangError, UnsupportedArchitectureError
-from ..tensors import CHUNK_BYTES, DTYPES, OutTensor
+from ..tensor_writer import OutTensor
+from ..tensors import CHUNK_BYTES, DTYPES
 from .gguf_arch import _ggml, _rope, _rope_type, gguf_arch, llama3_rope_factors
 
 
@@ -87,8 +88,16 @@ def tensor_specs(comp: Composition, requested: str) -> list[TensorSpec]:
             perm = kv_heads
         out.append(TensorSpec(name, t, tensor_type(name, t.info.shape, requested), perm))
     if _rope_type(_rope(cfg)[1]) == "llama3":
-        out.insert(0, TensorSpec(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", None, "F32", None,
-                                 tuple(llama3_rope_factors(cfg))))
+        out.insert(
+            0,
+            TensorSpec(
+                gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
+                None,
+                "F32",
+                None,
+                tuple(llama3_rope_factors(cfg)),
+            ),
+        )
     return out
 
 
@@ -167,5 +176,3 @@ def _float_chunks(spec: TensorSpec):
             if f.readinto(buf) != len(buf):
                 raise BoomerangError(f"{info.file}: file ended early while reading {info.name}")
             yield torch.frombuffer(buf, dtype=dtype).reshape(n, *info.shape[1:]).to(torch.float32).numpy()
-
-

@@ -20,9 +20,9 @@ ARCHITECTURES = {"llama": ("llama", True), "qwen2": ("qwen2", False), "qwen3": (
 #: architectures the map understands but GGUF cannot describe faithfully, and why.
 REFUSED = {
     "gemma3_text": "llama.cpp fixes gemma3's sliding-window pattern (every 6th layer global) instead of reading "
-                   "it per layer, so members with another layer pattern would run wrongly",
+    "it per layer, so members with another layer pattern would run wrongly",
     "gemma3": "llama.cpp fixes gemma3's sliding-window pattern (every 6th layer global) instead of reading "
-              "it per layer, so members with another layer pattern would run wrongly",
+    "it per layer, so members with another layer pattern would run wrongly",
 }
 
 
@@ -109,5 +109,3 @@ def check_exportable(comp: Composition, name: str) -> None:
             f"cannot export {name} to GGUF: rope scaling {rope_type!r} is not mapped yet "
             "(default, linear, yarn, and llama3 for llama are)"
         )
-
-

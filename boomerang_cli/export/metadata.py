@@ -91,8 +91,10 @@ def _copy_tokenizer(writer: Any, reader: Any, source: Path, n_vocab: int) -> Non
             writer.add_key_value(key, f.contents(), f.types[0])
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     if tokens is not None and len(tokens.data) != n_vocab:
-        raise BoomerangError(f"{source}: its tokenizer has {len(tokens.data)} tokens but the model {n_vocab} "
-                             "embeddings; export from an HF teacher instead")
+        raise BoomerangError(
+            f"{source}: its tokenizer has {len(tokens.data)} tokens but the model {n_vocab} "
+            "embeddings; export from an HF teacher instead"
+        )
 
 
 #: model_type -> llama.cpp pre-tokenizer for HF tokenizers (the converter finds it by hashing
@@ -144,7 +146,8 @@ def _hf_tokenizer(writer: Any, directory: Path, n_vocab: int, model_type: str) -
     writer.add_token_scores(scores)
     writer.add_token_types([int(t) for t in types])
     gguf.SpecialVocab(directory, load_merges=vocab.tokenizer_model == "gpt2", n_vocab=n_vocab).add_to_gguf(
-        writer, quiet=True)
+        writer, quiet=True
+    )
 
 
 def write_metadata(writer: Any, comp: Composition, name: str, requested: str, meta: Metadata) -> None:
@@ -197,5 +200,3 @@ def file_type(type_name: str) -> int:
     import gguf
 
     return int(gguf.LlamaFileType["ALL_F32" if type_name == "f32" else f"MOSTLY_{type_name.upper()}"])
-
-

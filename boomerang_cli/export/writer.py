@@ -20,7 +20,7 @@ from ..compose import Composition
 from ..errors import BoomerangError
 from ..guard import check_disjoint, lock_if
 from ..progress import NULL, Progress
-from ..tensors import _copy_range
+from ..tensor_writer import _copy_range
 from .convert import TensorCache, TensorSpec, tensor_specs
 from .gguf_arch import FORMATS, _ggml, check_exportable, check_type, gguf_arch, require_gguf
 from .metadata import family_metadata, write_metadata
@@ -31,8 +31,14 @@ EXPORT_SCHEMA_VERSION = 1
 EXPORT_MANIFEST = "export.json"
 
 
-def write_gguf(path: Path, comp: Composition, specs: Sequence[TensorSpec], cache: TensorCache,
-               metadata: Callable[[Any], None], on_bytes: Callable[[int], None] | None = None) -> None:
+def write_gguf(
+    path: Path,
+    comp: Composition,
+    specs: Sequence[TensorSpec],
+    cache: TensorCache,
+    metadata: Callable[[Any], None],
+    on_bytes: Callable[[int], None] | None = None,
+) -> None:
     """One member's GGUF: header, metadata and tensor infos by ``GGUFWriter``, then the cached
     tensor bytes streamed after them at GGUF's alignment."""
     import gguf
@@ -105,15 +111,19 @@ class ExportResult:
             "file_format": "gguf",
             "type": self.type,
             "tokenizer": self.tokenizer,
-            "conversions": {"unique_tensors": self.unique_tensors, "tensor_references": self.tensor_references,
-                            "seconds": round(self.seconds.get("convert", 0.0), 3)},
+            "conversions": {
+                "unique_tensors": self.unique_tensors,
+                "tensor_references": self.tensor_references,
+                "seconds": round(self.seconds.get("convert", 0.0), 3),
+            },
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "files": [f.to_json() for f in self.files],
         }
 
 
-def plan_export(family: Path | str, members: Sequence[str] | None, type_name: str
-                ) -> tuple[Path, Any, dict[str, ModelInfo], list[tuple[str, Composition, list[TensorSpec]]]]:
+def plan_export(
+    family: Path | str, members: Sequence[str] | None, type_name: str
+) -> tuple[Path, Any, dict[str, ModelInfo], list[tuple[str, Composition, list[TensorSpec]]]]:
     """Check everything before writing: the manifest, its models, every selected member's GGUF mapping."""
     from ..family.open import check_family_models, load_family_models, member_of, read_complete_manifest, select_names
 
@@ -175,9 +185,14 @@ def export_family(
             for name, comp, specs in work:
                 task.update(description=f"write {name}")
                 fname = f"{name}.gguf"
-                write_gguf(tmp / fname, comp, specs, cache,
-                           functools.partial(write_metadata, comp=comp, name=name, requested=type_name, meta=meta),
-                           task.advance)
+                write_gguf(
+                    tmp / fname,
+                    comp,
+                    specs,
+                    cache,
+                    functools.partial(write_metadata, comp=comp, name=name, requested=type_name, meta=meta),
+                    task.advance,
+                )
                 mfile = None
                 if modelfiles:
                     mfile = f"{name}.Modelfile"
@@ -189,8 +204,16 @@ def export_family(
             os.unlink(cache.path)
         seconds["write"] = time.perf_counter() - t1
         seconds["total"] = time.perf_counter() - t0
-        result = ExportResult(str(mpath.resolve()), output, type_name, files, cache.conversions,
-                              cache.references, seconds, meta.tokenizer_source)
+        result = ExportResult(
+            str(mpath.resolve()),
+            output,
+            type_name,
+            files,
+            cache.conversions,
+            cache.references,
+            seconds,
+            meta.tokenizer_source,
+        )
         atomic_write_text(tmp / EXPORT_MANIFEST, json.dumps(result.to_json(), indent=2) + "\n")
     return result
 
@@ -203,7 +226,9 @@ def family_target(family: str | Path | None) -> Path:
         return Path(family).expanduser()
     recorded = last("family")
     if recorded is None:
-        raise BoomerangError("no FAMILY given and no `boomerang family` recorded here; pass a family.json or its directory")
+        raise BoomerangError(
+            "no FAMILY given and no `boomerang family` recorded here; pass a family.json or its directory"
+        )
     return Path(recorded)
 
 
@@ -213,19 +238,37 @@ def run_export(req: ExportRequest, progress: Progress = NULL) -> ExportResult:
     if req.members is not None and not list(req.members):
         raise BoomerangError("--members is empty; name members like --members member-18L,teacher")
     with lock_if(req.output):
-        return export_family(family_target(req.family), req.output, req.type_name,
-                             list(req.members) if req.members is not None else None, file_format=req.file_format,
-                             overwrite=req.overwrite, modelfiles=req.modelfiles, progress=progress)
+        return export_family(
+            family_target(req.family),
+            req.output,
+            req.type_name,
+            list(req.members) if req.members is not None else None,
+            file_format=req.file_format,
+            overwrite=req.overwrite,
+            modelfiles=req.modelfiles,
+            progress=progress,
+        )
 
 
-def _record(path: Path, name: str, comp: Composition, specs: Sequence[TensorSpec], type_name: str,
-            mfile: str | None) -> ExportedFile:
+def _record(
+    path: Path, name: str, comp: Composition, specs: Sequence[TensorSpec], type_name: str, mfile: str | None
+) -> ExportedFile:
     from ..integrity import sha256_file
 
     counts: dict[str, int] = {}
     for s in specs:
         counts[s.ggml_type.lower()] = counts.get(s.ggml_type.lower(), 0) + 1
     kind = name if name in ("teacher", "student") else "member"
-    return ExportedFile(name, kind, path.name, type_name, path.stat().st_size, sha256_file(path),
-                        comp.config.get_text_config().num_hidden_layers, comp.num_params, comp.tied,
-                        dict(sorted(counts.items())), mfile)
+    return ExportedFile(
+        name,
+        kind,
+        path.name,
+        type_name,
+        path.stat().st_size,
+        sha256_file(path),
+        comp.config.get_text_config().num_hidden_layers,
+        comp.num_params,
+        comp.tied,
+        dict(sorted(counts.items())),
+        mfile,
+    )

@@ -43,8 +43,10 @@ def member_card(pair: Pair, cand: Candidate, comp: Composition, order: OrderInfo
         kl = next((s["kl"] for s in order.steps if s.get("num_layers") == m.num_layers), None)
         cal = order.calibration or {}
         data = public_sources(cal["data"], cal.get("split")) if cal.get("data") else "calibration data"
-        how = (f"{order.method} order{f' (beam {order.beam})' if order.beam else ''}, blocks chosen by KL to the "
-               f"teacher on {data}" + (f": KL {kl:.4f}" if kl is not None else ""))
+        how = (
+            f"{order.method} order{f' (beam {order.beam})' if order.beam else ''}, blocks chosen by KL to the "
+            f"teacher on {data}" + (f": KL {kl:.4f}" if kl is not None else "")
+        )
     rows = ["| block | teacher layers | taken from | member layers |", "|---:|---|---|---|"]
     pos = 0
     for b in pair.plan.blocks:
@@ -71,6 +73,14 @@ def member_card(pair: Pair, cand: Candidate, comp: Composition, order: OrderInfo
 
 def member_summary(c: Candidate) -> dict[str, Any]:
     t, s = describe_blocks(c.member)
-    return {"name": c.name, "num_layers": c.member.num_layers, "num_params": c.num_params,
-            "teacher_blocks": t, "student_blocks": s, "embed_from": c.member.embed_from,
-            "head_from": c.member.head_from, "tied": c.tied, "step": c.step}
+    return {
+        "name": c.name,
+        "num_layers": c.member.num_layers,
+        "num_params": c.num_params,
+        "teacher_blocks": t,
+        "student_blocks": s,
+        "embed_from": c.member.embed_from,
+        "head_from": c.member.head_from,
+        "tied": c.tied,
+        "step": c.step,
+    }

@@ -81,11 +81,15 @@ def member_of(manifest: FamilyManifest, name: str) -> Member:
         raise BoomerangError(
             f"manifest entry {name!r} lists layers that its teacher_blocks do not give; rebuild the family"
         )
-    for what, said, real in (("embed_from", entry.embed_from, member.embed_from),
-                             ("head_from", entry.head_from, member.head_from)):
+    for what, said, real in (
+        ("embed_from", entry.embed_from, member.embed_from),
+        ("head_from", entry.head_from, member.head_from),
+    ):
         if said != real:
-            raise BoomerangError(f"manifest entry {name!r} has {what} {said!r}, but its teacher_blocks take it "
-                                 f"from the {real}; rebuild the family with `boomerang family`")
+            raise BoomerangError(
+                f"manifest entry {name!r} has {what} {said!r}, but its teacher_blocks take it "
+                f"from the {real}; rebuild the family with `boomerang family`"
+            )
     return member
 
 

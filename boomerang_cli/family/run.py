@@ -144,23 +144,45 @@ def make_family(req: FamilyRequest, progress: Progress = NULL) -> FamilyRun:
     with lock_if(output, not req.dry_run):  # one writer per family, held to the end
         t_ref = resolve(teacher, allow_pickle=req.allow_pickle, trust_remote_code=req.trust_remote_code)
         s_ref = resolve(student, allow_pickle=req.allow_pickle, trust_remote_code=req.trust_remote_code)
-        spec = calibration_for(req.order, list(req.calib_data), student=student, samples=req.calib_samples,
-                               seq_len=req.calib_seq_len, beam=req.beam, bos=req.bos)
-        pair = open_pair(t_ref, s_ref, keep=kept, force=req.force, dtype=torch_dtype,
-                         trust_remote_code=req.trust_remote_code)
+        spec = calibration_for(
+            req.order,
+            list(req.calib_data),
+            student=student,
+            samples=req.calib_samples,
+            seq_len=req.calib_seq_len,
+            beam=req.beam,
+            bos=req.bos,
+        )
+        pair = open_pair(
+            t_ref, s_ref, keep=kept, force=req.force, dtype=torch_dtype, trust_remote_code=req.trust_remote_code
+        )
         if spec is not None and output is not None and not req.dry_run:
             check_disjoint(output, local_sources(spec.sources))  # the family's own inputs: build_family
         search, info, reused, prior, read = None, OrderInfo(method=req.order), False, None, False
         if spec is not None:
             if output is not None and not req.dry_run:  # family.json read once, before minutes of search
                 prior, read = prior_manifest(output, pair, req.order, req.overwrite), True
-            search, reused = calibrated_search(pair, req.order, spec, beam=req.beam, device=req.device, prior=prior,
-                                               output=None if req.overwrite or read else output, progress=progress)
+            search, reused = calibrated_search(
+                pair,
+                req.order,
+                spec,
+                beam=req.beam,
+                device=req.device,
+                prior=prior,
+                output=None if req.overwrite or read else output,
+                progress=progress,
+            )
             info = order_info(search)
         every = order_candidates(pair, req.order, search)
         middle = [c for c in every if not (c.member.is_student or c.member.is_teacher)]
-        picks = select(middle, sizes=targets, num=req.num, all_members=req.all_members,
-                       student_params=every[0].num_params, teacher_params=every[-1].num_params)
+        picks = select(
+            middle,
+            sizes=targets,
+            num=req.num,
+            all_members=req.all_members,
+            student_params=every[0].num_params,
+            teacher_params=every[-1].num_params,
+        )
         result = None
         if not req.dry_run:
             assert output is not None
@@ -168,6 +190,7 @@ def make_family(req: FamilyRequest, progress: Progress = NULL) -> FamilyRun:
                 raise BoomerangError("no members chosen; use --sizes, --num or --all")
             if not read:
                 prior = prior_manifest(output, pair, req.order, req.overwrite)
-            result = write_family(pair, picks, output, info, prior, max_shard_size=shard, overwrite=req.overwrite,
-                                  progress=progress)
+            result = write_family(
+                pair, picks, output, info, prior, max_shard_size=shard, overwrite=req.overwrite, progress=progress
+            )
     return FamilyRun(teacher, student, pair, info, reused, every, picks, result)

@@ -35,9 +35,7 @@ def parse_size_targets(text: str) -> list[SizeTarget]:
     for part in parts:
         value = parse_count(part) if part else None
         if value is None:
-            raise BoomerangError(
-                f"cannot read size {part!r} in --sizes; write parameter counts like 2B,350M,500K"
-            )
+            raise BoomerangError(f"cannot read size {part!r} in --sizes; write parameter counts like 2B,350M,500K")
         if value <= 0:
             raise BoomerangError(f"size {part!r} in --sizes is not a positive parameter count")
         out.append(SizeTarget(part, value))
@@ -107,7 +105,9 @@ class Pick:
         return self.candidate.name
 
 
-def check_selection_args(sizes: str | None, num: int | None, all_members: bool, dry_run: bool) -> list[SizeTarget] | None:
+def check_selection_args(
+    sizes: str | None, num: int | None, all_members: bool, dry_run: bool
+) -> list[SizeTarget] | None:
     """Exactly one of --sizes/--num/--all (none is fine for --dry-run); sizes parsed early."""
     given = [n for n, v in (("--sizes", sizes is not None), ("--num", num is not None), ("--all", all_members)) if v]
     if len(given) > 1:
@@ -133,17 +133,19 @@ def select(
     Targets landing on one member give one pick with all of them, written once.
     """
     if not cands and (sizes or num or all_members):
-        raise BoomerangError(
-            "this plan and order give no member between student and teacher; try the other --order"
-        )
+        raise BoomerangError("this plan and order give no member between student and teacher; try the other --order")
     if sizes is not None:
         # Sizes are saved sizes, and a family spans [student, teacher]: a member that
         # outgrows the teacher (untied: a second embedding matrix) is never picked.
         lo, hi = sorted((student_params, teacher_params))
         fitting = [c for c in cands if lo <= c.num_params <= hi]
         bigger = [c for c in cands if c.num_params > hi]
-        hint = (f"; {len(bigger)} member(s) are larger than the teacher because they are saved untied, "
-                "distill the student with --freeze-embeddings to keep them tied" if bigger else "")
+        hint = (
+            f"; {len(bigger)} member(s) are larger than the teacher because they are saved untied, "
+            "distill the student with --freeze-embeddings to keep them tied"
+            if bigger
+            else ""
+        )
         picks: dict[str, Pick] = {}
         for t in sizes:
             if not lo <= t.params <= hi:
@@ -153,8 +155,10 @@ def select(
                     f"ask for sizes in between{hint}"
                 )
             if not fitting:
-                raise BoomerangError(f"no member of this family lies between the student and the teacher in "
-                                     f"size{hint or '; try another --order'}")
+                raise BoomerangError(
+                    f"no member of this family lies between the student and the teacher in "
+                    f"size{hint or '; try another --order'}"
+                )
             best = min(fitting, key=lambda c: (abs(c.num_params - t.params), c.num_params))
             picks.setdefault(best.name, Pick(best)).targets.append(t)
         return sorted(picks.values(), key=lambda p: p.candidate.step)
@@ -162,8 +166,7 @@ def select(
         m = len(cands)
         if num > m:
             raise BoomerangError(
-                f"--num {num} but this order has only {m} member(s) between student and teacher; "
-                f"use --num {m} or --all"
+                f"--num {num} but this order has only {m} member(s) between student and teacher; use --num {m} or --all"
             )
         # Evenly spaced along the order: member round(i*(M+1)/(N+1)) for i = 1..N (distinct).
         idx = [(2 * i * (m + 1) + num + 1) // (2 * (num + 1)) - 1 for i in range(1, num + 1)]

@@ -23,19 +23,33 @@ from ..orders.names import CALIBRATED_ORDERS, DEFAULT_ORDER, check_order
 from ..pair import Pair
 from ..progress import NULL, Progress
 from ..atomic import atomic_dir
-from ..tensors import TensorDigests, dtype_flag
+from ..tensor_writer import TensorDigests
+from ..tensors import dtype_flag
 from .card import member_card
 from .select import Candidate, Pick, SizeTarget
 
 
-def member_entry(pair: Pair, cand: Candidate, comp: Composition, path: str | None,
-                 targets: Sequence[SizeTarget], files: dict[str, str] | None = None) -> MemberEntry:
+def member_entry(
+    pair: Pair,
+    cand: Candidate,
+    comp: Composition,
+    path: str | None,
+    targets: Sequence[SizeTarget],
+    files: dict[str, str] | None = None,
+) -> MemberEntry:
     m = cand.member
     return MemberEntry(
-        name=m.name, path=path, num_params=comp.num_params, num_layers=m.num_layers,
-        teacher_blocks=sorted(m.teacher_blocks), layers=[ls.to_json() for ls in m.layers],
-        embed_from=m.embed_from, head_from=m.head_from, tied=comp.tied,
-        targets=[t.label for t in targets], files=dict(files or {}),
+        name=m.name,
+        path=path,
+        num_params=comp.num_params,
+        num_layers=m.num_layers,
+        teacher_blocks=sorted(m.teacher_blocks),
+        layers=[ls.to_json() for ls in m.layers],
+        embed_from=m.embed_from,
+        head_from=m.head_from,
+        tied=comp.tied,
+        targets=[t.label for t in targets],
+        files=dict(files or {}),
     )
 
 
@@ -84,8 +98,10 @@ def prior_manifest(output: Path, pair: Pair, order: str, overwrite: bool) -> Fam
     except BoomerangError as exc:
         raise OutputExistsError(f"{exc}; pass --overwrite to rebuild the family in {output}") from None
     diffs = []
-    for role, entry, fp in (("teacher", prior.teacher, pair.teacher_fingerprint),
-                            ("student", prior.student, pair.student_fingerprint)):
+    for role, entry, fp in (
+        ("teacher", prior.teacher, pair.teacher_fingerprint),
+        ("student", prior.student, pair.student_fingerprint),
+    ):
         why = identity_problem(pair.inputs[role], entry.identity) if entry.identity else None
         if entry.fingerprint != fp or why is not None:
             diffs.append(f"{role} ({why})" if why else role)
@@ -138,12 +154,22 @@ def build_family(
     if not picks:
         raise BoomerangError("no members chosen; use --sizes, --num or --all")
     prior = prior_manifest(output, pair, info.method, overwrite)
-    return write_family(pair, picks, output, info, prior, max_shard_size=max_shard_size, overwrite=overwrite,
-                        progress=progress)
+    return write_family(
+        pair, picks, output, info, prior, max_shard_size=max_shard_size, overwrite=overwrite, progress=progress
+    )
 
 
-def write_family(pair: Pair, picks: Sequence[Pick], output: Path, info: OrderInfo, prior: FamilyManifest | None, *,
-                 max_shard_size: int, overwrite: bool, progress: Progress) -> FamilyResult:
+def write_family(
+    pair: Pair,
+    picks: Sequence[Pick],
+    output: Path,
+    info: OrderInfo,
+    prior: FamilyManifest | None,
+    *,
+    max_shard_size: int,
+    overwrite: bool,
+    progress: Progress,
+) -> FamilyResult:
     """:func:`build_family` once every check has passed and ``prior`` (:func:`prior_manifest`) is read."""
     # Every check passed: from here on the output directory changes.
     if overwrite and output.exists():
@@ -172,14 +198,21 @@ def write_family(pair: Pair, picks: Sequence[Pick], output: Path, info: OrderInf
     return FamilyResult(manifest, manifest_path, list(picks), written, reused, notes)
 
 
-def _fresh_manifest(pair: Pair, info: OrderInfo, prior: FamilyManifest | None,
-                    output: Path) -> tuple[FamilyManifest, dict[str, MemberEntry]]:
+def _fresh_manifest(
+    pair: Pair, info: OrderInfo, prior: FamilyManifest | None, output: Path
+) -> tuple[FamilyManifest, dict[str, MemberEntry]]:
     """The manifest this run writes, keeping what a prior run of the same family recorded."""
     manifest = FamilyManifest(
-        teacher=pair.entry("teacher", True), student=pair.entry("student", True), plan=pair.plan,
-        order=info, members=[], forced=pair.forced,
-        forced_reasons=list(pair.forced_reasons), dtype=dtype_flag(pair.dtype),
-        plan_source=pair.plan_source, complete=False,
+        teacher=pair.entry("teacher", True),
+        student=pair.entry("student", True),
+        plan=pair.plan,
+        order=info,
+        members=[],
+        forced=pair.forced,
+        forced_reasons=list(pair.forced_reasons),
+        dtype=dtype_flag(pair.dtype),
+        plan_source=pair.plan_source,
+        complete=False,
     )
     entries: dict[str, MemberEntry] = {}
     if prior is not None:
@@ -191,23 +224,35 @@ def _fresh_manifest(pair: Pair, info: OrderInfo, prior: FamilyManifest | None,
     return manifest, entries
 
 
-def _reuse(picks: Sequence[Pick], pair: Pair, comps: dict[str, Composition], entries: dict[str, MemberEntry],
-           output: Path, progress: Progress) -> tuple[list[Pick], list[str]]:
+def _reuse(
+    picks: Sequence[Pick],
+    pair: Pair,
+    comps: dict[str, Composition],
+    entries: dict[str, MemberEntry],
+    output: Path,
+    progress: Progress,
+) -> tuple[list[Pick], list[str]]:
     """Members a prior run wrote that are the same and verify are kept; the others are to write."""
     todo: list[Pick] = []
     reused: list[str] = []
     check = [p for p in picks if p.name in entries]
     dirs = {p.name: output / (entries[p.name].path or "") for p in check}  # entries all have a path
-    verify_bytes = sum(sum((dirs[p.name] / f).stat().st_size for f in entries[p.name].files
-                           if (dirs[p.name] / f).is_file())
-                       for p in check)
+    verify_bytes = sum(
+        sum((dirs[p.name] / f).stat().st_size for f in entries[p.name].files if (dirs[p.name] / f).is_file())
+        for p in check
+    )
     vtask = progress.task("verifying members", verify_bytes, unit="B") if check else None
     for p in picks:
         prev = entries.get(p.name)
         new = member_entry(pair, p.candidate, comps[p.name], p.name, p.targets)
-        same = (prev is not None and prev.path == p.name and prev.layers == new.layers
-                and prev.embed_from == new.embed_from and prev.head_from == new.head_from
-                and prev.tied == new.tied)
+        same = (
+            prev is not None
+            and prev.path == p.name
+            and prev.layers == new.layers
+            and prev.embed_from == new.embed_from
+            and prev.head_from == new.head_from
+            and prev.tied == new.tied
+        )
         if same and prev is not None and verify_member(output / p.name, prev):
             prev.targets = prev.targets + [t for t in new.targets if t not in prev.targets]
             reused.append(p.name)
@@ -215,21 +260,34 @@ def _reuse(picks: Sequence[Pick], pair: Pair, comps: dict[str, Composition], ent
             entries.pop(p.name, None)
             todo.append(p)
         if vtask is not None and prev is not None:
-            vtask.advance(sum((output / prev.path / f).stat().st_size for f in prev.files
-                              if prev.path and (output / prev.path / f).is_file()))
+            vtask.advance(
+                sum(
+                    (output / prev.path / f).stat().st_size
+                    for f in prev.files
+                    if prev.path and (output / prev.path / f).is_file()
+                )
+            )
     if vtask is not None:
         progress.finish(vtask)
     return todo, reused
 
 
-def _write_members(todo: Sequence[Pick], pair: Pair, comps: dict[str, Composition], entries: dict[str, MemberEntry],
-                   output: Path, info: OrderInfo, max_shard_size: int, progress: Progress,
-                   save: Callable[[], None]) -> list[str]:
+def _write_members(
+    todo: Sequence[Pick],
+    pair: Pair,
+    comps: dict[str, Composition],
+    entries: dict[str, MemberEntry],
+    output: Path,
+    info: OrderInfo,
+    max_shard_size: int,
+    progress: Progress,
+    save: Callable[[], None],
+) -> list[str]:
     """Each member to write, atomically, recorded (``save``) as soon as it is in place."""
     total = sum(t.out_nbytes for p in todo for t in comps[p.name].tensors)
     task = progress.task("writing members", total, unit="B")
     written: list[str] = []
-    # Weight files get a sha256-tensors digest (tensors.TensorDigests): each source
+    # Weight files get a sha256-tensors digest (tensor_writer.TensorDigests): each source
     # tensor is hashed once for the whole family and the copy stays kernel-side, so
     # no member is read back. The small files (config, tokenizer, card) are hashed
     # from disk inside the temporary directory. A member enters the manifest
@@ -240,8 +298,16 @@ def _write_members(todo: Sequence[Pick], pair: Pair, comps: dict[str, Compositio
         comp = comps[p.name]
         task.update(description=f"writing {p.name}")
         with atomic_dir(output / p.name, overwrite=True) as tmp:
-            result = write_model_dir(tmp, comp, pair.teacher.path, member_card(pair, p.candidate, comp, info),
-                                     None, max_shard_size, task.advance, tensor_digests)
+            result = write_model_dir(
+                tmp,
+                comp,
+                pair.teacher.path,
+                member_card(pair, p.candidate, comp, info),
+                None,
+                max_shard_size,
+                task.advance,
+                tensor_digests,
+            )
             files, sizes = checksums(tmp, known=result.digests), file_sizes(tmp)
         entries[p.name] = member_entry(pair, p.candidate, comp, p.name, p.targets, files)
         entries[p.name].sizes = sizes
@@ -251,19 +317,32 @@ def _write_members(todo: Sequence[Pick], pair: Pair, comps: dict[str, Compositio
     return written
 
 
-def dry_run_json(pair: Pair, order: str | OrderInfo, cands: Sequence[Candidate], picks: Sequence[Pick]) -> dict[str, Any]:
+def dry_run_json(
+    pair: Pair, order: str | OrderInfo, cands: Sequence[Candidate], picks: Sequence[Pick]
+) -> dict[str, Any]:
     """What ``--dry-run --json`` prints: the manifest this run would write, listing every achievable
     member between student and teacher (``path`` null), plus ``dry_run`` and the ``selected`` names."""
     chosen = {p.name: p for p in picks}
     manifest = FamilyManifest(
-        teacher=pair.entry("teacher"), student=pair.entry("student"), plan=pair.plan,
-        order=order if isinstance(order, OrderInfo) else OrderInfo(method=order), forced=pair.forced,
+        teacher=pair.entry("teacher"),
+        student=pair.entry("student"),
+        plan=pair.plan,
+        order=order if isinstance(order, OrderInfo) else OrderInfo(method=order),
+        forced=pair.forced,
         forced_reasons=list(pair.forced_reasons),
-        dtype=dtype_flag(pair.dtype), plan_source=pair.plan_source, complete=False,
+        dtype=dtype_flag(pair.dtype),
+        plan_source=pair.plan_source,
+        complete=False,
         members=[
-            member_entry(pair, c, c.member.composition(pair.models, dtype=pair.dtype), None,
-                         chosen[c.name].targets if c.name in chosen else [])
-            for c in cands if not (c.member.is_student or c.member.is_teacher)
+            member_entry(
+                pair,
+                c,
+                c.member.composition(pair.models, dtype=pair.dtype),
+                None,
+                chosen[c.name].targets if c.name in chosen else [],
+            )
+            for c in cands
+            if not (c.member.is_student or c.member.is_teacher)
         ],
     )
     data = manifest.to_json()

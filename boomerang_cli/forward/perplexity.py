@@ -21,8 +21,15 @@ import torch.nn.functional as F
 
 from ..data import DEFAULT_BOS, IGNORE, Block, BlockStream, block_bos, collate, mixed_documents
 from ..data.blocks import pad_id_of
-from ..data.windows import (DEFAULT_WINDOW, TextCount, check_window, covered_text, document_tokens, prefix_token,
-                            rolling_blocks)
+from ..data.windows import (
+    DEFAULT_WINDOW,
+    TextCount,
+    check_window,
+    covered_text,
+    document_tokens,
+    prefix_token,
+    rolling_blocks,
+)
 from ..errors import DataError
 from ..models import attention_mask
 
@@ -54,9 +61,13 @@ class NLL:
         word perplexity (None where the text has no bytes or words)."""
         bpb = self.total / (text.bytes * math.log(2)) if text.bytes else None
         word = self.total / text.words if text.words else None
-        return {"bytes": text.bytes, "words": text.words, "bits_per_byte": bpb,
-                "byte_perplexity": None if bpb is None else _exp(bpb * math.log(2)),
-                "word_perplexity": None if word is None else _exp(word)}
+        return {
+            "bytes": text.bytes,
+            "words": text.words,
+            "bits_per_byte": bpb,
+            "byte_perplexity": None if bpb is None else _exp(bpb * math.log(2)),
+            "word_perplexity": None if word is None else _exp(word),
+        }
 
     def to_json(self, **extra: Any) -> dict[str, Any]:
         return {"nll": self.nll, "ppl": self.ppl, "tokens": self.tokens, **extra}
@@ -73,10 +84,11 @@ def batch_nll(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = CHUN
     lab = labels.reshape(-1).to(flat.device)
     total = torch.zeros((), dtype=torch.float64, device=flat.device)
     for i in range(0, flat.shape[0], chunk_rows):
-        part = lab[i:i + chunk_rows]
+        part = lab[i : i + chunk_rows]
         if bool((part != IGNORE).any()):
-            total += F.cross_entropy(flat[i:i + chunk_rows].float(), part, ignore_index=IGNORE,
-                                     reduction="sum").double()
+            total += F.cross_entropy(
+                flat[i : i + chunk_rows].float(), part, ignore_index=IGNORE, reduction="sum"
+            ).double()
     return float(total), int((lab != IGNORE).sum())
 
 
@@ -113,15 +125,25 @@ class EvalData:
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for i in range(0, self.num_blocks, batch_size):
-            yield self.input_ids[i:i + batch_size], self.labels[i:i + batch_size], self.mask[i:i + batch_size]
+            yield self.input_ids[i : i + batch_size], self.labels[i : i + batch_size], self.mask[i : i + batch_size]
 
     def num_batches(self, batch_size: int) -> int:
         return -(-self.num_blocks // batch_size)
 
     def describe(self) -> dict[str, Any]:
-        return {"key": self.key, "sources": list(self.sources), "split": self.split, "seq_len": self.seq_len,
-                "bos": self.bos, "window": self.window, "blocks": self.num_blocks, "tokens": self.num_tokens,
-                "bytes": self.text.bytes, "words": self.text.words, "fingerprint": self.fingerprint()}
+        return {
+            "key": self.key,
+            "sources": list(self.sources),
+            "split": self.split,
+            "seq_len": self.seq_len,
+            "bos": self.bos,
+            "window": self.window,
+            "blocks": self.num_blocks,
+            "tokens": self.num_tokens,
+            "bytes": self.text.bytes,
+            "words": self.text.words,
+            "fingerprint": self.fingerprint(),
+        }
 
 
 def data_key(sources: Sequence[str], split: str) -> str:
@@ -135,13 +157,15 @@ def _recorded(documents: Iterable[str], seen: list[str]) -> Iterator[str]:
         yield text
 
 
-def _packed(docs: Iterable[str], tokenizer: Any, seq_len: int, max_tokens: int, bos_id: int | None,
-            describe: str) -> tuple[list[Block], TextCount]:
+def _packed(
+    docs: Iterable[str], tokenizer: Any, seq_len: int, max_tokens: int, bos_id: int | None, describe: str
+) -> tuple[list[Block], TextCount]:
     """The first blocks of the packed stream, and the text their labels cover: every document the
     stream passed whole, and the prefix of the one it stopped in."""
     seen: list[str] = []
-    stream = BlockStream(lambda _epoch: _recorded(docs, seen), tokenizer, seq_len, pad_last=True, describe=describe,
-                         bos_id=bos_id)
+    stream = BlockStream(
+        lambda _epoch: _recorded(docs, seen), tokenizer, seq_len, pad_last=True, describe=describe, bos_id=bos_id
+    )
     blocks = list(itertools.islice(stream, -(-max_tokens // seq_len)))
     pos, count = stream.position, TextCount()
     whole = len(seen) if pos.epoch > 0 else pos.doc
@@ -219,8 +243,9 @@ def model_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     device = next(model.parameters()).device
     am = attention_mask(mask)
     with torch.no_grad():
-        return model(input_ids=ids.to(device), attention_mask=None if am is None else am.to(device),
-                     use_cache=False).logits
+        return model(
+            input_ids=ids.to(device), attention_mask=None if am is None else am.to(device), use_cache=False
+        ).logits
 
 
 def model_nll(

@@ -117,9 +117,12 @@ class LayerRunner:
             self.parent._modules[self.attr] = self.layers
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None, **kw: Any) -> Any:
-        return self.model(input_ids=ids.to(self.device),
-                          attention_mask=None if mask is None else mask.to(self.device),
-                          use_cache=False, **kw)
+        return self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=None if mask is None else mask.to(self.device),
+            use_cache=False,
+            **kw,
+        )
 
     def capture(self, ids: torch.Tensor, mask: torch.Tensor | None) -> Capture:
         """Embedding output and per-layer arguments for this batch; no layer computes."""
@@ -127,8 +130,11 @@ class LayerRunner:
             if self._keep_arg:  # the causal LM's own forward, head on one position only
                 self._forward(ids, mask, logits_to_keep=1)
             else:  # the base model (parent of the layer list): no head at all
-                self.parent(input_ids=ids.to(self.device),
-                            attention_mask=None if mask is None else mask.to(self.device), use_cache=False)
+                self.parent(
+                    input_ids=ids.to(self.device),
+                    attention_mask=None if mask is None else mask.to(self.device),
+                    use_cache=False,
+                )
         missing = [i for i in range(self.num_layers) if i not in s.calls]
         if s.embedded is None or missing:
             raise UnsupportedArchitectureError(
@@ -242,5 +248,11 @@ class TrunkEvaluator:
         on_layer: Callable[[], None] | None = None,
     ) -> None:
         captures = {name: r.capture(ids, mask) for name, r in self.runners.items()}
-        walk(self.roots, self.runners, captures, on_leaf,
-             lambda head_from, hidden: self.runners[head_from].logits(hidden, ids, mask), on_layer)
+        walk(
+            self.roots,
+            self.runners,
+            captures,
+            on_leaf,
+            lambda head_from, hidden: self.runners[head_from].logits(hidden, ids, mask),
+            on_layer,
+        )

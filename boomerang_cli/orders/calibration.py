@@ -26,9 +26,15 @@ class CalibrationSpec:
     RECORDED_DEFAULTS = {"text_field": "text", "bos_policy": "never", "weights": None}
 
     def to_json(self) -> dict[str, Any]:
-        return {"data": list(self.sources), "split": self.split, "samples": self.samples,
-                "seq_len": self.seq_len, "text_field": self.text_field, "bos_policy": self.bos,
-                "weights": list(self.weights) if self.weights else None}
+        return {
+            "data": list(self.sources),
+            "split": self.split,
+            "samples": self.samples,
+            "seq_len": self.seq_len,
+            "text_field": self.text_field,
+            "bos_policy": self.bos,
+            "weights": list(self.weights) if self.weights else None,
+        }
 
     def check(self) -> None:
         if not self.sources:

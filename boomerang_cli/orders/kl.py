@@ -36,9 +36,16 @@ from .names import CALIBRATED_ORDERS, beam_width, check_beam
 from .search import SearchResult, result_from_order_info, run_search
 
 
-def calibration_for(order: str, sources: Sequence[str], *, student: Path | str, samples: int = CalibrationSpec.samples,
-                    seq_len: int = CalibrationSpec.seq_len, beam: int | None = None,
-                    bos: str = DEFAULT_BOS) -> CalibrationSpec | None:
+def calibration_for(
+    order: str,
+    sources: Sequence[str],
+    *,
+    student: Path | str,
+    samples: int = CalibrationSpec.samples,
+    seq_len: int = CalibrationSpec.seq_len,
+    beam: int | None = None,
+    bos: str = DEFAULT_BOS,
+) -> CalibrationSpec | None:
     """The calibration of a calibrated ``order`` (None for a fixed order), checked before any work.
 
     Without ``sources``, the text the student was distilled on (its
@@ -48,8 +55,9 @@ def calibration_for(order: str, sources: Sequence[str], *, student: Path | str, 
     if order not in CALIBRATED_ORDERS:
         given = [n for n, v in (("--calib-data", bool(sources)), ("--beam", beam is not None)) if v]
         if given:
-            raise BoomerangError(f"{' and '.join(given)} apply to a calibrated --order "
-                                 f"({', '.join(CALIBRATED_ORDERS)}), not {order}")
+            raise BoomerangError(
+                f"{' and '.join(given)} apply to a calibrated --order ({', '.join(CALIBRATED_ORDERS)}), not {order}"
+            )
         return None
     if beam is not None and order != "beam":
         raise BoomerangError("--beam sets the width of --order beam (kl-greedy is a beam of 1); use --order beam")
@@ -62,8 +70,14 @@ def calibration_for(order: str, sources: Sequence[str], *, student: Path | str, 
                 f"--order {order} measures each candidate's KL to the teacher on calibration text; pass "
                 "--calib-data SRC (files, a directory, .jsonl, a hub dataset or stdlib)"
             )
-    spec = CalibrationSpec(tuple(sources), samples=samples, seq_len=seq_len, text_field=text_field, bos=bos,
-                           weights=tuple(weights) if weights else None)
+    spec = CalibrationSpec(
+        tuple(sources),
+        samples=samples,
+        seq_len=seq_len,
+        text_field=text_field,
+        bos=bos,
+        weights=tuple(weights) if weights else None,
+    )
     spec.check()
     return spec
 
@@ -75,11 +89,11 @@ def token_kl(teacher_logprobs: torch.Tensor, logits: torch.Tensor, mask: torch.T
     keep = mask.reshape(-1).bool().to(t.device)
     total = torch.zeros((), dtype=torch.float64, device=t.device)
     for i in range(0, t.shape[0], CHUNK_ROWS):
-        rows = keep[i:i + CHUNK_ROWS]
+        rows = keep[i : i + CHUNK_ROWS]
         if not rows.any():
             continue
-        tl = t[i:i + CHUNK_ROWS][rows].float()
-        sl = F.log_softmax(s[i:i + CHUNK_ROWS][rows].float(), dim=-1)
+        tl = t[i : i + CHUNK_ROWS][rows].float()
+        sl = F.log_softmax(s[i : i + CHUNK_ROWS][rows].float(), dim=-1)
         total += (tl.exp() * (tl - sl)).sum().double()
     return float(total), int(keep.sum())
 
@@ -101,14 +115,23 @@ class KLScorer:
         spec.check()
         limit = max_positions(models["teacher"].config)  # before tokens are packed or a model runs
         if limit is not None and spec.seq_len > limit:
-            raise DataError(f"--calib-seq-len {spec.seq_len} is longer than the teacher's {limit} positions; "
-                            f"use --calib-seq-len {limit} or less")
+            raise DataError(
+                f"--calib-seq-len {spec.seq_len} is longer than the teacher's {limit} positions; "
+                f"use --calib-seq-len {limit} or less"
+            )
         self.batch_size = batch_size
         device = torch.device(device)
         tokenizer = load_tokenizer(models["teacher"].path)
-        self.data: EvalData = load_eval_data(list(spec.sources), spec.split, tokenizer, spec.seq_len,
-                                             spec.samples * spec.seq_len, spec.text_field, spec.bos,
-                                             weights=spec.weights)
+        self.data: EvalData = load_eval_data(
+            list(spec.sources),
+            spec.split,
+            tokenizer,
+            spec.seq_len,
+            spec.samples * spec.seq_len,
+            spec.text_field,
+            spec.bos,
+            weights=spec.weights,
+        )
         if loaded is None:
             loaded = {role: load_model(info, dtype, device) for role, info in models.items()}
         self.runners = {role: LayerRunner(m, models[role].arch.layers_path) for role, m in loaded.items()}
@@ -169,8 +192,12 @@ def search(
     result = run_search(method, plan, scorer, width)
     progress.finish(task)
     d = scorer.data.describe()
-    result.calibration = spec.to_json() | {"key": d["key"], "tokens": d["tokens"], "bos": d["bos"],
-                                           "fingerprint": d["fingerprint"]}
+    result.calibration = spec.to_json() | {
+        "key": d["key"],
+        "tokens": d["tokens"],
+        "bos": d["bos"],
+        "fingerprint": d["fingerprint"],
+    }
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -202,10 +229,14 @@ def calibrated_search(
             prior = FamilyManifest.read(Path(output) / MANIFEST_NAME)
         except BoomerangError:
             prior = None
-    if (prior is not None and reusable(prior.order, method, width) and spec.same_as(prior.order.calibration)
-            and prior.teacher.fingerprint == pair.teacher_fingerprint
-            and prior.student.fingerprint == pair.student_fingerprint and prior.plan == pair.plan):
+    if (
+        prior is not None
+        and reusable(prior.order, method, width)
+        and spec.same_as(prior.order.calibration)
+        and prior.teacher.fingerprint == pair.teacher_fingerprint
+        and prior.student.fingerprint == pair.student_fingerprint
+        and prior.plan == pair.plan
+    ):
         return result_from_order_info(pair.plan, prior.order), True
-    result = search(pair.models, pair.plan, method, spec, beam=width, device=resolve_device(device),
-                    progress=progress)
+    result = search(pair.models, pair.plan, method, spec, beam=width, device=resolve_device(device), progress=progress)
     return result, False

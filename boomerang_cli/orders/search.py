@@ -65,7 +65,9 @@ def _record(best: dict[int, tuple[Member, float]], member: Member, kl: float) ->
         best[n] = (member, kl)
 
 
-def beam_search(plan: Plan, scorer: Scorer, width: int = 1, on_step: Callable[[int, int], None] | None = None) -> SearchResult:
+def beam_search(
+    plan: Plan, scorer: Scorer, width: int = 1, on_step: Callable[[int, int], None] | None = None
+) -> SearchResult:
     """Patch blocks one at a time, keeping the ``width`` lowest-KL sets at each depth.
 
     ``on_step(depth, total_depths)`` reports progress. Every block (patchable or
@@ -98,23 +100,26 @@ def beam_search(plan: Plan, scorer: Scorer, width: int = 1, on_step: Callable[[i
         frontier = ranked[:width]
         top_kl, top = frontier[0]
         # Greedy keeps its one nested chain; a beam may use any member it scored.
-        for kl, m in (ranked if width > 1 else frontier):
+        for kl, m in ranked if width > 1 else frontier:
             _record(best, m, kl)
         parent, block = parent_of[top.teacher_blocks]
-        steps.append({
-            "step": depth,
-            "block": block,
-            "teacher_blocks": sorted(top.teacher_blocks),
-            "num_layers": top.num_layers,
-            "kl": top_kl,
-            "candidates": [
-                {"teacher_blocks": sorted(m.teacher_blocks), "num_layers": m.num_layers, "kl": kl}
-                for kl, m in ranked[: max(width, 1) * 4]
-            ] if width > 1 else [
-                {"block": parent_of[m.teacher_blocks][1], "num_layers": m.num_layers, "kl": kl}
-                for kl, m in ranked
-            ],
-        })
+        steps.append(
+            {
+                "step": depth,
+                "block": block,
+                "teacher_blocks": sorted(top.teacher_blocks),
+                "num_layers": top.num_layers,
+                "kl": top_kl,
+                "candidates": [
+                    {"teacher_blocks": sorted(m.teacher_blocks), "num_layers": m.num_layers, "kl": kl}
+                    for kl, m in ranked[: max(width, 1) * 4]
+                ]
+                if width > 1
+                else [
+                    {"block": parent_of[m.teacher_blocks][1], "num_layers": m.num_layers, "kl": kl} for kl, m in ranked
+                ],
+            }
+        )
         if on_step is not None:
             on_step(depth, n_blocks)
     method = "kl-greedy" if width == 1 else "beam"
@@ -145,8 +150,9 @@ def dp_subsets(plan: Plan, cost: Sequence[float]) -> dict[int, frozenset[int]]:
     return {plan.num_teacher_layers - r: frozenset(chosen) for r, (_, chosen) in table.items()}
 
 
-def dp_search(plan: Plan, scorer: Scorer, rivals: Mapping[str, Sequence[Member]] | None = None,
-              method: str = "kl-dp") -> SearchResult:
+def dp_search(
+    plan: Plan, scorer: Scorer, rivals: Mapping[str, Sequence[Member]] | None = None, method: str = "kl-dp"
+) -> SearchResult:
     """``kl-dp`` (no ``rivals``) or ``auto`` (``rivals``: the fixed orders' members) over ``scorer``.
 
     ``steps`` holds per layer count every proposal with its source and KL;
@@ -160,8 +166,7 @@ def dp_search(plan: Plan, scorer: Scorer, rivals: Mapping[str, Sequence[Member]]
     near_student = [Member(plan, frozenset({b})) for b in range(n)]
     kls = memo([student, teacher] + near_teacher + near_student)
     kl_s, kl_t = kls[0], kls[1]
-    costs = {"dp-teacher-side": [k - kl_t for k in kls[2:2 + n]],
-             "dp-student-side": [kl_s - k for k in kls[2 + n:]]}
+    costs = {"dp-teacher-side": [k - kl_t for k in kls[2 : 2 + n]], "dp-student-side": [kl_s - k for k in kls[2 + n :]]}
     proposals: dict[int, list[tuple[str, Member]]] = {}
     for source, cost in costs.items():
         for layers, from_student in dp_subsets(plan, cost).items():
@@ -174,11 +179,19 @@ def dp_search(plan: Plan, scorer: Scorer, rivals: Mapping[str, Sequence[Member]]
     best: dict[int, tuple[Member, float]] = {}
     _record(best, student, kl_s)
     _record(best, teacher, kl_t)
-    steps: list[dict] = [{"probe": b, "kl_teacher_with_block_from_student": kls[2 + b],
-                          "kl_student_with_block_from_teacher": kls[2 + n + b]} for b in range(n)]
+    steps: list[dict] = [
+        {
+            "probe": b,
+            "kl_teacher_with_block_from_student": kls[2 + b],
+            "kl_student_with_block_from_teacher": kls[2 + n + b],
+        }
+        for b in range(n)
+    ]
     for layers in sorted(proposals):
-        cands: list[dict[str, Any]] = [{"from": src, "teacher_blocks": sorted(m.teacher_blocks), "kl": scores[m.teacher_blocks]}
-                 for src, m in proposals[layers]]
+        cands: list[dict[str, Any]] = [
+            {"from": src, "teacher_blocks": sorted(m.teacher_blocks), "kl": scores[m.teacher_blocks]}
+            for src, m in proposals[layers]
+        ]
         for (_, m), c in zip(proposals[layers], cands):
             if not (m.is_student or m.is_teacher):
                 _record(best, m, c["kl"])
@@ -192,8 +205,9 @@ def auto_search(plan: Plan, scorer: Scorer) -> SearchResult:
     return dp_search(plan, scorer, rivals, method="auto")
 
 
-def run_search(method: str, plan: Plan, scorer: Scorer, beam: int | None = None,
-               on_step: Callable[[int, int], None] | None = None) -> SearchResult:
+def run_search(
+    method: str, plan: Plan, scorer: Scorer, beam: int | None = None, on_step: Callable[[int, int], None] | None = None
+) -> SearchResult:
     """The calibrated order ``method`` over ``scorer`` (the one entry point the KL search uses)."""
     if method == "kl-dp":
         return dp_search(plan, scorer)
@@ -216,10 +230,13 @@ def order_info(result: SearchResult) -> OrderInfo:
     calibration["evaluated"] = result.evaluated
     if result.seconds is not None:
         calibration["seconds"] = round(result.seconds, 1)
-    steps = [{"num_layers": n, "teacher_blocks": sorted(m.teacher_blocks), "kl": kl}
-             for n, (m, kl) in sorted(result.best.items())]
-    return OrderInfo(method=result.method, calibration=calibration, beam=result.beam, steps=steps,
-                     trace=list(result.steps))
+    steps = [
+        {"num_layers": n, "teacher_blocks": sorted(m.teacher_blocks), "kl": kl}
+        for n, (m, kl) in sorted(result.best.items())
+    ]
+    return OrderInfo(
+        method=result.method, calibration=calibration, beam=result.beam, steps=steps, trace=list(result.steps)
+    )
 
 
 def result_from_order_info(plan: Plan, info: OrderInfo) -> SearchResult:
@@ -231,5 +248,12 @@ def result_from_order_info(plan: Plan, info: OrderInfo) -> SearchResult:
         m = Member.of(plan, s["teacher_blocks"])
         best[m.num_layers] = (m, float(s["kl"]))
     cal = info.calibration or {}
-    return SearchResult(info.method, info.beam, best, list(info.trace), int(cal.get("evaluated", 0)),
-                        {k: v for k, v in cal.items() if k not in ("evaluated", "seconds")}, cal.get("seconds"))
+    return SearchResult(
+        info.method,
+        info.beam,
+        best,
+        list(info.trace),
+        int(cal.get("evaluated", 0)),
+        {k: v for k, v in cal.items() if k not in ("evaluated", "seconds")},
+        cal.get("seconds"),
+    )

@@ -17,8 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field
 class ApiError(Exception):
     """An error answered as ``{"error": {...}}`` with an HTTP status; the server keeps serving."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
@@ -113,7 +119,7 @@ class TextStream:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         cuts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
         if cuts:
-            self.text, self.stopped = text[:min(cuts)], True
+            self.text, self.stopped = text[: min(cuts)], True
             return False
         self.text = text
         return True
@@ -127,6 +133,6 @@ class TextStream:
                 safe = min(safe, len(self.text) - 1)
         if safe <= self.sent:
             return ""
-        out = self.text[self.sent:safe]
+        out = self.text[self.sent : safe]
         self.sent = safe
         return out

@@ -47,8 +47,9 @@ class Server:
         for name, m in served.members.items():
             tok = m.tokenizer
             pad = tok.pad_token_id if tok.pad_token_id is not None else (min(m.eos) if m.eos else 0)
-            self.workers[name] = MemberWorker(name, m.model, pad, m.eos, self.options.max_batch,
-                                              self.options.batch_wait_s)
+            self.workers[name] = MemberWorker(
+                name, m.model, pad, m.eos, self.options.max_batch, self.options.batch_wait_s
+            )
         self.accepting = False
 
     def start(self) -> None:
@@ -65,34 +66,49 @@ class Server:
     def member_for(self, req: CompletionRequest | ChatRequest) -> ServedMember:
         if req.wants_auto:
             if req.max_perplexity is None:
-                raise ApiError(400, "model \"auto\" needs max_perplexity (the largest perplexity allowed)",
-                               param="max_perplexity")
+                raise ApiError(
+                    400, 'model "auto" needs max_perplexity (the largest perplexity allowed)', param="max_perplexity"
+                )
             try:
                 name = pick_auto(self.served, req.max_perplexity, req.perplexity_key or self.options.auto_key)
             except AutoChoiceError as exc:
                 raise ApiError(400, str(exc), param=exc.field) from None
             return self.served.members[name]
         if req.model not in self.served.members:
-            raise ApiError(404, f"the model {req.model!r} does not exist; models: "
-                           f"{', '.join(self.served.names())}, auto", param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"the model {req.model!r} does not exist; models: {', '.join(self.served.names())}, auto",
+                param="model",
+                code="model_not_found",
+            )
         return self.served.members[req.model]
 
     def budget(self, m: ServedMember, n_prompt: int, asked: int | None, default: int | None, field: str) -> int:
         """``max_tokens`` checked against the member's context; 400 when prompt (+ tokens) cannot fit."""
         limit = m.max_positions
         if limit is not None and n_prompt >= limit:
-            raise ApiError(400, f"the prompt is {n_prompt} tokens; {m.name} takes at most {limit} tokens "
-                           "(prompt and completion together)", param=field, code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"the prompt is {n_prompt} tokens; {m.name} takes at most {limit} tokens "
+                "(prompt and completion together)",
+                param=field,
+                code="context_length_exceeded",
+            )
         if asked is None:
             room = (limit - n_prompt) if limit is not None else self.options.chat_max_tokens
             return min(room, default if default is not None else self.options.chat_max_tokens)
         if limit is not None and n_prompt + asked > limit:
-            raise ApiError(400, f"the prompt is {n_prompt} tokens and max_tokens {asked}; {m.name} takes at most "
-                           f"{limit} tokens in all", param="max_tokens", code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"the prompt is {n_prompt} tokens and max_tokens {asked}; {m.name} takes at most {limit} tokens in all",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
         return asked
 
-    def submit(self, m: ServedMember, ids: list[int], sampling: Sampling, stops: list[str]
-               ) -> tuple["asyncio.Queue[tuple[str, Any]]", TextStream, Callable[[], None]]:
+    def submit(
+        self, m: ServedMember, ids: list[int], sampling: Sampling, stops: list[str]
+    ) -> tuple["asyncio.Queue[tuple[str, Any]]", TextStream, Callable[[], None]]:
         """Hand a request to its member's worker; events (``text``/``done``) arrive on the queue."""
         if not self.accepting:
             raise ApiError(503, "the server is shutting down", kind="server_error")
@@ -174,27 +190,41 @@ async def respond(server: Server, req: CompletionRequest | ChatRequest, m: Serve
     asked = req.max_tokens
     if isinstance(req, ChatRequest) and req.max_completion_tokens is not None:
         asked = req.max_completion_tokens
-    n = server.budget(m, len(ids), asked, None if chat else COMPLETION_DEFAULT_TOKENS,
-                      "messages" if chat else "prompt")
+    n = server.budget(m, len(ids), asked, None if chat else COMPLETION_DEFAULT_TOKENS, "messages" if chat else "prompt")
     events, stream, cancel = server.submit(m, ids, _sampling(req, n), req.stops())
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if req.stream:
-        return StreamingResponse(_sse(events, stream, cancel, rid, created, m.name, chat),
-                                 media_type="text/event-stream")
+        return StreamingResponse(
+            _sse(events, stream, cancel, rid, created, m.name, chat), media_type="text/event-stream"
+        )
     reason = await _collect(events)
     choice: dict[str, Any] = {"index": 0, "finish_reason": reason, "token_ids": list(stream.ids)}
     if chat:
         choice["message"] = {"role": "assistant", "content": stream.text}
     else:
         choice.update(text=stream.text, logprobs=None)
-    return JSONResponse({"id": rid, "object": "chat.completion" if chat else "text_completion",
-                         "created": created, "model": m.name, "choices": [choice],
-                         "usage": _usage(len(ids), len(stream.ids))})
+    return JSONResponse(
+        {
+            "id": rid,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": created,
+            "model": m.name,
+            "choices": [choice],
+            "usage": _usage(len(ids), len(stream.ids)),
+        }
+    )
 
 
-async def _sse(events: "asyncio.Queue[tuple[str, Any]]", stream: TextStream, cancel: Callable[[], None],
-               rid: str, created: int, model: str, chat: bool) -> AsyncIterator[bytes]:
+async def _sse(
+    events: "asyncio.Queue[tuple[str, Any]]",
+    stream: TextStream,
+    cancel: Callable[[], None],
+    rid: str,
+    created: int,
+    model: str,
+    chat: bool,
+) -> AsyncIterator[bytes]:
     """Server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``."""
     obj = "chat.completion.chunk" if chat else "text_completion"
 
@@ -268,15 +298,23 @@ def create_app(server: Server) -> Any:
     @app.get("/v1/models/{name}")
     async def model(name: str) -> dict[str, Any]:
         if name not in server.served.members:
-            raise ApiError(404, f"the model {name!r} does not exist; models: {', '.join(server.served.names())}",
-                           param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"the model {name!r} does not exist; models: {', '.join(server.served.names())}",
+                param="model",
+                code="model_not_found",
+            )
         return server.served.members[name].card()
 
     @app.get("/v1/stats")
     async def stats() -> dict[str, Any]:
         pool = server.served.pool
-        return {"unique_tensors": len(pool.unique), "resident_bytes": pool.nbytes, "merged_tensors": pool.merged,
-                "members": {n: w.stats.to_json() for n, w in server.workers.items()}}
+        return {
+            "unique_tensors": len(pool.unique),
+            "resident_bytes": pool.nbytes,
+            "merged_tensors": pool.merged,
+            "members": {n: w.stats.to_json() for n, w in server.workers.items()},
+        }
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest) -> Any:

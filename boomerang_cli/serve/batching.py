@@ -39,8 +39,12 @@ class BatchStats:
     busy_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"batches": self.batches, "requests": self.requests, "largest_batch": self.largest,
-                "busy_seconds": round(self.busy_s, 3)}
+        return {
+            "batches": self.batches,
+            "requests": self.requests,
+            "largest_batch": self.largest,
+            "busy_seconds": round(self.busy_s, 3),
+        }
 
 
 @dataclass

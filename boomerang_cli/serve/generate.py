@@ -72,8 +72,8 @@ def _prefill_inputs(rows: Sequence[Row], pad_id: int, device: torch.device) -> t
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r.ids):] = torch.tensor(list(r.ids), dtype=torch.long)
-        mask[i, width - len(r.ids):] = 1
+        ids[i, width - len(r.ids) :] = torch.tensor(list(r.ids), dtype=torch.long)
+        mask[i, width - len(r.ids) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -85,11 +85,18 @@ def _cache_arg(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _forward(model: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
-             cache_arg: str) -> torch.Tensor:
+def _forward(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, cache_arg: str
+) -> torch.Tensor:
     """Last-position logits; no mask passed when nothing is padding (the same path ``generate`` takes)."""
-    out = model(input_ids=ids, attention_mask=None if bool(mask.all()) else mask, position_ids=positions,
-                use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+    out = model(
+        input_ids=ids,
+        attention_mask=None if bool(mask.all()) else mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+        **{cache_arg: cache},
+    )
     return out.logits[:, -1, :]
 
 

@@ -16,12 +16,26 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-async def _error(send: Send, status: int, message: str, code: str, kind: str = "invalid_request_error",
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _error(
+    send: Send,
+    status: int,
+    message: str,
+    code: str,
+    kind: str = "invalid_request_error",
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *(headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -45,15 +59,24 @@ class Guard:
             await self.app(scope, receive, send)
             return
         if not self._authorized(scope):
-            await _error(send, 401, "missing or wrong API key; send the header Authorization: Bearer <key>",
-                         "invalid_api_key", headers=[(b"www-authenticate", b"Bearer")])
+            await _error(
+                send,
+                401,
+                "missing or wrong API key; send the header Authorization: Bearer <key>",
+                "invalid_api_key",
+                headers=[(b"www-authenticate", b"Bearer")],
+            )
             return
         headers = dict(scope.get("headers") or [])
         cap = self.max_body_bytes
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > cap:
-            await _error(send, 413, f"the request body is {int(length)} bytes; this server takes at most {cap}",
-                         "request_too_large")
+            await _error(
+                send,
+                413,
+                f"the request body is {int(length)} bytes; this server takes at most {cap}",
+                "request_too_large",
+            )
             return
         seen = 0
         refused = False  # a 413 has been sent: whatever the app answers after it is dropped
@@ -65,8 +88,12 @@ class Guard:
                 seen += len(message.get("body", b""))
                 if seen > cap:
                     refused = True
-                    await _error(send, 413, f"the request body is over {cap} bytes, the most this server takes",
-                                 "request_too_large")
+                    await _error(
+                        send,
+                        413,
+                        f"the request body is over {cap} bytes, the most this server takes",
+                        "request_too_large",
+                    )
                     return {"type": "http.disconnect"}
             return message
 

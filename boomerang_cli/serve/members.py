@@ -19,8 +19,14 @@ import torch
 from ..arch import ModelInfo, max_positions
 from ..compose import Stack, compose
 from ..errors import BoomerangError
-from ..family.open import (check_family_models, load_family_models, manifest_file, member_of,
-                           read_complete_manifest, select_names)
+from ..family.open import (
+    check_family_models,
+    load_family_models,
+    manifest_file,
+    member_of,
+    read_complete_manifest,
+    select_names,
+)
 from ..manifest import MANIFEST_NAME, FamilyManifest
 from ..models import load_tokenizer
 from .weights import TensorPool, build_model
@@ -42,10 +48,17 @@ class ServedMember:
 
     def card(self) -> dict[str, Any]:
         """This member's entry in ``GET /v1/models`` (the OpenAI fields, then ours)."""
-        return {"id": self.name, "object": "model", "created": 0, "owned_by": "boomerang",
-                "layers": self.num_layers, "parameters": self.num_params, "saved_bytes": self.saved_bytes,
-                "max_positions": self.max_positions,
-                "perplexity": dict(self.metrics.get("perplexity") or {})}
+        return {
+            "id": self.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "boomerang",
+            "layers": self.num_layers,
+            "parameters": self.num_params,
+            "saved_bytes": self.saved_bytes,
+            "max_positions": self.max_positions,
+            "perplexity": dict(self.metrics.get("perplexity") or {}),
+        }
 
 
 @dataclass
@@ -99,12 +112,19 @@ def require_source(ref: Path | str) -> tuple[Path, str]:
     try:
         return resolve(str(ref)).path, str(ref)
     except ModelNotFoundError as exc:
-        raise BoomerangError(f"no such family or model: {exc}; pass a family directory, its family.json, "
-                             "a model directory or a model reference") from None
+        raise BoomerangError(
+            f"no such family or model: {exc}; pass a family directory, its family.json, "
+            "a model directory or a model reference"
+        ) from None
 
 
-def open_members(path: Path | str, names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu", trust_remote_code: bool = False) -> Served:
+def open_members(
+    path: Path | str,
+    names: Sequence[str] | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+) -> Served:
     """Every chosen member of the family (or the one model) at ``path``, built over one pool."""
     path, single_name = require_source(path)
     pool = TensorPool(dtype, torch.device(device))
@@ -113,8 +133,9 @@ def open_members(path: Path | str, names: Sequence[str] | None = None, dtype: to
     mpath, manifest = read_complete_manifest(path)
     models = load_family_models(manifest, mpath.parent)
     check_family_models(manifest, models)
-    tokenizer = load_tokenizer(models["teacher"].path, trust_remote_code,
-                               why="serving turns text into tokens with the teacher's tokenizer")
+    tokenizer = load_tokenizer(
+        models["teacher"].path, trust_remote_code, why="serving turns text into tokens with the teacher's tokenizer"
+    )
     out: dict[str, ServedMember] = {}
     for name in select_names(manifest, names):
         member = member_of(manifest, name)
@@ -122,13 +143,23 @@ def open_members(path: Path | str, names: Sequence[str] | None = None, dtype: to
         metrics, saved = _records(manifest, name, models)
         model = build_model(comp, pool, trust_remote_code)
         gen_from = models["student"].path if name == "student" else models["teacher"].path
-        out[name] = ServedMember(name, model, tokenizer, member.num_layers, comp.num_params, saved,
-                                 max_positions(comp.config), metrics, end_tokens(model, gen_from, tokenizer))
+        out[name] = ServedMember(
+            name,
+            model,
+            tokenizer,
+            member.num_layers,
+            comp.num_params,
+            saved,
+            max_positions(comp.config),
+            metrics,
+            end_tokens(model, gen_from, tokenizer),
+        )
     return Served(out, pool, manifest_file(mpath))
 
 
-def _open_single(path: Path, name: str, names: Sequence[str] | None, pool: TensorPool,
-                 trust_remote_code: bool) -> Served:
+def _open_single(
+    path: Path, name: str, names: Sequence[str] | None, pool: TensorPool, trust_remote_code: bool
+) -> Served:
     """A plain model served as one member, named after its directory (or the reference given)."""
     from ..refs import resolve
 
@@ -140,15 +171,28 @@ def _open_single(path: Path, name: str, names: Sequence[str] | None, pool: Tenso
     comp = compose({"teacher": info}, stack.layers, "teacher", "teacher")
     tokenizer = load_tokenizer(info.path, trust_remote_code, why="serving needs the model's tokenizer")
     model = build_model(comp, pool, trust_remote_code)
-    member = ServedMember(name, model, tokenizer, n, comp.num_params, info.weights.total_bytes(),
-                          max_positions(comp.config), {}, end_tokens(model, info.path, tokenizer))
+    member = ServedMember(
+        name,
+        model,
+        tokenizer,
+        n,
+        comp.num_params,
+        info.weights.total_bytes(),
+        max_positions(comp.config),
+        {},
+        end_tokens(model, info.path, tokenizer),
+    )
     return Served({name: member}, pool, path)
 
 
 def perplexity_keys(served: Served) -> list[str]:
     """Every perplexity key any served member has a finite record under, sorted."""
-    keys = {k for m in served.members.values() for k, v in (m.metrics.get("perplexity") or {}).items()
-            if isinstance(v, dict) and isinstance(v.get("ppl"), (int, float))}
+    keys = {
+        k
+        for m in served.members.values()
+        for k, v in (m.metrics.get("perplexity") or {}).items()
+        if isinstance(v, dict) and isinstance(v.get("ppl"), (int, float))
+    }
     return sorted(keys)
 
 
@@ -167,17 +211,25 @@ def pick_auto(served: Served, max_perplexity: float, key: str | None = None) -> 
     if key is None:
         if len(keys) != 1:
             found = "; ".join(keys) if keys else "none (run `boomerang eval` on the family first)"
-            raise AutoChoiceError(f"name the perplexity record to judge by in perplexity_key; recorded: {found}",
-                                  "perplexity_key")
+            raise AutoChoiceError(
+                f"name the perplexity record to judge by in perplexity_key; recorded: {found}", "perplexity_key"
+            )
         key = keys[0]
     elif key not in keys:
-        raise AutoChoiceError(f"no member has a perplexity recorded under {key!r}; recorded: "
-                              f"{'; '.join(keys) or 'none'}", "perplexity_key")
-    scored = [(m.metrics["perplexity"][key]["ppl"], m) for m in served.members.values()
-              if isinstance((m.metrics.get("perplexity") or {}).get(key, {}).get("ppl"), (int, float))]
+        raise AutoChoiceError(
+            f"no member has a perplexity recorded under {key!r}; recorded: {'; '.join(keys) or 'none'}",
+            "perplexity_key",
+        )
+    scored = [
+        (m.metrics["perplexity"][key]["ppl"], m)
+        for m in served.members.values()
+        if isinstance((m.metrics.get("perplexity") or {}).get(key, {}).get("ppl"), (int, float))
+    ]
     within = [m for ppl, m in scored if ppl <= max_perplexity]
     if not within:
         ppl, best = min(scored, key=lambda s: s[0])
-        raise AutoChoiceError(f"no member has perplexity <= {max_perplexity:g} under {key!r}; the lowest is "
-                              f"{best.name} at {ppl:.4g}", "max_perplexity")
+        raise AutoChoiceError(
+            f"no member has perplexity <= {max_perplexity:g} under {key!r}; the lowest is {best.name} at {ppl:.4g}",
+            "max_perplexity",
+        )
     return min(within, key=lambda m: (m.num_params, m.num_layers)).name

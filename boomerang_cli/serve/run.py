@@ -25,8 +25,9 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise BoomerangError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port "
-                             "or stop what holds it") from None
+        raise BoomerangError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port or stop what holds it"
+        ) from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -40,8 +41,7 @@ def serve_forever(app: Any, sock: socket.socket, log_level: str = "warning") -> 
     """Serve ``app`` on ``sock`` until SIGTERM/SIGINT, finishing in-flight requests first."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=None)
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=None)
     server = uvicorn.Server(config)
     previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

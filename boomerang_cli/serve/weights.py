@@ -26,7 +26,7 @@ import torch.nn as nn
 from ..compose import Composition
 from ..errors import BoomerangError
 from ..models import empty_model, set_parameter
-from ..tensors import OutTensor
+from ..tensor_writer import OutTensor
 
 
 @dataclass
