@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from boomerang_cli.data import split_of, stdlib_files
-from boomerang_cli.evaluate.score import score_family
+from recipe_sweep import judge as judge_rows  # bench/ is the script's directory, so on sys.path
 
 PROSE = "/usr/share/common-licenses/GPL-3"
 DEMO = ["--steps", "40", "--seq-len", "128", "--batch-size", "8", "--recipe", "short"]
@@ -67,6 +67,7 @@ def training_data(out: Path, seed: int) -> str:
 
 
 def judge(rows: list[dict]) -> dict:
+    """The CLI's eval rows, judged as the recipe sweep judges a point."""
     rows = [
         {
             "name": r["name"],
@@ -78,19 +79,7 @@ def judge(rows: list[dict]) -> dict:
         }
         for r in rows
     ]
-    sc = score_family(rows, "shortgpt")
-    student = next(r["ppl"] for r in rows if r["kind"] == "student")
-    teacher = next(r["ppl"] for r in rows if r["kind"] == "teacher")
-    return {
-        "wins": sc.wins,
-        "sizes": sc.sizes,
-        "increases": sc.increases,
-        "increase_detail": sc.increase_detail,
-        "geomean": sc.geomean_ratio,
-        "student_ppl": student,
-        "teacher_ppl": teacher,
-        "losses": [f"{v.name} {v.ppl:.4g} vs {v.baseline_ppl:.4g}" for v in sc.per_size if not v.wins],
-    }
+    return judge_rows(rows)
 
 
 def run(out: Path, seed: int) -> dict:
