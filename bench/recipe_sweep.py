@@ -48,6 +48,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "docs50-mix100": dict(data=DOCS, data_weights=(1, 1), shuffle=True, mix=1.0),
     "shuffle-mix50": dict(shuffle=True, mix=0.5),
     "docs50-ordered": dict(data=DOCS, data_weights=(1, 1)),
+    "docs75-ordered": dict(data=DOCS, data_weights=(1, 3)),
+    "docs25-ordered": dict(data=DOCS, data_weights=(3, 1)),
     "docs50-ordered-mix50": dict(data=DOCS, data_weights=(1, 1), mix=0.5),
     "docs50-ordered-mix100": dict(data=DOCS, data_weights=(1, 1), mix=1.0),
     "docs50-kl1": dict(data=DOCS, data_weights=(1, 1), shuffle=True, weights=LossWeights(kl=1.0)),
