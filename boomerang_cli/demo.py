@@ -53,8 +53,10 @@ class DemoConfig:
 
     output: Path
     teacher: str = DEFAULT_TEACHER
-    data: tuple[str, ...] = ("stdlib",)  # the training text
-    data_weights: tuple[float, ...] | None = None  # each source's share (distill --data-weights)
+    # The training text: stdlib code and its English (docstrings, pydoc topics), 3:1 by characters, each in
+    # file order: the issue-22 sweep's best on code and prose together (docs/results.md).
+    data: tuple[str, ...] = ("stdlib", "stdlib-docs")
+    data_weights: tuple[float, ...] | None = (3.0, 1.0)  # each source's share (distill --data-weights)
     shuffle: bool = False  # distill --shuffle (the order drawn from seed)
     steps: int = 40
     seq_len: int = 128

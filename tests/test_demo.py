@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
-from boomerang_cli.demo import Check, paper_checks
+import boomerang_cli.demo
+from boomerang_cli.cli import app
+from boomerang_cli.demo import Check, DemoConfig, paper_checks
 
 pytestmark = []
 
@@ -64,6 +67,35 @@ def test_paper_checks_pass_and_fail():
     assert checks["perplexity never increases as members grow"].passed, checks
 
 
+@pytest.mark.parametrize(
+    ("flags", "data", "weights", "shuffle"),
+    [
+        ([], ("stdlib", "stdlib-docs"), (3.0, 1.0), False),  # the defaults: code and its docstrings, 3:1, in order
+        (["--data", "stdlib", "--shuffle"], ("stdlib",), None, True),  # other data: no default shares
+        (
+            ["--data", "stdlib", "--data", "stdlib-docs", "--data-weights", "1,1", "--shuffle"],
+            ("stdlib", "stdlib-docs"),
+            (1.0, 1.0),
+            True,
+        ),
+    ],
+)
+def test_demo_flags_reach_the_config(monkeypatch, tmp_path: Path, flags, data, weights, shuffle):
+    """The CLI passes the training-text defaults of DemoConfig (and only for its default data)."""
+    seen: list[DemoConfig] = []
+
+    def fake(cfg: DemoConfig, progress=None):
+        seen.append(cfg)
+        raise boomerang_cli.demo.BoomerangError("stop here")
+
+    monkeypatch.setattr(boomerang_cli.demo, "run_demo", fake)
+    res = CliRunner().invoke(app, ["demo", "-o", str(tmp_path / "d"), "-q", *flags])
+    assert res.exit_code == 2 and "stop here" in res.output, res.output
+    (cfg,) = seen
+    assert cfg.data == data and cfg.data_weights == weights and cfg.shuffle is shuffle
+    assert DemoConfig(output=tmp_path).data_weights == (3.0, 1.0)
+
+
 @pytest.mark.integration
 def test_demo_tiny_budget_writes_a_loadable_family(tmp_path: Path):
     out = tmp_path / "demo"
@@ -94,6 +126,10 @@ def test_demo_tiny_budget_writes_a_loadable_family(tmp_path: Path):
     result = json.loads(proc.stdout)
     manifest = json.loads((out / "family" / "family.json").read_text())
     assert manifest["complete"] and manifest["order"]["method"] == "auto"
+    # The default training text: stdlib code and its docstrings, 3:1, in file order; the order calibrated alike.
+    trained = json.loads((out / "student" / "boomerang.json").read_text())["training"]["config"]
+    assert trained["data"] == ["stdlib", "stdlib-docs"] and trained["data_weights"] == [3, 1]
+    assert not trained["shuffle"] and manifest["order"]["calibration"]["weights"] == [3, 1]
     # SmolLM2: 14 patchable blocks, one member per depth 17..29 and 30 (the last singleton from the student),
     # and perhaps one as deep as the student (a singleton patched)
     depths = [m["num_layers"] for m in manifest["members"]]

@@ -1106,7 +1106,14 @@ CASES: list[Case] = [
     ),
     Case(
         "demo-data-weights-count",
-        ["demo", "-o", "{w}/demo", "--teacher", "{w}/teacher", "--data-weights", "1,2"],
+        ["demo", "-o", "{w}/demo", "--teacher", "{w}/teacher", "--data-weights", "1,2,3"],
+        2,
+        "gives 3 weights for 2 --data sources",
+        after=absent("demo"),
+    ),
+    Case(
+        "demo-data-weights-one-source",
+        ["demo", "-o", "{w}/demo", "--teacher", "{w}/teacher", "--data", "stdlib", "--data-weights", "1,3"],
         2,
         "gives 2 weights for 1 --data sources",
         after=absent("demo"),

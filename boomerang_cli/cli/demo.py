@@ -25,7 +25,9 @@ def demo_cmd(
     data_weights: Optional[str] = typer.Option(
         None,
         "--data-weights",
-        help="Each --data source's share of the training text, e.g. 1,1 (as distill --data-weights).",
+        help="Each --data source's share of the training text, e.g. 1,1 (as distill --data-weights); "
+        f"default: {','.join(f'{w:g}' for w in DemoConfig.data_weights or ())} for the default data, "
+        "else each source in turn.",
     ),
     shuffle: bool = typer.Option(
         DemoConfig.shuffle,
@@ -75,14 +77,14 @@ def demo_cmd(
 ) -> None:
     """Run the whole pipeline on the embedded teacher: distill, family, eval with baselines, plots.
 
-    The default budget is small (40 steps of 8 x 128 tokens, the short recipe,
-    embeddings frozen so members stay tied, the auto order); the family is
-    judged on held-out code and on English prose. Rerun the same command to
-    resume after an interruption: finished stages are skipped, distillation
-    continues from its last checkpoint, members already written are kept.
+    The default budget is small (40 steps of 8 x 128 tokens of stdlib code and
+    its docstrings, the short recipe, embeddings frozen so members stay tied,
+    the auto order); the family is judged on held-out code and on English
+    prose. Rerun the same command to resume after an interruption: finished
+    stages are skipped, distillation continues from its last checkpoint,
+    members already written are kept.
     """
     with handle_errors():
-        from ..data.mix import parse_weights
         from ..demo import run_demo
 
         cfg = DemoConfig(
@@ -92,7 +94,7 @@ def demo_cmd(
             shuffle=shuffle,
             mix=mix,
             seed=seed,
-            data_weights=tuple(parse_weights(data_weights)) if data_weights else None,
+            data_weights=_weights(data, data_weights),
             steps=steps,
             seq_len=seq_len,
             batch_size=batch_size,
@@ -107,6 +109,15 @@ def demo_cmd(
         with progress(not (json_out or quiet)) as bar:
             result = run_demo(cfg, bar)
     _render(result, json_out)
+
+
+def _weights(data: List[str], flag: Optional[str]) -> Optional[tuple[float, ...]]:
+    """--data-weights as given; without it, the default data's default shares, else none (read in turn)."""
+    from ..data.mix import parse_weights
+
+    if flag:
+        return tuple(parse_weights(flag))
+    return DemoConfig.data_weights if tuple(data) == DemoConfig.data else None
 
 
 def _render(result: DemoResult, json_out: bool) -> None:
