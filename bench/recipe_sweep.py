@@ -37,8 +37,8 @@ DOCS = ("stdlib", "stdlib-docs")
 
 #: name -> DemoConfig overrides. The demo's recipe before issue #22 is `control`.
 SETTINGS: dict[str, dict[str, Any]] = {
-    "control": {},
-    "shuffle": dict(shuffle=True),
+    "control": dict(data=("stdlib",)),
+    "shuffle": dict(data=("stdlib",), shuffle=True),
     "docs50": dict(data=DOCS, data_weights=(1, 1), shuffle=True),
     "docs25": dict(data=DOCS, data_weights=(3, 1), shuffle=True),
     "docs75": dict(data=DOCS, data_weights=(1, 3), shuffle=True),
@@ -60,7 +60,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "docs50-lr2e-3": dict(data=DOCS, data_weights=(1, 1), shuffle=True, lr=2e-3),
     "docs50-w20": dict(data=DOCS, data_weights=(1, 1), shuffle=True, warmup=0.2),
     "docs50-calib16": dict(data=DOCS, data_weights=(1, 1), shuffle=True, calib_samples=16, reuse="docs50"),
-    "control-calib16": dict(calib_samples=16, reuse="control"),
+    "control-calib16": dict(data=("stdlib",), calib_samples=16, reuse="control"),
 }
 
 

@@ -32,6 +32,10 @@ DEMO_JSON = "demo.json"
 #: English prose the demo is judged on beside the held-out code: the GPL-3 text Debian's base-files
 #: ships, in no training corpus of the demo (stdlib code and docstrings). All of it, one document.
 DEFAULT_PROSE = "/usr/share/common-licenses/GPL-3"
+#: The demo's training text: stdlib code and its English (docstrings, pydoc topics), 3:1 by characters,
+#: each in file order: the issue-22 sweep's best on code and prose together (docs/results.md).
+DEFAULT_DATA = ("stdlib", "stdlib-docs")
+DEFAULT_DATA_WEIGHTS = (3.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -53,10 +57,10 @@ class DemoConfig:
 
     output: Path
     teacher: str = DEFAULT_TEACHER
-    # The training text: stdlib code and its English (docstrings, pydoc topics), 3:1 by characters, each in
-    # file order: the issue-22 sweep's best on code and prose together (docs/results.md).
-    data: tuple[str, ...] = ("stdlib", "stdlib-docs")
-    data_weights: tuple[float, ...] | None = (3.0, 1.0)  # each source's share (distill --data-weights)
+    data: tuple[str, ...] = DEFAULT_DATA  # the training text
+    # each source's share (distill --data-weights); None: DEFAULT_DATA_WEIGHTS for DEFAULT_DATA, other
+    # data read one source after the other
+    data_weights: tuple[float, ...] | None = None
     shuffle: bool = False  # distill --shuffle (the order drawn from seed)
     steps: int = 40
     seq_len: int = 128
@@ -76,6 +80,10 @@ class DemoConfig:
     calibration_tokens: int = 2048  # ShortGPT's block influence
     baselines: tuple[str, ...] = ("shortgpt",)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.data_weights is None and tuple(self.data) == DEFAULT_DATA:
+            self.data_weights = DEFAULT_DATA_WEIGHTS
 
     def domains(self) -> list[Domain]:
         """Code (held-out split of ``eval_data``), then prose (all of ``prose_data``) when given."""

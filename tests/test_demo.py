@@ -94,6 +94,9 @@ def test_demo_flags_reach_the_config(monkeypatch, tmp_path: Path, flags, data, w
     (cfg,) = seen
     assert cfg.data == data and cfg.data_weights == weights and cfg.shuffle is shuffle
     assert DemoConfig(output=tmp_path).data_weights == (3.0, 1.0)
+    other = DemoConfig(output=tmp_path, data=("stdlib",))  # the API as the CLI: other data, no default shares
+    assert other.data_weights is None
+    other.check()
 
 
 @pytest.mark.integration

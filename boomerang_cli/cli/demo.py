@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..demo import DEFAULT_PROSE, DemoConfig, DemoResult
+from ..demo import DEFAULT_DATA_WEIGHTS, DEFAULT_PROSE, DemoConfig, DemoResult
 from .app import app
 from .common import emit_json, handle_errors, human, out_console, progress
 from .options import Json, Quiet
@@ -26,7 +26,7 @@ def demo_cmd(
         None,
         "--data-weights",
         help="Each --data source's share of the training text, e.g. 1,1 (as distill --data-weights); "
-        f"default: {','.join(f'{w:g}' for w in DemoConfig.data_weights or ())} for the default data, "
+        f"default: {','.join(f'{w:g}' for w in DEFAULT_DATA_WEIGHTS)} for the default data, "
         "else each source in turn.",
     ),
     shuffle: bool = typer.Option(
@@ -85,6 +85,7 @@ def demo_cmd(
     members already written are kept.
     """
     with handle_errors():
+        from ..data.mix import parse_weights
         from ..demo import run_demo
 
         cfg = DemoConfig(
@@ -94,7 +95,7 @@ def demo_cmd(
             shuffle=shuffle,
             mix=mix,
             seed=seed,
-            data_weights=_weights(data, data_weights),
+            data_weights=tuple(parse_weights(data_weights)) if data_weights else None,
             steps=steps,
             seq_len=seq_len,
             batch_size=batch_size,
@@ -109,15 +110,6 @@ def demo_cmd(
         with progress(not (json_out or quiet)) as bar:
             result = run_demo(cfg, bar)
     _render(result, json_out)
-
-
-def _weights(data: List[str], flag: Optional[str]) -> Optional[tuple[float, ...]]:
-    """--data-weights as given; without it, the default data's default shares, else none (read in turn)."""
-    from ..data.mix import parse_weights
-
-    if flag:
-        return tuple(parse_weights(flag))
-    return DemoConfig.data_weights if tuple(data) == DemoConfig.data else None
 
 
 def _render(result: DemoResult, json_out: bool) -> None:
