@@ -116,9 +116,8 @@ class Sharding:
     def shard_teacher(self, model: PreTrainedModel, layers_path: str) -> PreTrainedModel:
         """The frozen teacher on this rank: on the device whole, or 1/world of it (forward only)."""
         if not self.teacher:
-            cast(torch.nn.Module, model).to(
-                self.device
-            )  # in place (PreTrainedModel.to, which transformers' stubs wrap)
+            # in place (PreTrainedModel.to, which transformers' stubs wrap)
+            cast(torch.nn.Module, model).to(self.device)
             return model
         from torch.distributed.fsdp import fully_shard
 

@@ -252,10 +252,11 @@ class _HeadLosses(torch.autograd.Function):
                     spec.student.transform_grad(g, logits)
                     gc = g.to(cd)
                     grad_h[s:e] = (gc @ w).to(h.dtype)
-                    if grad_w is not None and cd == torch.float32:
-                        grad_w.addmm_(gc.T, hc)
-                    elif grad_w is not None:
-                        grad_w += (gc.T @ hc).float()
+                    if grad_w is not None:  # None for a frozen head
+                        if cd == torch.float32:
+                            grad_w.addmm_(gc.T, hc)
+                        else:
+                            grad_w += (gc.T @ hc).float()
                     if grad_b is not None:
                         grad_b += g.sum(0)
                 elif grad_h is not None:

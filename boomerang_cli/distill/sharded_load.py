@@ -105,8 +105,13 @@ def _head_info(model: PreTrainedModel, comp: Composition) -> tuple | None:
     src = {comp.state_dict_key(t.name): t for t in comp.tensors}.get(name or "")
     if src is None:
         return None
-    info = src.source.info(src.src_name)
-    return (str(info.file), info.begin, info.end, head.weight.dtype)
+    return _bytes_of(src.source.info(src.src_name), head.weight.dtype)
+
+
+def _bytes_of(info: TensorInfo, dtype: torch.dtype) -> tuple:
+    """A tensor's identity as read: its file, byte range and the dtype it is loaded into (what
+    :func:`same_head` and the student's sharing of a teacher's head compare)."""
+    return (str(info.file), info.begin, info.end, dtype)
 
 
 def head_source(model: PreTrainedModel) -> tuple | None:
@@ -162,7 +167,7 @@ def materialize(
             if local.numel() and p is not shared:
                 local.copy_(read_rows(info, start, rows) if p.ndim else t.source.read(t.src_name))
             if head is not None and p is head.weight:
-                _HEAD_FROM[hf_model] = (str(info.file), info.begin, info.end, p.dtype)
+                _HEAD_FROM[hf_model] = _bytes_of(info, p.dtype)
 
 
 def same_head(a: torch.nn.Module, b: torch.nn.Module) -> bool:
